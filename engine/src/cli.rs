@@ -1,0 +1,111 @@
+//! The `warden` command line.
+//!
+//! Exit codes of `warden agent exec` (documented in the README):
+//! 0 success (monitor: running) · 1 the agent reported an error (monitor: failed) · 2 bad usage or
+//! the plugin could not be loaded · 3 the sandbox stopped the call (timeout, trap, memory limit) ·
+//! 5 monitor: degraded · 7 monitor: stopped (as OCF_NOT_RUNNING).
+
+mod agent_exec;
+mod plugin_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::plugin::{ComponentCache, HostOptions, PluginHost};
+
+#[derive(Debug, Parser)]
+#[command(name = "warden", version, about = "High-availability cluster engine with sandboxed WebAssembly resource agents")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    /// Log level filter (tracing syntax, e.g. `info` or `warden=debug`); default `warn`, or $RUST_LOG.
+    #[arg(long, global = true)]
+    pub log: Option<String>,
+
+    /// Where precompiled plugins are cached (default: $WARDEN_CACHE_DIR, ~/.cache/warden).
+    #[arg(long, global = true)]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Compile plugins at every load instead of using the cache.
+    #[arg(long, global = true)]
+    pub no_cache: bool,
+
+    /// Only load plugins signed by this ed25519 public key (repeatable).
+    #[arg(long = "trusted-key", global = true, value_name = "PUBKEY_FILE")]
+    pub trusted_keys: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run agents outside any cluster (like Pacemaker's ocf-tester).
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// Inspect, package, sign and verify plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: plugin_cmd::PluginCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Run one action of a plugin and report the result.
+    Exec(agent_exec::ExecArgs),
+}
+
+impl Cli {
+    fn host_options(&self) -> anyhow::Result<HostOptions> {
+        let cache_dir = if self.no_cache { None } else { Some(self.cache_dir.clone().unwrap_or_else(ComponentCache::default_dir)) };
+        let trusted_keys = self
+            .trusted_keys
+            .iter()
+            .map(|p| crate::plugin::signing::read_public_key(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(HostOptions { cache_dir, trusted_keys })
+    }
+
+    pub fn host(&self) -> anyhow::Result<PluginHost> {
+        Ok(PluginHost::new(self.host_options()?)?)
+    }
+}
+
+pub fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match &cli.log {
+        Some(f) => EnvFilter::new(f),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Human => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Run the parsed command; errors are reported by `main` with their full chain.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Agent { command: AgentCommand::Exec(args) } => agent_exec::run(&cli, args).await,
+        Command::Plugin { command } => plugin_cmd::run(&cli, command).await,
+    }
+}
+
+/// This machine's host name, the default node name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}

@@ -1,0 +1,5 @@
+//! Warden: a high-availability cluster engine whose resource agents are sandboxed WebAssembly
+//! components. This library holds everything; `src/main.rs` is a thin binary over [`cli`].
+
+pub mod cli;
+pub mod plugin;

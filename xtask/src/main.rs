@@ -1,0 +1,253 @@
+//! Project tasks. `cargo xtask <task>`:
+//!
+//! * `plugins` — build every plugin and example agent into `target/plugins/<name>.wasm`
+//!   (Rust crates with `cargo build --target wasm32-wasip2`, Python with componentize-py,
+//!   JavaScript with componentize-js), each with its `warden.toml` embedded.
+//! * `tools`   — install the pinned Python and JavaScript component tools under `target/tools`
+//!   and `examples/agents/js/node_modules` (done by `plugins` when missing).
+//! * `test`    — `plugins`, then `cargo test --workspace`: the README's test command.
+//! * `demo`    — `plugins`, then the demo.
+//!
+//! A plugin is any directory under `plugins/` or `examples/agents/` holding a `warden.toml`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use warden_manifest::{Manifest, World};
+
+/// Pinned tool versions (see docs/wasm-host.md for why these).
+const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = root();
+    match args.first().map(String::as_str) {
+        Some("plugins") => build_plugins(&root),
+        Some("tools") => install_tools(&root),
+        Some("test") => {
+            build_plugins(&root)?;
+            let mut cmd = Command::new(cargo());
+            cmd.current_dir(&root).args(["test", "--workspace", "--exclude", "test-programs"]);
+            exclude_guests(&root, &mut cmd)?;
+            cmd.args(&args[1..]);
+            run_cmd(&mut cmd)
+        }
+        Some("demo") => {
+            build_plugins(&root)?;
+            let mut cmd = Command::new(cargo());
+            cmd.current_dir(&root).args(["run", "--release", "--quiet", "-p", "warden", "--", "demo"]).args(&args[1..]);
+            run_cmd(&mut cmd)
+        }
+        _ => {
+            eprintln!("usage: cargo xtask plugins|tools|test [cargo test args]|demo");
+            bail!("unknown task")
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+enum Kind {
+    Rust { package: String },
+    Python { module: String },
+    Js { entry: PathBuf },
+}
+
+struct PluginSource {
+    dir: PathBuf,
+    manifest: Manifest,
+    manifest_text: String,
+    kind: Kind,
+}
+
+fn discover(root: &Path) -> Result<Vec<PluginSource>> {
+    let mut out = Vec::new();
+    for base in ["plugins", "examples/agents"] {
+        let Ok(entries) = std::fs::read_dir(root.join(base)) else { continue };
+        let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        dirs.sort();
+        for dir in dirs {
+            let toml_path = dir.join("warden.toml");
+            if !toml_path.exists() {
+                continue;
+            }
+            let manifest_text = std::fs::read_to_string(&toml_path)?;
+            let manifest = Manifest::from_toml(&manifest_text).with_context(|| format!("{}", toml_path.display()))?;
+            let kind = if dir.join("Cargo.toml").exists() {
+                let cargo_toml: toml::Table = toml::from_str(&std::fs::read_to_string(dir.join("Cargo.toml"))?)?;
+                let package = cargo_toml["package"]["name"].as_str().context("package.name")?.to_string();
+                Kind::Rust { package }
+            } else if dir.join("agent.py").exists() {
+                Kind::Python { module: "agent".into() }
+            } else if dir.join("agent.js").exists() {
+                Kind::Js { entry: dir.join("agent.js") }
+            } else {
+                bail!("{}: has warden.toml but no Cargo.toml, agent.py or agent.js", dir.display());
+            };
+            out.push(PluginSource { dir, manifest, manifest_text, kind });
+        }
+    }
+    Ok(out)
+}
+
+/// Guest crates only build for wasm32; keep them out of host test runs.
+fn exclude_guests(root: &Path, cmd: &mut Command) -> Result<()> {
+    for p in discover(root)? {
+        if let Kind::Rust { package } = p.kind {
+            cmd.args(["--exclude", &package]);
+        }
+    }
+    Ok(())
+}
+
+fn build_plugins(root: &Path) -> Result<()> {
+    let plugins = discover(root)?;
+    let out_dir = root.join("target/plugins");
+    let work = root.join("target/plugin-build");
+    std::fs::create_dir_all(&out_dir)?;
+    std::fs::create_dir_all(&work)?;
+
+    // Rust guests, one cargo build per world so the SDK's world features never unify.
+    for world in [World::ResourceAgent, World::FenceAgent] {
+        let packages: Vec<&str> = plugins
+            .iter()
+            .filter(|p| p.manifest.world == world)
+            .filter_map(|p| match &p.kind {
+                Kind::Rust { package } => Some(package.as_str()),
+                _ => None,
+            })
+            .collect();
+        if packages.is_empty() {
+            continue;
+        }
+        eprintln!("xtask: building Rust {world} plugins: {}", packages.join(", "));
+        let mut cmd = Command::new(cargo());
+        cmd.current_dir(root).args(["build", "--target", "wasm32-wasip2", "--profile", "guest"]);
+        for p in &packages {
+            cmd.args(["-p", p]);
+        }
+        run_cmd(&mut cmd)?;
+    }
+
+    let needs_py = plugins.iter().any(|p| matches!(p.kind, Kind::Python { .. }));
+    if needs_py {
+        ensure_python_tools(root)?;
+    }
+
+    for p in &plugins {
+        let name = &p.manifest.name;
+        let component = match &p.kind {
+            Kind::Rust { package } => root.join("target/wasm32-wasip2/guest").join(format!("{}.wasm", package.replace('-', "_"))),
+            Kind::Python { module } => {
+                let out = work.join(format!("{name}.component.wasm"));
+                if is_stale(&out, &p.dir, root)? {
+                    eprintln!("xtask: componentize-py {name}");
+                    run_cmd(
+                        Command::new(root.join("target/tools/venv/bin/componentize-py"))
+                            .current_dir(root)
+                            .args(["-d", "wit", "-w", &p.manifest.world.to_string(), "componentize", "-p"])
+                            .arg(&p.dir)
+                            .arg(module)
+                            .arg("-o")
+                            .arg(&out),
+                    )?;
+                }
+                out
+            }
+            Kind::Js { entry } => {
+                let out = work.join(format!("{name}.component.wasm"));
+                if is_stale(&out, &p.dir, root)? {
+                    ensure_js_tools(&p.dir)?;
+                    eprintln!("xtask: componentize-js {name}");
+                    run_cmd(
+                        Command::new(p.dir.join("node_modules/.bin/componentize-js"))
+                            .current_dir(&p.dir)
+                            .arg(entry)
+                            .arg("--wit")
+                            .arg(root.join("wit"))
+                            .args(["-n", &p.manifest.world.to_string(), "-d", "http", "fetch-event", "-o"])
+                            .arg(&out),
+                    )?;
+                }
+                out
+            }
+        };
+        let bytes = std::fs::read(&component).with_context(|| format!("read {}", component.display()))?;
+        let packed = warden_manifest::embed_section(&bytes, &p.manifest_text)?;
+        let dest = out_dir.join(format!("{name}.wasm"));
+        if std::fs::read(&dest).ok().as_deref() != Some(&packed[..]) {
+            std::fs::write(&dest, packed)?;
+        }
+        eprintln!("xtask: {} -> {}", p.dir.strip_prefix(root).unwrap_or(&p.dir).display(), dest.strip_prefix(root).unwrap_or(&dest).display());
+    }
+    Ok(())
+}
+
+/// Rebuild when the output is older than any source file of the plugin or the WIT.
+fn is_stale(out: &Path, dir: &Path, root: &Path) -> Result<bool> {
+    let Ok(built) = std::fs::metadata(out).and_then(|m| m.modified()) else { return Ok(true) };
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for d in [dir.to_path_buf(), root.join("wit")] {
+        for e in std::fs::read_dir(&d)?.flatten() {
+            let path = e.path();
+            if path.is_file() {
+                newest = newest.max(e.metadata()?.modified()?);
+            }
+        }
+    }
+    Ok(newest > built)
+}
+
+fn install_tools(root: &Path) -> Result<()> {
+    ensure_python_tools(root)?;
+    for p in discover(root)? {
+        if matches!(p.kind, Kind::Js { .. }) {
+            ensure_js_tools(&p.dir)?;
+        }
+    }
+    Ok(())
+}
+
+fn ensure_python_tools(root: &Path) -> Result<()> {
+    let venv = root.join("target/tools/venv");
+    let bin = venv.join("bin/componentize-py");
+    if bin.exists() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {COMPONENTIZE_PY} into {}", venv.display());
+    run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run_cmd(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check", COMPONENTIZE_PY]))
+}
+
+fn ensure_js_tools(dir: &Path) -> Result<()> {
+    if dir.join("node_modules/.bin/componentize-js").exists() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing JavaScript tools in {} (npm ci)", dir.display());
+    run_cmd(Command::new("npm").current_dir(dir).args(["ci", "--no-audit", "--no-fund"]))
+}
