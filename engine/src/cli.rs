@@ -6,6 +6,7 @@
 //! 5 monitor: degraded · 7 monitor: stopped (as OCF_NOT_RUNNING).
 
 mod agent_exec;
+mod demo;
 mod plugin_cmd;
 
 use std::path::PathBuf;
@@ -50,6 +51,9 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Show the plugin platform at work: start a service through an agent, kill it, watch the
+    /// monitor catch it and local recovery bring it back.
+    Demo(demo::DemoArgs),
     /// Run agents outside any cluster (like Pacemaker's ocf-tester).
     Agent {
         #[command(subcommand)]
@@ -90,7 +94,8 @@ pub fn init_logging(cli: &Cli) {
         Some(f) => EnvFilter::new(f),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     match cli.log_format {
         LogFormat::Human => builder.with_target(false).init(),
         LogFormat::Json => builder.json().init(),
@@ -102,6 +107,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Agent { command: AgentCommand::Exec(args) } => agent_exec::run(&cli, args).await,
         Command::Plugin { command } => plugin_cmd::run(&cli, command).await,
+        Command::Demo(args) => demo::run(&cli, args).await,
     }
 }
 

@@ -35,7 +35,7 @@ use warden_manifest::{Manifest, ManifestError, World};
 
 pub use cache::{CacheOutcome, ComponentCache};
 pub use grants::{Denied, Grants};
-pub use instance::PluginInstance;
+pub use instance::{CallStats, PluginInstance, LOG_BURST};
 pub use signing::SignatureStatus;
 
 use instance::HostState;

@@ -91,7 +91,8 @@ pub async fn run(cli: &Cli, args: &ExecArgs) -> anyhow::Result<ExitCode> {
     };
     let name = plugin.name().to_string();
     let given: BTreeMap<String, String> = args.params.iter().cloned().collect();
-    let params = match plugin.metadata.resolve_params(&given) {
+    let resolved = if args.action == Action::Metadata { Ok(given) } else { plugin.metadata.resolve_params(&given) };
+    let params = match resolved {
         Ok(p) => p,
         Err(e) => {
             let msg = format!("plugin `{name}`: {}: invalid parameters: {e}", args.action);

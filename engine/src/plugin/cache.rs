@@ -5,8 +5,13 @@
 //! compatibility hash (wasmtime version, configuration, features), so a changed plugin or a
 //! different Warden build never loads a stale artifact. A corrupt or incompatible file is
 //! recompiled and replaced; an unwritable cache directory only costs speed.
+//!
+//! Artifacts are read into memory rather than mapped: a mapped file that someone truncates or
+//! rewrites in place kills the whole process with SIGBUS, and an HA engine must survive a
+//! damaged cache. (wasmtime still makes copy-on-write memory images, so instantiation stays
+//! cheap; loading costs a read of the file, ~10 ms for a 35 MB Python artifact.)
 
-#![allow(unsafe_code)] // Component::deserialize_file
+#![allow(unsafe_code)] // Component::deserialize
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -60,7 +65,8 @@ impl ComponentCache {
             // includes the engine's compatibility hash; wasmtime still validates its header and
             // refuses an incompatible artifact with an error, which we treat as a miss. The cache
             // directory must be writable only by the engine's user, like any code it runs.
-            match unsafe { Component::deserialize_file(engine, &path) } {
+            let loaded = std::fs::read(&path).map_err(wasmtime::Error::from).and_then(|b| unsafe { Component::deserialize(engine, b) });
+            match loaded {
                 Ok(c) => return Ok((c, CacheOutcome::Hit)),
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cached component"),
             }

@@ -13,6 +13,12 @@ fn recurse(depth: u64) -> u64 {
     recurse(depth + 1) + buf[3]
 }
 
+/// Small frames: exhausts the engine's wasm call stack rather than the shadow stack in memory.
+#[allow(unconditional_recursion)]
+fn deep(n: u64) -> u64 {
+    std::hint::black_box(deep(std::hint::black_box(n + 1))) + 1
+}
+
 fn behave(ctx: &Context) -> Result<Health, AgentError> {
     match ctx.param("mode").unwrap_or("ok") {
         "ok" => Ok(Health::Running),
@@ -27,6 +33,7 @@ fn behave(ctx: &Context) -> Result<Health, AgentError> {
             }
         }
         "stack" => Ok(Health::Degraded(recurse(0).to_string())),
+        "deep" => Ok(Health::Degraded(deep(0).to_string())),
         "panic" => panic!("hostile guest panics on purpose"),
         "exec" => {
             let program = ctx.require("program")?;
@@ -81,6 +88,7 @@ impl Agent for Hostile {
     fn metadata() -> AgentMetadata {
         AgentMetadata::new("test-hostile", "0.1.0", "misbehaves on request (tests only)")
             .param(Param::optional("mode", "ok", "what to do"))
+            .param(Param::optional_unset("*", "any other parameter, used by the mode"))
     }
     fn validate(ctx: &Context) -> Result<(), AgentError> {
         behave(ctx).map(|_| ())
