@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use crate::bindings::warden::agent::host::{self, ExecOptions};
+use crate::wit::host::{self, ExecOptions};
 use crate::{AgentError, ExecOutput};
 
 /// A program to run through the host's `exec` import (which checks the grants).

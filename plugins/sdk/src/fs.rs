@@ -1,7 +1,7 @@
 //! Read-only file checks through the host (paths must be granted; `..` and symlink escapes are
 //! refused by the host).
 
-use crate::bindings::warden::agent::host;
+use crate::wit::host;
 use crate::{AgentError, FileKind};
 
 /// What is at `path`: `None` when nothing is there.

@@ -33,17 +33,42 @@ pub mod bindings {
     });
 }
 
+// With both features on (a workspace-wide `cargo clippy`), the fence bindings reuse the shared
+// interfaces. Such a build is fine natively but must never be linked into a component: it would
+// carry both worlds. `cargo xtask plugins` builds the two kinds separately.
+#[cfg(all(feature = "fence-agent", feature = "resource-agent"))]
+#[doc(hidden)]
+pub mod fence_bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "fence-agent",
+        with: {
+            "warden:agent/types@0.1.0": crate::bindings::warden::agent::types,
+            "warden:agent/host@0.1.0": crate::bindings::warden::agent::host,
+        },
+        pub_export_macro: true,
+        export_macro_name: "__export_fence_agent",
+        default_bindings_module: "warden_sdk::fence_bindings",
+    });
+}
+
 #[cfg(all(feature = "fence-agent", not(feature = "resource-agent")))]
 #[doc(hidden)]
-pub mod bindings {
+pub mod fence_bindings {
     wit_bindgen::generate!({
         path: "../../wit",
         world: "fence-agent",
         pub_export_macro: true,
         export_macro_name: "__export_fence_agent",
-        default_bindings_module: "warden_sdk::bindings",
+        default_bindings_module: "warden_sdk::fence_bindings",
     });
 }
+
+/// The shared interfaces (`types`, `host`), from whichever world is generated.
+#[cfg(feature = "resource-agent")]
+pub(crate) use bindings::warden::agent as wit;
+#[cfg(not(feature = "resource-agent"))]
+pub(crate) use fence_bindings::warden::agent as wit;
 
 mod command;
 mod context;
@@ -51,19 +76,19 @@ pub mod fs;
 pub mod log;
 pub mod net;
 
-pub use bindings::warden::agent::host::{ExecOutput, FileKind};
-pub use bindings::warden::agent::types::{AgentError, Context, Health, Parameter, Timeouts};
+pub use wit::host::{ExecOutput, FileKind};
+pub use wit::types::{AgentError, Context, Health, Parameter, Timeouts};
 pub use command::Command;
 pub use context::Param;
 
 #[cfg(feature = "resource-agent")]
 pub use bindings::exports::warden::agent::agent::AgentMetadata;
-#[cfg(all(feature = "fence-agent", not(feature = "resource-agent")))]
-pub use bindings::exports::warden::agent::fence::{FenceMetadata, PowerState};
+#[cfg(feature = "fence-agent")]
+pub use fence_bindings::exports::warden::agent::fence::{FenceMetadata, PowerState};
 
 /// Wait without spinning; counts against the action's deadline.
 pub fn sleep(d: std::time::Duration) {
-    bindings::warden::agent::host::sleep(d.as_millis().min(u32::MAX as u128) as u32)
+    wit::host::sleep(d.as_millis().min(u32::MAX as u128) as u32)
 }
 
 /// Shorthand for building errors: `fail!("jevstat exited {code}")`.
@@ -157,7 +182,7 @@ macro_rules! export_agent {
 }
 
 /// A fence agent: makes sure a lost node runs nothing.
-#[cfg(all(feature = "fence-agent", not(feature = "resource-agent")))]
+#[cfg(feature = "fence-agent")]
 pub trait FenceAgent {
     fn metadata() -> FenceMetadata;
     fn validate(_ctx: &Context) -> Result<(), AgentError> {
@@ -169,12 +194,12 @@ pub trait FenceAgent {
 }
 
 /// Register a type implementing [`FenceAgent`] as this component's export.
-#[cfg(all(feature = "fence-agent", not(feature = "resource-agent")))]
+#[cfg(feature = "fence-agent")]
 #[macro_export]
 macro_rules! export_fence_agent {
     ($agent:ty) => {
         const _: () = {
-            use $crate::bindings::exports::warden::agent::fence as __w;
+            use $crate::fence_bindings::exports::warden::agent::fence as __w;
             struct __WardenExport;
             impl __w::Guest for __WardenExport {
                 fn metadata() -> __w::FenceMetadata {
@@ -190,7 +215,7 @@ macro_rules! export_fence_agent {
                     <$agent as $crate::FenceAgent>::status(&ctx, &target)
                 }
             }
-            $crate::bindings::__export_fence_agent!(__WardenExport);
+            $crate::fence_bindings::__export_fence_agent!(__WardenExport);
         };
     };
 }

@@ -1,6 +1,6 @@
 //! The engine's log, tagged with the resource and plugin (rate-limited by the host).
 
-use crate::bindings::warden::agent::host::{self, Level};
+use crate::wit::host::{self, Level};
 
 pub fn trace(msg: impl AsRef<str>) {
     host::log(Level::Trace, msg.as_ref())

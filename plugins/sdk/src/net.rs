@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::bindings::warden::agent::host;
+use crate::wit::host;
 use crate::AgentError;
 
 /// True when a TCP connection to `host:port` succeeds within `timeout`.

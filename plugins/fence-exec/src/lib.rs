@@ -1,0 +1,1 @@
+//! fence-exec (work in progress)

@@ -1,0 +1,1 @@
+//! fence-test (work in progress)

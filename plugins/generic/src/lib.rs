@@ -1,0 +1,1 @@
+//! generic (work in progress)

@@ -1,0 +1,1 @@
+//! ip (work in progress)

@@ -1,0 +1,1 @@
+//! jp1-ajs3-agent (work in progress)

@@ -1,0 +1,1 @@
+//! jp1-ajs3-manager (work in progress)

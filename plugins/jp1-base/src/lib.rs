@@ -1,0 +1,1 @@
+//! jp1-base (work in progress)

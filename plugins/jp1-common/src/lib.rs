@@ -1,0 +1,1 @@
+//! jp1-common (work in progress)
