@@ -2,4 +2,6 @@
 //! components. This library holds everything; `src/main.rs` is a thin binary over [`cli`].
 
 pub mod cli;
+pub mod config;
 pub mod plugin;
+pub mod scheduler;

@@ -59,20 +59,7 @@ fn parse_param(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Parse "30s", "500ms", "2m", "1h" or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| s.split_at(i));
-    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (examples: 30s, 500ms, 2m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("`{s}` has an unknown unit (use ms, s, m or h)")),
-    };
-    Ok(Duration::from_secs_f64(secs))
-}
+pub use crate::config::duration::parse as parse_duration;
 
 const EXIT_AGENT_ERROR: u8 = 1;
 const EXIT_LOAD: u8 = 2;
@@ -201,15 +188,6 @@ fn report(args: &ExecArgs, plugin: Option<&str>, message: &str, kind: &str, took
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
-        assert!(parse_duration("5 parsecs").is_err());
-    }
 
     #[test]
     fn params_are_name_value() {

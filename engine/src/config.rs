@@ -1,0 +1,557 @@
+//! The cluster configuration: a strict TOML file, validated at load with file, line and a hint.
+//!
+//! Two stages: [`ClusterConfig::parse`] checks structure and references (no I/O beyond reading
+//! the file); [`ClusterConfig::check_plugins`] checks resources against their loaded plugins
+//! (required parameters from `metadata`, grants the plugin never declared). Every error carries
+//! the position of the offending value, so an operator can fix it without guessing.
+//!
+//! ```toml
+//! version = 1
+//! [cluster]
+//! name = "jp1"
+//! [[nodes]]
+//! name = "node-a"
+//! addresses = ["127.0.0.1:7401"]
+//! [[plugins]]
+//! name = "jp1-base"
+//! path = "target/plugins/jp1-base.wasm"
+//! [[resources]]
+//! name = "base"
+//! plugin = "jp1-base"
+//! params = { logical_host = "jp1lh1" }
+//! grants = { exec = [{ program = "/etc/opt/jp1base/jbs_start.cluster" }] }
+//! [[groups]]
+//! name = "jp1"
+//! resources = ["vip", "base"]          # in order: each depends on the one before
+//! priority = ["node-a", "node-b"]
+//! ```
+
+pub mod duration;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use warden_manifest::Capabilities;
+
+pub use duration::HumanDuration;
+
+/// One problem in a config file, with its position and a hint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, "\n  hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// All problems found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub version: Spanned<u32>,
+    pub cluster: ClusterSection,
+    pub nodes: Vec<NodeConfig>,
+    #[serde(default)]
+    pub plugins: Vec<PluginConfig>,
+    #[serde(default)]
+    pub resources: Vec<ResourceConfig>,
+    #[serde(default)]
+    pub groups: Vec<GroupConfig>,
+    #[serde(default)]
+    pub fencing: Vec<FenceDeviceConfig>,
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    /// Where this file was read from (not part of the TOML).
+    #[serde(skip)]
+    pub source: PathBuf,
+    #[serde(skip)]
+    text: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    pub name: String,
+    /// Allow a two-node cluster with neither witness nor fence device. Fail-over then needs an
+    /// operator to confirm that the lost node is really down (`warden node confirm-down`).
+    #[serde(default)]
+    pub manual_confirm: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    #[default]
+    Node,
+    Witness,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub role: Role,
+    /// One `host:port` per network path; heartbeats travel over all of them.
+    #[serde(default)]
+    pub addresses: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    pub name: Spanned<String>,
+    /// Component path, relative to the config file's directory unless absolute.
+    pub path: Spanned<PathBuf>,
+    /// Public key file; when set, the plugin must be signed by it.
+    #[serde(default)]
+    pub signer: Option<Spanned<PathBuf>>,
+}
+
+/// Per-action timeouts; unset ones come from the agent's metadata.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    pub start: Option<HumanDuration>,
+    pub stop: Option<HumanDuration>,
+    pub monitor: Option<HumanDuration>,
+    pub recover: Option<HumanDuration>,
+    pub validate: Option<HumanDuration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceConfig {
+    pub name: Spanned<String>,
+    pub plugin: Spanned<String>,
+    #[serde(default = "spanned_default")]
+    pub params: Spanned<BTreeMap<String, String>>,
+    #[serde(default = "spanned_default")]
+    pub grants: Spanned<Capabilities>,
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// Default: the agent's own monitor interval.
+    pub monitor_interval: Option<HumanDuration>,
+    /// Monitored and reported, never started, stopped or recovered.
+    #[serde(default)]
+    pub unmanaged: bool,
+    /// Linear-memory cap for the agent instance, in MiB (default 256).
+    pub memory_mib: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Switchback {
+    /// Stay where the group is (LifeKeeper's default).
+    #[default]
+    Intelligent,
+    /// Return to the highest-priority node when it comes back.
+    Automatic,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub name: Spanned<String>,
+    /// Members. Without `depends_on`, each depends on the one before it (started in this order,
+    /// stopped in reverse).
+    pub resources: Vec<Spanned<String>>,
+    /// Explicit dependency edges: resource → the resources it needs running first.
+    pub depends_on: Option<Spanned<BTreeMap<String, Vec<String>>>>,
+    /// Nodes in order of preference (lower index wins). Default: all nodes in file order.
+    #[serde(default)]
+    pub priority: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub switchback: Switchback,
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+    #[serde(default = "default_restart_window")]
+    pub restart_window: HumanDuration,
+    #[serde(default = "default_monitor_timeouts_to_fail")]
+    pub monitor_timeouts_to_fail: u32,
+    /// Start the group when the cluster starts (default true).
+    #[serde(default = "default_true")]
+    pub autostart: bool,
+}
+
+/// A missing optional table: empty, positioned nowhere (errors then point at the owner's name).
+fn spanned_default<T: Default>() -> Spanned<T> {
+    Spanned::new(0..0, T::default())
+}
+
+fn default_max_restarts() -> u32 {
+    3
+}
+fn default_restart_window() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+fn default_monitor_timeouts_to_fail() -> u32 {
+    3
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FenceDeviceConfig {
+    pub name: Spanned<String>,
+    pub plugin: Spanned<String>,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub grants: Capabilities,
+    /// Nodes this device can fence (default: all).
+    #[serde(default)]
+    pub nodes: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Persistent state (default /var/lib/warden/<cluster>).
+    pub state_dir: Option<PathBuf>,
+    /// Control socket for the CLI (default <state_dir>/warden.sock).
+    pub control_socket: Option<PathBuf>,
+    /// Prometheus metrics on this loopback address, e.g. "127.0.0.1:9464" (default: off).
+    pub metrics_addr: Option<Spanned<String>>,
+    /// Precompiled-plugin cache (default <state_dir>/cache).
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Line and column (1-based) of a byte offset.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    (line, col)
+}
+
+impl ClusterConfig {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: path.into(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read the config file: {e}"),
+                hint: None,
+            }])
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigErrors> {
+        let mut cfg: ClusterConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((0, 0), |s| position(text, s.start));
+            let message = e.message().trim().to_string();
+            let hint = if message.contains("unknown field") {
+                Some("check the spelling against the documented keys (docs/configuration.md)".into())
+            } else {
+                None
+            };
+            ConfigErrors(vec![ConfigError { file: path.into(), line, column, message, hint }])
+        })?;
+        cfg.source = path.to_path_buf();
+        cfg.text = text.to_string();
+        let errors = cfg.validate();
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// An error at the position of a spanned value.
+    pub fn error_at(&self, span: std::ops::Range<usize>, message: impl Into<String>, hint: Option<String>) -> ConfigError {
+        let (line, column) = position(&self.text, span.start);
+        ConfigError { file: self.source.clone(), line, column, message: message.into(), hint }
+    }
+
+    fn validate(&self) -> Vec<ConfigError> {
+        let mut errs = Vec::new();
+        let mut err = |span: std::ops::Range<usize>, msg: String, hint: Option<&str>| errs.push(self.error_at(span, msg, hint.map(Into::into)));
+
+        if *self.version.get_ref() != 1 {
+            err(self.version.span(), format!("config version {} is not supported", self.version.get_ref()), Some("this Warden reads `version = 1`"));
+        }
+
+        // Nodes.
+        let mut node_names = BTreeSet::new();
+        for n in &self.nodes {
+            if !node_names.insert(n.name.get_ref().as_str()) {
+                err(n.name.span(), format!("node `{}` is defined twice", n.name.get_ref()), Some("node names must be unique"));
+            }
+            for a in &n.addresses {
+                let ok = a.get_ref().rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                if !ok {
+                    err(a.span(), format!("address `{}` is not HOST:PORT", a.get_ref()), Some("for example \"10.0.0.1:7400\""));
+                }
+            }
+        }
+        let runnable: Vec<&NodeConfig> = self.nodes.iter().filter(|n| n.role == Role::Node).collect();
+        if runnable.is_empty() {
+            err(0..0, "the cluster has no node that can run resources".into(), Some("add a [[nodes]] entry with role = \"node\" (the default)"));
+        }
+        let witnesses = self.nodes.iter().filter(|n| n.role == Role::Witness).count();
+        if runnable.len() == 2 && witnesses == 0 && self.fencing.is_empty() && !self.cluster.manual_confirm {
+            err(
+                runnable[1].name.span(),
+                "a two-node cluster with neither a witness nor a fence device cannot tell a dead peer from a lost network (split brain)".into(),
+                Some("add a third [[nodes]] entry with role = \"witness\", or a [[fencing]] device, or set manual_confirm = true under [cluster] to confirm fail-overs by hand"),
+            );
+        }
+
+        // Plugins.
+        let mut plugin_names = BTreeSet::new();
+        for p in &self.plugins {
+            if !plugin_names.insert(p.name.get_ref().as_str()) {
+                err(p.name.span(), format!("plugin `{}` is defined twice", p.name.get_ref()), None);
+            }
+        }
+        let known_plugins = || plugin_names.iter().copied().collect::<Vec<_>>().join(", ");
+
+        // Resources.
+        let mut resource_names = BTreeSet::new();
+        for r in &self.resources {
+            if !resource_names.insert(r.name.get_ref().as_str()) {
+                err(r.name.span(), format!("resource `{}` is defined twice", r.name.get_ref()), Some("resource names must be unique"));
+            }
+            if !plugin_names.contains(r.plugin.get_ref().as_str()) {
+                err(
+                    r.plugin.span(),
+                    format!("resource `{}` uses unknown plugin `{}`", r.name.get_ref(), r.plugin.get_ref()),
+                    Some(&format!("declare it in a [[plugins]] entry (known plugins: {})", if plugin_names.is_empty() { "none".into() } else { known_plugins() })),
+                );
+            }
+        }
+        for f in &self.fencing {
+            if !plugin_names.contains(f.plugin.get_ref().as_str()) {
+                err(f.plugin.span(), format!("fence device `{}` uses unknown plugin `{}`", f.name.get_ref(), f.plugin.get_ref()), Some("declare it in a [[plugins]] entry"));
+            }
+            for n in &f.nodes {
+                if !node_names.contains(n.get_ref().as_str()) {
+                    err(n.span(), format!("fence device `{}` names unknown node `{}`", f.name.get_ref(), n.get_ref()), None);
+                }
+            }
+        }
+
+        // Groups.
+        let mut owner_group: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut group_names = BTreeSet::new();
+        for g in &self.groups {
+            let gname = g.name.get_ref().as_str();
+            if !group_names.insert(gname) {
+                err(g.name.span(), format!("group `{gname}` is defined twice"), None);
+            }
+            if g.resources.is_empty() {
+                err(g.name.span(), format!("group `{gname}` has no resources"), Some("list its resources in `resources = [...]`"));
+            }
+            let members: BTreeSet<&str> = g.resources.iter().map(|r| r.get_ref().as_str()).collect();
+            for r in &g.resources {
+                let rname = r.get_ref().as_str();
+                if !resource_names.contains(rname) {
+                    err(r.span(), format!("group `{gname}` lists unknown resource `{rname}`"), Some("define it in a [[resources]] entry"));
+                } else if let Some(other) = owner_group.insert(rname, gname) {
+                    err(
+                        r.span(),
+                        format!("resource `{rname}` is in two groups (`{other}` and `{gname}`)"),
+                        Some("a resource belongs to exactly one group; define a second resource if you need two"),
+                    );
+                }
+            }
+            for n in &g.priority {
+                match self.nodes.iter().find(|x| x.name.get_ref() == n.get_ref()) {
+                    None => err(n.span(), format!("group `{gname}` lists unknown node `{}` in its priority", n.get_ref()), None),
+                    Some(x) if x.role == Role::Witness => err(n.span(), format!("group `{gname}` lists witness `{}`: a witness never runs resources", n.get_ref()), None),
+                    _ => {}
+                }
+            }
+            if let Some(deps) = &g.depends_on {
+                for (r, needs) in deps.get_ref() {
+                    for d in std::iter::once(r).chain(needs) {
+                        if !members.contains(d.as_str()) {
+                            err(deps.span(), format!("group `{gname}`: depends_on names `{d}`, which is not in the group"), Some("dependencies must be between members of the same group"));
+                        }
+                    }
+                }
+                if let Err(cycle) = topo_order(&g.resources.iter().map(|r| r.get_ref().clone()).collect::<Vec<_>>(), deps.get_ref()) {
+                    err(deps.span(), format!("group `{gname}` has a dependency cycle: {}", cycle.join(" -> ")), Some("remove one of the edges so the resources can be started in some order"));
+                }
+            }
+        }
+        for r in &self.resources {
+            if !owner_group.contains_key(r.name.get_ref().as_str()) {
+                err(r.name.span(), format!("resource `{}` is not in any group", r.name.get_ref()), Some("add it to a [[groups]] entry's `resources`"));
+            }
+        }
+        if let Some(m) = &self.daemon.metrics_addr {
+            match m.get_ref().parse::<std::net::SocketAddr>() {
+                Ok(a) if a.ip().is_loopback() => {}
+                Ok(_) => err(m.span(), format!("metrics_addr `{}` is not a loopback address", m.get_ref()), Some("metrics are served on loopback only, e.g. \"127.0.0.1:9464\"")),
+                Err(_) => err(m.span(), format!("metrics_addr `{}` is not IP:PORT", m.get_ref()), None),
+            }
+        }
+        errs
+    }
+
+    /// Resolve a path from the config relative to the config file's directory.
+    pub fn resolve_path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.source.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.name.get_ref() == name)
+    }
+
+    pub fn resource(&self, name: &str) -> Option<&ResourceConfig> {
+        self.resources.iter().find(|r| r.name.get_ref() == name)
+    }
+
+    /// The dependency edges of a group: resource → what it needs first.
+    pub fn group_edges(g: &GroupConfig) -> BTreeMap<String, Vec<String>> {
+        match &g.depends_on {
+            Some(d) => d.get_ref().clone(),
+            None => g.resources.windows(2).map(|w| (w[1].get_ref().clone(), vec![w[0].get_ref().clone()])).collect(),
+        }
+    }
+
+    /// Stage two: check resources against their loaded plugins.
+    pub fn check_plugins(&self, plugins: &BTreeMap<String, std::sync::Arc<crate::plugin::Plugin>>) -> Result<(), ConfigErrors> {
+        let mut errs = Vec::new();
+        for r in &self.resources {
+            let Some(p) = plugins.get(r.plugin.get_ref()) else { continue };
+            if p.world() != warden_manifest::World::ResourceAgent {
+                errs.push(self.error_at(r.plugin.span(), format!("resource `{}`: plugin `{}` is a fence agent, not a resource agent", r.name.get_ref(), r.plugin.get_ref()), None));
+                continue;
+            }
+            let params_span = if r.params.span().is_empty() { r.name.span() } else { r.params.span() };
+            if let Err(e) = p.metadata.resolve_params(r.params.get_ref()) {
+                let hint = p.metadata.parameters.iter().filter(|x| x.required).map(|x| format!("{} ({})", x.name, x.description)).collect::<Vec<_>>();
+                errs.push(self.error_at(
+                    params_span,
+                    format!("resource `{}` ({}): {e}", r.name.get_ref(), r.plugin.get_ref()),
+                    Some(format!("`warden plugin inspect` lists the parameters; required: {}", if hint.is_empty() { "none".into() } else { hint.join(", ") })),
+                ));
+            }
+            let undeclared = r.grants.get_ref().not_covered_by(&p.manifest.capabilities);
+            if !undeclared.is_empty() {
+                errs.push(self.error_at(
+                    r.grants.span(),
+                    format!("resource `{}` grants what plugin `{}` never requested: {}", r.name.get_ref(), r.plugin.get_ref(), undeclared.join("; ")),
+                    Some("remove the grant, or check that the resource uses the right plugin (`warden plugin inspect` lists what it requests)".into()),
+                ));
+            }
+        }
+        for f in &self.fencing {
+            if let Some(p) = plugins.get(f.plugin.get_ref()) {
+                if p.world() != warden_manifest::World::FenceAgent {
+                    errs.push(self.error_at(f.plugin.span(), format!("fence device `{}`: plugin `{}` is not a fence agent", f.name.get_ref(), f.plugin.get_ref()), None));
+                }
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errs))
+        }
+    }
+}
+
+/// Members in a start order (every resource after what it depends on), or the cycle found.
+pub fn topo_order(members: &[String], edges: &BTreeMap<String, Vec<String>>) -> Result<Vec<String>, Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    fn visit(n: &str, edges: &BTreeMap<String, Vec<String>>, marks: &mut BTreeMap<String, Mark>, stack: &mut Vec<String>, out: &mut Vec<String>) -> Result<(), Vec<String>> {
+        match marks.get(n).copied().unwrap_or(Mark::New) {
+            Mark::Done => return Ok(()),
+            Mark::Active => {
+                let start = stack.iter().position(|s| s == n).unwrap_or(0);
+                let mut cycle = stack[start..].to_vec();
+                cycle.push(n.to_string());
+                return Err(cycle);
+            }
+            Mark::New => {}
+        }
+        marks.insert(n.to_string(), Mark::Active);
+        stack.push(n.to_string());
+        for d in edges.get(n).into_iter().flatten() {
+            visit(d, edges, marks, stack, out)?;
+        }
+        stack.pop();
+        marks.insert(n.to_string(), Mark::Done);
+        out.push(n.to_string());
+        Ok(())
+    }
+    let mut marks = BTreeMap::new();
+    let mut out = Vec::new();
+    for m in members {
+        visit(m, edges, &mut marks, &mut Vec::new(), &mut out)?;
+    }
+    out.retain(|x| members.contains(x));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topo_order_respects_edges_and_finds_cycles() {
+        let m: Vec<String> = ["ajs", "base", "vip", "fs"].iter().map(|s| s.to_string()).collect();
+        let mut e = BTreeMap::new();
+        e.insert("base".to_string(), vec!["vip".to_string(), "fs".to_string()]);
+        e.insert("ajs".to_string(), vec!["base".to_string()]);
+        let order = topo_order(&m, &e).unwrap();
+        let pos = |x: &str| order.iter().position(|o| o == x).unwrap();
+        assert!(pos("vip") < pos("base") && pos("fs") < pos("base") && pos("base") < pos("ajs"));
+        e.insert("vip".to_string(), vec!["ajs".to_string()]);
+        let cycle = topo_order(&m, &e).unwrap_err();
+        assert_eq!(cycle.first(), cycle.last());
+        assert!(cycle.len() >= 4, "{cycle:?}");
+    }
+
+    #[test]
+    fn position_is_one_based() {
+        assert_eq!(position("a\nbc\nd", 3), (2, 2));
+        assert_eq!(position("abc", 0), (1, 1));
+    }
+}
