@@ -7,6 +7,7 @@
 
 mod agent_exec;
 mod demo;
+pub mod ops;
 mod plugin_cmd;
 
 use std::path::PathBuf;
@@ -64,6 +65,44 @@ pub enum Command {
         #[command(subcommand)]
         command: plugin_cmd::PluginCommand,
     },
+    /// Run a node, check a config, put a node in standby or back online.
+    Node {
+        #[command(subcommand)]
+        command: ops::NodeCommand,
+    },
+    /// Nodes, groups and resources at a glance (like crm_mon / lcdstatus).
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// Redraw every second.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        socket: ops::SocketArg,
+    },
+    /// The event history: every action with start time, duration, result and reason.
+    Events {
+        /// Keep printing new events as they happen.
+        #[arg(long, short)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        #[command(flatten)]
+        socket: ops::SocketArg,
+    },
+    /// Start, stop or move a group.
+    Group {
+        #[command(subcommand)]
+        command: ops::GroupCommand,
+    },
+    /// Clean up a resource's failures.
+    Resource {
+        #[command(subcommand)]
+        command: ops::ResourceCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,6 +147,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent { command: AgentCommand::Exec(args) } => agent_exec::run(&cli, args).await,
         Command::Plugin { command } => plugin_cmd::run(&cli, command).await,
         Command::Demo(args) => demo::run(&cli, args).await,
+        Command::Node { command } => ops::node(command).await,
+        Command::Status { json, watch, socket } => ops::status(&socket.socket, *json, *watch).await,
+        Command::Events { follow, json, since, socket } => ops::events(&socket.socket, *follow, *json, *since).await,
+        Command::Group { command } => ops::group(command).await,
+        Command::Resource { command } => ops::resource(command).await,
     }
 }
 

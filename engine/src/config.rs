@@ -240,7 +240,7 @@ pub struct FenceDeviceConfig {
 pub struct DaemonConfig {
     /// Persistent state (default /var/lib/warden/<cluster>).
     pub state_dir: Option<PathBuf>,
-    /// Control socket for the CLI (default <state_dir>/warden.sock).
+    /// Control socket for the CLI (default /run/warden/warden.sock).
     pub control_socket: Option<PathBuf>,
     /// Prometheus metrics on this loopback address, e.g. "127.0.0.1:9464" (default: off).
     pub metrics_addr: Option<Spanned<String>>,

@@ -69,6 +69,8 @@ pub struct ResourceModel {
     pub name: String,
     pub group: String,
     pub unmanaged: bool,
+    /// The agent recovers locally (metadata `local-recovery`); otherwise a failure fails over.
+    pub local_recovery: bool,
 }
 
 impl Model {
@@ -99,7 +101,7 @@ impl Model {
             };
             for r in &names {
                 let unmanaged = cfg.resource(r).is_some_and(|rc| rc.unmanaged);
-                resources.insert(r.clone(), ResourceModel { name: r.clone(), group: g.name.get_ref().clone(), unmanaged });
+                resources.insert(r.clone(), ResourceModel { name: r.clone(), group: g.name.get_ref().clone(), unmanaged, local_recovery: true });
             }
             groups.insert(
                 g.name.get_ref().clone(),
@@ -492,7 +494,7 @@ impl Scheduler {
         r.last_failure = Some(reason.clone());
         r.restarts.retain(|t| now.saturating_sub(*t) < gm.restart_window);
         let owner = self.state.groups[&gm.name].owner.clone();
-        if owner.as_deref() == Some(node.as_str()) && (r.restarts.len() as u32) < gm.max_restarts {
+        if rm.local_recovery && owner.as_deref() == Some(node.as_str()) && (r.restarts.len() as u32) < gm.max_restarts {
             r.restarts.push(now);
             let n = r.restarts.len();
             self.set(&resource, &node, Some(Activity::Recovering));

@@ -497,7 +497,7 @@ impl PluginInstance {
         last
     }
 
-    async fn instantiate(&self, plugin: &Plugin, action: Action, timeout: Duration) -> Result<Warm, CallError> {
+    async fn instantiate(&mut self, plugin: &Plugin, action: Action, timeout: Duration) -> Result<Warm, CallError> {
         let stdout = CapturedOutput::new(STDIO_CAP);
         let stderr = CapturedOutput::new(STDIO_CAP);
         // Nothing from the host leaks in: no preopened directories, no environment, no

@@ -12,7 +12,7 @@ fn model(nodes: &[&str], groups: &[(&str, &[&str])], fenceable: bool) -> Model {
         let deps: BTreeMap<String, Vec<String>> = members.windows(2).map(|w| (w[1].clone(), vec![w[0].clone()])).collect();
         let dependents: BTreeMap<String, Vec<String>> = members.windows(2).map(|w| (w[0].clone(), vec![w[1].clone()])).collect();
         for m in &members {
-            rm.insert(m.clone(), ResourceModel { name: m.clone(), group: g.to_string(), unmanaged: false });
+            rm.insert(m.clone(), ResourceModel { name: m.clone(), group: g.to_string(), unmanaged: false, local_recovery: true });
         }
         gm.insert(
             g.to_string(),

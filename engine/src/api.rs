@@ -1,0 +1,166 @@
+//! The local control API: newline-delimited JSON over a Unix socket that only root can open
+//! (mode 0600). The CLI sends one request per connection; `events --follow` keeps the connection
+//! and receives one event per line. Every message carries the protocol version.
+
+pub mod metrics;
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::node::history::EventRecord;
+use crate::scheduler::OperatorCommand;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub v: u32,
+    #[serde(flatten)]
+    pub body: T,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "kebab-case")]
+pub enum Request {
+    Status,
+    Events { since: u64, follow: bool },
+    Operator { command: OperatorCommand },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "kebab-case")]
+pub enum Response {
+    Status { status: Box<StatusReport> },
+    Events { events: Vec<EventRecord> },
+    Event { event: EventRecord },
+    Ok { message: String },
+    Error { message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub cluster: String,
+    pub node: String,
+    pub now_ms: u64,
+    pub shutting_down: bool,
+    pub nodes: Vec<NodeStatus>,
+    pub groups: Vec<GroupStatus>,
+    pub resources: Vec<ResourceStatus>,
+    pub recent: Vec<EventRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub role: String,
+    pub up: bool,
+    pub standby: bool,
+    pub needs_fence: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub name: String,
+    pub state: String,
+    pub target: String,
+    pub owner: Option<String>,
+    pub epoch: u64,
+    pub failed_on: Vec<String>,
+    pub resources: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResourceStatus {
+    pub name: String,
+    pub group: String,
+    pub plugin: String,
+    pub unmanaged: bool,
+    /// What it is doing on each node where it is not known stopped.
+    pub on: Vec<(String, String)>,
+    pub last_monitor: Option<MonitorStatus>,
+    pub restarts: usize,
+    pub last_failure: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MonitorStatus {
+    pub at_ms: u64,
+    pub result: String,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the Warden node at {path}: {source} (is `warden node run` running? pass --socket or set WARDEN_SOCKET)")]
+    Connect { path: String, source: std::io::Error },
+    #[error("control connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad answer from the node: {0}")]
+    Protocol(String),
+}
+
+/// A connection to a node's control socket.
+pub struct Client {
+    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Client {
+    pub async fn connect(path: &Path) -> Result<Self, ClientError> {
+        let s = UnixStream::connect(path).await.map_err(|source| ClientError::Connect { path: path.display().to_string(), source })?;
+        let (r, w) = s.into_split();
+        Ok(Self { reader: BufReader::new(r), writer: w })
+    }
+
+    pub async fn send(&mut self, req: Request) -> Result<(), ClientError> {
+        let mut line = serde_json::to_string(&Envelope { v: PROTOCOL_VERSION, body: req }).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        line.push('\n');
+        self.writer.write_all(line.as_bytes()).await?;
+        Ok(())
+    }
+
+    /// The next response; `None` when the node closed the connection.
+    pub async fn recv(&mut self) -> Result<Option<Response>, ClientError> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).await? == 0 {
+            return Ok(None);
+        }
+        let env: Envelope<Response> = serde_json::from_str(&line).map_err(|e| ClientError::Protocol(format!("{e}: {line}")))?;
+        if env.v != PROTOCOL_VERSION {
+            return Err(ClientError::Protocol(format!("protocol version {} (this CLI speaks {PROTOCOL_VERSION})", env.v)));
+        }
+        Ok(Some(env.body))
+    }
+
+    /// One request, one response.
+    pub async fn call(path: &Path, req: Request) -> Result<Response, ClientError> {
+        let mut c = Self::connect(path).await?;
+        c.send(req).await?;
+        c.recv().await?.ok_or_else(|| ClientError::Protocol("connection closed".into()))
+    }
+}
+
+/// Read one request line from a server-side connection.
+pub async fn read_request(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> Result<Option<Request>, String> {
+    let mut line = String::new();
+    match reader.read_line(&mut line).await {
+        Ok(0) => Ok(None),
+        Ok(_) => {
+            let env: Envelope<Request> = serde_json::from_str(&line).map_err(|e| format!("bad request: {e}"))?;
+            if env.v != PROTOCOL_VERSION {
+                return Err(format!("protocol version {} is not supported (this node speaks {PROTOCOL_VERSION})", env.v));
+            }
+            Ok(Some(env.body))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+pub async fn write_response(writer: &mut tokio::net::unix::OwnedWriteHalf, resp: Response) -> std::io::Result<()> {
+    let mut line = serde_json::to_string(&Envelope { v: PROTOCOL_VERSION, body: resp }).unwrap_or_default();
+    line.push('\n');
+    writer.write_all(line.as_bytes()).await
+}

@@ -1,0 +1,82 @@
+//! Prometheus metrics: action counts and durations per plugin, monitor failures, resource
+//! states. Served as text on `GET /metrics` at a loopback address from the config.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// (plugin, action, result) → count
+    actions: BTreeMap<(String, String, String), u64>,
+    /// (plugin, action) → (sum seconds, count)
+    durations: BTreeMap<(String, String), (f64, u64)>,
+    /// resource → monitor failures (failed, stopped unexpectedly, errors, timeouts)
+    monitor_failures: BTreeMap<String, u64>,
+}
+
+impl Metrics {
+    pub fn action(&mut self, plugin: &str, action: &str, result: &str, took: Duration) {
+        *self.actions.entry((plugin.into(), action.into(), result.into())).or_default() += 1;
+        let d = self.durations.entry((plugin.into(), action.into())).or_default();
+        d.0 += took.as_secs_f64();
+        d.1 += 1;
+    }
+
+    pub fn monitor_failure(&mut self, resource: &str) {
+        *self.monitor_failures.entry(resource.into()).or_default() += 1;
+    }
+
+    /// The exposition text; `states` is (resource, state) for the gauge.
+    pub fn render(&self, states: &[(String, String)]) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# HELP warden_agent_actions_total Agent calls by plugin, action and result.\n# TYPE warden_agent_actions_total counter");
+        for ((p, a, r), n) in &self.actions {
+            let _ = writeln!(s, "warden_agent_actions_total{{plugin=\"{p}\",action=\"{a}\",result=\"{r}\"}} {n}");
+        }
+        let _ = writeln!(s, "# HELP warden_agent_action_seconds Time spent in agent calls.\n# TYPE warden_agent_action_seconds summary");
+        for ((p, a), (sum, n)) in &self.durations {
+            let _ = writeln!(s, "warden_agent_action_seconds_sum{{plugin=\"{p}\",action=\"{a}\"}} {sum}");
+            let _ = writeln!(s, "warden_agent_action_seconds_count{{plugin=\"{p}\",action=\"{a}\"}} {n}");
+        }
+        let _ = writeln!(s, "# HELP warden_monitor_failures_total Monitor results that were not healthy.\n# TYPE warden_monitor_failures_total counter");
+        for (r, n) in &self.monitor_failures {
+            let _ = writeln!(s, "warden_monitor_failures_total{{resource=\"{r}\"}} {n}");
+        }
+        let _ = writeln!(s, "# HELP warden_resource_state 1 for the state each resource is in on this node.\n# TYPE warden_resource_state gauge");
+        for (r, st) in states {
+            let _ = writeln!(s, "warden_resource_state{{resource=\"{r}\",state=\"{st}\"}} 1");
+        }
+        s
+    }
+}
+
+/// Serve `GET /metrics`; each request asks the node loop for the current text.
+pub async fn serve(listener: tokio::net::TcpListener, ask: mpsc::Sender<oneshot::Sender<String>>) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else { continue };
+        let ask = ask.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let (status, body) = if req.starts_with("GET /metrics") {
+                let (tx, rx) = oneshot::channel();
+                if ask.send(tx).await.is_err() {
+                    return;
+                }
+                ("200 OK", rx.await.unwrap_or_default())
+            } else {
+                ("404 Not Found", "only /metrics is served here\n".to_string())
+            };
+            let resp = format!("HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}

@@ -1,0 +1,310 @@
+//! Operator commands against a running node: `status`, `events`, `group`, `resource`,
+//! `node standby|online`, and `node run` itself.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::api::{Client, Request, Response, StatusReport};
+use crate::node::history::EventRecord;
+use crate::node::{Node, NodeOptions};
+use crate::scheduler::OperatorCommand;
+
+/// Where the CLI finds the node: --socket, else $WARDEN_SOCKET, else the default.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SocketArg {
+    /// The node's control socket.
+    #[arg(long, env = "WARDEN_SOCKET", default_value = crate::node::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum NodeCommand {
+    /// Run this node: load the config and plugins, probe, then protect the groups.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// This node's name in the config (default: the host name).
+        #[arg(long)]
+        node: Option<String>,
+        /// Persistent state (default: daemon.state_dir from the config, else /var/lib/warden/<cluster>).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Control socket (default: daemon.control_socket from the config, else /run/warden/warden.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// On SIGTERM/SIGINT, exit without stopping the resources (the next start adopts them).
+        #[arg(long)]
+        leave_running: bool,
+    },
+    /// Check a config file (and its plugins) without running anything.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Move every group away from NODE and keep it empty (maintenance).
+    Standby {
+        node: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// End standby: NODE may run groups again.
+    Online {
+        node: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum GroupCommand {
+    /// Start GROUP (also clears a failed state).
+    Start {
+        group: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Stop GROUP, top-down, and keep it stopped.
+    Stop {
+        group: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Move GROUP to NODE (or the next eligible node).
+    Move {
+        group: String,
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ResourceCommand {
+    /// Forget RESOURCE's failures (restart counts, failed state) and re-probe it.
+    Cleanup {
+        resource: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+pub async fn node(cmd: &NodeCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        NodeCommand::Run { config, node, state_dir, socket, leave_running } => {
+            let opts = NodeOptions { config: config.clone(), node: node.clone(), state_dir: state_dir.clone(), socket: socket.clone(), leave_running: *leave_running, check_only: false };
+            let n = Node::load(&opts).await?;
+            let stop = async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+                let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            };
+            n.run(stop).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        NodeCommand::Check { config, node } => {
+            let opts = NodeOptions {
+                config: config.clone(),
+                node: node.clone(),
+                state_dir: Some(std::env::temp_dir().join(format!("warden-check-{}", std::process::id()))),
+                check_only: true,
+                ..Default::default()
+            };
+            let r = Node::load(&opts).await;
+            let _ = std::fs::remove_dir_all(opts.state_dir.as_ref().unwrap());
+            r?;
+            println!("{}: ok", config.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        NodeCommand::Standby { node, socket } => operator(&socket.socket, OperatorCommand::Standby { node: node.clone() }).await,
+        NodeCommand::Online { node, socket } => operator(&socket.socket, OperatorCommand::Online { node: node.clone() }).await,
+    }
+}
+
+pub async fn group(cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        GroupCommand::Start { group, socket } => operator(&socket.socket, OperatorCommand::StartGroup { group: group.clone() }).await,
+        GroupCommand::Stop { group, socket } => operator(&socket.socket, OperatorCommand::StopGroup { group: group.clone() }).await,
+        GroupCommand::Move { group, to, socket } => operator(&socket.socket, OperatorCommand::MoveGroup { group: group.clone(), to: to.clone() }).await,
+    }
+}
+
+pub async fn resource(cmd: &ResourceCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ResourceCommand::Cleanup { resource, socket } => operator(&socket.socket, OperatorCommand::Cleanup { resource: resource.clone() }).await,
+    }
+}
+
+async fn operator(socket: &std::path::Path, command: OperatorCommand) -> anyhow::Result<ExitCode> {
+    match Client::call(socket, Request::Operator { command }).await? {
+        Response::Ok { message } => {
+            println!("{message}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error { message } => {
+            eprintln!("error: {message}");
+            Ok(ExitCode::from(1))
+        }
+        other => anyhow::bail!("unexpected answer: {other:?}"),
+    }
+}
+
+pub async fn status(socket: &std::path::Path, json: bool, watch: bool) -> anyhow::Result<ExitCode> {
+    loop {
+        let report = match Client::call(socket, Request::Status).await? {
+            Response::Status { status } => status,
+            Response::Error { message } => anyhow::bail!("{message}"),
+            other => anyhow::bail!("unexpected answer: {other:?}"),
+        };
+        if json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            if watch {
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", render_status(&report));
+        }
+        if !watch {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+pub async fn events(socket: &std::path::Path, follow: bool, json: bool, since: u64) -> anyhow::Result<ExitCode> {
+    let mut c = Client::connect(socket).await?;
+    c.send(Request::Events { since, follow }).await?;
+    while let Some(resp) = c.recv().await? {
+        match resp {
+            Response::Events { events } => {
+                for e in events {
+                    print_event(&e, json)?;
+                }
+                if !follow {
+                    break;
+                }
+            }
+            Response::Event { event } => print_event(&event, json)?,
+            Response::Error { message } => eprintln!("warning: {message}"),
+            other => anyhow::bail!("unexpected answer: {other:?}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_event(e: &EventRecord, json: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(e)?).context("stdout")?;
+    } else {
+        writeln!(out, "{}", event_line(e)).context("stdout")?;
+    }
+    out.flush().context("stdout")?;
+    Ok(())
+}
+
+pub fn event_line(e: &EventRecord) -> String {
+    let mut s = format!("{}  {:<8} {:<14}", clock(e.at_ms), e.kind, e.subject);
+    if let Some(a) = &e.action {
+        s.push_str(&format!(" {a:<8}"));
+    }
+    if !e.result.is_empty() {
+        s.push_str(&format!(" {}", e.result));
+    }
+    if let Some(d) = e.duration_ms {
+        s.push_str(&format!(" ({d} ms)"));
+    }
+    if !e.message.is_empty() {
+        s.push_str(&format!("  {}", e.message));
+    }
+    s
+}
+
+/// "2026-11-25 00:55:01.123" (UTC) from unix milliseconds.
+pub fn clock(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}", rem / 3600, rem % 3600 / 60, rem % 60, ms % 1000)
+}
+
+fn ago(now: u64, at: u64) -> String {
+    let d = now.saturating_sub(at);
+    if d < 1000 {
+        format!("{d}ms ago")
+    } else if d < 120_000 {
+        format!("{}s ago", d / 1000)
+    } else {
+        format!("{}m ago", d / 60_000)
+    }
+}
+
+pub fn render_status(r: &StatusReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "Cluster {}  (node {}, {} UTC){}", r.cluster, r.node, clock(r.now_ms), if r.shutting_down { "  SHUTTING DOWN" } else { "" });
+    let _ = writeln!(s, "\nNodes:");
+    for n in &r.nodes {
+        let state = match (n.up, n.standby, n.needs_fence) {
+            (_, _, true) => "NEEDS FENCING",
+            (true, true, _) => "standby",
+            (true, false, _) => "online",
+            (false, _, _) => "offline",
+        };
+        let _ = writeln!(s, "  {:<16} {:<8} {state}", n.name, n.role);
+    }
+    let _ = writeln!(s, "\nGroups:");
+    for g in &r.groups {
+        let owner = g.owner.as_deref().map_or(String::new(), |o| format!("on {o} (epoch {})", g.epoch));
+        let failed = if g.failed_on.is_empty() { String::new() } else { format!("  failed on: {}", g.failed_on.join(", ")) };
+        let _ = writeln!(s, "  {:<16} {:<11} {owner}{failed}", g.name, g.state.to_uppercase());
+    }
+    let _ = writeln!(s, "\nResources:");
+    let _ = writeln!(s, "  {:<16} {:<12} {:<18} {:<22} {:<28} {}", "RESOURCE", "GROUP", "PLUGIN", "STATE", "LAST MONITOR", "RESTARTS");
+    for res in &r.resources {
+        let state = if res.on.is_empty() { "stopped".to_string() } else { res.on.iter().map(|(n, a)| format!("{a}@{n}")).collect::<Vec<_>>().join(",") };
+        let state = if res.unmanaged { format!("{state} (unmanaged)") } else { state };
+        let mon = res.last_monitor.as_ref().map_or("-".to_string(), |m| format!("{} {}", m.result, ago(r.now_ms, m.at_ms)));
+        let _ = writeln!(s, "  {:<16} {:<12} {:<18} {:<22} {:<28} {}", res.name, res.group, res.plugin, state, mon, res.restarts);
+        if let Some(f) = &res.last_failure {
+            let _ = writeln!(s, "  {:<16} last failure: {f}", "");
+        }
+    }
+    if !r.recent.is_empty() {
+        let _ = writeln!(s, "\nRecent events:");
+        for e in &r.recent {
+            let _ = writeln!(s, "  {}", event_line(e));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_formats_utc() {
+        assert_eq!(clock(0), "1970-01-01 00:00:00.000");
+        assert_eq!(clock(1_795_000_000_123), "2026-11-18 11:06:40.123");
+    }
+}

@@ -1,0 +1,559 @@
+//! The node daemon (`warden node run`): loads the config and plugins, probes what really runs,
+//! then drives the scheduler: commands go to per-resource workers, their results and the
+//! monitors' come back as events. State that must survive a restart is persisted; what
+//! resources are doing is always re-learned by probing, so a restarted daemon adopts running
+//! resources instead of starting second copies.
+//!
+//! ```text
+//!   control socket ─┐        ┌──────────── Scheduler (sans-IO) ───────────┐
+//!   monitor timers ─┼─► loop ┤ events in                      commands out ├─► workers (one task
+//!   job results ────┘        └──────────────────────────────────────────────┘   per resource)
+//! ```
+
+pub mod history;
+pub mod worker;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api::{self, GroupStatus, MonitorStatus, NodeStatus, Request, ResourceStatus, Response, StatusReport};
+use crate::config::{ClusterConfig, ConfigErrors, Role};
+use crate::plugin::{signing, HostOptions, Limits, Plugin, PluginError, PluginHost, SignatureStatus};
+use crate::scheduler::{ActionKind, Activity, Command, Event, Millis, Model, MonitorOutcome, Scheduler, State};
+use history::{unix_ms, EventRecord, History};
+use worker::{Job, JobKind, JobOutcome, JobResult, Timeouts, Worker};
+
+/// How often the scheduler re-evaluates time-based rules even when nothing happens.
+const TICK: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("{0}")]
+    Plugin(#[from] PluginError),
+    #[error("plugin `{name}` ({path}) is refused: {status}; the config requires it to be signed by {signer}")]
+    Unsigned { name: String, path: PathBuf, status: SignatureStatus, signer: PathBuf },
+    #[error("node `{0}` is not in the config (use --node NAME; the nodes are: {1})")]
+    UnknownNode(String, String),
+    #[error("node `{0}` is a witness: it never runs resources")]
+    Witness(String),
+    #[error("this build runs single-node clusters only: the config has {0} nodes. Multi-node membership (heartbeats, quorum, fencing) is not implemented yet, and running nodes without it could start a group twice.")]
+    MultiNode(usize),
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("another `warden node run` is already serving {0}")]
+    AlreadyRunning(PathBuf),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    pub config: PathBuf,
+    pub node: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    /// On SIGTERM, exit without stopping resources (they are adopted at the next start).
+    pub leave_running: bool,
+    /// Only check the config and plugins (`warden node check`): multi-node configs are fine.
+    pub check_only: bool,
+}
+
+/// The state file: what must survive a restart (never what resources are doing).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Persisted {
+    version: u32,
+    cluster: String,
+    node: String,
+    state: State,
+}
+
+fn durable(state: &State) -> State {
+    let mut s = state.clone();
+    for r in s.resources.values_mut() {
+        r.last_monitor = None;
+        r.monitor_timeouts = 0;
+        r.on.retain(|_, a| matches!(a, Activity::Running | Activity::Failed | Activity::StopFailed));
+    }
+    for n in s.nodes.values_mut() {
+        n.up = false;
+    }
+    s
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// A loaded, validated node, ready to run.
+pub struct Node {
+    cfg: ClusterConfig,
+    name: String,
+    state_dir: PathBuf,
+    socket: PathBuf,
+    plugins: BTreeMap<String, Arc<Plugin>>,
+    leave_running: bool,
+}
+
+/// Where the CLI and the daemon meet unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/warden/warden.sock";
+
+/// Default state directory for a cluster.
+pub fn default_state_dir(cluster: &str) -> PathBuf {
+    PathBuf::from("/var/lib/warden").join(cluster)
+}
+
+impl Node {
+    /// Load the config, check it, load and verify every plugin, and check resources against them.
+    pub async fn load(opts: &NodeOptions) -> Result<Self, NodeError> {
+        let cfg = ClusterConfig::load(&opts.config)?;
+        let name = opts.node.clone().unwrap_or_else(crate::cli::hostname);
+        let names = || cfg.nodes.iter().map(|n| n.name.get_ref().clone()).collect::<Vec<_>>().join(", ");
+        let me = cfg.node(&name).ok_or_else(|| NodeError::UnknownNode(name.clone(), names()))?;
+        if me.role == Role::Witness {
+            return Err(NodeError::Witness(name));
+        }
+        if cfg.nodes.len() > 1 && !opts.check_only {
+            return Err(NodeError::MultiNode(cfg.nodes.len()));
+        }
+        let state_dir = opts.state_dir.clone().or_else(|| cfg.daemon.state_dir.clone().map(|p| cfg.resolve_path(&p))).unwrap_or_else(|| default_state_dir(&cfg.cluster.name));
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&state_dir).map_err(|source| NodeError::Io { what: "cannot create the state directory", path: state_dir.clone(), source })?;
+        }
+        let socket = opts.socket.clone().or_else(|| cfg.daemon.control_socket.clone().map(|p| cfg.resolve_path(&p))).unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        let cache = cfg.daemon.cache_dir.clone().map(|p| cfg.resolve_path(&p)).unwrap_or_else(|| state_dir.join("cache"));
+        let host = PluginHost::new(HostOptions { cache_dir: Some(cache), trusted_keys: vec![] })?;
+        let mut plugins = BTreeMap::new();
+        for p in &cfg.plugins {
+            let path = cfg.resolve_path(p.path.get_ref());
+            if let Some(signer) = &p.signer {
+                let signer = cfg.resolve_path(signer.get_ref());
+                let key = signing::read_public_key(&signer).map_err(|e| NodeError::Io { what: "cannot read the signer key", path: signer.clone(), source: std::io::Error::other(e.to_string()) })?;
+                let bytes = std::fs::read(&path).map_err(|source| NodeError::Io { what: "cannot read plugin", path: path.clone(), source })?;
+                let status = signing::check(&path, &bytes, &[key]);
+                if !matches!(status, SignatureStatus::Trusted { .. }) {
+                    return Err(NodeError::Unsigned { name: p.name.get_ref().clone(), path, status, signer });
+                }
+            }
+            let loaded = host.load(&path).await.map_err(|e| {
+                // Point at the config line as well as the plugin problem.
+                NodeError::Config(ConfigErrors(vec![cfg.error_at(p.path.span(), format!("plugin `{}`: {e}", p.name.get_ref()), Some("build plugins with `cargo xtask plugins`; paths are relative to the config file".into()))]))
+            })?;
+            plugins.insert(p.name.get_ref().clone(), loaded);
+        }
+        cfg.check_plugins(&plugins)?;
+        Ok(Self { cfg, name, state_dir, socket, plugins, leave_running: opts.leave_running })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Run until SIGTERM/SIGINT (or `stop` resolves).
+    pub async fn run(self, stop: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+        let mut model = Model::from_config(&self.cfg);
+        for (name, r) in model.resources.iter_mut() {
+            let rc = self.cfg.resource(name).expect("validated");
+            r.local_recovery = self.plugins[rc.plugin.get_ref()].metadata.local_recovery;
+        }
+        let mut sched = Scheduler::new(model);
+        let state_path = self.state_dir.join("state.json");
+        let mut history = History::open(self.state_dir.join("events.jsonl"));
+        let note = |h: &mut History, kind: &str, subject: &str, message: String| {
+            h.record(EventRecord { seq: 0, at_ms: unix_ms(SystemTime::now()), kind: kind.into(), subject: subject.into(), action: None, duration_ms: None, result: String::new(), message });
+        };
+        match std::fs::read(&state_path) {
+            Ok(bytes) => match serde_json::from_slice::<Persisted>(&bytes) {
+                Ok(p) if p.cluster == self.cfg.cluster.name => sched.restore(&p.state),
+                Ok(p) => note(&mut history, "node", &self.name, format!("ignoring state for cluster `{}` (this is `{}`)", p.cluster, self.cfg.cluster.name)),
+                Err(e) => {
+                    // Keep the damaged file for a post-mortem; probing re-learns what runs.
+                    let aside = self.state_dir.join(format!("state.json.corrupt-{}", unix_ms(SystemTime::now())));
+                    let _ = std::fs::rename(&state_path, &aside);
+                    tracing::warn!(error = %e, moved_to = %aside.display(), "the state file is corrupt; starting from probes");
+                    note(&mut history, "node", &self.name, format!("state file was corrupt ({e}); kept as {}; re-learning by probing", aside.display()));
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(NodeError::Io { what: "cannot read the state file", path: state_path, source: e }),
+        }
+
+        // Workers.
+        let (results_tx, mut results_rx) = mpsc::unbounded_channel::<JobResult>();
+        let mut workers: HashMap<String, mpsc::Sender<Job>> = HashMap::new();
+        let mut intervals: HashMap<String, Duration> = HashMap::new();
+        let mut plugin_of: HashMap<String, String> = HashMap::new();
+        for rc in &self.cfg.resources {
+            let plugin = &self.plugins[rc.plugin.get_ref()];
+            let m = &plugin.metadata;
+            let t = &rc.timeouts;
+            let timeouts = Timeouts {
+                start: t.start.map_or(m.timeouts.start, |d| d.get()),
+                stop: t.stop.map_or(m.timeouts.stop, |d| d.get()),
+                monitor: t.monitor.map_or(m.timeouts.monitor, |d| d.get()),
+                recover: t.recover.map_or(m.timeouts.recover, |d| d.get()),
+                validate: t.validate.map_or(m.timeouts.validate, |d| d.get()),
+            };
+            let params = m.resolve_params(rc.params.get_ref()).expect("checked by check_plugins");
+            let limits = Limits { memory_bytes: rc.memory_mib.map_or(Limits::default().memory_bytes, |m| m << 20) };
+            let w = Worker::new(plugin, rc.name.get_ref(), &self.name, params, rc.grants.get_ref().clone(), timeouts, limits);
+            let (tx, rx) = mpsc::channel(64);
+            tokio::spawn(w.run(rx, results_tx.clone()));
+            workers.insert(rc.name.get_ref().clone(), tx);
+            intervals.insert(rc.name.get_ref().clone(), rc.monitor_interval.map(|d| d.get()).or(m.monitor_interval).unwrap_or(Duration::from_secs(10)).max(Duration::from_millis(50)));
+            plugin_of.insert(rc.name.get_ref().clone(), rc.plugin.get_ref().clone());
+        }
+
+        // Control socket.
+        if self.socket.exists() {
+            if tokio::net::UnixStream::connect(&self.socket).await.is_ok() {
+                return Err(NodeError::AlreadyRunning(self.socket.clone()));
+            }
+            let _ = std::fs::remove_file(&self.socket);
+        }
+        if let Some(dir) = self.socket.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let listener = tokio::net::UnixListener::bind(&self.socket).map_err(|source| NodeError::Io { what: "cannot open the control socket", path: self.socket.clone(), source })?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&self.socket, std::fs::Permissions::from_mode(0o600)).map_err(|source| NodeError::Io { what: "cannot restrict the control socket", path: self.socket.clone(), source })?;
+        }
+        let (api_tx, mut api_rx) = mpsc::channel::<(Request, oneshot::Sender<Response>)>(64);
+        tokio::spawn(serve_control(listener, api_tx, history.feed.clone()));
+
+        let (metrics_tx, mut metrics_rx) = mpsc::channel::<oneshot::Sender<String>>(8);
+        if let Some(addr) = &self.cfg.daemon.metrics_addr {
+            let l = tokio::net::TcpListener::bind(addr.get_ref().as_str()).await.map_err(|source| NodeError::Io { what: "cannot listen for metrics on", path: addr.get_ref().into(), source })?;
+            tokio::spawn(api::metrics::serve(l, metrics_tx));
+        }
+        let mut metrics = api::metrics::Metrics::default();
+
+        let mut signals = Box::pin(stop);
+        // Scheduler time is wall-clock milliseconds, so persisted restart times stay meaningful
+        // across a daemon restart.
+        let now_ms = || unix_ms(SystemTime::now()) as Millis;
+        let mut busy: HashSet<String> = HashSet::new();
+        let mut next_monitor: HashMap<String, Instant> = HashMap::new();
+        let mut rng = (unix_ms(SystemTime::now()) | 1) as u64;
+        let mut last_persisted: Option<State> = None;
+        let mut shutting_down = false;
+        let mut tick = tokio::time::interval(TICK);
+
+        note(&mut history, "node", &self.name, format!("node started ({} resources in {} groups); probing what runs", self.cfg.resources.len(), self.cfg.groups.len()));
+        tracing::info!(node = %self.name, socket = %self.socket.display(), "node running");
+        let mut pending = sched.handle(now_ms(), Event::NodeUp(self.name.clone()));
+
+        loop {
+            // Carry out commands.
+            for c in std::mem::take(&mut pending) {
+                match c {
+                    Command::Probe { resource, .. } => dispatch(&workers, &mut busy, &resource, JobKind::Probe, 0),
+                    Command::Start { resource, epoch, .. } => dispatch(&workers, &mut busy, &resource, JobKind::Start, epoch),
+                    Command::Stop { resource, .. } => dispatch(&workers, &mut busy, &resource, JobKind::Stop, 0),
+                    Command::Recover { resource, epoch, .. } => dispatch(&workers, &mut busy, &resource, JobKind::Recover, epoch),
+                    Command::Fence { node } => note(&mut history, "decision", &node, "fencing needed, but no fence device is configured for this node: confirm by hand".into()),
+                    Command::Note { subject, message } => {
+                        tracing::info!(subject = %subject, "{message}");
+                        note(&mut history, "decision", &subject, message);
+                    }
+                }
+            }
+            // Persist what must survive a restart, when it changed. Shutdown stops are not
+            // persisted as targets (the scheduler keeps targets), so the next start resumes.
+            let d = durable(sched.state());
+            if last_persisted.as_ref() != Some(&d) {
+                let p = Persisted { version: 1, cluster: self.cfg.cluster.name.clone(), node: self.name.clone(), state: d.clone() };
+                match serde_json::to_vec_pretty(&p).map(|b| write_atomic(&state_path, &b)) {
+                    Ok(Ok(())) => last_persisted = Some(d),
+                    Ok(Err(e)) => tracing::error!(path = %state_path.display(), error = %e, "cannot persist the node state"),
+                    Err(e) => tracing::error!(error = %e, "cannot encode the node state"),
+                }
+            }
+            // Monitor schedule follows what is running here.
+            let monitored: HashSet<String> = sched.monitored_on(&self.name).into_iter().collect();
+            next_monitor.retain(|r, _| monitored.contains(r));
+            for r in &monitored {
+                if !next_monitor.contains_key(r) && !busy.contains(r) {
+                    next_monitor.insert(r.clone(), Instant::now() + jitter(intervals[r], &mut rng));
+                }
+            }
+            if shutting_down && !sched.anything_active_on(&self.name) && busy.is_empty() {
+                note(&mut history, "node", &self.name, "node stopped; all resources stopped".into());
+                break;
+            }
+            let due = next_monitor.values().min().copied();
+
+            tokio::select! {
+                Some(r) = results_rx.recv() => {
+                    busy.remove(&r.resource);
+                    let plugin = plugin_of[&r.resource].clone();
+                    let event = job_event(&self.name, &r, &plugin, &mut metrics, &mut history);
+                    if matches!(r.kind, JobKind::Monitor) {
+                        next_monitor.insert(r.resource.clone(), Instant::now() + jitter(intervals[&r.resource], &mut rng));
+                    }
+                    pending = sched.handle(now_ms(), event);
+                }
+                _ = sleep_until(due) => {
+                    let now = Instant::now();
+                    let ready: Vec<String> = next_monitor.iter().filter(|(_, t)| **t <= now).map(|(r, _)| r.clone()).collect();
+                    for r in ready {
+                        next_monitor.remove(&r);
+                        if busy.contains(&r) {
+                            continue; // an action is running; its result decides, monitoring resumes after
+                        }
+                        dispatch(&workers, &mut busy, &r, JobKind::Monitor, sched.state().groups.get(&sched.model().resources[&r].group).map_or(0, |g| g.epoch));
+                    }
+                }
+                Some((req, reply)) = api_rx.recv() => {
+                    let resp = match req {
+                        Request::Status => Response::Status { status: Box::new(self.status(&sched, &history, shutting_down)) },
+                        Request::Events { since, .. } => Response::Events { events: history.since(since) },
+                        Request::Operator { command } => match sched.check_operator(&command) {
+                            Err(message) => Response::Error { message },
+                            Ok(()) if shutting_down => Response::Error { message: "the node is shutting down".into() },
+                            Ok(()) => {
+                                let text = serde_json::to_string(&command).unwrap_or_default();
+                                note(&mut history, "operator", "operator", text.clone());
+                                pending = sched.handle(now_ms(), Event::Operator(command));
+                                Response::Ok { message: format!("accepted: {text}") }
+                            }
+                        },
+                    };
+                    let _ = reply.send(resp);
+                }
+                Some(reply) = metrics_rx.recv() => {
+                    let states: Vec<(String, String)> = sched.state().resources.iter().map(|(r, s)| {
+                        let st = s.on.get(&self.name).map_or("stopped".to_string(), |a| serde_json::to_value(a).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default());
+                        (r.clone(), st)
+                    }).collect();
+                    let _ = reply.send(metrics.render(&states));
+                }
+                _ = tick.tick() => {
+                    pending = sched.handle(now_ms(), Event::Tick);
+                }
+                _ = &mut signals, if !shutting_down => {
+                    if self.leave_running {
+                        note(&mut history, "node", &self.name, "node exiting; resources left running (they are adopted at the next start)".into());
+                        break;
+                    }
+                    shutting_down = true;
+                    note(&mut history, "node", &self.name, "shutting down: stopping every group top-down".into());
+                    pending = sched.stop_all(now_ms());
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        Ok(())
+    }
+
+    fn status(&self, sched: &Scheduler, history: &History, shutting_down: bool) -> StatusReport {
+        let st = sched.state();
+        let model = sched.model();
+        StatusReport {
+            cluster: self.cfg.cluster.name.clone(),
+            node: self.name.clone(),
+            now_ms: unix_ms(SystemTime::now()),
+            shutting_down,
+            nodes: model
+                .nodes
+                .iter()
+                .map(|n| {
+                    let s = &st.nodes[&n.name];
+                    NodeStatus { name: n.name.clone(), role: format!("{:?}", n.role).to_lowercase(), up: s.up, standby: s.standby, needs_fence: s.needs_fence }
+                })
+                .collect(),
+            groups: model
+                .groups
+                .values()
+                .map(|g| {
+                    let gs = &st.groups[&g.name];
+                    GroupStatus {
+                        name: g.name.clone(),
+                        state: sched.group_status(&g.name).into(),
+                        target: format!("{:?}", gs.target).to_lowercase(),
+                        owner: gs.owner.clone(),
+                        epoch: gs.epoch,
+                        failed_on: gs.failed_on.iter().cloned().collect(),
+                        resources: g.members.clone(),
+                    }
+                })
+                .collect(),
+            resources: model
+                .groups
+                .values()
+                .flat_map(|g| g.members.iter())
+                .map(|r| {
+                    let rs = &st.resources[r];
+                    let rm = &model.resources[r];
+                    ResourceStatus {
+                        name: r.clone(),
+                        group: rm.group.clone(),
+                        plugin: self.cfg.resource(r).map(|c| c.plugin.get_ref().clone()).unwrap_or_default(),
+                        unmanaged: rm.unmanaged,
+                        on: rs.on.iter().map(|(n, a)| (n.clone(), activity_name(a))).collect(),
+                        last_monitor: rs.last_monitor.as_ref().map(|m| {
+                            let (result, reason) = outcome_parts(&m.outcome);
+                            MonitorStatus { at_ms: m.at, result, reason }
+                        }),
+                        restarts: rs.restarts.len(),
+                        last_failure: rs.last_failure.clone(),
+                    }
+                })
+                .collect(),
+            recent: history.last(10),
+        }
+    }
+}
+
+pub fn activity_name(a: &Activity) -> String {
+    serde_json::to_value(a).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
+fn outcome_parts(o: &MonitorOutcome) -> (String, Option<String>) {
+    match o {
+        MonitorOutcome::Running => ("running".into(), None),
+        MonitorOutcome::Degraded(r) => ("degraded".into(), Some(r.clone())),
+        MonitorOutcome::Stopped => ("stopped".into(), None),
+        MonitorOutcome::Failed(r) => ("failed".into(), Some(r.clone())),
+        MonitorOutcome::Timeout => ("timeout".into(), None),
+        MonitorOutcome::Error(r) => ("error".into(), Some(r.clone())),
+    }
+}
+
+fn jitter(d: Duration, rng: &mut u64) -> Duration {
+    // ±10%, so a thousand resources with the same interval do not all fire at once.
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    let f = 0.9 + (*rng % 2001) as f64 / 10_000.0;
+    d.mul_f64(f)
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn dispatch(workers: &HashMap<String, mpsc::Sender<Job>>, busy: &mut HashSet<String>, resource: &str, kind: JobKind, epoch: u64) {
+    if let Some(w) = workers.get(resource) {
+        busy.insert(resource.to_string());
+        if w.try_send(Job { kind, epoch }).is_err() {
+            tracing::error!(resource, action = kind.as_str(), "worker queue full or gone; action dropped");
+        }
+    }
+}
+
+/// Turn a job result into a scheduler event, recording history and metrics on the way.
+fn job_event(node: &str, r: &JobResult, plugin: &str, metrics: &mut api::metrics::Metrics, history: &mut History) -> Event {
+    let at_ms = unix_ms(SystemTime::now() - r.duration);
+    let mut rec = EventRecord {
+        seq: 0,
+        at_ms,
+        kind: "action".into(),
+        subject: r.resource.clone(),
+        action: Some(r.kind.as_str().into()),
+        duration_ms: Some(r.duration.as_millis() as u64),
+        result: String::new(),
+        message: String::new(),
+    };
+    match &r.outcome {
+        JobOutcome::Health(o) => {
+            let (result, reason) = outcome_parts(o);
+            let healthy = matches!(o, MonitorOutcome::Running | MonitorOutcome::Degraded(_));
+            let metric_result = if healthy { "ok" } else { result.as_str() };
+            metrics.action(plugin, r.kind.as_str(), metric_result, r.duration);
+            let is_probe = r.kind == JobKind::Probe;
+            if !healthy && !is_probe {
+                metrics.monitor_failure(&r.resource);
+            }
+            // Probes and unhealthy monitors are history; healthy monitors only update status.
+            if is_probe || !healthy {
+                rec.kind = if is_probe { "action".into() } else { "monitor".into() };
+                rec.result = result;
+                rec.message = reason.unwrap_or_default();
+                history.record(rec);
+            }
+            if is_probe {
+                Event::Probe { resource: r.resource.clone(), node: node.into(), outcome: o.clone() }
+            } else {
+                Event::Monitor { resource: r.resource.clone(), node: node.into(), outcome: o.clone() }
+            }
+        }
+        JobOutcome::Done(res) => {
+            rec.result = if res.is_ok() { "ok".into() } else { "failed".into() };
+            rec.message = res.as_ref().err().cloned().unwrap_or_default();
+            metrics.action(plugin, r.kind.as_str(), &rec.result, r.duration);
+            history.record(rec);
+            let action = match r.kind {
+                JobKind::Start => ActionKind::Start,
+                JobKind::Stop => ActionKind::Stop,
+                _ => ActionKind::Recover,
+            };
+            Event::ActionDone { resource: r.resource.clone(), node: node.into(), action, result: res.clone() }
+        }
+    }
+}
+
+/// Accept control connections; each request is answered by the node loop.
+async fn serve_control(listener: tokio::net::UnixListener, to_loop: mpsc::Sender<(Request, oneshot::Sender<Response>)>, feed: tokio::sync::broadcast::Sender<EventRecord>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let to_loop = to_loop.clone();
+        let feed = feed.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut reader = tokio::io::BufReader::new(r);
+            let req = match api::read_request(&mut reader).await {
+                Ok(Some(req)) => req,
+                Ok(None) => return,
+                Err(message) => {
+                    let _ = api::write_response(&mut w, Response::Error { message }).await;
+                    return;
+                }
+            };
+            let follow = matches!(req, Request::Events { follow: true, .. });
+            // Subscribe before asking for the backlog, so nothing falls between the two.
+            let mut sub = feed.subscribe();
+            let (tx, rx) = oneshot::channel();
+            if to_loop.send((req, tx)).await.is_err() {
+                return;
+            }
+            let Ok(resp) = rx.await else { return };
+            let mut last_seq = match &resp {
+                Response::Events { events } => events.last().map_or(0, |e| e.seq),
+                _ => 0,
+            };
+            if api::write_response(&mut w, resp).await.is_err() || !follow {
+                return;
+            }
+            loop {
+                match sub.recv().await {
+                    Ok(event) if event.seq > last_seq => {
+                        last_seq = event.seq;
+                        if api::write_response(&mut w, Response::Event { event }).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let message = format!("{n} events were skipped (the client was too slow)");
+                        let _ = api::write_response(&mut w, Response::Error { message }).await;
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+}
