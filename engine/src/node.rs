@@ -115,7 +115,13 @@ impl Node {
     /// Load the config, check it, load and verify every plugin, and check resources against them.
     pub async fn load(opts: &NodeOptions) -> Result<Self, NodeError> {
         let cfg = ClusterConfig::load(&opts.config)?;
-        let name = opts.node.clone().unwrap_or_else(crate::cli::hostname);
+        let first_runner = || cfg.nodes.iter().find(|n| n.role == Role::Node).map(|n| n.name.get_ref().clone());
+        let name = match &opts.node {
+            Some(n) => n.clone(),
+            // A check without --node looks at the config as the first node would.
+            None if opts.check_only => first_runner().unwrap_or_default(),
+            None => crate::cli::hostname(),
+        };
         let names = || cfg.nodes.iter().map(|n| n.name.get_ref().clone()).collect::<Vec<_>>().join(", ");
         let me = cfg.node(&name).ok_or_else(|| NodeError::UnknownNode(name.clone(), names()))?;
         if me.role == Role::Witness {

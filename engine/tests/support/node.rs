@@ -1,0 +1,184 @@
+//! A real `warden node run` process on a temporary config, for the node-tier tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct TestNode {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub state: PathBuf,
+    child: Option<Child>,
+}
+
+pub fn warden_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_warden")
+}
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// One pid-file resource for the example Rust agent, as TOML.
+pub fn pid_resource(dir: &Path, name: &str, interval: &str) -> String {
+    let daemon = root().join("examples/agents/demo-daemon.sh");
+    let pidfile = dir.join(format!("{name}.pid"));
+    format!(
+        r#"
+[[resources]]
+name = "{name}"
+plugin = "example-rust"
+params = {{ pidfile = "{pid}", start = "{daemon}", start_args = "{pid}", stop_grace_ms = "1000" }}
+grants = {{ exec = [{{ program = "{daemon}" }}, {{ program = "/bin/kill", args = ["-*", "*"] }}], read = ["{pid}", "/proc/*/stat"] }}
+monitor_interval = "{interval}"
+"#,
+        pid = pidfile.display(),
+        daemon = daemon.display()
+    )
+}
+
+impl TestNode {
+    /// Write a config: one node `n1`, the example plugin, the given resources and groups.
+    pub fn new(body: impl FnOnce(&Path) -> String) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = root().join("target/plugins/example-rust.wasm");
+        assert!(plugin.exists(), "{} missing: run `cargo xtask plugins`", plugin.display());
+        let text = format!(
+            "version = 1\n[cluster]\nname = \"t\"\n\n[[nodes]]\nname = \"n1\"\n\n[[plugins]]\nname = \"example-rust\"\npath = \"{}\"\n{}",
+            plugin.display(),
+            body(dir.path())
+        );
+        let config = dir.path().join("cluster.toml");
+        std::fs::write(&config, text).unwrap();
+        let socket = dir.path().join("w.sock");
+        let state = dir.path().join("state");
+        Self { dir, config, socket, state, child: None }
+    }
+
+    pub fn start(&mut self, extra: &[&str]) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("node.log")).unwrap();
+        let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache");
+        let child = Command::new(warden_bin())
+            .args(["--log", "info", "--cache-dir"])
+            .arg(&cache)
+            .args(["node", "run", "--node", "n1", "--config"])
+            .arg(&self.config)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        assert!(self.wait(Duration::from_secs(60), |n| n.status().is_some()), "node did not come up:\n{}", self.log());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn signal(&mut self, sig: &str) {
+        Command::new("/bin/kill").args([sig, &self.pid().to_string()]).status().unwrap();
+    }
+
+    /// Wait for the daemon to exit; its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(s) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(warden_bin()).args(args).env("WARDEN_SOCKET", &self.socket).output().unwrap()
+    }
+
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let o = self.cli(&["status", "--json"]);
+        if !o.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&o.stdout).ok()
+    }
+
+    pub fn group_state(&self, g: &str) -> String {
+        self.status().and_then(|s| s["groups"].as_array().unwrap().iter().find(|x| x["name"] == g).map(|x| x["state"].as_str().unwrap().to_string())).unwrap_or_default()
+    }
+
+    pub fn resource(&self, r: &str) -> serde_json::Value {
+        self.status().and_then(|s| s["resources"].as_array().unwrap().iter().find(|x| x["name"] == r).cloned()).unwrap_or_default()
+    }
+
+    /// Events from the persisted history (works while the node is down too).
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.state.join("events.jsonl")).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// (subject, action, result) of action events, in order.
+    pub fn actions(&self) -> Vec<(String, String, String)> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["kind"] == "action")
+            .map(|e| (e["subject"].as_str().unwrap().to_string(), e["action"].as_str().unwrap().to_string(), e["result"].as_str().unwrap_or("").to_string()))
+            .collect()
+    }
+
+    pub fn wait(&self, limit: Duration, mut f: impl FnMut(&Self) -> bool) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if f(self) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        f(self)
+    }
+
+    pub fn daemon_pid(&self, resource: &str) -> Option<i32> {
+        std::fs::read_to_string(self.dir.path().join(format!("{resource}.pid"))).ok()?.trim().parse().ok()
+    }
+
+    /// The service process of `resource` is alive (a zombie is dead).
+    pub fn alive(&self, resource: &str) -> bool {
+        let Some(pid) = self.daemon_pid(resource) else { return false };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        matches!(stat.rsplit(')').next().and_then(|r| r.trim().chars().next()), Some(c) if c != 'Z' && c != 'X')
+    }
+
+    pub fn kill_service(&self, resource: &str) {
+        let pid = self.daemon_pid(resource).expect("pid file");
+        Command::new("/bin/kill").args(["-9", &pid.to_string()]).status().unwrap();
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Kill the services this test started, by their pid files.
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+            for e in entries.flatten() {
+                if e.path().extension().is_some_and(|x| x == "pid") {
+                    if let Ok(pid) = std::fs::read_to_string(e.path()) {
+                        let _ = Command::new("/bin/kill").args(["-9", pid.trim()]).status();
+                    }
+                }
+            }
+        }
+    }
+}

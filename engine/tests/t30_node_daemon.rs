@@ -1,0 +1,228 @@
+//! Node tier: the real `warden node run` on a temporary config, driven through the CLI.
+
+#[path = "support/node.rs"]
+mod node;
+
+use std::time::Duration;
+
+use node::*;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn chain3(dir: &std::path::Path, max_restarts: u32) -> String {
+    format!(
+        "{}{}{}\n[[groups]]\nname = \"app\"\nresources = [\"a\", \"b\", \"c\"]\nmax_restarts = {max_restarts}\n",
+        pid_resource(dir, "a", "300ms"),
+        pid_resource(dir, "b", "300ms"),
+        pid_resource(dir, "c", "300ms")
+    )
+}
+
+fn position(actions: &[(String, String, String)], subject: &str, action: &str) -> usize {
+    actions.iter().position(|(s, a, r)| s == subject && a == action && r == "ok").unwrap_or_else(|| panic!("no successful {action} of {subject} in {actions:?}"))
+}
+
+#[test]
+fn starts_the_group_bottom_up_and_reports_status() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    for r in ["a", "b", "c"] {
+        assert!(n.alive(r), "{r} is not running");
+        assert_eq!(n.resource(r)["on"][0], serde_json::json!(["n1", "running"]));
+    }
+    let acts = n.actions();
+    assert!(position(&acts, "a", "start") < position(&acts, "b", "start"));
+    assert!(position(&acts, "b", "start") < position(&acts, "c", "start"));
+    // Probes came first: nothing started before every resource was probed.
+    let first_start = acts.iter().position(|(_, a, _)| a == "start").unwrap();
+    assert_eq!(acts[..first_start].iter().filter(|(_, a, _)| a == "probe").count(), 3);
+    let text = n.cli(&["status"]);
+    let out = String::from_utf8_lossy(&text.stdout);
+    assert!(out.contains("STARTED") && out.contains("running@n1"), "{out}");
+}
+
+#[test]
+fn killed_service_is_recovered_locally() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
+    let old = n.daemon_pid("b").unwrap();
+    n.kill_service("b");
+    assert!(n.wait(LONG, |n| n.daemon_pid("b") != Some(old) && n.alive("b") && n.group_state("app") == "started"), "{}", n.log());
+    assert_eq!(n.resource("b")["restarts"], 1);
+    let acts = n.actions();
+    assert!(acts.iter().any(|(s, a, r)| s == "b" && a == "recover" && r == "ok"), "{acts:?}");
+    // Only b was touched.
+    assert_eq!(acts.iter().filter(|(s, a, _)| s == "a" && a == "start").count(), 1);
+}
+
+#[test]
+fn restart_limit_exhausted_fails_the_group_and_cleanup_restores_it() {
+    let mut n = TestNode::new(|d| chain3(d, 1));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
+    n.kill_service("b");
+    assert!(n.wait(LONG, |n| n.resource("b")["restarts"] == 1 && n.alive("b")), "{}", n.log());
+    n.kill_service("b");
+    assert!(n.wait(LONG, |n| n.group_state("app") == "failed"), "{}\n{:?}", n.log(), n.status());
+    // Failed group: nothing left half-running.
+    for r in ["a", "b", "c"] {
+        assert!(!n.alive(r), "{r} still runs in a failed group");
+    }
+    let acts = n.actions();
+    let stops: Vec<&String> = acts.iter().filter(|(_, a, r)| a == "stop" && r == "ok").map(|(s, _, _)| s).collect();
+    assert_eq!(stops, vec!["c", "b", "a"], "stopped top-down");
+    let o = n.cli(&["resource", "cleanup", "b"]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+}
+
+#[test]
+fn sigterm_stops_top_down_and_exits() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
+    n.signal("-TERM");
+    let status = n.wait_exit(LONG).expect("the node exits after SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", n.log());
+    let acts = n.actions();
+    let stops: Vec<&String> = acts.iter().filter(|(_, a, _)| a == "stop").map(|(s, _, _)| s).collect();
+    assert_eq!(stops, vec!["c", "b", "a"]);
+    for r in ["a", "b", "c"] {
+        assert!(!n.alive(r));
+    }
+}
+
+#[test]
+fn daemon_crash_and_restart_adopts_running_resources() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
+    let pids: Vec<i32> = ["a", "b", "c"].iter().map(|r| n.daemon_pid(r).unwrap()).collect();
+    n.signal("-KILL");
+    n.wait_exit(LONG).unwrap();
+    for r in ["a", "b", "c"] {
+        assert!(n.alive(r), "a daemon crash must leave {r} running");
+    }
+    let before = n.actions().len();
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    std::thread::sleep(Duration::from_secs(1));
+    let after: Vec<_> = n.actions().into_iter().skip(before).collect();
+    assert!(after.iter().all(|(_, a, _)| a == "probe"), "only probes after the restart, no second copy: {after:?}");
+    assert_eq!(after.iter().filter(|(_, _, r)| r == "running").count(), 3);
+    let now: Vec<i32> = ["a", "b", "c"].iter().map(|r| n.daemon_pid(r).unwrap()).collect();
+    assert_eq!(pids, now);
+}
+
+#[test]
+fn leave_running_exits_without_stopping() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    n.start(&["--leave-running"]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
+    n.signal("-TERM");
+    assert!(n.wait_exit(LONG).unwrap().success());
+    for r in ["a", "b", "c"] {
+        assert!(n.alive(r));
+    }
+}
+
+#[test]
+fn operator_stop_start_and_standby() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
+    assert!(n.cli(&["group", "stop", "app"]).status.success());
+    assert!(n.wait(LONG, |n| n.group_state("app") == "stopped"));
+    assert!(!n.alive("a"));
+    assert!(n.cli(&["group", "start", "app"]).status.success());
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
+    assert!(n.cli(&["node", "standby", "n1"]).status.success());
+    assert!(n.wait(LONG, |n| n.group_state("app") == "waiting"), "{:?}", n.status());
+    assert!(!n.alive("c"));
+    assert!(n.cli(&["node", "online", "n1"]).status.success());
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
+    // Mistakes get a clear error and change nothing.
+    let o = n.cli(&["group", "move", "nope", "--to", "n1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&o.stderr).trim(), "error: no group named `nope`");
+}
+
+#[test]
+fn unmanaged_resource_is_monitored_but_never_acted_on() {
+    // `a` (unmanaged) sits on top of `b`: b is started, a never is, but a's state is reported.
+    let mut n = TestNode::new(|d| {
+        format!("{}unmanaged = true\n{}\n[[groups]]\nname = \"app\"\nresources = [\"b\", \"a\"]\n", pid_resource(d, "a", "300ms"), pid_resource(d, "b", "300ms"))
+    });
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.alive("b") && n.group_state("app") == "started"), "{}", n.log());
+    assert!(!n.alive("a"), "unmanaged resources are never started");
+    assert!(n.wait(LONG, |n| n.resource("a")["last_monitor"]["result"] == "stopped"));
+    // Started by hand, it is seen running; killed, it is reported, never recovered.
+    let daemon = root().join("examples/agents/demo-daemon.sh");
+    std::process::Command::new(&daemon).arg(n.dir.path().join("a.pid")).status().unwrap();
+    assert!(n.wait(LONG, |n| n.resource("a")["last_monitor"]["result"] == "running"));
+    n.kill_service("a");
+    assert!(n.wait(LONG, |n| n.resource("a")["last_monitor"]["result"] == "stopped"));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(n.actions().iter().all(|(s, a, _)| s != "a" || a == "probe"), "{:?}", n.actions());
+    assert!(!n.alive("a"));
+}
+
+#[test]
+fn events_follow_streams_new_events() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
+    let mut follow = std::process::Command::new(warden_bin())
+        .args(["events", "--follow", "--json"])
+        .env("WARDEN_SOCKET", &n.socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    n.kill_service("c");
+    assert!(n.wait(LONG, |n| n.resource("c")["restarts"] == 1 && n.alive("c")));
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = follow.kill();
+    let out = follow.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.contains("\"subject\":\"c\"") && l.contains("\"action\":\"recover\"")), "{text}");
+}
+
+#[test]
+fn bad_config_is_refused_with_position() {
+    let n = TestNode::new(|_| "[[resources]]\nname = \"x\"\nplugin = \"nope\"\n".into());
+    let o = std::process::Command::new(warden_bin()).args(["node", "run", "--node", "n1", "--config"]).arg(&n.config).arg("--state-dir").arg(&n.state).arg("--socket").arg(&n.socket).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cluster.toml:13:10: resource `x` uses unknown plugin `nope`"), "{err}");
+}
+
+#[test]
+fn corrupt_state_file_is_set_aside_and_nothing_is_lost() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    std::fs::create_dir_all(&n.state).unwrap();
+    std::fs::write(n.state.join("state.json"), "{ not json").unwrap();
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    let aside: Vec<_> = std::fs::read_dir(&n.state).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("state.json.corrupt-")).collect();
+    assert_eq!(aside.len(), 1);
+    assert!(n.events().iter().any(|e| e["message"].as_str().unwrap_or("").contains("state file was corrupt")));
+}
+
+#[test]
+fn metrics_endpoint_counts_actions() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut n = TestNode::new(|d| format!("{}\n[[groups]]\nname = \"app\"\nresources = [\"a\"]\n\n[daemon]\nmetrics_addr = \"127.0.0.1:{port}\"\n", pid_resource(d, "a", "300ms")));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.contains("warden_agent_actions_total{plugin=\"example-rust\",action=\"start\",result=\"ok\"} 1"), "{body}");
+    assert!(body.contains("warden_resource_state{resource=\"a\",state=\"running\"} 1"), "{body}");
+}
