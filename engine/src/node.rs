@@ -250,7 +250,7 @@ impl Node {
         let now_ms = || unix_ms(SystemTime::now()) as Millis;
         let mut busy: HashSet<String> = HashSet::new();
         let mut next_monitor: HashMap<String, Instant> = HashMap::new();
-        let mut rng = (unix_ms(SystemTime::now()) | 1) as u64;
+        let mut rng = unix_ms(SystemTime::now()) | 1;
         let mut last_persisted: Option<State> = None;
         let mut shutting_down = false;
         let mut tick = tokio::time::interval(TICK);
@@ -260,6 +260,7 @@ impl Node {
         let mut pending = sched.handle(now_ms(), Event::NodeUp(self.name.clone()));
 
         loop {
+            let pending_was_empty = pending.is_empty();
             // Carry out commands.
             for c in std::mem::take(&mut pending) {
                 match c {
@@ -276,8 +277,10 @@ impl Node {
             }
             // Persist what must survive a restart, when it changed. Shutdown stops are not
             // persisted as targets (the scheduler keeps targets), so the next start resumes.
-            let d = durable(sched.state());
-            if last_persisted.as_ref() != Some(&d) {
+            // Routine healthy monitors change nothing durable: skip the O(n) work for them.
+            let routine = !sched.changed() && pending_was_empty;
+            let d = if routine { None } else { Some(durable(sched.state())) };
+            if let Some(d) = d.filter(|d| last_persisted.as_ref() != Some(d)) {
                 let p = Persisted { version: 1, cluster: self.cfg.cluster.name.clone(), node: self.name.clone(), state: d.clone() };
                 match serde_json::to_vec_pretty(&p).map(|b| write_atomic(&state_path, &b)) {
                     Ok(Ok(())) => last_persisted = Some(d),
@@ -286,11 +289,13 @@ impl Node {
                 }
             }
             // Monitor schedule follows what is running here.
-            let monitored: HashSet<String> = sched.monitored_on(&self.name).into_iter().collect();
-            next_monitor.retain(|r, _| monitored.contains(r));
-            for r in &monitored {
-                if !next_monitor.contains_key(r) && !busy.contains(r) {
-                    next_monitor.insert(r.clone(), Instant::now() + jitter(intervals[r], &mut rng));
+            if !routine {
+                let monitored: HashSet<String> = sched.monitored_on(&self.name).into_iter().collect();
+                next_monitor.retain(|r, _| monitored.contains(r));
+                for r in &monitored {
+                    if !next_monitor.contains_key(r) && !busy.contains(r) {
+                        next_monitor.insert(r.clone(), Instant::now() + jitter(intervals[r], &mut rng));
+                    }
                 }
             }
             if shutting_down && !sched.anything_active_on(&self.name) && busy.is_empty() {

@@ -213,7 +213,7 @@ pub fn humantime(d: Duration) -> String {
         "<1ms".into()
     } else if d < Duration::from_secs(1) {
         format!("{}ms", d.as_millis())
-    } else if d.as_millis() % 1000 == 0 {
+    } else if d.as_millis().is_multiple_of(1000) {
         format!("{}s", d.as_secs())
     } else {
         format!("{:.1}s", d.as_secs_f64())

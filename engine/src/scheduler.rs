@@ -35,7 +35,8 @@ pub type Millis = u64;
 #[derive(Debug, Clone)]
 pub struct Model {
     pub nodes: Vec<NodeModel>,
-    pub groups: BTreeMap<String, GroupModel>,
+    /// Shared so that the scheduler can walk groups while mutating its state, without copying.
+    pub groups: BTreeMap<String, std::sync::Arc<GroupModel>>,
     pub resources: BTreeMap<String, ResourceModel>,
 }
 
@@ -105,7 +106,7 @@ impl Model {
             }
             groups.insert(
                 g.name.get_ref().clone(),
-                GroupModel {
+                std::sync::Arc::new(GroupModel {
                     name: g.name.get_ref().clone(),
                     members,
                     deps,
@@ -116,7 +117,7 @@ impl Model {
                     restart_window: g.restart_window.get().as_millis() as Millis,
                     monitor_timeouts_to_fail: g.monitor_timeouts_to_fail.max(1),
                     autostart: g.autostart,
-                },
+                }),
             );
         }
         Self { nodes, groups, resources }
@@ -264,6 +265,8 @@ pub struct Scheduler {
     fencing: BTreeSet<String>,
     /// The node is shutting down: every group is stopped here, targets are kept.
     shutting_down: bool,
+    /// Whether the last event changed anything beyond monitor bookkeeping.
+    changed: bool,
 }
 
 impl Scheduler {
@@ -282,7 +285,7 @@ impl Scheduler {
                 .collect(),
             resources: model.resources.keys().map(|r| (r.clone(), ResourceState::default())).collect(),
         };
-        Self { model, state, fencing: BTreeSet::new(), shutting_down: false }
+        Self { model, state, fencing: BTreeSet::new(), shutting_down: false, changed: true }
     }
 
     /// Restore what was persisted (targets, owners, epochs, failure counts, standby), forgetting
@@ -345,9 +348,26 @@ impl Scheduler {
     /// Apply one event and return what to do now.
     pub fn handle(&mut self, now: Millis, event: Event) -> Vec<Command> {
         let mut out = Vec::new();
+        // A healthy monitor of a running resource (the overwhelmingly common event) changes only
+        // bookkeeping: skip the O(groups) reconcile, and tell the caller nothing else changed.
+        let routine = match &event {
+            Event::Monitor { resource, node, outcome: MonitorOutcome::Running | MonitorOutcome::Degraded(_) } => {
+                self.state.resources.get(resource).and_then(|r| r.on.get(node)) == Some(&Activity::Running)
+            }
+            _ => false,
+        };
         self.apply(now, event, &mut out);
-        self.reconcile(now, &mut out);
+        self.changed = !routine;
+        if !routine {
+            self.reconcile(now, &mut out);
+        }
         out
+    }
+
+    /// False when the last event only refreshed monitor bookkeeping (nothing to persist, no new
+    /// resources to monitor).
+    pub fn changed(&self) -> bool {
+        self.changed
     }
 
     fn set(&mut self, resource: &str, node: &str, a: Option<Activity>) {
@@ -364,7 +384,7 @@ impl Scheduler {
     }
 
     fn group_of(&self, resource: &str) -> Option<&GroupModel> {
-        self.model.resources.get(resource).and_then(|r| self.model.groups.get(&r.group))
+        self.model.resources.get(resource).and_then(|r| self.model.groups.get(&r.group)).map(|g| &**g)
     }
 
     fn apply(&mut self, now: Millis, event: Event, out: &mut Vec<Command>) {
@@ -436,7 +456,7 @@ impl Scheduler {
 
     fn on_monitor(&mut self, now: Millis, resource: String, node: String, outcome: MonitorOutcome, out: &mut Vec<Command>) {
         let Some(rm) = self.model.resources.get(&resource).cloned() else { return };
-        let gm = self.model.groups[&rm.group].clone();
+        let gm = std::sync::Arc::clone(&self.model.groups[&rm.group]);
         if let Some(r) = self.state.resources.get_mut(&resource) {
             r.last_monitor = Some(MonitorRecord { at: now, node: node.clone(), outcome: outcome.clone() });
         }
@@ -611,7 +631,7 @@ impl Scheduler {
     }
 
     fn reconcile(&mut self, _now: Millis, out: &mut Vec<Command>) {
-        let groups: Vec<GroupModel> = self.model.groups.values().cloned().collect();
+        let groups: Vec<std::sync::Arc<GroupModel>> = self.model.groups.values().cloned().collect();
         for g in &groups {
             let desired = self.desired_owner(g);
             let gs = self.state.groups.get_mut(&g.name).unwrap();

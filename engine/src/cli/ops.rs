@@ -279,7 +279,7 @@ pub fn render_status(r: &StatusReport) -> String {
         let _ = writeln!(s, "  {:<16} {:<11} {owner}{failed}", g.name, g.state.to_uppercase());
     }
     let _ = writeln!(s, "\nResources:");
-    let _ = writeln!(s, "  {:<16} {:<12} {:<18} {:<22} {:<28} {}", "RESOURCE", "GROUP", "PLUGIN", "STATE", "LAST MONITOR", "RESTARTS");
+    let _ = writeln!(s, "  {:<16} {:<12} {:<18} {:<22} {:<28} RESTARTS", "RESOURCE", "GROUP", "PLUGIN", "STATE", "LAST MONITOR");
     for res in &r.resources {
         let state = if res.on.is_empty() { "stopped".to_string() } else { res.on.iter().map(|(n, a)| format!("{a}@{n}")).collect::<Vec<_>>().join(",") };
         let state = if res.unmanaged { format!("{state} (unmanaged)") } else { state };

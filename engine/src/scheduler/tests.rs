@@ -16,7 +16,7 @@ fn model(nodes: &[&str], groups: &[(&str, &[&str])], fenceable: bool) -> Model {
         }
         gm.insert(
             g.to_string(),
-            GroupModel {
+            std::sync::Arc::new(GroupModel {
                 name: g.to_string(),
                 members,
                 deps,
@@ -27,7 +27,7 @@ fn model(nodes: &[&str], groups: &[(&str, &[&str])], fenceable: bool) -> Model {
                 restart_window: 60_000,
                 monitor_timeouts_to_fail: 2,
                 autostart: true,
-            },
+            }),
         );
     }
     Model { nodes, groups: gm, resources: rm }
@@ -192,7 +192,7 @@ fn standby_moves_groups_away_and_intelligent_switchback_stays() {
 #[test]
 fn automatic_switchback_returns_to_the_preferred_node() {
     let mut m = model(&["a", "b"], &[("g", &["app"])], true);
-    m.groups.get_mut("g").unwrap().switchback = Switchback::Automatic;
+    std::sync::Arc::get_mut(m.groups.get_mut("g").unwrap()).unwrap().switchback = Switchback::Automatic;
     let mut s = Scheduler::new(m);
     settle(&mut s, 0, Event::NodeUp("a".into()));
     settle(&mut s, 0, Event::NodeUp("b".into()));

@@ -1,0 +1,154 @@
+//! Node benchmarks (not tests: they print a table). Uses the real `warden` binary.
+//!
+//! Run: `cargo xtask plugins && cargo bench -p warden --bench node`
+//!
+//! 1. Local recovery time: a service's process is killed (`kill -9`); measured from the kill to
+//!    the end of the successful `recover` in the event history, with 1 s and 250 ms monitors.
+//! 2. Engine cost: CPU (% of one core, from /proc/<pid>/stat over a 20 s window) and resident
+//!    memory of the `warden` process with 50 and 1000 resources monitored every second by the
+//!    example pid-file agent (a Rust component: read the pid file and /proc/<pid>/stat).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn resource(dir: &Path, i: usize, interval: &str) -> String {
+    let daemon = root().join("examples/agents/demo-daemon.sh").canonicalize().unwrap();
+    let pid = dir.join(format!("r{i}.pid"));
+    format!(
+        "[[resources]]\nname = \"r{i}\"\nplugin = \"example-rust\"\nparams = {{ pidfile = \"{p}\", start = \"{d}\", start_args = \"{p}\", stop_grace_ms = \"1000\" }}\ngrants = {{ exec = [{{ program = \"{d}\" }}, {{ program = \"/bin/kill\", args = [\"-*\", \"*\"] }}], read = [\"{p}\", \"/proc/*/stat\"] }}\nmonitor_interval = \"{interval}\"\ntimeouts = {{ start = \"60s\" }}\n\n[[groups]]\nname = \"g{i}\"\nresources = [\"r{i}\"]\nmax_restarts = 1000\n\n",
+        p = pid.display(),
+        d = daemon.display()
+    )
+}
+
+struct Node {
+    child: Child,
+    dir: tempfile::TempDir,
+    n: usize,
+}
+
+impl Node {
+    fn start(n: usize, interval: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = root().join("target/plugins/example-rust.wasm").canonicalize().expect("run `cargo xtask plugins` first");
+        let mut cfg = format!("version = 1\n[cluster]\nname = \"bench\"\n[[nodes]]\nname = \"n1\"\n[[plugins]]\nname = \"example-rust\"\npath = \"{}\"\n\n", plugin.display());
+        for i in 0..n {
+            cfg.push_str(&resource(dir.path(), i, interval));
+        }
+        std::fs::write(dir.path().join("c.toml"), cfg).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["node", "run", "--node", "n1", "--config"])
+            .arg(dir.path().join("c.toml"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--socket")
+            .arg(dir.path().join("s.sock"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let node = Node { child, dir, n };
+        let t = Instant::now();
+        while node.started() < n {
+            assert!(t.elapsed() < Duration::from_secs(600), "not started");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        node
+    }
+
+    fn events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("state/events.jsonl")).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    fn started(&self) -> usize {
+        self.events().iter().filter(|e| e["action"] == "start" && e["result"] == "ok").count()
+    }
+
+    fn pid_of(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("r{i}.pid"))).unwrap().trim().to_string()
+    }
+
+    fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let f: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    }
+
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+        kb / 1024.0
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for i in 0..self.n {
+            if let Ok(p) = std::fs::read_to_string(self.dir.path().join(format!("r{i}.pid"))) {
+                let _ = Command::new("/bin/kill").args(["-9", p.trim()]).status();
+            }
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn recovery(interval: &str, runs: usize) -> (f64, f64, f64) {
+    let node = Node::start(1, interval);
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let before = node.events().len();
+        let killed = unix_ms();
+        Command::new("/bin/kill").args(["-9", &node.pid_of(0)]).status().unwrap();
+        let t = Instant::now();
+        loop {
+            let ev = node.events();
+            if let Some(e) = ev[before..].iter().find(|e| e["action"] == "recover" && e["result"] == "ok") {
+                let end = e["at_ms"].as_u64().unwrap() + e["duration_ms"].as_u64().unwrap();
+                times.push((end.saturating_sub(killed)) as f64 / 1000.0);
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "no recovery");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (times[times.len() / 2], times[0], times[times.len() - 1])
+}
+
+fn cost(n: usize) -> (f64, f64) {
+    let node = Node::start(n, "1s");
+    std::thread::sleep(Duration::from_secs(3));
+    let hz = 100.0; // USER_HZ on Linux
+    let (t0, c0) = (Instant::now(), node.cpu_ticks());
+    std::thread::sleep(Duration::from_secs(20));
+    let (t1, c1) = (Instant::now(), node.cpu_ticks());
+    let cpu = (c1 - c0) as f64 / hz / (t1 - t0).as_secs_f64() * 100.0;
+    (cpu, node.rss_mib())
+}
+
+fn main() {
+    let runs = 15;
+    println!("| local recovery after kill -9 (n={runs}) | median | min | max |");
+    println!("|---|---|---|---|");
+    for interval in ["1s", "250ms"] {
+        let (med, min, max) = recovery(interval, runs);
+        println!("| monitor every {interval} | {med:.2} s | {min:.2} s | {max:.2} s |");
+    }
+    println!();
+    println!("| resources monitored every 1 s | engine CPU (% of one core) | engine RSS |");
+    println!("|---|---|---|");
+    for n in [50, 1000] {
+        let (cpu, rss) = cost(n);
+        println!("| {n} | {cpu:.1} % | {rss:.0} MiB |");
+    }
+}
