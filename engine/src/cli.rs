@@ -52,8 +52,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show the plugin platform at work: start a service through an agent, kill it, watch the
-    /// monitor catch it and local recovery bring it back.
+    /// A real node protecting a simulated JP1 logical host: start, kill -9 a daemon, watch the
+    /// monitor catch it and local recovery bring it back, then stop top-down.
     Demo(demo::DemoArgs),
     /// Run agents outside any cluster (like Pacemaker's ocf-tester).
     Agent {
@@ -146,7 +146,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Agent { command: AgentCommand::Exec(args) } => agent_exec::run(&cli, args).await,
         Command::Plugin { command } => plugin_cmd::run(&cli, command).await,
-        Command::Demo(args) => demo::run(&cli, args).await,
+        Command::Demo(args) => demo::run_demo(&cli, args).await,
         Command::Node { command } => ops::node(command).await,
         Command::Status { json, watch, socket } => ops::status(&socket.socket, *json, *watch).await,
         Command::Events { follow, json, since, socket } => ops::events(&socket.socket, *follow, *json, *since).await,

@@ -519,7 +519,7 @@ impl Scheduler {
             let n = r.restarts.len();
             self.set(&resource, &node, Some(Activity::Recovering));
             let epoch = self.state.groups[&gm.name].epoch;
-            out.push(Command::Note { subject: resource.clone(), message: format!("monitor failed ({reason}); local recovery {n} of {}", gm.max_restarts) });
+            out.push(Command::Note { subject: resource.clone(), message: format!("monitor failed; local recovery {n} of {}", gm.max_restarts) });
             out.push(Command::Recover { resource, node, epoch });
         } else {
             self.set(&resource, &node, Some(Activity::Failed));
@@ -540,7 +540,10 @@ impl Scheduler {
         match (action, result) {
             (ActionKind::Start | ActionKind::Recover, Ok(())) => {
                 self.set(&resource, &node, Some(Activity::Running));
-                self.state.resources.get_mut(&resource).unwrap().monitor_timeouts = 0;
+                let r = self.state.resources.get_mut(&resource).unwrap();
+                r.monitor_timeouts = 0;
+                // The last monitor described the resource before this action; the next one tells.
+                r.last_monitor = None;
             }
             (ActionKind::Start | ActionKind::Recover, Err(e)) => {
                 let verb = if action == ActionKind::Start { "start" } else { "recover" };

@@ -37,6 +37,8 @@ fn run() -> Result<()> {
         Some("tools") => install_tools(&root),
         Some("test") => {
             build_plugins(&root)?;
+            // The JP1 agent tests run the simulator; build it before the tests wait on cargo's lock.
+            run_cmd(Command::new(cargo()).current_dir(&root).args(["build", "--quiet", "-p", "jp1-sim"]))?;
             let mut cmd = Command::new(cargo());
             cmd.current_dir(&root).args(["test", "--workspace", "--exclude", "test-programs"]);
             exclude_guests(&root, &mut cmd)?;
@@ -45,8 +47,9 @@ fn run() -> Result<()> {
         }
         Some("demo") => {
             build_plugins(&root)?;
-            let mut cmd = Command::new(cargo());
-            cmd.current_dir(&root).args(["run", "--release", "--quiet", "-p", "warden", "--", "demo"]).args(&args[1..]);
+            run_cmd(Command::new(cargo()).current_dir(&root).args(["build", "--quiet", "-p", "jp1-sim", "-p", "warden"]))?;
+            let mut cmd = Command::new(root.join("target/debug/warden"));
+            cmd.current_dir(&root).args(["demo", "--jp1-sim"]).arg(root.join("target/debug/jp1-sim")).args(&args[1..]);
             run_cmd(&mut cmd)
         }
         _ => {

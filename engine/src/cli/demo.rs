@@ -1,145 +1,377 @@
-//! `warden demo`: the plugin platform at work on this machine, with nothing to configure.
+//! `warden demo`: a real node protecting a simulated JP1 logical host, with nothing to configure.
 //!
-//! Loads the example agents built by `cargo xtask plugins`, starts a real daemon through the Rust
-//! agent, kills it behind the agent's back, shows the monitor catching it and local recovery
-//! bringing it back, with timings; then runs the same check through the Python and JavaScript
-//! agents, and shows the sandbox refusing a hostile request. Cleans up everything it started.
+//! Sets up the JP1 simulator (`tests/jp1-sim`: a test double, JP1 itself is proprietary) with a
+//! logical host, writes a config (virtual IP on a dummy interface when run as root → JP1/Base →
+//! JP1/AJS3 Manager), starts `warden node run` as a separate process, shows `warden status`, kills
+//! an AJS3 daemon with `kill -9`, and shows the monitor catching it and local recovery bringing
+//! it back, with timings. Then SIGTERM stops the group top-down. Everything it started or
+//! created is removed at the end, also on failure.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use warden_manifest::Capabilities;
+use anyhow::{bail, Context as _};
 
+use super::ops::{event_line, render_status};
 use super::Cli;
-use crate::plugin::{humantime, CallContext, Health, Limits, Plugin};
+use crate::api::{Client, Request, Response, StatusReport};
+use crate::node::history::EventRecord;
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Directory holding the built plugins.
+    /// Directory holding the built plugins (`cargo xtask plugins`).
     #[arg(long, default_value = "target/plugins")]
     pub plugins: PathBuf,
+    /// The JP1 simulator binary (`cargo build -p jp1-sim`); default: next to this `warden`, else
+    /// target/debug/jp1-sim.
+    #[arg(long)]
+    pub jp1_sim: Option<PathBuf>,
+    /// Keep the scratch directory (config, state, logs) for a look afterwards.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+const LHOST: &str = "jp1demo";
+
+/// The JP1 commands the agents use (the first three are the `.cluster` scripts).
+const BASE_CMDS: [&str; 5] =
+    ["etc/opt/jp1base/jbs_start.cluster", "etc/opt/jp1base/jbs_stop.cluster", "etc/opt/jp1base/jbs_killall.cluster", "opt/jp1base/bin/jbs_spmd_status", "opt/jp1base/bin/jevstat"];
+const AJS_CMDS: [&str; 6] = [
+    "etc/opt/jp1ajs2/jajs_start.cluster",
+    "etc/opt/jp1ajs2/jajs_stop.cluster",
+    "etc/opt/jp1ajs2/jajs_killall.cluster",
+    "opt/jp1ajs2/bin/jajs_spmd_status",
+    "opt/jp1ajs2/bin/ajsqlstatus",
+    "opt/jp1ajs2/bin/jajs_status",
+];
+
+/// `"<prefix>/<cmd>", …` for a TOML list.
+fn quoted(prefix: &str, cmds: &[&str]) -> String {
+    cmds.iter().map(|c| format!("\"{prefix}/{c}\"")).collect::<Vec<_>>().join(", ")
 }
 
 fn step(msg: &str) {
     println!("\n==> {msg}");
 }
 
+/// Removes what the demo created, whatever happens.
 struct Cleanup {
     dir: PathBuf,
+    node: Option<std::process::Child>,
+    link: Option<String>,
+    prefix: PathBuf,
+    keep: bool,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        // Kill the demo daemon if it is still there, then remove the scratch directory.
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("svc.pid")) {
-            let _ = std::process::Command::new("/bin/kill").args(["-9", pid.trim()]).status();
+        if let Some(mut n) = self.node.take() {
+            let _ = Command::new("/bin/kill").args(["-TERM", &n.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline && matches!(n.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = n.kill();
+            let _ = n.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // Whatever the node left (it should be nothing): the simulator's own killall.
+        for cmd in ["etc/opt/jp1ajs2/jajs_killall.cluster", "etc/opt/jp1base/jbs_killall.cluster"] {
+            let _ = Command::new(self.prefix.join(cmd)).arg(LHOST).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+        if let Some(link) = &self.link {
+            let _ = Command::new("/usr/sbin/ip").args(["link", "del", link]).status();
+        }
+        if self.keep {
+            println!("(kept {})", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
-async fn load(cli: &Cli, dir: &Path, name: &str) -> anyhow::Result<std::sync::Arc<Plugin>> {
-    let path = dir.join(format!("{name}.wasm"));
-    anyhow::ensure!(path.exists(), "{} is missing: build the plugins first with `cargo xtask plugins` (or run `cargo xtask demo`)", path.display());
-    let host = cli.host()?;
-    let t = Instant::now();
-    let p = host.load(&path).await?;
-    println!("    loaded {name} {} in {} ({:?})", p.metadata.version, humantime(t.elapsed()), p.load_stats.cache);
-    Ok(p)
-}
-
-fn context(plugin: &Plugin, params: &[(&str, &str)]) -> anyhow::Result<CallContext> {
-    let given = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let params = plugin.metadata.resolve_params(&given).map_err(anyhow::Error::msg)?;
-    Ok(CallContext { resource: "demo-svc".into(), node: super::hostname(), epoch: 1, params })
-}
-
-async fn timed<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    let t = Instant::now();
-    let r = f.await;
-    println!("    {what} ({})", humantime(t.elapsed()));
-    r
-}
-
-pub async fn run(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
-    let scratch = std::env::temp_dir().join(format!("warden-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
-    let _cleanup = Cleanup { dir: scratch.clone() };
-    let daemon = scratch.join("daemon.sh");
-    std::fs::write(&daemon, "#!/bin/sh\nsetsid sleep 100000 </dev/null >/dev/null 2>&1 &\necho $! > \"$1\"\n")?;
-    std::fs::set_permissions(&daemon, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let pidfile = scratch.join("svc.pid");
-    let (daemon_s, pidfile_s) = (daemon.display().to_string(), pidfile.display().to_string());
-
-    step("Loading the example agents (WebAssembly components; compiled once, then cached)");
-    let rust = load(cli, &args.plugins, "example-rust").await?;
-    let python = load(cli, &args.plugins, "example-python").await?;
-    let js = load(cli, &args.plugins, "example-js").await?;
-
-    let grants: Capabilities = toml::from_str(&format!(
-        "exec = [{{ program = \"{daemon_s}\" }}, {{ program = \"/bin/kill\", args = [\"-*\", \"*\"] }}]\nread = [\"{pidfile_s}\", \"/proc/*/stat\"]\n"
-    ))?;
-    println!("    granted: run {daemon_s} and /bin/kill; read {pidfile_s} and /proc/*/stat; nothing else");
-    let mut svc = rust.instance("demo-svc", grants.clone(), Limits::default());
-    let ctx = context(&rust, &[("pidfile", &pidfile_s), ("start", &daemon_s), ("start_args", &pidfile_s), ("stop_grace_ms", "2000")])?;
-
-    step("Starting the service through the Rust agent");
-    timed("start: ok", svc.start(&ctx, None)).await?;
-    let pid = std::fs::read_to_string(&pidfile).context("read the pid file")?.trim().to_string();
-    let h = timed("monitor", svc.monitor(&ctx, None)).await?;
-    println!("    health: {h}  (pid {pid})");
-
-    step(&format!("Killing the service behind Warden's back: kill -9 {pid}"));
-    std::process::Command::new("/bin/kill").args(["-9", &pid]).status()?;
-    let killed = Instant::now();
-    let interval = Duration::from_millis(250);
-    let detected = loop {
-        tokio::time::sleep(interval).await;
-        let h = svc.monitor(&ctx, None).await?;
-        if h != Health::Running {
-            println!("    monitor (every {}): {h}", humantime(interval));
-            break killed.elapsed();
+fn find_sim(args: &DemoArgs) -> anyhow::Result<PathBuf> {
+    let candidates: Vec<PathBuf> = match &args.jp1_sim {
+        Some(p) => vec![p.clone()],
+        None => {
+            let mut v = Vec::new();
+            if let Ok(exe) = std::env::current_exe() {
+                if let Some(dir) = exe.parent() {
+                    v.push(dir.join("jp1-sim"));
+                }
+            }
+            v.push(PathBuf::from("target/debug/jp1-sim"));
+            v.push(PathBuf::from("target/release/jp1-sim"));
+            v
         }
     };
-    println!("    failure detected {} after the kill", humantime(detected));
+    candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .map(|p| p.canonicalize().unwrap_or(p))
+        .context("the JP1 simulator is not built: run `cargo xtask demo` (or `cargo build -p jp1-sim`)")
+}
 
-    step("Local recovery (recover = stop + start, as LifeKeeper and Pacemaker do)");
-    timed("recover: ok", svc.recover(&ctx, None)).await?;
-    let h = svc.monitor(&ctx, None).await?;
-    let new_pid = std::fs::read_to_string(&pidfile)?.trim().to_string();
-    println!("    health: {h}  (new pid {new_pid}); service back {} after the kill", humantime(killed.elapsed()));
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
 
-    step("The same pid-file check through the JavaScript agent, and a TCP check through the Python agent");
-    let mut js_svc = js.instance("demo-svc", grants.clone(), Limits::default());
-    let js_ctx = context(&js, &[("pidfile", &pidfile_s), ("start", &daemon_s), ("start_args", &pidfile_s)])?;
-    let h = timed("example-js monitor", js_svc.monitor(&js_ctx, None)).await?;
-    println!("    health: {h}");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port().to_string();
-    let py_grants: Capabilities = toml::from_str(&format!("connect = [\"127.0.0.1:{port}\"]\nread = [\"/bin/true\"]\nexec = [{{ program = \"/bin/true\" }}]\n"))?;
-    let mut py = python.instance("demo-web", py_grants, Limits::default());
-    let py_ctx = context(&python, &[("port", &port), ("start", "/bin/true"), ("stop", "/bin/true")])?;
-    let h = timed(&format!("example-python monitor of 127.0.0.1:{port}"), py.monitor(&py_ctx, None)).await?;
-    println!("    health: {h}");
-    drop(listener);
-    let h = timed("example-python monitor after the listener closed", py.monitor(&py_ctx, None)).await?;
-    println!("    health: {h}");
+async fn status(socket: &Path) -> anyhow::Result<StatusReport> {
+    match Client::call(socket, Request::Status).await? {
+        Response::Status { status } => Ok(*status),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
 
-    step("The sandbox: the same agent asked to run a program it was not granted");
-    let read_only: Capabilities = toml::from_str(&format!("read = [\"{}/**\", \"/proc/*/stat\"]\n", scratch.display()))?;
-    let mut sneaky = rust.instance("demo-other", read_only, Limits::default());
-    let other_pid = scratch.join("other.pid").display().to_string();
-    let sneaky_ctx = context(&rust, &[("pidfile", &other_pid), ("start", &daemon_s), ("start_args", &other_pid)])?;
-    match sneaky.start(&sneaky_ctx, None).await {
-        Err(e) => println!("    refused: {e}"),
-        Ok(()) => anyhow::bail!("the sandbox let an ungranted call through"),
+async fn events_since(socket: &Path, seq: u64) -> anyhow::Result<Vec<EventRecord>> {
+    match Client::call(socket, Request::Events { since: seq, follow: false }).await? {
+        Response::Events { events } => Ok(events),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+fn group_state(s: &StatusReport) -> String {
+    s.groups.first().map(|g| g.state.clone()).unwrap_or_default()
+}
+
+/// Pid of the simulated daemon `name` for our logical host.
+fn daemon_pid(shared: &Path, name: &str) -> Option<u32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let argv0 = String::from_utf8_lossy(cmd.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat.rsplit(')').next().and_then(|r| r.trim().chars().next()) == Some('Z');
+        if !zombie && argv0.starts_with(&shared.display().to_string()) && argv0.ends_with(&format!("/{name}")) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+pub async fn run_demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
+    let sim = find_sim(args)?;
+    let plugins = args.plugins.canonicalize().with_context(|| format!("{} is missing: build the plugins with `cargo xtask plugins`", args.plugins.display()))?;
+    for p in ["jp1-base", "jp1-ajs3-manager", "ip"] {
+        anyhow::ensure!(plugins.join(format!("{p}.wasm")).exists(), "{}/{p}.wasm is missing: run `cargo xtask plugins`", plugins.display());
+    }
+    let dir = std::env::temp_dir().join(format!("warden-demo-{}", std::process::id()));
+    let prefix = dir.join("node");
+    let shared = dir.join("shared");
+    let mut cleanup = Cleanup { dir: dir.clone(), node: None, link: None, prefix: prefix.clone(), keep: args.keep };
+    std::fs::create_dir_all(&dir)?;
+
+    step("Setting up a simulated JP1 node (tests/jp1-sim: a test double, JP1 is proprietary)");
+    run(Command::new(&sim).arg("install").arg(&prefix).args(["--ajs", "manager"]))?;
+    run(Command::new(&sim).arg("setup-lhost").arg(&prefix).arg(LHOST).arg(&shared).args(["--ajs", "manager"]))?;
+    println!("    JP1/Base + JP1/AJS3 Manager under {}, logical host `{LHOST}`, shared directory {}", prefix.display(), shared.display());
+
+    // A virtual IP on a dummy interface, when we may create one (root).
+    let is_root = std::fs::read_to_string("/proc/self/status").unwrap_or_default().lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    let link = format!("wdemo{}", std::process::id() % 100_000);
+    let octet = std::process::id() % 200 + 20;
+    let vip = format!("10.254.{octet}.10/24");
+    // A veth pair stands in for the service network (a dummy link needs a kernel module that
+    // containers often lack).
+    let peer = format!("{link}p");
+    let with_vip = is_root
+        && Path::new("/usr/sbin/ip").exists()
+        && Command::new("/usr/sbin/ip").args(["link", "add", &link, "type", "veth", "peer", "name", &peer]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if with_vip {
+        cleanup.link = Some(link.clone());
+        run(Command::new("/usr/sbin/ip").args(["link", "set", &link, "up"]))?;
+        run(Command::new("/usr/sbin/ip").args(["link", "set", &peer, "up"]))?;
+        println!("    virtual IP {vip} on interface {link} (a veth pair made for the demo)");
+    } else {
+        println!("    (cannot create a network interface here, e.g. not root: the demo runs without the virtual IP resource)");
     }
 
-    step("Stopping the service");
-    timed("stop: ok", svc.stop(&ctx, None)).await?;
-    println!("    health: {}", svc.monitor(&ctx, None).await?);
-    println!("\nDemo finished; everything it started is gone.");
+    let p = prefix.display().to_string();
+    let s = shared.display().to_string();
+    let base_exec: Vec<String> = BASE_CMDS[..3]
+        .iter()
+        .map(|c| format!("{{ program = \"{p}/{c}\", args = [\"{LHOST}\"] }}"))
+        .chain([
+            format!("{{ program = \"{p}/opt/jp1base/bin/jbs_spmd_status\", args = [\"-h\", \"{LHOST}\", \"-t\", \"*\"] }}"),
+            format!("{{ program = \"{p}/opt/jp1base/bin/jevstat\", args = [\"{LHOST}\", \"-t\", \"*\"] }}"),
+        ])
+        .collect();
+    let ajs_exec: Vec<String> = AJS_CMDS[..3]
+        .iter()
+        .map(|c| format!("{{ program = \"{p}/{c}\", args = [\"{LHOST}\"] }}"))
+        .chain([
+            format!("{{ program = \"{p}/opt/jp1ajs2/bin/jajs_spmd_status\", args = [\"-h\", \"{LHOST}\", \"-t\", \"*\"] }}"),
+            format!("{{ program = \"{p}/opt/jp1ajs2/bin/ajsqlstatus\", args = [\"-h\", \"{LHOST}\"] }}"),
+            format!("{{ program = \"{p}/opt/jp1ajs2/bin/jajs_status\", args = [\"-h\", \"{LHOST}\"] }}"),
+        ])
+        .collect();
+    let vip_resource = if with_vip {
+        format!(
+            r#"
+[[resources]]
+name = "vip"
+plugin = "ip"
+params = {{ address = "{vip}", interface = "{link}", arping_count = "1" }}
+grants = {{ exec = [
+    {{ program = "/usr/sbin/ip", args = ["-o", "link", "show", "dev", "{link}"] }},
+    {{ program = "/usr/sbin/ip", args = ["-o", "addr", "show", "dev", "{link}"] }},
+    {{ program = "/usr/sbin/ip", args = ["addr", "add", "{vip}", "dev", "{link}"] }},
+    {{ program = "/usr/sbin/ip", args = ["addr", "del", "{vip}", "dev", "{link}"] }},
+    {{ program = "/usr/bin/arping", args = ["-U", "-c", "*", "-I", "{link}", "{ip}"] }},
+], read = ["/usr/bin/arping", "/usr/sbin/arping"] }}
+monitor_interval = "1s"
+"#,
+            ip = vip.split('/').next().unwrap_or_default()
+        )
+    } else {
+        String::new()
+    };
+    let members = if with_vip { r#"["vip", "jp1-base", "jp1-ajs3"]"# } else { r#"["jp1-base", "jp1-ajs3"]"# };
+    let config = format!(
+        r#"# Written by `warden demo`.
+version = 1
+[cluster]
+name = "demo"
+
+[[nodes]]
+name = "demo-node"
+
+[[plugins]]
+name = "ip"
+path = "{pl}/ip.wasm"
+[[plugins]]
+name = "jp1-base"
+path = "{pl}/jp1-base.wasm"
+[[plugins]]
+name = "jp1-ajs3-manager"
+path = "{pl}/jp1-ajs3-manager.wasm"
+{vip_resource}
+[[resources]]
+name = "jp1-base"
+plugin = "jp1-base"
+params = {{ logical_host = "{LHOST}", prefix = "{p}", shared_dir = "{s}" }}
+grants = {{ exec = [{base_exec}], read = [{base_read}, "{s}/jp1base"] }}
+monitor_interval = "1s"
+
+[[resources]]
+name = "jp1-ajs3"
+plugin = "jp1-ajs3-manager"
+params = {{ logical_host = "{LHOST}", prefix = "{p}", shared_dir = "{s}", base_resource = "jp1-base" }}
+grants = {{ exec = [{ajs_exec}], read = [{ajs_read}, "{p}/etc/.hitachi/pplistd/pplistd", "{s}/jp1ajs2"] }}
+monitor_interval = "1s"
+
+[[groups]]
+name = "{LHOST}"
+resources = {members}
+max_restarts = 3
+restart_window = "10m"
+"#,
+        pl = plugins.display(),
+        base_exec = base_exec.join(", "),
+        ajs_exec = ajs_exec.join(", "),
+        base_read = quoted(&p, &BASE_CMDS),
+        ajs_read = quoted(&p, &AJS_CMDS),
+    );
+    let config_path = dir.join("cluster.toml");
+    std::fs::write(&config_path, &config)?;
+    let socket = dir.join("warden.sock");
+
+    step("Starting the node: `warden node run` (a separate process, real agents in their sandboxes)");
+    let exe = std::env::current_exe()?;
+    let log = std::fs::File::create(dir.join("node.log"))?;
+    let mut cmd = Command::new(exe);
+    if let Some(c) = &cli.cache_dir {
+        cmd.arg("--cache-dir").arg(c);
+    }
+    cmd.args(["--log", "info", "node", "run", "--node", "demo-node", "--config"])
+        .arg(&config_path)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--socket")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(log);
+    let started = Instant::now();
+    cleanup.node = Some(cmd.spawn().context("start `warden node run`")?);
+    println!("    config: {} (node log: {})", config_path.display(), dir.join("node.log").display());
+
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let st = loop {
+        if let Some(n) = cleanup.node.as_mut() {
+            if let Ok(Some(code)) = n.try_wait() {
+                bail!("the node exited ({code}); its log:\n{}", std::fs::read_to_string(dir.join("node.log")).unwrap_or_default());
+            }
+        }
+        if let Ok(st) = status(&socket).await {
+            if group_state(&st) == "started" {
+                break st;
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the group did not start; see {}", dir.join("node.log").display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("    group `{LHOST}` started {:.1} s after launch (probe, then start bottom-up; AJS3 start is polled until healthy)\n", started.elapsed().as_secs_f64());
+    print!("{}", indent(&render_status(&st)));
+
+    step("Killing an AJS3 daemon behind Warden's back: kill -9 jajs_hstd");
+    let pid = daemon_pid(&shared, "jajs_hstd").context("no jajs_hstd process found")?;
+    let last_seq = events_since(&socket, 0).await?.last().map_or(0, |e| e.seq);
+    Command::new("/bin/kill").args(["-9", &pid.to_string()]).status()?;
+    let killed = Instant::now();
+    println!("    killed pid {pid}; JP1/AJS3 has no degraded mode, so its other processes stop too");
+    let mut seq = last_seq;
+    let mut detected = None;
+    let mut recover_ok = false;
+    let recovered = loop {
+        for e in events_since(&socket, seq).await? {
+            seq = e.seq;
+            println!("    {}", event_line(&e));
+            if detected.is_none() && e.kind == "monitor" {
+                detected = Some(killed.elapsed());
+            }
+            if e.action.as_deref() == Some("recover") {
+                anyhow::ensure!(e.result == "ok", "recovery failed: {}", e.message);
+                recover_ok = true;
+            }
+        }
+        if recover_ok && group_state(&status(&socket).await?) == "started" {
+            break killed.elapsed();
+        }
+        anyhow::ensure!(killed.elapsed() < Duration::from_secs(120), "no recovery within 120 s; see {}", dir.join("node.log").display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let new_pid = daemon_pid(&shared, "jajs_hstd");
+    println!(
+        "\n    failure detected {:.2} s after the kill (monitor every 1 s); service healthy again {:.2} s after the kill (new jajs_hstd pid {})",
+        detected.unwrap_or_default().as_secs_f64(),
+        recovered.as_secs_f64(),
+        new_pid.map_or("?".into(), |p| p.to_string())
+    );
+    println!();
+    print!("{}", indent(&render_status(&status(&socket).await?)));
+
+    step("Stopping the node (SIGTERM): the group stops top-down");
+    let seq_before = events_since(&socket, 0).await?.last().map_or(0, |e| e.seq);
+    if let Some(mut n) = cleanup.node.take() {
+        Command::new("/bin/kill").args(["-TERM", &n.id().to_string()]).status()?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while n.try_wait()?.is_none() {
+            anyhow::ensure!(Instant::now() < deadline, "the node did not stop");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let history = std::fs::read_to_string(dir.join("state/events.jsonl")).unwrap_or_default();
+    for e in history.lines().filter_map(|l| serde_json::from_str::<EventRecord>(l).ok()).filter(|e| e.seq > seq_before) {
+        println!("    {}", event_line(&e));
+    }
+    println!("\nDemo finished: node stopped; simulator processes, the demo's network interface and scratch files removed.");
     Ok(ExitCode::SUCCESS)
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("    {l}\n")).collect()
 }
