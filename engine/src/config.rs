@@ -477,6 +477,45 @@ impl ClusterConfig {
                 ));
             }
         }
+        // A parameter named `*_resource` names another resource this one needs (the AJS3 agents'
+        // `base_resource`): it must be in the same group and come before it in the dependencies.
+        for g in &self.groups {
+            let edges = Self::group_edges(g);
+            let needs = |from: &str, to: &str| {
+                let mut todo = vec![from.to_string()];
+                let mut seen = BTreeSet::new();
+                while let Some(x) = todo.pop() {
+                    for d in edges.get(&x).into_iter().flatten() {
+                        if d == to {
+                            return true;
+                        }
+                        if seen.insert(d.clone()) {
+                            todo.push(d.clone());
+                        }
+                    }
+                }
+                false
+            };
+            for member in &g.resources {
+                let Some(r) = self.resource(member.get_ref()) else { continue };
+                for (k, v) in r.params.get_ref().iter().filter(|(k, _)| k.ends_with("_resource")) {
+                    let span = if r.params.span().is_empty() { r.name.span() } else { r.params.span() };
+                    if !g.resources.iter().any(|m| m.get_ref() == v) {
+                        errs.push(self.error_at(
+                            span,
+                            format!("resource `{}`: {k} = `{v}` is not a resource of group `{}`", r.name.get_ref(), g.name.get_ref()),
+                            Some(format!("put `{v}` in the same group, before `{}`", r.name.get_ref())),
+                        ));
+                    } else if !needs(r.name.get_ref(), v) {
+                        errs.push(self.error_at(
+                            span,
+                            format!("resource `{}` needs `{v}` ({k}) but does not depend on it in group `{}`", r.name.get_ref(), g.name.get_ref()),
+                            Some(format!("list `{v}` before `{}` in `resources`, or add it to depends_on", r.name.get_ref())),
+                        ));
+                    }
+                }
+            }
+        }
         for f in &self.fencing {
             if let Some(p) = plugins.get(f.plugin.get_ref()) {
                 if p.world() != warden_manifest::World::FenceAgent {

@@ -226,3 +226,23 @@ fn metrics_endpoint_counts_actions() {
     assert!(body.contains("warden_agent_actions_total{plugin=\"example-rust\",action=\"start\",result=\"ok\"} 1"), "{body}");
     assert!(body.contains("warden_resource_state{resource=\"a\",state=\"running\"} 1"), "{body}");
 }
+
+#[test]
+fn a_hung_monitor_delays_only_its_own_resource() {
+    // `slow` (unmanaged, its own group) has a monitor that sleeps for a minute; `a` must still be
+    // monitored and recovered meanwhile: each resource has its own worker.
+    let mut n = TestNode::new(|d| {
+        format!(
+            "[[plugins]]\nname = \"test-hostile\"\npath = \"{hostile}\"\n\n[[resources]]\nname = \"slow\"\nplugin = \"test-hostile\"\nparams = {{ mode = \"sleep\", ms = \"60000\" }}\nunmanaged = true\nmonitor_interval = \"200ms\"\ntimeouts = {{ monitor = \"90s\" }}\n\n[[groups]]\nname = \"stuck\"\nresources = [\"slow\"]\n{a}\n[[groups]]\nname = \"app\"\nresources = [\"a\"]\n",
+            hostile = test_programs_artifacts::HOSTILE,
+            a = pid_resource(d, "a", "200ms")
+        )
+    });
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    n.kill_service("a");
+    assert!(n.wait(LONG, |n| n.actions().iter().any(|(s, a, r)| s == "a" && a == "recover" && r == "ok")), "{}", n.log());
+    // The slow monitor has not even returned once yet (its probe is still sleeping).
+    assert!(n.resource("slow")["last_monitor"].is_null(), "{:?}", n.resource("slow"));
+    assert!(n.alive("a"));
+}

@@ -56,6 +56,7 @@ async fn invalid_configs_fail_with_their_exact_error() {
 async fn valid_configs_load() {
     let mut all = files("valid");
     all.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/single-node.toml"));
+    all.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/jp1-cluster.toml"));
     for f in all {
         if let Err(e) = check(&f).await {
             panic!("{} was refused:\n{e}", f.display());
