@@ -5,7 +5,8 @@
 //!   JavaScript with componentize-js), each with its `warden.toml` embedded.
 //! * `tools`   — install the pinned Python and JavaScript component tools under `target/tools`
 //!   and `examples/agents/js/node_modules` (done by `plugins` when missing).
-//! * `test`    — `plugins`, then `cargo test --workspace`: the README's test command.
+//! * `test`    — `plugins` and the JP1 simulator, then `cargo test --workspace`: the README's
+//!   test command.
 //! * `demo`    — `plugins`, then the demo.
 //!
 //! A plugin is any directory under `plugins/` or `examples/agents/` holding a `warden.toml`.
@@ -39,10 +40,9 @@ fn run() -> Result<()> {
             build_plugins(&root)?;
             // The JP1 agent tests run the simulator; build it before the tests wait on cargo's lock.
             run_cmd(Command::new(cargo()).current_dir(&root).args(["build", "--quiet", "-p", "jp1-sim"]))?;
+            // Guest crates build natively too, so their own unit tests run here as well.
             let mut cmd = Command::new(cargo());
-            cmd.current_dir(&root).args(["test", "--workspace", "--exclude", "test-programs"]);
-            exclude_guests(&root, &mut cmd)?;
-            cmd.args(&args[1..]);
+            cmd.current_dir(&root).args(["test", "--workspace"]).args(&args[1..]);
             run_cmd(&mut cmd)
         }
         Some("demo") => {
@@ -116,16 +116,6 @@ fn discover(root: &Path) -> Result<Vec<PluginSource>> {
         }
     }
     Ok(out)
-}
-
-/// Guest crates only build for wasm32; keep them out of host test runs.
-fn exclude_guests(root: &Path, cmd: &mut Command) -> Result<()> {
-    for p in discover(root)? {
-        if let Kind::Rust { package } = p.kind {
-            cmd.args(["--exclude", &package]);
-        }
-    }
-    Ok(())
 }
 
 fn build_plugins(root: &Path) -> Result<()> {

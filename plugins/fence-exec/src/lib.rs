@@ -70,16 +70,6 @@ fn non_empty<'a>(ctx: &'a Context, name: &str) -> Option<&'a str> {
     ctx.param(name).map(str::trim).filter(|s| !s.is_empty())
 }
 
-fn bool_param(ctx: &Context, name: &str, default: bool) -> Result<bool, AgentError> {
-    match ctx.param(name).map(str::trim) {
-        None | Some("") => Ok(default),
-        Some("true" | "yes" | "1" | "on") => Ok(true),
-        Some("false" | "no" | "0" | "off") => Ok(false),
-        Some(v) => Err(invalid(format!(
-            "parameter `{name}` must be true or false, got `{v}`"
-        ))),
-    }
-}
 
 fn is_env_name(k: &str) -> bool {
     let mut c = k.chars();
@@ -167,7 +157,7 @@ impl Config {
             status_args: non_empty(ctx, "status_args").map(str::to_string),
             status_on_text: non_empty(ctx, "status_on_text").map(str::to_string),
             status_off_text: non_empty(ctx, "status_off_text").map(str::to_string),
-            verify_off: bool_param(ctx, "verify_off", true)?,
+            verify_off: ctx.param_bool("verify_off", true)?,
             verify_timeout: Duration::from_millis(ctx.param_u64("verify_timeout_ms", 20_000)?),
             command_timeout: Duration::from_millis(ctx.param_u64("command_timeout_ms", 60_000)?),
             passed,

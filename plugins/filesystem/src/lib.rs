@@ -40,16 +40,6 @@ struct Config {
     command_timeout: Duration,
 }
 
-fn bool_param(ctx: &Context, name: &str, default: bool) -> Result<bool, AgentError> {
-    match ctx.param(name).map(str::trim) {
-        None | Some("") => Ok(default),
-        Some("true" | "yes" | "1" | "on") => Ok(true),
-        Some("false" | "no" | "0" | "off") => Ok(false),
-        Some(v) => Err(AgentError::InvalidConfig(format!(
-            "parameter `{name}` must be true or false, got `{v}`"
-        ))),
-    }
-}
 
 fn invalid(msg: String) -> AgentError {
     AgentError::InvalidConfig(msg)
@@ -122,8 +112,8 @@ impl Config {
             mountpoint,
             fstype,
             options,
-            probe: bool_param(ctx, "probe", false)?,
-            kill_holders: bool_param(ctx, "kill_holders", false)?,
+            probe: ctx.param_bool("probe", false)?,
+            kill_holders: ctx.param_bool("kill_holders", false)?,
             kill_grace: Duration::from_millis(ctx.param_u64("kill_grace_ms", 5000)?),
             command_timeout: Duration::from_millis(ctx.param_u64("command_timeout_ms", 30_000)?),
         })

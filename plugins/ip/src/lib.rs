@@ -34,16 +34,6 @@ struct Config {
     arping_count: u64,
 }
 
-fn bool_param(ctx: &Context, name: &str, default: bool) -> Result<bool, AgentError> {
-    match ctx.param(name).map(str::trim) {
-        None | Some("") => Ok(default),
-        Some("true" | "yes" | "1" | "on") => Ok(true),
-        Some("false" | "no" | "0" | "off") => Ok(false),
-        Some(v) => Err(AgentError::InvalidConfig(format!(
-            "parameter `{name}` must be true or false, got `{v}`"
-        ))),
-    }
-}
 
 /// A name passed to `ip` as one argument: no option look-alikes, no separators.
 fn check_name(what: &str, v: &str, max: usize) -> Result<(), AgentError> {
@@ -110,7 +100,7 @@ impl Config {
             prefix,
             cidr: format!("{addr}/{prefix}"),
             interface,
-            arping: bool_param(ctx, "arping", true)?,
+            arping: ctx.param_bool("arping", true)?,
             arping_count,
         })
     }

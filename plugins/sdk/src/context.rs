@@ -13,6 +13,16 @@ impl Context {
             .ok_or_else(|| AgentError::InvalidConfig(format!("parameter `{name}` is required")))
     }
 
+    /// Parameter `name` as a boolean (`true/yes/on/1`, `false/no/off/0`), `default` when unset.
+    pub fn param_bool(&self, name: &str, default: bool) -> Result<bool, AgentError> {
+        match self.param(name).map(str::trim) {
+            None | Some("") => Ok(default),
+            Some("true" | "yes" | "1" | "on") => Ok(true),
+            Some("false" | "no" | "0" | "off") => Ok(false),
+            Some(v) => Err(AgentError::InvalidConfig(format!("parameter `{name}` must be true or false, got `{v}`"))),
+        }
+    }
+
     /// Parameter `name` parsed as a number, with `default` when unset.
     pub fn param_u64(&self, name: &str, default: u64) -> Result<u64, AgentError> {
         match self.param(name) {

@@ -11,17 +11,15 @@ fn pid(ctx: &Context) -> Result<Option<u32>, AgentError> {
     if !fs::exists(path)? {
         return Ok(None);
     }
-    let pid = fs::read_to_string(path)?.trim().parse().ok();
-    // /proc/<pid>/stat: "pid (comm) S ..."; state Z (zombie) or X (dead) means gone.
-    let alive = |p: u32| match fs::read_to_string(&format!("/proc/{p}/stat")) {
-        Ok(stat) => stat.rsplit(')').next().and_then(|r| r.trim().chars().next()).is_some_and(|s| s != 'Z' && s != 'X'),
-        Err(_) => false,
-    };
-    Ok(pid.filter(|p| alive(*p)))
+    let Ok(pid) = fs::read_to_string(path)?.trim().parse::<u32>() else { return Ok(None) };
+    // /proc/<pid>/stat is "pid (comm) S ...": state Z (zombie) or X means gone.
+    let stat = fs::read_to_string(&format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit(')').next().and_then(|r| r.trim().chars().next());
+    Ok(state.filter(|s| *s != 'Z' && *s != 'X').map(|_| pid))
 }
 
 fn wait_until(ms: u64, ok: impl Fn() -> Result<bool, AgentError>) -> Result<bool, AgentError> {
-    for _ in 0..ms.div_ceil(100) {
+    for _ in 0..ms / 100 {
         if ok()? {
             return Ok(true);
         }
@@ -40,29 +38,24 @@ impl Agent for PidFile {
     }
 
     fn start(ctx: &Context) -> Result<(), AgentError> {
-        if pid(ctx)?.is_some() {
-            return Ok(());
+        if pid(ctx)?.is_none() {
+            let out = Command::new(ctx.require("start")?).args(ctx.param("start_args").unwrap_or("").split_whitespace()).run()?;
+            if !out.success() || !wait_until(10_000, || Ok(pid(ctx)?.is_some()))? {
+                return Err(fail!("start failed ({}): {}", out.status_text(), out.output_text()));
+            }
         }
-        let out = Command::new(ctx.require("start")?).args(ctx.param("start_args").unwrap_or("").split_whitespace()).run()?;
-        if !out.success() {
-            return Err(fail!("start program failed ({}): {}", out.status_text(), out.output_text()));
-        }
-        match wait_until(10_000, || Ok(pid(ctx)?.is_some()))? {
-            true => Ok(()),
-            false => Err(fail!("no live process in {} after start", ctx.require("pidfile")?)),
-        }
+        Ok(())
     }
 
     fn stop(ctx: &Context) -> Result<(), AgentError> {
         let Some(p) = pid(ctx)? else { return Ok(()) };
-        Command::new("/bin/kill").args(["-TERM", &p.to_string()]).run()?;
-        if !wait_until(ctx.param_u64("stop_grace_ms", 5000)?, || Ok(pid(ctx)?.is_none()))? {
-            Command::new("/bin/kill").args(["-KILL", &p.to_string()]).run()?;
-            if !wait_until(2000, || Ok(pid(ctx)?.is_none()))? {
-                return Err(fail!("process {p} survived KILL"));
+        for (signal, grace) in [("-TERM", ctx.param_u64("stop_grace_ms", 5000)?), ("-KILL", 2000)] {
+            Command::new("/bin/kill").args([signal, &p.to_string()]).run()?;
+            if wait_until(grace, || Ok(pid(ctx)?.is_none()))? {
+                return Ok(());
             }
         }
-        Ok(())
+        Err(fail!("process {p} survived KILL"))
     }
 
     fn monitor(ctx: &Context) -> Result<Health, AgentError> {
