@@ -36,7 +36,10 @@ impl Node {
     fn start(n: usize, interval: &str) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let plugin = root().join("target/plugins/example-rust.wasm").canonicalize().expect("run `cargo xtask plugins` first");
-        let mut cfg = format!("version = 1\n[cluster]\nname = \"bench\"\n[[nodes]]\nname = \"n1\"\n[[plugins]]\nname = \"example-rust\"\npath = \"{}\"\n\n", plugin.display());
+        let mut cfg = format!(
+            "version = 1\n[cluster]\nname = \"bench\"\n[[nodes]]\nname = \"n1\"\n[[plugins]]\nname = \"example-rust\"\npath = \"{}\"\n\n",
+            plugin.display()
+        );
         for i in 0..n {
             cfg.push_str(&resource(dir.path(), i, interval));
         }
@@ -61,7 +64,11 @@ impl Node {
     }
 
     fn events(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.dir.path().join("state/events.jsonl")).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        std::fs::read_to_string(self.dir.path().join("state/events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     fn started(&self) -> usize {

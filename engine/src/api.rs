@@ -116,7 +116,8 @@ impl Client {
     }
 
     pub async fn send(&mut self, req: Request) -> Result<(), ClientError> {
-        let mut line = serde_json::to_string(&Envelope { v: PROTOCOL_VERSION, body: req }).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut line =
+            serde_json::to_string(&Envelope { v: PROTOCOL_VERSION, body: req }).map_err(|e| ClientError::Protocol(e.to_string()))?;
         line.push('\n');
         self.writer.write_all(line.as_bytes()).await?;
         Ok(())

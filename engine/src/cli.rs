@@ -114,11 +114,7 @@ pub enum AgentCommand {
 impl Cli {
     fn host_options(&self) -> anyhow::Result<HostOptions> {
         let cache_dir = if self.no_cache { None } else { Some(self.cache_dir.clone().unwrap_or_else(ComponentCache::default_dir)) };
-        let trusted_keys = self
-            .trusted_keys
-            .iter()
-            .map(|p| crate::plugin::signing::read_public_key(p))
-            .collect::<Result<Vec<_>, _>>()?;
+        let trusted_keys = self.trusted_keys.iter().map(|p| crate::plugin::signing::read_public_key(p)).collect::<Result<Vec<_>, _>>()?;
         Ok(HostOptions { cache_dir, trusted_keys })
     }
 

@@ -300,10 +300,15 @@ impl ClusterConfig {
 
     fn validate(&self) -> Vec<ConfigError> {
         let mut errs = Vec::new();
-        let mut err = |span: std::ops::Range<usize>, msg: String, hint: Option<&str>| errs.push(self.error_at(span, msg, hint.map(Into::into)));
+        let mut err =
+            |span: std::ops::Range<usize>, msg: String, hint: Option<&str>| errs.push(self.error_at(span, msg, hint.map(Into::into)));
 
         if *self.version.get_ref() != 1 {
-            err(self.version.span(), format!("config version {} is not supported", self.version.get_ref()), Some("this Warden reads `version = 1`"));
+            err(
+                self.version.span(),
+                format!("config version {} is not supported", self.version.get_ref()),
+                Some("this Warden reads `version = 1`"),
+            );
         }
 
         // Nodes.
@@ -321,7 +326,11 @@ impl ClusterConfig {
         }
         let runnable: Vec<&NodeConfig> = self.nodes.iter().filter(|n| n.role == Role::Node).collect();
         if runnable.is_empty() {
-            err(0..0, "the cluster has no node that can run resources".into(), Some("add a [[nodes]] entry with role = \"node\" (the default)"));
+            err(
+                0..0,
+                "the cluster has no node that can run resources".into(),
+                Some("add a [[nodes]] entry with role = \"node\" (the default)"),
+            );
         }
         let witnesses = self.nodes.iter().filter(|n| n.role == Role::Witness).count();
         if runnable.len() == 2 && witnesses == 0 && self.fencing.is_empty() && !self.cluster.manual_confirm {
@@ -351,13 +360,20 @@ impl ClusterConfig {
                 err(
                     r.plugin.span(),
                     format!("resource `{}` uses unknown plugin `{}`", r.name.get_ref(), r.plugin.get_ref()),
-                    Some(&format!("declare it in a [[plugins]] entry (known plugins: {})", if plugin_names.is_empty() { "none".into() } else { known_plugins() })),
+                    Some(&format!(
+                        "declare it in a [[plugins]] entry (known plugins: {})",
+                        if plugin_names.is_empty() { "none".into() } else { known_plugins() }
+                    )),
                 );
             }
         }
         for f in &self.fencing {
             if !plugin_names.contains(f.plugin.get_ref().as_str()) {
-                err(f.plugin.span(), format!("fence device `{}` uses unknown plugin `{}`", f.name.get_ref(), f.plugin.get_ref()), Some("declare it in a [[plugins]] entry"));
+                err(
+                    f.plugin.span(),
+                    format!("fence device `{}` uses unknown plugin `{}`", f.name.get_ref(), f.plugin.get_ref()),
+                    Some("declare it in a [[plugins]] entry"),
+                );
             }
             for n in &f.nodes {
                 if !node_names.contains(n.get_ref().as_str()) {
@@ -393,7 +409,9 @@ impl ClusterConfig {
             for n in &g.priority {
                 match self.nodes.iter().find(|x| x.name.get_ref() == n.get_ref()) {
                     None => err(n.span(), format!("group `{gname}` lists unknown node `{}` in its priority", n.get_ref()), None),
-                    Some(x) if x.role == Role::Witness => err(n.span(), format!("group `{gname}` lists witness `{}`: a witness never runs resources", n.get_ref()), None),
+                    Some(x) if x.role == Role::Witness => {
+                        err(n.span(), format!("group `{gname}` lists witness `{}`: a witness never runs resources", n.get_ref()), None)
+                    }
                     _ => {}
                 }
             }
@@ -401,24 +419,40 @@ impl ClusterConfig {
                 for (r, needs) in deps.get_ref() {
                     for d in std::iter::once(r).chain(needs) {
                         if !members.contains(d.as_str()) {
-                            err(deps.span(), format!("group `{gname}`: depends_on names `{d}`, which is not in the group"), Some("dependencies must be between members of the same group"));
+                            err(
+                                deps.span(),
+                                format!("group `{gname}`: depends_on names `{d}`, which is not in the group"),
+                                Some("dependencies must be between members of the same group"),
+                            );
                         }
                     }
                 }
                 if let Err(cycle) = topo_order(&g.resources.iter().map(|r| r.get_ref().clone()).collect::<Vec<_>>(), deps.get_ref()) {
-                    err(deps.span(), format!("group `{gname}` has a dependency cycle: {}", cycle.join(" -> ")), Some("remove one of the edges so the resources can be started in some order"));
+                    err(
+                        deps.span(),
+                        format!("group `{gname}` has a dependency cycle: {}", cycle.join(" -> ")),
+                        Some("remove one of the edges so the resources can be started in some order"),
+                    );
                 }
             }
         }
         for r in &self.resources {
             if !owner_group.contains_key(r.name.get_ref().as_str()) {
-                err(r.name.span(), format!("resource `{}` is not in any group", r.name.get_ref()), Some("add it to a [[groups]] entry's `resources`"));
+                err(
+                    r.name.span(),
+                    format!("resource `{}` is not in any group", r.name.get_ref()),
+                    Some("add it to a [[groups]] entry's `resources`"),
+                );
             }
         }
         if let Some(m) = &self.daemon.metrics_addr {
             match m.get_ref().parse::<std::net::SocketAddr>() {
                 Ok(a) if a.ip().is_loopback() => {}
-                Ok(_) => err(m.span(), format!("metrics_addr `{}` is not a loopback address", m.get_ref()), Some("metrics are served on loopback only, e.g. \"127.0.0.1:9464\"")),
+                Ok(_) => err(
+                    m.span(),
+                    format!("metrics_addr `{}` is not a loopback address", m.get_ref()),
+                    Some("metrics are served on loopback only, e.g. \"127.0.0.1:9464\""),
+                ),
                 Err(_) => err(m.span(), format!("metrics_addr `{}` is not IP:PORT", m.get_ref()), None),
             }
         }
@@ -456,16 +490,29 @@ impl ClusterConfig {
         for r in &self.resources {
             let Some(p) = plugins.get(r.plugin.get_ref()) else { continue };
             if p.world() != warden_manifest::World::ResourceAgent {
-                errs.push(self.error_at(r.plugin.span(), format!("resource `{}`: plugin `{}` is a fence agent, not a resource agent", r.name.get_ref(), r.plugin.get_ref()), None));
+                errs.push(self.error_at(
+                    r.plugin.span(),
+                    format!("resource `{}`: plugin `{}` is a fence agent, not a resource agent", r.name.get_ref(), r.plugin.get_ref()),
+                    None,
+                ));
                 continue;
             }
             let params_span = if r.params.span().is_empty() { r.name.span() } else { r.params.span() };
             if let Err(e) = p.metadata.resolve_params(r.params.get_ref()) {
-                let hint = p.metadata.parameters.iter().filter(|x| x.required).map(|x| format!("{} ({})", x.name, x.description)).collect::<Vec<_>>();
+                let hint = p
+                    .metadata
+                    .parameters
+                    .iter()
+                    .filter(|x| x.required)
+                    .map(|x| format!("{} ({})", x.name, x.description))
+                    .collect::<Vec<_>>();
                 errs.push(self.error_at(
                     params_span,
                     format!("resource `{}` ({}): {e}", r.name.get_ref(), r.plugin.get_ref()),
-                    Some(format!("`warden plugin inspect` lists the parameters; required: {}", if hint.is_empty() { "none".into() } else { hint.join(", ") })),
+                    Some(format!(
+                        "`warden plugin inspect` lists the parameters; required: {}",
+                        if hint.is_empty() { "none".into() } else { hint.join(", ") }
+                    )),
                 ));
             }
             let undeclared = r.grants.get_ref().not_covered_by(&p.manifest.capabilities);
@@ -509,7 +556,11 @@ impl ClusterConfig {
                     } else if !needs(r.name.get_ref(), v) {
                         errs.push(self.error_at(
                             span,
-                            format!("resource `{}` needs `{v}` ({k}) but does not depend on it in group `{}`", r.name.get_ref(), g.name.get_ref()),
+                            format!(
+                                "resource `{}` needs `{v}` ({k}) but does not depend on it in group `{}`",
+                                r.name.get_ref(),
+                                g.name.get_ref()
+                            ),
                             Some(format!("list `{v}` before `{}` in `resources`, or add it to depends_on", r.name.get_ref())),
                         ));
                     }
@@ -519,7 +570,11 @@ impl ClusterConfig {
         for f in &self.fencing {
             if let Some(p) = plugins.get(f.plugin.get_ref()) {
                 if p.world() != warden_manifest::World::FenceAgent {
-                    errs.push(self.error_at(f.plugin.span(), format!("fence device `{}`: plugin `{}` is not a fence agent", f.name.get_ref(), f.plugin.get_ref()), None));
+                    errs.push(self.error_at(
+                        f.plugin.span(),
+                        format!("fence device `{}`: plugin `{}` is not a fence agent", f.name.get_ref(), f.plugin.get_ref()),
+                        None,
+                    ));
                 }
             }
         }
@@ -539,7 +594,13 @@ pub fn topo_order(members: &[String], edges: &BTreeMap<String, Vec<String>>) -> 
         Active,
         Done,
     }
-    fn visit(n: &str, edges: &BTreeMap<String, Vec<String>>, marks: &mut BTreeMap<String, Mark>, stack: &mut Vec<String>, out: &mut Vec<String>) -> Result<(), Vec<String>> {
+    fn visit(
+        n: &str,
+        edges: &BTreeMap<String, Vec<String>>,
+        marks: &mut BTreeMap<String, Mark>,
+        stack: &mut Vec<String>,
+        out: &mut Vec<String>,
+    ) -> Result<(), Vec<String>> {
         match marks.get(n).copied().unwrap_or(Mark::New) {
             Mark::Done => return Ok(()),
             Mark::Active => {

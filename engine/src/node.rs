@@ -130,12 +130,24 @@ impl Node {
         if cfg.nodes.len() > 1 && !opts.check_only {
             return Err(NodeError::MultiNode(cfg.nodes.len()));
         }
-        let state_dir = opts.state_dir.clone().or_else(|| cfg.daemon.state_dir.clone().map(|p| cfg.resolve_path(&p))).unwrap_or_else(|| default_state_dir(&cfg.cluster.name));
+        let state_dir = opts
+            .state_dir
+            .clone()
+            .or_else(|| cfg.daemon.state_dir.clone().map(|p| cfg.resolve_path(&p)))
+            .unwrap_or_else(|| default_state_dir(&cfg.cluster.name));
         {
             use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&state_dir).map_err(|source| NodeError::Io { what: "cannot create the state directory", path: state_dir.clone(), source })?;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&state_dir).map_err(|source| NodeError::Io {
+                what: "cannot create the state directory",
+                path: state_dir.clone(),
+                source,
+            })?;
         }
-        let socket = opts.socket.clone().or_else(|| cfg.daemon.control_socket.clone().map(|p| cfg.resolve_path(&p))).unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        let socket = opts
+            .socket
+            .clone()
+            .or_else(|| cfg.daemon.control_socket.clone().map(|p| cfg.resolve_path(&p)))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
         let cache = cfg.daemon.cache_dir.clone().map(|p| cfg.resolve_path(&p)).unwrap_or_else(|| state_dir.join("cache"));
         let host = PluginHost::new(HostOptions { cache_dir: Some(cache), trusted_keys: vec![] })?;
         let mut plugins = BTreeMap::new();
@@ -143,8 +155,13 @@ impl Node {
             let path = cfg.resolve_path(p.path.get_ref());
             if let Some(signer) = &p.signer {
                 let signer = cfg.resolve_path(signer.get_ref());
-                let key = signing::read_public_key(&signer).map_err(|e| NodeError::Io { what: "cannot read the signer key", path: signer.clone(), source: std::io::Error::other(e.to_string()) })?;
-                let bytes = std::fs::read(&path).map_err(|source| NodeError::Io { what: "cannot read plugin", path: path.clone(), source })?;
+                let key = signing::read_public_key(&signer).map_err(|e| NodeError::Io {
+                    what: "cannot read the signer key",
+                    path: signer.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                let bytes =
+                    std::fs::read(&path).map_err(|source| NodeError::Io { what: "cannot read plugin", path: path.clone(), source })?;
                 let status = signing::check(&path, &bytes, &[key]);
                 if !matches!(status, SignatureStatus::Trusted { .. }) {
                     return Err(NodeError::Unsigned { name: p.name.get_ref().clone(), path, status, signer });
@@ -152,7 +169,11 @@ impl Node {
             }
             let loaded = host.load(&path).await.map_err(|e| {
                 // Point at the config line as well as the plugin problem.
-                NodeError::Config(ConfigErrors(vec![cfg.error_at(p.path.span(), format!("plugin `{}`: {e}", p.name.get_ref()), Some("build plugins with `cargo xtask plugins`; paths are relative to the config file".into()))]))
+                NodeError::Config(ConfigErrors(vec![cfg.error_at(
+                    p.path.span(),
+                    format!("plugin `{}`: {e}", p.name.get_ref()),
+                    Some("build plugins with `cargo xtask plugins`; paths are relative to the config file".into()),
+                )]))
             })?;
             plugins.insert(p.name.get_ref().clone(), loaded);
         }
@@ -175,18 +196,37 @@ impl Node {
         let state_path = self.state_dir.join("state.json");
         let mut history = History::open(self.state_dir.join("events.jsonl"));
         let note = |h: &mut History, kind: &str, subject: &str, message: String| {
-            h.record(EventRecord { seq: 0, at_ms: unix_ms(SystemTime::now()), kind: kind.into(), subject: subject.into(), action: None, duration_ms: None, result: String::new(), message });
+            h.record(EventRecord {
+                seq: 0,
+                at_ms: unix_ms(SystemTime::now()),
+                kind: kind.into(),
+                subject: subject.into(),
+                action: None,
+                duration_ms: None,
+                result: String::new(),
+                message,
+            });
         };
         match std::fs::read(&state_path) {
             Ok(bytes) => match serde_json::from_slice::<Persisted>(&bytes) {
                 Ok(p) if p.cluster == self.cfg.cluster.name => sched.restore(&p.state),
-                Ok(p) => note(&mut history, "node", &self.name, format!("ignoring state for cluster `{}` (this is `{}`)", p.cluster, self.cfg.cluster.name)),
+                Ok(p) => note(
+                    &mut history,
+                    "node",
+                    &self.name,
+                    format!("ignoring state for cluster `{}` (this is `{}`)", p.cluster, self.cfg.cluster.name),
+                ),
                 Err(e) => {
                     // Keep the damaged file for a post-mortem; probing re-learns what runs.
                     let aside = self.state_dir.join(format!("state.json.corrupt-{}", unix_ms(SystemTime::now())));
                     let _ = std::fs::rename(&state_path, &aside);
                     tracing::warn!(error = %e, moved_to = %aside.display(), "the state file is corrupt; starting from probes");
-                    note(&mut history, "node", &self.name, format!("state file was corrupt ({e}); kept as {}; re-learning by probing", aside.display()));
+                    note(
+                        &mut history,
+                        "node",
+                        &self.name,
+                        format!("state file was corrupt ({e}); kept as {}; re-learning by probing", aside.display()),
+                    );
                 }
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -215,7 +255,14 @@ impl Node {
             let (tx, rx) = mpsc::channel(64);
             tokio::spawn(w.run(rx, results_tx.clone()));
             workers.insert(rc.name.get_ref().clone(), tx);
-            intervals.insert(rc.name.get_ref().clone(), rc.monitor_interval.map(|d| d.get()).or(m.monitor_interval).unwrap_or(Duration::from_secs(10)).max(Duration::from_millis(50)));
+            intervals.insert(
+                rc.name.get_ref().clone(),
+                rc.monitor_interval
+                    .map(|d| d.get())
+                    .or(m.monitor_interval)
+                    .unwrap_or(Duration::from_secs(10))
+                    .max(Duration::from_millis(50)),
+            );
             plugin_of.insert(rc.name.get_ref().clone(), rc.plugin.get_ref().clone());
         }
 
@@ -229,17 +276,29 @@ impl Node {
         if let Some(dir) = self.socket.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let listener = tokio::net::UnixListener::bind(&self.socket).map_err(|source| NodeError::Io { what: "cannot open the control socket", path: self.socket.clone(), source })?;
+        let listener = tokio::net::UnixListener::bind(&self.socket).map_err(|source| NodeError::Io {
+            what: "cannot open the control socket",
+            path: self.socket.clone(),
+            source,
+        })?;
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&self.socket, std::fs::Permissions::from_mode(0o600)).map_err(|source| NodeError::Io { what: "cannot restrict the control socket", path: self.socket.clone(), source })?;
+            std::fs::set_permissions(&self.socket, std::fs::Permissions::from_mode(0o600)).map_err(|source| NodeError::Io {
+                what: "cannot restrict the control socket",
+                path: self.socket.clone(),
+                source,
+            })?;
         }
         let (api_tx, mut api_rx) = mpsc::channel::<(Request, oneshot::Sender<Response>)>(64);
         tokio::spawn(serve_control(listener, api_tx, history.feed.clone()));
 
         let (metrics_tx, mut metrics_rx) = mpsc::channel::<oneshot::Sender<String>>(8);
         if let Some(addr) = &self.cfg.daemon.metrics_addr {
-            let l = tokio::net::TcpListener::bind(addr.get_ref().as_str()).await.map_err(|source| NodeError::Io { what: "cannot listen for metrics on", path: addr.get_ref().into(), source })?;
+            let l = tokio::net::TcpListener::bind(addr.get_ref().as_str()).await.map_err(|source| NodeError::Io {
+                what: "cannot listen for metrics on",
+                path: addr.get_ref().into(),
+                source,
+            })?;
             tokio::spawn(api::metrics::serve(l, metrics_tx));
         }
         let mut metrics = api::metrics::Metrics::default();
@@ -255,7 +314,12 @@ impl Node {
         let mut shutting_down = false;
         let mut tick = tokio::time::interval(TICK);
 
-        note(&mut history, "node", &self.name, format!("node started ({} resources in {} groups); probing what runs", self.cfg.resources.len(), self.cfg.groups.len()));
+        note(
+            &mut history,
+            "node",
+            &self.name,
+            format!("node started ({} resources in {} groups); probing what runs", self.cfg.resources.len(), self.cfg.groups.len()),
+        );
         tracing::info!(node = %self.name, socket = %self.socket.display(), "node running");
         let mut pending = sched.handle(now_ms(), Event::NodeUp(self.name.clone()));
 
@@ -268,7 +332,12 @@ impl Node {
                     Command::Start { resource, epoch, .. } => dispatch(&workers, &mut busy, &resource, JobKind::Start, epoch),
                     Command::Stop { resource, .. } => dispatch(&workers, &mut busy, &resource, JobKind::Stop, 0),
                     Command::Recover { resource, epoch, .. } => dispatch(&workers, &mut busy, &resource, JobKind::Recover, epoch),
-                    Command::Fence { node } => note(&mut history, "decision", &node, "fencing needed, but no fence device is configured for this node: confirm by hand".into()),
+                    Command::Fence { node } => note(
+                        &mut history,
+                        "decision",
+                        &node,
+                        "fencing needed, but no fence device is configured for this node: confirm by hand".into(),
+                    ),
                     Command::Note { subject, message } => {
                         tracing::info!(subject = %subject, "{message}");
                         note(&mut history, "decision", &subject, message);
@@ -380,7 +449,13 @@ impl Node {
                 .iter()
                 .map(|n| {
                     let s = &st.nodes[&n.name];
-                    NodeStatus { name: n.name.clone(), role: format!("{:?}", n.role).to_lowercase(), up: s.up, standby: s.standby, needs_fence: s.needs_fence }
+                    NodeStatus {
+                        name: n.name.clone(),
+                        role: format!("{:?}", n.role).to_lowercase(),
+                        up: s.up,
+                        standby: s.standby,
+                        needs_fence: s.needs_fence,
+                    }
                 })
                 .collect(),
             groups: model
@@ -518,7 +593,11 @@ fn job_event(node: &str, r: &JobResult, plugin: &str, metrics: &mut api::metrics
 }
 
 /// Accept control connections; each request is answered by the node loop.
-async fn serve_control(listener: tokio::net::UnixListener, to_loop: mpsc::Sender<(Request, oneshot::Sender<Response>)>, feed: tokio::sync::broadcast::Sender<EventRecord>) {
+async fn serve_control(
+    listener: tokio::net::UnixListener,
+    to_loop: mpsc::Sender<(Request, oneshot::Sender<Response>)>,
+    feed: tokio::sync::broadcast::Sender<EventRecord>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let to_loop = to_loop.clone();

@@ -29,9 +29,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use warden_manifest::{Manifest, ManifestError, World};
 use wasmtime::component::{InstancePre, Linker};
 use wasmtime::{Config, Engine};
-use warden_manifest::{Manifest, ManifestError, World};
 
 pub use cache::{CacheOutcome, ComponentCache};
 pub use grants::{Denied, Grants};

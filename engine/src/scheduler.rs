@@ -81,7 +81,11 @@ impl Model {
         let nodes = cfg
             .nodes
             .iter()
-            .map(|n| NodeModel { name: n.name.get_ref().clone(), role: n.role, fenceable: fence_all || fenceable.contains(n.name.get_ref().as_str()) })
+            .map(|n| NodeModel {
+                name: n.name.get_ref().clone(),
+                role: n.role,
+                fenceable: fence_all || fenceable.contains(n.name.get_ref().as_str()),
+            })
             .collect();
         let mut groups = BTreeMap::new();
         let mut resources = BTreeMap::new();
@@ -102,7 +106,8 @@ impl Model {
             };
             for r in &names {
                 let unmanaged = cfg.resource(r).is_some_and(|rc| rc.unmanaged);
-                resources.insert(r.clone(), ResourceModel { name: r.clone(), group: g.name.get_ref().clone(), unmanaged, local_recovery: true });
+                resources
+                    .insert(r.clone(), ResourceModel { name: r.clone(), group: g.name.get_ref().clone(), unmanaged, local_recovery: true });
             }
             groups.insert(
                 g.name.get_ref().clone(),
@@ -240,22 +245,54 @@ pub enum Event {
     NodeDown(String),
     /// A fence device confirmed `node` is off: nothing runs there.
     Fenced(String),
-    Probe { resource: String, node: String, outcome: MonitorOutcome },
-    Monitor { resource: String, node: String, outcome: MonitorOutcome },
-    ActionDone { resource: String, node: String, action: ActionKind, result: Result<(), String> },
+    Probe {
+        resource: String,
+        node: String,
+        outcome: MonitorOutcome,
+    },
+    Monitor {
+        resource: String,
+        node: String,
+        outcome: MonitorOutcome,
+    },
+    ActionDone {
+        resource: String,
+        node: String,
+        action: ActionKind,
+        result: Result<(), String>,
+    },
     Operator(OperatorCommand),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum Command {
-    Probe { resource: String, node: String },
-    Start { resource: String, node: String, epoch: u64 },
-    Stop { resource: String, node: String },
-    Recover { resource: String, node: String, epoch: u64 },
-    Fence { node: String },
+    Probe {
+        resource: String,
+        node: String,
+    },
+    Start {
+        resource: String,
+        node: String,
+        epoch: u64,
+    },
+    Stop {
+        resource: String,
+        node: String,
+    },
+    Recover {
+        resource: String,
+        node: String,
+        epoch: u64,
+    },
+    Fence {
+        node: String,
+    },
     /// A decision worth recording in the event history.
-    Note { subject: String, message: String },
+    Note {
+        subject: String,
+        message: String,
+    },
 }
 
 pub struct Scheduler {
@@ -332,7 +369,9 @@ impl Scheduler {
                     node(to)?;
                     let gm = &self.model.groups[g];
                     if !self.eligible(gm, to, true) {
-                        return Err(format!("node `{to}` cannot run group `{g}` now (down, standby, witness, failed there, or not in its priority list)"));
+                        return Err(format!(
+                            "node `{to}` cannot run group `{g}` now (down, standby, witness, failed there, or not in its priority list)"
+                        ));
                     }
                 } else if self.next_node(&self.model.groups[g]).is_none() {
                     return Err(format!("no other node can run group `{g}` now"));
@@ -340,7 +379,9 @@ impl Scheduler {
                 Ok(())
             }
             OperatorCommand::StartGroup { group: g } | OperatorCommand::StopGroup { group: g } => group(g),
-            OperatorCommand::Cleanup { resource } => self.model.resources.get(resource).map(|_| ()).ok_or_else(|| format!("no resource named `{resource}`")),
+            OperatorCommand::Cleanup { resource } => {
+                self.model.resources.get(resource).map(|_| ()).ok_or_else(|| format!("no resource named `{resource}`"))
+            }
             OperatorCommand::Standby { node: n } | OperatorCommand::Online { node: n } => node(n),
         }
     }
@@ -417,7 +458,10 @@ impl Scheduler {
                     }
                 }
                 if had_any {
-                    out.push(Command::Note { subject: n.clone(), message: "node lost while running resources: fencing required before they run elsewhere".into() });
+                    out.push(Command::Note {
+                        subject: n.clone(),
+                        message: "node lost while running resources: fencing required before they run elsewhere".into(),
+                    });
                 }
             }
             Event::Fenced(n) => {
@@ -519,7 +563,10 @@ impl Scheduler {
             let n = r.restarts.len();
             self.set(&resource, &node, Some(Activity::Recovering));
             let epoch = self.state.groups[&gm.name].epoch;
-            out.push(Command::Note { subject: resource.clone(), message: format!("monitor failed; local recovery {n} of {}", gm.max_restarts) });
+            out.push(Command::Note {
+                subject: resource.clone(),
+                message: format!("monitor failed; local recovery {n} of {}", gm.max_restarts),
+            });
             out.push(Command::Recover { resource, node, epoch });
         } else {
             self.set(&resource, &node, Some(Activity::Failed));
@@ -534,7 +581,15 @@ impl Scheduler {
         }
     }
 
-    fn on_action(&mut self, now: Millis, resource: String, node: String, action: ActionKind, result: Result<(), String>, out: &mut Vec<Command>) {
+    fn on_action(
+        &mut self,
+        now: Millis,
+        resource: String,
+        node: String,
+        action: ActionKind,
+        result: Result<(), String>,
+        out: &mut Vec<Command>,
+    ) {
         let Some(group) = self.group_of(&resource).map(|g| g.name.clone()) else { return };
         let _ = now;
         match (action, result) {
@@ -555,7 +610,12 @@ impl Scheduler {
             (ActionKind::Stop, Err(e)) => {
                 self.set(&resource, &node, Some(Activity::StopFailed));
                 self.state.resources.get_mut(&resource).unwrap().last_failure = Some(format!("stop failed: {e}"));
-                self.fail_group_on(&group, &node, &format!("stop of `{resource}` failed ({e}); the node must be fenced before the group runs elsewhere"), out);
+                self.fail_group_on(
+                    &group,
+                    &node,
+                    &format!("stop of `{resource}` failed ({e}); the node must be fenced before the group runs elsewhere"),
+                    out,
+                );
             }
         }
     }
@@ -586,7 +646,8 @@ impl Scheduler {
                 r.restarts.clear();
                 r.monitor_timeouts = 0;
                 r.last_failure = None;
-                let failed_nodes: Vec<String> = r.on.iter().filter(|(_, a)| matches!(a, Activity::Failed | Activity::StopFailed)).map(|(n, _)| n.clone()).collect();
+                let failed_nodes: Vec<String> =
+                    r.on.iter().filter(|(_, a)| matches!(a, Activity::Failed | Activity::StopFailed)).map(|(n, _)| n.clone()).collect();
                 self.state.groups.get_mut(&group).unwrap().failed_on.clear();
                 for n in failed_nodes {
                     if self.state.nodes.get(&n).is_some_and(|s| s.up) {
@@ -605,7 +666,12 @@ impl Scheduler {
     /// Can `node` run group `g`? `ignore_failed` is for checking an explicit operator move.
     fn eligible(&self, g: &GroupModel, node: &str, ignore_failed: bool) -> bool {
         let Some(ns) = self.state.nodes.get(node) else { return false };
-        ns.up && !ns.standby && !ns.needs_fence && self.is_runner(node) && g.priority.iter().any(|p| p == node) && (ignore_failed || !self.state.groups[&g.name].failed_on.contains(node))
+        ns.up
+            && !ns.standby
+            && !ns.needs_fence
+            && self.is_runner(node)
+            && g.priority.iter().any(|p| p == node)
+            && (ignore_failed || !self.state.groups[&g.name].failed_on.contains(node))
     }
 
     fn next_node(&self, g: &GroupModel) -> Option<String> {
@@ -667,7 +733,10 @@ impl Scheduler {
             // bounce straight back) until the operator moves or stops the group again.
             let arrived = {
                 let gs = &self.state.groups[&g.name];
-                g.switchback == Switchback::Intelligent && gs.move_to.is_some() && gs.owner == gs.move_to && self.group_running_on(g, gs.move_to.as_deref())
+                g.switchback == Switchback::Intelligent
+                    && gs.move_to.is_some()
+                    && gs.owner == gs.move_to
+                    && self.group_running_on(g, gs.move_to.as_deref())
             };
             if arrived {
                 self.state.groups.get_mut(&g.name).unwrap().move_to = None;
@@ -680,7 +749,11 @@ impl Scheduler {
         for n in names {
             let up = self.state.nodes[&n].up;
             let stuck = self.state.resources.iter().any(|(r, st)| {
-                !self.model.resources[r].unmanaged && st.on.get(&n).is_some_and(|a| *a == Activity::StopFailed || (!up && *a != Activity::Probing) || *a == Activity::Unknown)
+                !self.model.resources[r].unmanaged
+                    && st
+                        .on
+                        .get(&n)
+                        .is_some_and(|a| *a == Activity::StopFailed || (!up && *a != Activity::Probing) || *a == Activity::Unknown)
             });
             self.state.nodes.get_mut(&n).unwrap().needs_fence = stuck;
             if !stuck {
@@ -721,7 +794,12 @@ impl Scheduler {
             clear = false;
             match a {
                 Activity::Running | Activity::Failed if up => {
-                    let dependents_active = g.dependents.get(r).into_iter().flatten().any(|d| !self.model.resources[d].unmanaged && self.state.resources[d].on.contains_key(node));
+                    let dependents_active = g
+                        .dependents
+                        .get(r)
+                        .into_iter()
+                        .flatten()
+                        .any(|d| !self.model.resources[d].unmanaged && self.state.resources[d].on.contains_key(node));
                     if !dependents_active {
                         self.set(r, node, Some(Activity::Stopping));
                         out.push(Command::Stop { resource: r.clone(), node: node.to_string() });
@@ -740,7 +818,8 @@ impl Scheduler {
     /// that failed there without being recovered (a failed probe) is first stopped, with what
     /// depends on it, and then started again in order.
     fn start_group_on(&mut self, g: &GroupModel, node: &str, out: &mut Vec<Command>) {
-        let failed: Vec<String> = g.members.iter().filter(|r| self.state.resources[*r].on.get(node) == Some(&Activity::Failed)).cloned().collect();
+        let failed: Vec<String> =
+            g.members.iter().filter(|r| self.state.resources[*r].on.get(node) == Some(&Activity::Failed)).cloned().collect();
         if !failed.is_empty() {
             let mut restart: BTreeSet<String> = BTreeSet::new();
             let mut todo = failed;
@@ -753,7 +832,12 @@ impl Scheduler {
                 if self.model.resources[r].unmanaged {
                     continue;
                 }
-                let active_dependents = g.dependents.get(r).into_iter().flatten().any(|d| !self.model.resources[d].unmanaged && self.state.resources[d].on.contains_key(node));
+                let active_dependents = g
+                    .dependents
+                    .get(r)
+                    .into_iter()
+                    .flatten()
+                    .any(|d| !self.model.resources[d].unmanaged && self.state.resources[d].on.contains_key(node));
                 if matches!(self.state.resources[r].on.get(node), Some(Activity::Running | Activity::Failed)) && !active_dependents {
                     self.set(r, node, Some(Activity::Stopping));
                     out.push(Command::Stop { resource: r.clone(), node: node.to_string() });
@@ -782,7 +866,9 @@ impl Scheduler {
         let g = &self.model.groups[group];
         let gs = &self.state.groups[group];
         let active: Vec<&Activity> = g.members.iter().flat_map(|r| self.state.resources[r].on.values()).collect();
-        let managed_all_running = |n: &str| g.members.iter().all(|r| self.model.resources[r].unmanaged || self.state.resources[r].on.get(n) == Some(&Activity::Running));
+        let managed_all_running = |n: &str| {
+            g.members.iter().all(|r| self.model.resources[r].unmanaged || self.state.resources[r].on.get(n) == Some(&Activity::Running))
+        };
         if active.iter().any(|a| **a == Activity::StopFailed) {
             return "stop-failed";
         }

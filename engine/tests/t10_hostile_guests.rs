@@ -128,12 +128,13 @@ async fn granted_program_that_never_exits_loses_its_whole_group_at_its_timeout()
     let marker = "987.101";
     let script = hang_script(dir.path(), marker);
     let mut inst = hostile(&format!(r#"exec = [{{ program = "{script}" }}]"#)).await;
-    let h = inst
-        .monitor(&ctx(&[("mode", "exec"), ("program", &script), ("exec_timeout_ms", "300")]), SEC)
-        .await
-        .unwrap();
+    let h = inst.monitor(&ctx(&[("mode", "exec"), ("program", &script), ("exec_timeout_ms", "300")]), SEC).await.unwrap();
     assert!(matches!(&h, Health::Degraded(s) if s.contains("signal=Some(9) timed_out=true")), "{h:?}");
-    assert!(wait_until(Duration::from_secs(10), || live_processes(marker).is_empty()).await, "children survived: {:?}", live_processes(marker));
+    assert!(
+        wait_until(Duration::from_secs(10), || live_processes(marker).is_empty()).await,
+        "children survived: {:?}",
+        live_processes(marker)
+    );
     still_works(&mut inst).await;
 }
 
@@ -146,7 +147,11 @@ async fn granted_program_that_never_exits_loses_its_whole_group_at_the_action_de
     assert!(wait_until(Duration::from_secs(1), || live_processes(marker).is_empty()).await);
     let err = inst.monitor(&ctx(&[("mode", "exec"), ("program", &script)]), Some(Duration::from_millis(700))).await.unwrap_err();
     assert!(matches!(err, CallError::Timeout { .. }), "{err}");
-    assert!(wait_until(Duration::from_secs(10), || live_processes(marker).is_empty()).await, "children survived: {:?}", live_processes(marker));
+    assert!(
+        wait_until(Duration::from_secs(10), || live_processes(marker).is_empty()).await,
+        "children survived: {:?}",
+        live_processes(marker)
+    );
     still_works(&mut inst).await;
 }
 
@@ -161,7 +166,9 @@ async fn megabytes_of_output_are_capped_and_flagged() {
     let h = inst.monitor(&ctx(&[("mode", "exec"), ("program", &script)]), SEC).await.unwrap();
     assert_eq!(
         h,
-        Health::Degraded("exit=Some(0) signal=None timed_out=false stdout_len=65536 stdout_truncated=true stderr_len=65536 stderr_truncated=true".into())
+        Health::Degraded(
+            "exit=Some(0) signal=None timed_out=false stdout_len=65536 stdout_truncated=true stderr_len=65536 stderr_truncated=true".into()
+        )
     );
     still_works(&mut inst).await;
 }

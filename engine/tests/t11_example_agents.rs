@@ -26,7 +26,8 @@ read = ["{pidfile}", "/proc/*/stat"]
 "#
     ));
     let mut inst = plugin.instance("svc", granted, Limits::default());
-    let params = plugin.metadata.resolve_params(&ctx(&[("pidfile", &pidfile), ("start", &daemon), ("start_args", &pidfile)]).params).unwrap();
+    let params =
+        plugin.metadata.resolve_params(&ctx(&[("pidfile", &pidfile), ("start", &daemon), ("start_args", &pidfile)]).params).unwrap();
     let c = warden::plugin::CallContext { params, ..ctx(&[]) };
 
     assert_eq!(inst.monitor(&c, T).await.unwrap(), Health::Stopped);
@@ -81,7 +82,14 @@ async fn python_example_manages_a_tcp_service() {
     // A real TCP service: python's http.server, detached, with a pid file; and a stop script.
     let start = dir.path().join("start.sh");
     let stop = dir.path().join("stop.sh");
-    std::fs::write(&start, format!("#!/bin/sh\nsetsid python3 -m http.server {port} --bind 127.0.0.1 </dev/null >/dev/null 2>&1 &\necho $! > {}\n", pidfile.display())).unwrap();
+    std::fs::write(
+        &start,
+        format!(
+            "#!/bin/sh\nsetsid python3 -m http.server {port} --bind 127.0.0.1 </dev/null >/dev/null 2>&1 &\necho $! > {}\n",
+            pidfile.display()
+        ),
+    )
+    .unwrap();
     std::fs::write(&stop, format!("#!/bin/sh\nkill $(cat {})\n", pidfile.display())).unwrap();
     for f in [&start, &stop] {
         std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();

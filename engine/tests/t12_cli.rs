@@ -45,7 +45,10 @@ fn timeout_is_one_line_naming_plugin_and_action() {
 
 #[test]
 fn access_denied_names_what_was_refused() {
-    let o = warden(&cache(), &["agent", "exec", HOSTILE, "start", "--param", "mode=exec", "--param", "program=/bin/sh", "--allow-exec", "/bin/true"]);
+    let o = warden(
+        &cache(),
+        &["agent", "exec", HOSTILE, "start", "--param", "mode=exec", "--param", "program=/bin/sh", "--allow-exec", "/bin/true"],
+    );
     assert_eq!(o.status.code(), Some(1));
     let (_, err) = text(&o);
     let last = err.lines().last().unwrap();
@@ -70,7 +73,10 @@ fn missing_and_unknown_parameters_are_usage_errors() {
     let p = plugin.to_str().unwrap();
     let o = warden(&cache(), &["agent", "exec", p, "monitor"]);
     assert_eq!(o.status.code(), Some(2));
-    assert_eq!(text(&o).1.trim(), "error: plugin `example-rust`: monitor: invalid parameters: missing required parameter `pidfile`, `start`");
+    assert_eq!(
+        text(&o).1.trim(),
+        "error: plugin `example-rust`: monitor: invalid parameters: missing required parameter `pidfile`, `start`"
+    );
     let o = warden(&cache(), &["agent", "exec", p, "monitor", "--param", "pidfle=/x", "--param", "pidfile=/x", "--param", "start=/y"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("unknown parameter `pidfle`"), "{:?}", text(&o));
@@ -163,7 +169,18 @@ fn package_embeds_a_manifest() {
     let out = dir.path().join("again.wasm");
     let manifest = dir.path().join("warden.toml");
     std::fs::write(&manifest, "version = 1\nname = \"example-rust\"\n[capabilities]\nread = [\"/run/**\"]\n").unwrap();
-    let o = warden(&cache(), &["plugin", "package", built_plugin("example-rust").to_str().unwrap(), "--manifest", manifest.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let o = warden(
+        &cache(),
+        &[
+            "plugin",
+            "package",
+            built_plugin("example-rust").to_str().unwrap(),
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
     assert!(o.status.success(), "{:?}", text(&o));
     let o = warden(&cache(), &["plugin", "inspect", out.to_str().unwrap(), "--json"]);
     let v: serde_json::Value = serde_json::from_str(&text(&o).0).unwrap();

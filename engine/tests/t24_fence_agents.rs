@@ -17,10 +17,7 @@ use warden::plugin::{AgentFailure, CallContext, Limits, Plugin, PowerState};
 const T: Option<Duration> = Some(Duration::from_secs(60));
 
 fn params(plugin: &Plugin, p: &[(&str, &str)]) -> CallContext {
-    CallContext {
-        params: plugin.metadata.resolve_params(&ctx(p).params).unwrap(),
-        ..ctx(&[])
-    }
+    CallContext { params: plugin.metadata.resolve_params(&ctx(p).params).unwrap(), ..ctx(&[]) }
 }
 
 /// Children of the test, killed by pid and reaped when dropped.
@@ -36,10 +33,7 @@ impl Drop for Children {
 }
 
 fn spawn_in(ns: &str, script: &str) -> Child {
-    Command::new("/usr/sbin/ip")
-        .args(["netns", "exec", ns, "/bin/sh", "-c", script])
-        .spawn()
-        .unwrap()
+    Command::new("/usr/sbin/ip").args(["netns", "exec", ns, "/bin/sh", "-c", script]).spawn().unwrap()
 }
 
 #[tokio::test]
@@ -59,11 +53,7 @@ async fn fence_test_kills_every_process_of_the_node_and_nothing_else() {
         spawn_in(&n1, "sleep 300 & sleep 300 & wait"), // with grandchildren
         spawn_in(&n2, "exec sleep 300"),
     ]);
-    assert!(
-        wait_until(Duration::from_secs(10), || Namespaces::pids(&n1).len() >= 4
-            && !Namespaces::pids(&n2).is_empty())
-        .await
-    );
+    assert!(wait_until(Duration::from_secs(10), || Namespaces::pids(&n1).len() >= 4 && !Namespaces::pids(&n2).is_empty()).await);
     let victims = Namespaces::pids(&n1);
     let bystanders = Namespaces::pids(&n2);
 
@@ -81,11 +71,7 @@ read = ["/proc/*/stat"]
     inst.validate(&c, T).await.unwrap();
     assert_eq!(inst.status(&c, "n1", T).await.unwrap(), PowerState::On);
     assert_eq!(inst.status(&c, "n2", T).await.unwrap(), PowerState::On);
-    assert_eq!(
-        inst.status(&c, "n3", T).await.unwrap(),
-        PowerState::Off,
-        "no namespace: nothing runs"
-    );
+    assert_eq!(inst.status(&c, "n3", T).await.unwrap(), PowerState::Off, "no namespace: nothing runs");
 
     inst.fence(&c, "n1", T).await.unwrap();
     // Our direct children are zombies until we reap them: dead all the same.
@@ -94,25 +80,15 @@ read = ["/proc/*/stat"]
     }
     assert_eq!(inst.status(&c, "n1", T).await.unwrap(), PowerState::Off);
     for pid in &bystanders {
-        assert!(
-            is_alive(*pid),
-            "process {pid} of n2 was killed by fencing n1"
-        );
+        assert!(is_alive(*pid), "process {pid} of n2 was killed by fencing n1");
     }
     assert_eq!(inst.status(&c, "n2", T).await.unwrap(), PowerState::On);
-    inst.fence(&c, "n1", T)
-        .await
-        .expect("fencing a node that is off succeeds");
-    inst.fence(&c, "n3", T)
-        .await
-        .expect("fencing a node without a namespace succeeds");
+    inst.fence(&c, "n1", T).await.expect("fencing a node that is off succeeds");
+    inst.fence(&c, "n3", T).await.expect("fencing a node without a namespace succeeds");
 
     // A target that is not a valid namespace name is a config error, not a kill.
     let err = inst.fence(&c, "../x", T).await.unwrap_err();
-    assert!(
-        matches!(err.agent_failure(), Some(AgentFailure::InvalidConfig(_))),
-        "{err}"
-    );
+    assert!(matches!(err.agent_failure(), Some(AgentFailure::InvalidConfig(_))), "{err}");
     // Without the kill grant, fencing fails (and says why) instead of claiming success.
     let only_look = caps(&format!(
         r#"exec = [{{ program = "/usr/sbin/ip", args = ["netns", "pids", "{prefix}*"] }}]
@@ -120,10 +96,7 @@ read = ["/proc/*/stat"]"#
     ));
     let mut weak = plugin.instance("fence", only_look, Limits::default());
     let err = weak.fence(&c, "n2", T).await.unwrap_err();
-    assert!(
-        matches!(err.agent_failure(), Some(AgentFailure::AccessDenied(_))),
-        "{err}"
-    );
+    assert!(matches!(err.agent_failure(), Some(AgentFailure::AccessDenied(_))), "{err}");
     assert_eq!(weak.status(&c, "n2", T).await.unwrap(), PowerState::On);
 
     inst.fence(&c, "n2", T).await.unwrap();
@@ -188,78 +161,35 @@ async fn fence_exec_drives_a_fence_agent_over_stdin() {
     let log = dir.path().join("log");
     let plugin = load(&host(), &built_plugin("fence-exec")).await;
     assert_eq!(plugin.name(), "fence-exec");
-    let mut inst = plugin.instance(
-        "stonith",
-        caps(&format!(r#"exec = [{{ program = "{agent}" }}]"#)),
-        Limits::default(),
-    );
+    let mut inst = plugin.instance("stonith", caps(&format!(r#"exec = [{{ program = "{agent}" }}]"#)), Limits::default());
     let c = params(
         &plugin,
-        &[
-            ("command", &agent),
-            ("ip", "10.0.0.5"),
-            ("username", "admin"),
-            ("password", "s3cret"),
-            ("verify_timeout_ms", "3000"),
-        ],
+        &[("command", &agent), ("ip", "10.0.0.5"), ("username", "admin"), ("password", "s3cret"), ("verify_timeout_ms", "3000")],
     );
 
     inst.validate(&c, T).await.unwrap();
-    assert_eq!(
-        inst.status(&c, "node-b", T).await.unwrap(),
-        PowerState::On,
-        "exit 0 = on"
-    );
+    assert_eq!(inst.status(&c, "node-b", T).await.unwrap(), PowerState::On, "exit 0 = on");
     inst.fence(&c, "node-b", T).await.unwrap();
-    assert_eq!(
-        inst.status(&c, "node-b", T).await.unwrap(),
-        PowerState::Off,
-        "exit 2 = off"
-    );
+    assert_eq!(inst.status(&c, "node-b", T).await.unwrap(), PowerState::Off, "exit 2 = off");
     let recorded = std::fs::read_to_string(&log).unwrap();
     let calls: Vec<&str> = recorded.split("--\n").filter(|s| !s.is_empty()).collect();
     // status, off, status (verify), status
     assert_eq!(calls.len(), 4, "{recorded}");
     assert!(calls[0].lines().any(|l| l == "action=status"), "{recorded}");
     let off = calls[1];
-    for line in [
-        "action=off",
-        "plug=node-b",
-        "ip=10.0.0.5",
-        "username=admin",
-        "password=s3cret",
-    ] {
+    for line in ["action=off", "plug=node-b", "ip=10.0.0.5", "username=admin", "password=s3cret"] {
         assert!(off.lines().any(|l| l == line), "missing `{line}` in {off}");
     }
-    assert!(
-        !off.contains("command=") && !off.contains("verify_timeout_ms="),
-        "the agent's own parameters are not passed on: {off}"
-    );
-    assert!(
-        calls[2].lines().any(|l| l == "action=status"),
-        "off is verified with status"
-    );
+    assert!(!off.contains("command=") && !off.contains("verify_timeout_ms="), "the agent's own parameters are not passed on: {off}");
+    assert!(calls[2].lines().any(|l| l == "action=status"), "off is verified with status");
 
     // target_map: the device knows node-c as plug 7.
-    let mapped = params(
-        &plugin,
-        &[("command", &agent), ("target_map", "node-c:7;node-d:8")],
-    );
+    let mapped = params(&plugin, &[("command", &agent), ("target_map", "node-c:7;node-d:8")]);
     inst.fence(&mapped, "node-c", T).await.unwrap();
-    assert!(std::fs::read_to_string(&log)
-        .unwrap()
-        .contains("action=off\nplug=7\n"));
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("state-7"))
-            .unwrap()
-            .trim(),
-        "off"
-    );
+    assert!(std::fs::read_to_string(&log).unwrap().contains("action=off\nplug=7\n"));
+    assert_eq!(std::fs::read_to_string(dir.path().join("state-7")).unwrap().trim(), "off");
     let err = inst.fence(&mapped, "node-x", T).await.unwrap_err();
-    assert!(
-        matches!(err.agent_failure(), Some(AgentFailure::InvalidConfig(m)) if m.contains("node-x")),
-        "{err}"
-    );
+    assert!(matches!(err.agent_failure(), Some(AgentFailure::InvalidConfig(m)) if m.contains("node-x")), "{err}");
 
     // The device fails: fence fails with the agent's message, and the node is not off.
     std::fs::write(dir.path().join("fail"), "").unwrap();
@@ -274,27 +204,18 @@ async fn fence_exec_drives_a_fence_agent_over_stdin() {
     // off "succeeds" but the node stays on: not confirmed, so fence fails.
     std::fs::write(dir.path().join("stuck"), "").unwrap();
     let err = inst.fence(&c, "node-f", T).await.unwrap_err();
-    assert!(
-        matches!(err.agent_failure(), Some(AgentFailure::Failed(m)) if m.contains("not confirmed off")),
-        "{err}"
-    );
+    assert!(matches!(err.agent_failure(), Some(AgentFailure::Failed(m)) if m.contains("not confirmed off")), "{err}");
     std::fs::remove_file(dir.path().join("stuck")).unwrap();
 
     // A status the agent cannot determine (exit 1) is an error, not a guess.
     std::fs::write(dir.path().join("status-broken"), "").unwrap();
     let err = inst.status(&c, "node-b", T).await.unwrap_err();
-    assert!(
-        matches!(err.agent_failure(), Some(AgentFailure::Failed(m)) if m.contains("exit 1")),
-        "{err}"
-    );
+    assert!(matches!(err.agent_failure(), Some(AgentFailure::Failed(m)) if m.contains("exit 1")), "{err}");
 
     // Not granted: access denied.
     let mut denied = plugin.instance("stonith", caps(""), Limits::default());
     let err = denied.fence(&c, "node-b", T).await.unwrap_err();
-    assert!(
-        matches!(err.agent_failure(), Some(AgentFailure::AccessDenied(_))),
-        "{err}"
-    );
+    assert!(matches!(err.agent_failure(), Some(AgentFailure::AccessDenied(_))), "{err}");
 }
 
 #[tokio::test]
@@ -302,9 +223,7 @@ async fn fence_exec_runs_a_command_with_argument_templates() {
     let dir = tempfile::tempdir().unwrap();
     let tool = write_script(&dir.path().join("ipmitool"), FAKE_IPMITOOL);
     let plugin = load(&host(), &built_plugin("fence-exec")).await;
-    let granted = caps(&format!(
-        r#"exec = [{{ program = "{tool}", args = ["-H", "*-ipmi", "-E", "chassis", "power", "*"] }}]"#
-    ));
+    let granted = caps(&format!(r#"exec = [{{ program = "{tool}", args = ["-H", "*-ipmi", "-E", "chassis", "power", "*"] }}]"#));
     let mut inst = plugin.instance("ipmi", granted, Limits::default());
     let base = [
         ("command", tool.as_str()),
@@ -321,33 +240,18 @@ async fn fence_exec_runs_a_command_with_argument_templates() {
     inst.fence(&c, "node-b", T).await.unwrap();
     assert_eq!(inst.status(&c, "node-b", T).await.unwrap(), PowerState::Off);
     let log = std::fs::read_to_string(dir.path().join("ipmi-log")).unwrap();
-    assert!(
-        log.contains("-H node-b-ipmi -E chassis power off pw=s3cret"),
-        "{log}"
-    );
+    assert!(log.contains("-H node-b-ipmi -E chassis power off pw=s3cret"), "{log}");
 
     // A wrong password from the environment: the tool fails, and so does fence.
     let mut wrong = base.to_vec();
     wrong.retain(|(k, _)| *k != "IPMI_PASSWORD");
     wrong.push(("IPMI_PASSWORD", "nope"));
-    let err = inst
-        .fence(&params(&plugin, &wrong), "node-c", T)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err.agent_failure(), Some(AgentFailure::Failed(m)) if m.contains("RMCP+")),
-        "{err}"
-    );
+    let err = inst.fence(&params(&plugin, &wrong), "node-c", T).await.unwrap_err();
+    assert!(matches!(err.agent_failure(), Some(AgentFailure::Failed(m)) if m.contains("RMCP+")), "{err}");
 
     // args style without status_args cannot verify: a config error unless verify_off=false.
     let mut no_status = base.to_vec();
     no_status.retain(|(k, _)| *k != "status_args");
-    let err = inst
-        .validate(&params(&plugin, &no_status), T)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err.agent_failure(), Some(AgentFailure::InvalidConfig(m)) if m.contains("status_args")),
-        "{err}"
-    );
+    let err = inst.validate(&params(&plugin, &no_status), T).await.unwrap_err();
+    assert!(matches!(err.agent_failure(), Some(AgentFailure::InvalidConfig(m)) if m.contains("status_args")), "{err}");
 }

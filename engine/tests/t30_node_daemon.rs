@@ -19,7 +19,10 @@ fn chain3(dir: &std::path::Path, max_restarts: u32) -> String {
 }
 
 fn position(actions: &[(String, String, String)], subject: &str, action: &str) -> usize {
-    actions.iter().position(|(s, a, r)| s == subject && a == action && r == "ok").unwrap_or_else(|| panic!("no successful {action} of {subject} in {actions:?}"))
+    actions
+        .iter()
+        .position(|(s, a, r)| s == subject && a == action && r == "ok")
+        .unwrap_or_else(|| panic!("no successful {action} of {subject} in {actions:?}"))
 }
 
 #[test]
@@ -153,7 +156,11 @@ fn operator_stop_start_and_standby() {
 fn unmanaged_resource_is_monitored_but_never_acted_on() {
     // `a` (unmanaged) sits on top of `b`: b is started, a never is, but a's state is reported.
     let mut n = TestNode::new(|d| {
-        format!("{}unmanaged = true\n{}\n[[groups]]\nname = \"app\"\nresources = [\"b\", \"a\"]\n", pid_resource(d, "a", "300ms"), pid_resource(d, "b", "300ms"))
+        format!(
+            "{}unmanaged = true\n{}\n[[groups]]\nname = \"app\"\nresources = [\"b\", \"a\"]\n",
+            pid_resource(d, "a", "300ms"),
+            pid_resource(d, "b", "300ms")
+        )
     });
     n.start(&[]);
     assert!(n.wait(LONG, |n| n.alive("b") && n.group_state("app") == "started"), "{}", n.log());
@@ -194,7 +201,15 @@ fn events_follow_streams_new_events() {
 #[test]
 fn bad_config_is_refused_with_position() {
     let n = TestNode::new(|_| "[[resources]]\nname = \"x\"\nplugin = \"nope\"\n".into());
-    let o = std::process::Command::new(warden_bin()).args(["node", "run", "--node", "n1", "--config"]).arg(&n.config).arg("--state-dir").arg(&n.state).arg("--socket").arg(&n.socket).output().unwrap();
+    let o = std::process::Command::new(warden_bin())
+        .args(["node", "run", "--node", "n1", "--config"])
+        .arg(&n.config)
+        .arg("--state-dir")
+        .arg(&n.state)
+        .arg("--socket")
+        .arg(&n.socket)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("cluster.toml:13:10: resource `x` uses unknown plugin `nope`"), "{err}");
@@ -207,7 +222,11 @@ fn corrupt_state_file_is_set_aside_and_nothing_is_lost() {
     std::fs::write(n.state.join("state.json"), "{ not json").unwrap();
     n.start(&[]);
     assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
-    let aside: Vec<_> = std::fs::read_dir(&n.state).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("state.json.corrupt-")).collect();
+    let aside: Vec<_> = std::fs::read_dir(&n.state)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("state.json.corrupt-"))
+        .collect();
     assert_eq!(aside.len(), 1);
     assert!(n.events().iter().any(|e| e["message"].as_str().unwrap_or("").contains("state file was corrupt")));
 }
@@ -215,7 +234,12 @@ fn corrupt_state_file_is_set_aside_and_nothing_is_lost() {
 #[test]
 fn metrics_endpoint_counts_actions() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut n = TestNode::new(|d| format!("{}\n[[groups]]\nname = \"app\"\nresources = [\"a\"]\n\n[daemon]\nmetrics_addr = \"127.0.0.1:{port}\"\n", pid_resource(d, "a", "300ms")));
+    let mut n = TestNode::new(|d| {
+        format!(
+            "{}\n[[groups]]\nname = \"app\"\nresources = [\"a\"]\n\n[daemon]\nmetrics_addr = \"127.0.0.1:{port}\"\n",
+            pid_resource(d, "a", "300ms")
+        )
+    });
     n.start(&[]);
     assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
     use std::io::{Read, Write};

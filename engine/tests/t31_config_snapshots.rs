@@ -15,12 +15,14 @@ async fn check(path: &Path) -> Result<(), String> {
     let state = tempfile::tempdir().unwrap();
     let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("config-check-cache");
     let _ = cache;
-    let opts = NodeOptions { config: path.to_path_buf(), state_dir: Some(state.path().to_path_buf()), check_only: true, ..Default::default() };
+    let opts =
+        NodeOptions { config: path.to_path_buf(), state_dir: Some(state.path().to_path_buf()), check_only: true, ..Default::default() };
     Node::load(&opts).await.map(|_| ()).map_err(|e| e.to_string())
 }
 
 fn files(sub: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir(sub)).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(dir(sub)).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
     v.sort();
     v
 }
@@ -44,7 +46,8 @@ async fn invalid_configs_fail_with_their_exact_error() {
             std::fs::write(&expected_path, format!("{err}\n")).unwrap();
             continue;
         }
-        let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|_| panic!("{} is missing (run with WARDEN_BLESS=1)", expected_path.display()));
+        let expected = std::fs::read_to_string(&expected_path)
+            .unwrap_or_else(|_| panic!("{} is missing (run with WARDEN_BLESS=1)", expected_path.display()));
         if expected.trim_end() != err.trim_end() {
             failures.push(format!("{}:\n--- expected\n{}\n--- got\n{}", f.display(), expected.trim_end(), err));
         }

@@ -196,7 +196,11 @@ fn build_plugins(root: &Path) -> Result<()> {
         if std::fs::read(&dest).ok().as_deref() != Some(&packed[..]) {
             std::fs::write(&dest, packed)?;
         }
-        eprintln!("xtask: {} -> {}", p.dir.strip_prefix(root).unwrap_or(&p.dir).display(), dest.strip_prefix(root).unwrap_or(&dest).display());
+        eprintln!(
+            "xtask: {} -> {}",
+            p.dir.strip_prefix(root).unwrap_or(&p.dir).display(),
+            dest.strip_prefix(root).unwrap_or(&dest).display()
+        );
     }
     Ok(())
 }

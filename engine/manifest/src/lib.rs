@@ -30,7 +30,9 @@ pub enum ManifestError {
     Version { found: u32 },
     #[error("not a WebAssembly component: {0}")]
     NotWasm(String),
-    #[error("the component has no `{SECTION_NAME}` section; build it with `cargo xtask plugins` or add one with `warden plugin embed-manifest`")]
+    #[error(
+        "the component has no `{SECTION_NAME}` section; build it with `cargo xtask plugins` or add one with `warden plugin embed-manifest`"
+    )]
     Missing,
     #[error("the component has more than one `{SECTION_NAME}` section")]
     Duplicate,
@@ -185,11 +187,7 @@ pub fn embed_section(component: &[u8], manifest_toml: &str) -> Result<Vec<u8>, M
     out.extend_from_slice(&component[last..]);
     use wasm_encoder::Encode;
     out.push(0); // custom section id; `encode` writes the size, name and data
-    wasm_encoder::CustomSection {
-        name: SECTION_NAME.into(),
-        data: manifest_toml.as_bytes().into(),
-    }
-    .encode(&mut out);
+    wasm_encoder::CustomSection { name: SECTION_NAME.into(), data: manifest_toml.as_bytes().into() }.encode(&mut out);
     Ok(out)
 }
 

@@ -33,7 +33,10 @@ impl Metrics {
     /// The exposition text; `states` is (resource, state) for the gauge.
     pub fn render(&self, states: &[(String, String)]) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "# HELP warden_agent_actions_total Agent calls by plugin, action and result.\n# TYPE warden_agent_actions_total counter");
+        let _ = writeln!(
+            s,
+            "# HELP warden_agent_actions_total Agent calls by plugin, action and result.\n# TYPE warden_agent_actions_total counter"
+        );
         for ((p, a, r), n) in &self.actions {
             let _ = writeln!(s, "warden_agent_actions_total{{plugin=\"{p}\",action=\"{a}\",result=\"{r}\"}} {n}");
         }
@@ -42,11 +45,17 @@ impl Metrics {
             let _ = writeln!(s, "warden_agent_action_seconds_sum{{plugin=\"{p}\",action=\"{a}\"}} {sum}");
             let _ = writeln!(s, "warden_agent_action_seconds_count{{plugin=\"{p}\",action=\"{a}\"}} {n}");
         }
-        let _ = writeln!(s, "# HELP warden_monitor_failures_total Monitor results that were not healthy.\n# TYPE warden_monitor_failures_total counter");
+        let _ = writeln!(
+            s,
+            "# HELP warden_monitor_failures_total Monitor results that were not healthy.\n# TYPE warden_monitor_failures_total counter"
+        );
         for (r, n) in &self.monitor_failures {
             let _ = writeln!(s, "warden_monitor_failures_total{{resource=\"{r}\"}} {n}");
         }
-        let _ = writeln!(s, "# HELP warden_resource_state 1 for the state each resource is in on this node.\n# TYPE warden_resource_state gauge");
+        let _ = writeln!(
+            s,
+            "# HELP warden_resource_state 1 for the state each resource is in on this node.\n# TYPE warden_resource_state gauge"
+        );
         for (r, st) in states {
             let _ = writeln!(s, "warden_resource_state{{resource=\"{r}\",state=\"{st}\"}} 1");
         }
@@ -75,7 +84,10 @@ pub async fn serve(listener: tokio::net::TcpListener, ask: mpsc::Sender<oneshot:
             } else {
                 ("404 Not Found", "only /metrics is served here\n".to_string())
             };
-            let resp = format!("HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
             let _ = sock.write_all(resp.as_bytes()).await;
         });
     }

@@ -93,7 +93,8 @@ pub async fn run(cli: &Cli, args: &ExecArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!(plugin = %name, grants = ?undeclared, "granted capabilities the plugin does not declare have no effect");
     }
     let mut instance = plugin.instance(&args.resource, grants, Limits { memory_bytes: args.memory_mib << 20 });
-    let ctx = CallContext { resource: args.resource.clone(), node: args.node.clone().unwrap_or_else(super::hostname), epoch: args.epoch, params };
+    let ctx =
+        CallContext { resource: args.resource.clone(), node: args.node.clone().unwrap_or_else(super::hostname), epoch: args.epoch, params };
     let target = || args.target.clone().ok_or_else(|| anyhow::anyhow!("`{}` needs --target NODE", args.action));
 
     let started = Instant::now();

@@ -35,8 +35,13 @@ pub struct DemoArgs {
 const LHOST: &str = "jp1demo";
 
 /// The JP1 commands the agents use (the first three are the `.cluster` scripts).
-const BASE_CMDS: [&str; 5] =
-    ["etc/opt/jp1base/jbs_start.cluster", "etc/opt/jp1base/jbs_stop.cluster", "etc/opt/jp1base/jbs_killall.cluster", "opt/jp1base/bin/jbs_spmd_status", "opt/jp1base/bin/jevstat"];
+const BASE_CMDS: [&str; 5] = [
+    "etc/opt/jp1base/jbs_start.cluster",
+    "etc/opt/jp1base/jbs_stop.cluster",
+    "etc/opt/jp1base/jbs_killall.cluster",
+    "opt/jp1base/bin/jbs_spmd_status",
+    "opt/jp1base/bin/jevstat",
+];
 const AJS_CMDS: [&str; 6] = [
     "etc/opt/jp1ajs2/jajs_start.cluster",
     "etc/opt/jp1ajs2/jajs_stop.cluster",
@@ -155,7 +160,10 @@ fn daemon_pid(shared: &Path, name: &str) -> Option<u32> {
 
 pub async fn run_demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let sim = find_sim(args)?;
-    let plugins = args.plugins.canonicalize().with_context(|| format!("{} is missing: build the plugins with `cargo xtask plugins`", args.plugins.display()))?;
+    let plugins = args
+        .plugins
+        .canonicalize()
+        .with_context(|| format!("{} is missing: build the plugins with `cargo xtask plugins`", args.plugins.display()))?;
     for p in ["jp1-base", "jp1-ajs3-manager", "ip"] {
         anyhow::ensure!(plugins.join(format!("{p}.wasm")).exists(), "{}/{p}.wasm is missing: run `cargo xtask plugins`", plugins.display());
     }
@@ -171,7 +179,10 @@ pub async fn run_demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     println!("    JP1/Base + JP1/AJS3 Manager under {}, logical host `{LHOST}`, shared directory {}", prefix.display(), shared.display());
 
     // A virtual IP on a dummy interface, when we may create one (root).
-    let is_root = std::fs::read_to_string("/proc/self/status").unwrap_or_default().lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    let is_root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
     let link = format!("wdemo{}", std::process::id() % 100_000);
     let octet = std::process::id() % 200 + 20;
     let vip = format!("10.254.{octet}.10/24");
@@ -180,7 +191,11 @@ pub async fn run_demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let peer = format!("{link}p");
     let with_vip = is_root
         && Path::new("/usr/sbin/ip").exists()
-        && Command::new("/usr/sbin/ip").args(["link", "add", &link, "type", "veth", "peer", "name", &peer]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+        && Command::new("/usr/sbin/ip")
+            .args(["link", "add", &link, "type", "veth", "peer", "name", &peer])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
     if with_vip {
         cleanup.link = Some(link.clone());
         run(Command::new("/usr/sbin/ip").args(["link", "set", &link, "up"]))?;
@@ -314,7 +329,10 @@ restart_window = "10m"
         anyhow::ensure!(Instant::now() < deadline, "the group did not start; see {}", dir.join("node.log").display());
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    println!("    group `{LHOST}` started {:.1} s after launch (probe, then start bottom-up; AJS3 start is polled until healthy)\n", started.elapsed().as_secs_f64());
+    println!(
+        "    group `{LHOST}` started {:.1} s after launch (probe, then start bottom-up; AJS3 start is polled until healthy)\n",
+        started.elapsed().as_secs_f64()
+    );
     print!("{}", indent(&render_status(&st)));
 
     step("Killing an AJS3 daemon behind Warden's back: kill -9 jajs_hstd");

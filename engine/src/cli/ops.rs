@@ -97,7 +97,14 @@ pub enum ResourceCommand {
 pub async fn node(cmd: &NodeCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         NodeCommand::Run { config, node, state_dir, socket, leave_running } => {
-            let opts = NodeOptions { config: config.clone(), node: node.clone(), state_dir: state_dir.clone(), socket: socket.clone(), leave_running: *leave_running, check_only: false };
+            let opts = NodeOptions {
+                config: config.clone(),
+                node: node.clone(),
+                state_dir: state_dir.clone(),
+                socket: socket.clone(),
+                leave_running: *leave_running,
+                check_only: false,
+            };
             let n = Node::load(&opts).await?;
             let stop = async {
                 use tokio::signal::unix::{signal, SignalKind};
@@ -134,13 +141,17 @@ pub async fn group(cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         GroupCommand::Start { group, socket } => operator(&socket.socket, OperatorCommand::StartGroup { group: group.clone() }).await,
         GroupCommand::Stop { group, socket } => operator(&socket.socket, OperatorCommand::StopGroup { group: group.clone() }).await,
-        GroupCommand::Move { group, to, socket } => operator(&socket.socket, OperatorCommand::MoveGroup { group: group.clone(), to: to.clone() }).await,
+        GroupCommand::Move { group, to, socket } => {
+            operator(&socket.socket, OperatorCommand::MoveGroup { group: group.clone(), to: to.clone() }).await
+        }
     }
 }
 
 pub async fn resource(cmd: &ResourceCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        ResourceCommand::Cleanup { resource, socket } => operator(&socket.socket, OperatorCommand::Cleanup { resource: resource.clone() }).await,
+        ResourceCommand::Cleanup { resource, socket } => {
+            operator(&socket.socket, OperatorCommand::Cleanup { resource: resource.clone() }).await
+        }
     }
 }
 
@@ -261,7 +272,14 @@ fn ago(now: u64, at: u64) -> String {
 pub fn render_status(r: &StatusReport) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let _ = writeln!(s, "Cluster {}  (node {}, {} UTC){}", r.cluster, r.node, clock(r.now_ms), if r.shutting_down { "  SHUTTING DOWN" } else { "" });
+    let _ = writeln!(
+        s,
+        "Cluster {}  (node {}, {} UTC){}",
+        r.cluster,
+        r.node,
+        clock(r.now_ms),
+        if r.shutting_down { "  SHUTTING DOWN" } else { "" }
+    );
     let _ = writeln!(s, "\nNodes:");
     for n in &r.nodes {
         let state = match (n.up, n.standby, n.needs_fence) {
@@ -281,7 +299,11 @@ pub fn render_status(r: &StatusReport) -> String {
     let _ = writeln!(s, "\nResources:");
     let _ = writeln!(s, "  {:<16} {:<12} {:<18} {:<22} {:<28} RESTARTS", "RESOURCE", "GROUP", "PLUGIN", "STATE", "LAST MONITOR");
     for res in &r.resources {
-        let state = if res.on.is_empty() { "stopped".to_string() } else { res.on.iter().map(|(n, a)| format!("{a}@{n}")).collect::<Vec<_>>().join(",") };
+        let state = if res.on.is_empty() {
+            "stopped".to_string()
+        } else {
+            res.on.iter().map(|(n, a)| format!("{a}@{n}")).collect::<Vec<_>>().join(",")
+        };
         let state = if res.unmanaged { format!("{state} (unmanaged)") } else { state };
         let mon = res.last_monitor.as_ref().map_or("-".to_string(), |m| format!("{} {}", m.result, ago(r.now_ms, m.at_ms)));
         let _ = writeln!(s, "  {:<16} {:<12} {:<18} {:<22} {:<28} {}", res.name, res.group, res.plugin, state, mon, res.restarts);

@@ -55,7 +55,14 @@ impl History {
             }
         }
         let next_seq = recent.back().map_or(1, |e| e.seq + 1);
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| tracing::warn!(path = %path.display(), error = %e, "cannot write the event history file; keeping it in memory only")).ok();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(
+                |e| tracing::warn!(path = %path.display(), error = %e, "cannot write the event history file; keeping it in memory only"),
+            )
+            .ok();
         let (feed, _) = broadcast::channel(1024);
         Self { recent, next_seq, file, path, feed }
     }

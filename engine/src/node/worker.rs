@@ -82,7 +82,14 @@ impl Worker {
         timeouts: Timeouts,
         limits: Limits,
     ) -> Self {
-        Self { resource: resource.into(), node: node.into(), params, timeouts, instance: plugin.instance(resource, grants, limits), validated: false }
+        Self {
+            resource: resource.into(),
+            node: node.into(),
+            params,
+            timeouts,
+            instance: plugin.instance(resource, grants, limits),
+            validated: false,
+        }
     }
 
     /// Run jobs until the channel closes.
@@ -126,7 +133,9 @@ impl Worker {
             JobKind::Recover => JobOutcome::Done(match self.instance.recover(&ctx, Some(t.recover)).await {
                 // "No local recovery" (a LifeKeeper resource without a recover script): the
                 // recovery fails and the scheduler fails the group over.
-                Err(CallError::Agent { error: AgentFailure::Unsupported(m), .. }) => Err(format!("no local recovery for this resource ({m})")),
+                Err(CallError::Agent { error: AgentFailure::Unsupported(m), .. }) => {
+                    Err(format!("no local recovery for this resource ({m})"))
+                }
                 other => other.map_err(|e| e.to_string()),
             }),
         }

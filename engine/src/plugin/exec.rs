@@ -158,13 +158,7 @@ pub async fn run(req: ExecRequest) -> Result<ExecResult, ExecError> {
     let (stdout, stderr) = (grab(&out_sink), grab(&err_sink));
 
     use std::os::unix::process::ExitStatusExt;
-    Ok(ExecResult {
-        exit_code: status.and_then(|s| s.code()),
-        signal: status.and_then(|s| s.signal()),
-        timed_out,
-        stdout,
-        stderr,
-    })
+    Ok(ExecResult { exit_code: status.and_then(|s| s.code()), signal: status.and_then(|s| s.signal()), timed_out, stdout, stderr })
 }
 
 #[cfg(test)]

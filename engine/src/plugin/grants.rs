@@ -148,7 +148,10 @@ mod tests {
         std::os::unix::fs::symlink("/etc", granted.join("etc-link")).unwrap();
         std::fs::write(granted.join("ok.txt"), "fine").unwrap();
         let pattern = format!("{}/**", granted.canonicalize().unwrap().display());
-        let g = Grants::new(caps(r#"read = ["/**"]"#), Capabilities { read: vec![warden_manifest::PathPattern::parse(&pattern).unwrap()], ..Default::default() });
+        let g = Grants::new(
+            caps(r#"read = ["/**"]"#),
+            Capabilities { read: vec![warden_manifest::PathPattern::parse(&pattern).unwrap()], ..Default::default() },
+        );
         let base = granted.canonicalize().unwrap();
         assert!(g.check_read(&format!("{}/ok.txt", base.display())).is_ok());
         let err = g.check_read(&format!("{}/etc-link/shadow", base.display())).unwrap_err();

@@ -12,8 +12,8 @@ use super::bindings::{self, host, types};
 use super::exec::{self, ExecRequest};
 use super::output::CapturedOutput;
 use super::{
-    Action, ActionTimeouts, AgentFailure, CallContext, CallError, Grants, Health, Limits, ParamSpec, Plugin,
-    PluginMetadata, PowerState, PreBindings, EPOCH_TICK,
+    Action, ActionTimeouts, AgentFailure, CallContext, CallError, Grants, Health, Limits, ParamSpec, Plugin, PluginMetadata, PowerState,
+    PreBindings, EPOCH_TICK,
 };
 use warden_manifest::World;
 
@@ -526,14 +526,21 @@ impl PluginInstance {
         store.limiter(|s| &mut s.memory);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(ticks(timeout));
-        let err = |e: wasmtime::Error| CallError::Instantiate { plugin: self.name.to_string(), action, message: first_line(&format!("{e:#}")) };
+        let err =
+            |e: wasmtime::Error| CallError::Instantiate { plugin: self.name.to_string(), action, message: first_line(&format!("{e:#}")) };
         let bindings = match &plugin.pre {
-            PreBindings::Resource(pre) => {
-                Bindings::Resource(tokio::time::timeout(timeout, pre.instantiate_async(&mut store)).await.map_err(|_| self.timeout_err(action, timeout))?.map_err(err)?)
-            }
-            PreBindings::Fence(pre) => {
-                Bindings::Fence(tokio::time::timeout(timeout, pre.instantiate_async(&mut store)).await.map_err(|_| self.timeout_err(action, timeout))?.map_err(err)?)
-            }
+            PreBindings::Resource(pre) => Bindings::Resource(
+                tokio::time::timeout(timeout, pre.instantiate_async(&mut store))
+                    .await
+                    .map_err(|_| self.timeout_err(action, timeout))?
+                    .map_err(err)?,
+            ),
+            PreBindings::Fence(pre) => Bindings::Fence(
+                tokio::time::timeout(timeout, pre.instantiate_async(&mut store))
+                    .await
+                    .map_err(|_| self.timeout_err(action, timeout))?
+                    .map_err(err)?,
+            ),
         };
         Ok(Warm { store, bindings })
     }

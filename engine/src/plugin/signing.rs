@@ -86,7 +86,8 @@ pub fn sign_file(plugin: &Path, key: &SigningKey) -> Result<PathBuf, SignError> 
     let bytes = std::fs::read(plugin).map_err(|source| SignError::Read { path: plugin.into(), source })?;
     let sig = key.sign(&bytes);
     let path = signature_path(plugin);
-    std::fs::write(&path, format!("{}\n", hex::encode(sig.to_bytes()))).map_err(|source| SignError::Write { path: path.clone(), source })?;
+    std::fs::write(&path, format!("{}\n", hex::encode(sig.to_bytes())))
+        .map_err(|source| SignError::Write { path: path.clone(), source })?;
     Ok(path)
 }
 
@@ -105,7 +106,9 @@ pub fn check(plugin: &Path, bytes: &[u8], trusted: &[VerifyingKey]) -> Signature
     };
     match trusted.iter().find(|k| k.verify(bytes, &sig).is_ok()) {
         Some(k) => SignatureStatus::Trusted { key: hex::encode(k.to_bytes()) },
-        None => SignatureStatus::Invalid { reason: format!("{} does not match the plugin's bytes under any trusted key", sig_path.display()) },
+        None => {
+            SignatureStatus::Invalid { reason: format!("{} does not match the plugin's bytes under any trusted key", sig_path.display()) }
+        }
     }
 }
 

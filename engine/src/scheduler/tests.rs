@@ -42,9 +42,15 @@ fn settle(s: &mut Scheduler, now: Millis, event: Event) -> Vec<Command> {
             all.push(c.clone());
             match c {
                 Command::Probe { resource, node } => queue.push(Event::Probe { resource, node, outcome: MonitorOutcome::Stopped }),
-                Command::Start { resource, node, .. } => queue.push(Event::ActionDone { resource, node, action: ActionKind::Start, result: Ok(()) }),
-                Command::Stop { resource, node } => queue.push(Event::ActionDone { resource, node, action: ActionKind::Stop, result: Ok(()) }),
-                Command::Recover { resource, node, .. } => queue.push(Event::ActionDone { resource, node, action: ActionKind::Recover, result: Ok(()) }),
+                Command::Start { resource, node, .. } => {
+                    queue.push(Event::ActionDone { resource, node, action: ActionKind::Start, result: Ok(()) })
+                }
+                Command::Stop { resource, node } => {
+                    queue.push(Event::ActionDone { resource, node, action: ActionKind::Stop, result: Ok(()) })
+                }
+                Command::Recover { resource, node, .. } => {
+                    queue.push(Event::ActionDone { resource, node, action: ActionKind::Recover, result: Ok(()) })
+                }
                 Command::Fence { node } => queue.push(Event::Fenced(node)),
                 Command::Note { .. } => {}
             }
@@ -54,10 +60,14 @@ fn settle(s: &mut Scheduler, now: Millis, event: Event) -> Vec<Command> {
 }
 
 fn starts(cmds: &[Command]) -> Vec<(String, String)> {
-    cmds.iter().filter_map(|c| if let Command::Start { resource, node, .. } = c { Some((resource.clone(), node.clone())) } else { None }).collect()
+    cmds.iter()
+        .filter_map(|c| if let Command::Start { resource, node, .. } = c { Some((resource.clone(), node.clone())) } else { None })
+        .collect()
 }
 fn stops(cmds: &[Command]) -> Vec<(String, String)> {
-    cmds.iter().filter_map(|c| if let Command::Stop { resource, node } = c { Some((resource.clone(), node.clone())) } else { None }).collect()
+    cmds.iter()
+        .filter_map(|c| if let Command::Stop { resource, node } = c { Some((resource.clone(), node.clone())) } else { None })
+        .collect()
 }
 fn rn(r: &str, n: &str) -> (String, String) {
     (r.to_string(), n.to_string())
@@ -67,7 +77,10 @@ fn rn(r: &str, n: &str) -> (String, String) {
 fn probes_first_then_starts_bottom_up() {
     let mut s = Scheduler::new(model(&["a"], &[("g", &["ip", "fs", "app"])], false));
     let first = s.handle(0, Event::NodeUp("a".into()));
-    assert!(first.iter().all(|c| matches!(c, Command::Probe { .. } | Command::Note { .. })), "nothing starts before probes answer: {first:?}");
+    assert!(
+        first.iter().all(|c| matches!(c, Command::Probe { .. } | Command::Note { .. })),
+        "nothing starts before probes answer: {first:?}"
+    );
     let cmds = settle(&mut s, 0, Event::Tick);
     let _ = cmds;
     let mut s = Scheduler::new(model(&["a"], &[("g", &["ip", "fs", "app"])], false));
@@ -142,7 +155,8 @@ fn failed_stop_blocks_the_group_until_fenced() {
     // Move to b; the stop of `app` on a fails.
     let cmds = s.handle(1, Event::Operator(OperatorCommand::MoveGroup { group: "g".into(), to: Some("b".into()) }));
     assert_eq!(stops(&cmds), vec![rn("app", "a")]);
-    let cmds = s.handle(2, Event::ActionDone { resource: "app".into(), node: "a".into(), action: ActionKind::Stop, result: Err("busy".into()) });
+    let cmds =
+        s.handle(2, Event::ActionDone { resource: "app".into(), node: "a".into(), action: ActionKind::Stop, result: Err("busy".into()) });
     assert!(starts(&cmds).is_empty(), "nothing starts on b while app may still run on a: {cmds:?}");
     assert!(cmds.contains(&Command::Fence { node: "a".into() }), "{cmds:?}");
     // `ip` on a is not stopped either: app (which needs it) may still be running there.
@@ -205,7 +219,10 @@ fn automatic_switchback_returns_to_the_preferred_node() {
 fn operator_commands_are_checked() {
     let s = Scheduler::new(model(&["a", "b"], &[("g", &["app"])], true));
     assert_eq!(s.check_operator(&OperatorCommand::StopGroup { group: "nope".into() }), Err("no group named `nope`".into()));
-    assert!(s.check_operator(&OperatorCommand::MoveGroup { group: "g".into(), to: Some("b".into()) }).unwrap_err().contains("cannot run group"));
+    assert!(s
+        .check_operator(&OperatorCommand::MoveGroup { group: "g".into(), to: Some("b".into()) })
+        .unwrap_err()
+        .contains("cannot run group"));
     assert_eq!(s.check_operator(&OperatorCommand::Cleanup { resource: "x".into() }), Err("no resource named `x`".into()));
 }
 
@@ -300,12 +317,19 @@ fn simulate(seed: u64, steps: usize, fenceable: bool, tally: &mut Tally) {
                 // Ordering: every dependency is believed running on that node.
                 let g = &s.model().groups[&s.model().resources[resource].group];
                 for d in g.deps.get(resource).into_iter().flatten() {
-                    assert_eq!(s.state().resources[d].on.get(node), Some(&Activity::Running), "seed {seed}: {resource} started on {node} before {d}\n{}", log.join("\n"));
+                    assert_eq!(
+                        s.state().resources[d].on.get(node),
+                        Some(&Activity::Running),
+                        "seed {seed}: {resource} started on {node} before {d}\n{}",
+                        log.join("\n")
+                    );
                 }
             }
             log.push(format!("   -> {c:?}"));
             let node = match &c {
-                Command::Probe { node, .. } | Command::Start { node, .. } | Command::Stop { node, .. } | Command::Recover { node, .. } => Some(node.clone()),
+                Command::Probe { node, .. } | Command::Start { node, .. } | Command::Stop { node, .. } | Command::Recover { node, .. } => {
+                    Some(node.clone())
+                }
                 _ => None,
             };
             let gen = node.map(|n| w.generation.get(&n).copied().unwrap_or(0)).unwrap_or(0);
@@ -326,11 +350,19 @@ fn simulate(seed: u64, steps: usize, fenceable: bool, tally: &mut Tally) {
             let valid = |w: &World, n: &str| w.connected[n] && w.generation.get(n).copied().unwrap_or(0) == gen;
             match c {
                 Command::Probe { resource, node } if valid(&w, &node) => {
-                    let outcome = if w.running.contains(&(resource.clone(), node.clone())) { MonitorOutcome::Running } else { MonitorOutcome::Stopped };
+                    let outcome = if w.running.contains(&(resource.clone(), node.clone())) {
+                        MonitorOutcome::Running
+                    } else {
+                        MonitorOutcome::Stopped
+                    };
                     feed(&mut s, &mut w, now, Event::Probe { resource, node, outcome }, &mut log);
                 }
                 Command::Start { resource, node, .. } | Command::Recover { resource, node, .. } if valid(&w, &node) => {
-                    let action = if s.state().resources[&resource].on.get(&node) == Some(&Activity::Recovering) { ActionKind::Recover } else { ActionKind::Start };
+                    let action = if s.state().resources[&resource].on.get(&node) == Some(&Activity::Recovering) {
+                        ActionKind::Recover
+                    } else {
+                        ActionKind::Start
+                    };
                     let ok = !rng.chance(10);
                     if action == ActionKind::Recover {
                         tally.recovers += 1;
@@ -439,11 +471,16 @@ fn simulate(seed: u64, steps: usize, fenceable: bool, tally: &mut Tally) {
         let e = match c {
             _ if !valid => continue,
             Command::Probe { resource, node } => {
-                let outcome = if w.running.contains(&(resource.clone(), node.clone())) { MonitorOutcome::Running } else { MonitorOutcome::Stopped };
+                let outcome =
+                    if w.running.contains(&(resource.clone(), node.clone())) { MonitorOutcome::Running } else { MonitorOutcome::Stopped };
                 Event::Probe { resource, node, outcome }
             }
             Command::Start { resource, node, .. } | Command::Recover { resource, node, .. } => {
-                let action = if s.state().resources[&resource].on.get(&node) == Some(&Activity::Recovering) { ActionKind::Recover } else { ActionKind::Start };
+                let action = if s.state().resources[&resource].on.get(&node) == Some(&Activity::Recovering) {
+                    ActionKind::Recover
+                } else {
+                    ActionKind::Start
+                };
                 w.running.insert((resource.clone(), node.clone()));
                 Event::ActionDone { resource, node, action, result: Ok(()) }
             }
@@ -469,7 +506,14 @@ fn simulate(seed: u64, steps: usize, fenceable: bool, tally: &mut Tally) {
         check_s1(&m, &w, seed, 0, &log);
     }
     for g in ["g1", "g2"] {
-        assert_eq!(s.group_status(g), "started", "seed {seed}: {g} did not recover after healing\n{}\nSTATE {:#?}\nPENDING {:?}", log[log.len().saturating_sub(30)..].join("\n"), s.state(), w.pending);
+        assert_eq!(
+            s.group_status(g),
+            "started",
+            "seed {seed}: {g} did not recover after healing\n{}\nSTATE {:#?}\nPENDING {:?}",
+            log[log.len().saturating_sub(30)..].join("\n"),
+            s.state(),
+            w.pending
+        );
         let owner = s.state().groups[g].owner.clone().unwrap();
         for r in &m.groups[g].members {
             assert!(w.running.contains(&(r.clone(), owner.clone())), "seed {seed}: {r} not really running on {owner}");
@@ -493,7 +537,14 @@ fn random_schedules_never_run_a_group_on_two_nodes_with_fencing() {
         simulate(seed, 400, true, &mut t);
     }
     // The schedules really exercise the dangerous paths.
-    assert!(t.starts > 2_000 && t.recovers > 300 && t.fences > 300 && t.stop_failures > 100, "starts {} recovers {} fences {} stop failures {}", t.starts, t.recovers, t.fences, t.stop_failures);
+    assert!(
+        t.starts > 2_000 && t.recovers > 300 && t.fences > 300 && t.stop_failures > 100,
+        "starts {} recovers {} fences {} stop failures {}",
+        t.starts,
+        t.recovers,
+        t.fences,
+        t.stop_failures
+    );
 }
 
 #[test]

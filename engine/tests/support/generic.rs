@@ -15,10 +15,7 @@ use crate::support::caps;
 pub const DUMMY: &str = "/usr/lib/ocf/resource.d/heartbeat/Dummy";
 
 pub fn dummy() -> &'static str {
-    assert!(
-        Path::new(DUMMY).exists(),
-        "{DUMMY} is missing: `apt-get install -y resource-agents` (CI's .ci/run installs it)"
-    );
+    assert!(Path::new(DUMMY).exists(), "{DUMMY} is missing: `apt-get install -y resource-agents` (CI's .ci/run installs it)");
     DUMMY
 }
 
@@ -26,23 +23,10 @@ pub fn dummy() -> &'static str {
 /// writable descriptor of it ever exists in this multi-threaded test process, where a concurrent
 /// fork could inherit it and make exec fail with ETXTBSY ("text file busy").
 pub fn write_script(path: &Path, body: &str) -> String {
-    let mut child = Command::new("/bin/sh")
-        .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
-        .arg(path)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    assert!(
-        child.wait().unwrap().success(),
-        "writing {}",
-        path.display()
-    );
+    let mut child =
+        Command::new("/bin/sh").args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"]).arg(path).stdin(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "writing {}", path.display());
     path.display().to_string()
 }
 
@@ -50,10 +34,7 @@ pub fn write_script(path: &Path, body: &str) -> String {
 /// slowly on these machines.
 pub fn alive(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat
-        .rsplit(')')
-        .next()
-        .and_then(|r| r.trim().chars().next());
+    let state = stat.rsplit(')').next().and_then(|r| r.trim().chars().next());
     !matches!(state, Some('Z') | Some('X') | None)
 }
 
@@ -63,20 +44,9 @@ pub fn read_pid(path: &Path) -> Option<u32> {
 
 /// A call context for resource `resource` on node `node-a`, with the plugin's defaults applied.
 pub fn call_ctx(plugin: &Plugin, resource: &str, params: &[(&str, &str)]) -> CallContext {
-    let given: BTreeMap<String, String> = params
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let params = plugin
-        .metadata
-        .resolve_params(&given)
-        .unwrap_or_else(|e| panic!("resolve params: {e}"));
-    CallContext {
-        resource: resource.into(),
-        node: "node-a".into(),
-        epoch: 3,
-        params,
-    }
+    let given: BTreeMap<String, String> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let params = plugin.metadata.resolve_params(&given).unwrap_or_else(|e| panic!("resolve params: {e}"));
+    CallContext { resource: resource.into(), node: "node-a".into(), epoch: 3, params }
 }
 
 /// A LifeKeeper Generic ARK resource: restore/remove/quickCheck/recover scripts in a temporary
@@ -113,10 +83,7 @@ alive() {{
 "#
             ),
         );
-        let daemon = write_script(
-            &p("daemon.sh"),
-            "#!/bin/sh\n# the protected application\nwhile :; do sleep 1; done\n",
-        );
+        let daemon = write_script(&p("daemon.sh"), "#!/bin/sh\n# the protected application\nwhile :; do sleep 1; done\n");
         let restore = write_script(
             &p("restore"),
             &format!(
@@ -165,16 +132,7 @@ exit 0
 "#
             ),
         );
-        LkApp {
-            pidfile: p("app.pid"),
-            calls: p("calls.log"),
-            restore,
-            remove,
-            quickcheck,
-            recover,
-            daemon,
-            dir,
-        }
+        LkApp { pidfile: p("app.pid"), calls: p("calls.log"), restore, remove, quickcheck, recover, daemon, dir }
     }
 
     pub fn path(&self, name: &str) -> String {
@@ -197,11 +155,7 @@ read = ["{d}/"]
     }
 
     pub fn calls(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.calls)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
+        std::fs::read_to_string(&self.calls).unwrap_or_default().lines().map(str::to_string).collect()
     }
 }
 
@@ -209,9 +163,7 @@ impl Drop for LkApp {
     fn drop(&mut self) {
         if let Some(pid) = self.pid() {
             if alive(pid) {
-                let _ = Command::new("/bin/kill")
-                    .args(["-9", &pid.to_string()])
-                    .status();
+                let _ = Command::new("/bin/kill").args(["-9", &pid.to_string()]).status();
             }
         }
     }
@@ -303,9 +255,6 @@ pub fn read_env(path: &Path) -> BTreeMap<String, String> {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .lines()
-        .filter_map(|l| {
-            l.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
         .collect()
 }

@@ -18,28 +18,15 @@ pub fn sim() -> PathBuf {
     if let Some(p) = built.as_ref() {
         return p.clone();
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
     let bin = target.join("debug/jp1-sim");
     if stale(&bin, &root.join("tests/jp1-sim")) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(&root)
-            .args(["build", "-p", "jp1-sim"])
-            .status()
-            .expect("run cargo build -p jp1-sim");
+        let status = Command::new(cargo).current_dir(&root).args(["build", "-p", "jp1-sim"]).status().expect("run cargo build -p jp1-sim");
         assert!(status.success(), "cargo build -p jp1-sim failed");
     }
-    assert!(
-        bin.exists(),
-        "{} is missing after `cargo build -p jp1-sim`",
-        bin.display()
-    );
+    assert!(bin.exists(), "{} is missing after `cargo build -p jp1-sim`", bin.display());
     *built = Some(bin.clone());
     bin
 }
@@ -53,37 +40,19 @@ fn stale(bin: &Path, src: &Path) -> bool {
         let mut best = None;
         for e in std::fs::read_dir(dir).ok()?.flatten() {
             let p = e.path();
-            let t = if p.is_dir() {
-                newest(&p)
-            } else {
-                e.metadata().ok().and_then(|m| m.modified().ok())
-            };
+            let t = if p.is_dir() { newest(&p) } else { e.metadata().ok().and_then(|m| m.modified().ok()) };
             best = best.max(t);
         }
         best
     }
-    newest(&src.join("src"))
-        .into_iter()
-        .chain(
-            std::fs::metadata(src.join("Cargo.toml"))
-                .and_then(|m| m.modified())
-                .ok(),
-        )
-        .any(|t| t > built)
+    newest(&src.join("src")).into_iter().chain(std::fs::metadata(src.join("Cargo.toml")).and_then(|m| m.modified()).ok()).any(|t| t > built)
 }
 
 /// Run the simulator (or one of its installed commands); panics when it cannot be started.
 pub fn run(program: &Path, args: &[&str]) -> (i32, String) {
-    let o = Command::new(program)
-        .args(args)
-        .env_remove("JP1_HOSTNAME")
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let o =
+        Command::new(program).args(args).env_remove("JP1_HOSTNAME").output().unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     (o.status.code().unwrap_or(-1), text)
 }
 
@@ -97,10 +66,7 @@ pub struct Node {
 impl Node {
     /// `ajs`: `manager`, `agent`, `both` or `none` (what `jp1-sim install --ajs` takes).
     pub fn install(ajs: &str) -> Node {
-        let dir = tempfile::Builder::new()
-            .prefix("jp1-t20-")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("jp1-t20-").tempdir().unwrap();
         let prefix = dir.path().join("prefix");
         let (code, out) = run(&sim(), &["install", prefix.to_str().unwrap(), "--ajs", ajs]);
         assert_eq!(code, 0, "jp1-sim install: {out}");
@@ -110,23 +76,9 @@ impl Node {
     /// Register logical host `name` (`ajs`: `manager`, `agent` or `none`).
     pub fn lhost(&self, name: &str, ajs: &str) -> Lhost {
         let shared = self.dir.path().join(format!("shared-{name}"));
-        let (code, out) = run(
-            &sim(),
-            &[
-                "setup-lhost",
-                self.prefix.to_str().unwrap(),
-                name,
-                shared.to_str().unwrap(),
-                "--ajs",
-                ajs,
-            ],
-        );
+        let (code, out) = run(&sim(), &["setup-lhost", self.prefix.to_str().unwrap(), name, shared.to_str().unwrap(), "--ajs", ajs]);
         assert_eq!(code, 0, "jp1-sim setup-lhost: {out}");
-        Lhost {
-            name: name.into(),
-            prefix: self.prefix.clone(),
-            shared,
-        }
+        Lhost { name: name.into(), prefix: self.prefix.clone(), shared }
     }
 
     /// Live (non-zombie) simulated JP1 processes started from this node.
@@ -144,9 +96,7 @@ impl Drop for Node {
                 break;
             }
             for pid in pids {
-                let _ = Command::new("/bin/kill")
-                    .args(["-9", &pid.to_string()])
-                    .status();
+                let _ = Command::new("/bin/kill").args(["-9", &pid.to_string()]).status();
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
@@ -163,16 +113,12 @@ pub fn processes_under(dir: &Path) -> Vec<u32> {
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
-        let argv0 = String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap_or_default())
-            .into_owned();
+        let argv0 = String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
         if !Path::new(&argv0).starts_with(dir) {
             continue;
         }
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.trim().chars().next());
+        let state = stat.rsplit(')').next().and_then(|r| r.trim().chars().next());
         if !matches!(state, Some('Z') | Some('X') | None) {
             out.push(pid);
         }
@@ -217,13 +163,11 @@ impl Lhost {
     }
 
     pub fn base_status(&self) -> i32 {
-        self.cmd("opt/jp1base/bin/jbs_spmd_status", &["-h", &self.name])
-            .0
+        self.cmd("opt/jp1base/bin/jbs_spmd_status", &["-h", &self.name]).0
     }
 
     pub fn ajs_status(&self) -> i32 {
-        self.cmd("opt/jp1ajs2/bin/jajs_spmd_status", &["-h", &self.name])
-            .0
+        self.cmd("opt/jp1ajs2/bin/jajs_spmd_status", &["-h", &self.name]).0
     }
 
     /// Set fault switch `name` (see tests/jp1-sim/README.md) to `content`.
@@ -241,23 +185,9 @@ impl Lhost {
 
     /// The pid of daemon `proc` of `product` (`base` or `ajs`) when it is alive.
     pub fn pid(&self, product: &str, proc: &str) -> Option<u32> {
-        let pid: u32 = std::fs::read_to_string(
-            self.shared
-                .join("jp1sim")
-                .join(product)
-                .join("pids")
-                .join(proc),
-        )
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-        let exe = self
-            .shared
-            .join("jp1sim")
-            .join(product)
-            .join("exe")
-            .join(proc);
+        let pid: u32 =
+            std::fs::read_to_string(self.shared.join("jp1sim").join(product).join("pids").join(proc)).ok()?.trim().parse().ok()?;
+        let exe = self.shared.join("jp1sim").join(product).join("exe").join(proc);
         processes_under(&exe).contains(&pid).then_some(pid)
     }
 
@@ -268,10 +198,7 @@ impl Lhost {
 
     /// The `comm` of a process (what `ps` shows).
     pub fn comm(pid: u32) -> String {
-        std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .unwrap_or_default()
-            .trim()
-            .to_string()
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
     }
 
     /// Parameters for `agent`, plus `extra`.
@@ -293,23 +220,10 @@ impl Lhost {
 
     /// A call context for resource `<lhost>-<agent>` on node `node-a`, with the agent's defaults
     /// applied by the plugin's metadata.
-    pub fn ctx(
-        &self,
-        plugin: &warden::plugin::Plugin,
-        agent: Kind,
-        extra: &[(&str, &str)],
-    ) -> CallContext {
+    pub fn ctx(&self, plugin: &warden::plugin::Plugin, agent: Kind, extra: &[(&str, &str)]) -> CallContext {
         let given = self.params(agent, extra).into_iter().collect();
-        let params = plugin
-            .metadata
-            .resolve_params(&given)
-            .unwrap_or_else(|e| panic!("{e}"));
-        CallContext {
-            resource: format!("{}-{}", self.name, agent.plugin()),
-            node: "node-a".into(),
-            epoch: 1,
-            params,
-        }
+        let params = plugin.metadata.resolve_params(&given).unwrap_or_else(|e| panic!("{e}"));
+        CallContext { resource: format!("{}-{}", self.name, agent.plugin()), node: "node-a".into(), epoch: 1, params }
     }
 
     /// Exactly what the agent's manifest declares, for this prefix and shared directory.
@@ -326,16 +240,12 @@ impl Lhost {
             read.push(p);
         }
         let status = self.p(&format!("{bin}/{stem}_spmd_status"));
-        exec.push(format!(
-            r#"{{ program = "{status}", args = ["-h", "*", "-t", "*"] }}"#
-        ));
+        exec.push(format!(r#"{{ program = "{status}", args = ["-h", "*", "-t", "*"] }}"#));
         read.push(status);
         match agent {
             Kind::Base => {
                 let jevstat = self.p("opt/jp1base/bin/jevstat");
-                exec.push(format!(
-                    r#"{{ program = "{jevstat}", args = ["*", "-t", "*"] }}"#
-                ));
+                exec.push(format!(r#"{{ program = "{jevstat}", args = ["*", "-t", "*"] }}"#));
                 read.push(jevstat);
             }
             _ => {
@@ -353,11 +263,7 @@ impl Lhost {
         }
         read.push(self.shared.join(shared_sub).display().to_string());
         let read: Vec<String> = read.iter().map(|r| format!("{r:?}")).collect();
-        format!(
-            "exec = [{}]\nread = [{}]\n",
-            exec.join(", "),
-            read.join(", ")
-        )
+        format!("exec = [{}]\nread = [{}]\n", exec.join(", "), read.join(", "))
     }
 
     pub fn grants(&self, agent: Kind) -> warden_manifest::Capabilities {
@@ -369,11 +275,7 @@ impl Lhost {
         let caps = self.grants(agent);
         let mut v = Vec::new();
         for e in &caps.exec {
-            let args = e
-                .args
-                .as_ref()
-                .map(|a| format!(":{}", a.0.join(" ")))
-                .unwrap_or_default();
+            let args = e.args.as_ref().map(|a| format!(":{}", a.0.join(" "))).unwrap_or_default();
             v.push(format!("--allow-exec={}{args}", e.program.as_str()));
         }
         for r in &caps.read {

@@ -28,15 +28,8 @@ pub fn in_private_mount_ns(test_name: &str) -> bool {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("--- inner run of {test_name} in a private mount namespace ---\n{stdout}\n{stderr}");
-    assert!(
-        out.status.success(),
-        "{test_name} failed in its private mount namespace ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    assert!(
-        stdout.contains("test result: ok. 1 passed"),
-        "the inner run did not run exactly {test_name}:\n{stdout}"
-    );
+    assert!(out.status.success(), "{test_name} failed in its private mount namespace ({}):\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("test result: ok. 1 passed"), "the inner run did not run exactly {test_name}:\n{stdout}");
     false
 }
 
@@ -47,14 +40,7 @@ pub fn mounts_at(target: &str) -> Vec<(String, String, String, String)> {
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 4 && f[1] == target).then(|| {
-                (
-                    f[0].to_string(),
-                    f[1].to_string(),
-                    f[2].to_string(),
-                    f[3].to_string(),
-                )
-            })
+            (f.len() >= 4 && f[1] == target).then(|| (f[0].to_string(), f[1].to_string(), f[2].to_string(), f[3].to_string()))
         })
         .collect()
 }
@@ -66,11 +52,7 @@ pub struct Unmount(pub String);
 impl Drop for Unmount {
     fn drop(&mut self) {
         while !mounts_at(&self.0).is_empty() {
-            if !Command::new("/bin/umount")
-                .args(["-l", &self.0])
-                .status()
-                .is_ok_and(|s| s.success())
-            {
+            if !Command::new("/bin/umount").args(["-l", &self.0]).status().is_ok_and(|s| s.success()) {
                 break;
             }
         }

@@ -12,19 +12,12 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A name no other test (or test process) uses: `<tag><pid>x<counter>`.
 pub fn unique(tag: &str) -> String {
-    format!(
-        "{tag}{}x{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
+    format!("{tag}{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
 }
 
 /// Run a command; panic with its output when it fails.
 pub fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(
         out.status.success(),
         "`{program} {}` failed: {}{}",
@@ -37,10 +30,7 @@ pub fn run(program: &str, args: &[&str]) -> String {
 
 /// Run a command and report only whether it succeeded.
 pub fn succeeds(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success())
+    Command::new(program).args(args).output().is_ok_and(|o| o.status.success())
 }
 
 /// Network namespaces created by a test; dropped → processes in them killed, namespaces deleted.
@@ -64,15 +54,8 @@ impl Namespaces {
 
     /// Live (non-zombie) processes in namespace `name`.
     pub fn pids(name: &str) -> Vec<u32> {
-        let out = Command::new("/usr/sbin/ip")
-            .args(["netns", "pids", name])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .filter(|p| is_alive(*p))
-            .collect()
+        let out = Command::new("/usr/sbin/ip").args(["netns", "pids", name]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).filter(|p| is_alive(*p)).collect()
     }
 }
 
@@ -81,13 +64,9 @@ impl Drop for Namespaces {
         for name in &self.names {
             // Only processes in our own, uniquely named namespaces: the ones this test started.
             for pid in Self::pids(name) {
-                let _ = Command::new("/bin/kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .output();
+                let _ = Command::new("/bin/kill").args(["-KILL", &pid.to_string()]).output();
             }
-            let _ = Command::new("/usr/sbin/ip")
-                .args(["netns", "del", name])
-                .output();
+            let _ = Command::new("/usr/sbin/ip").args(["netns", "del", name]).output();
         }
     }
 }
@@ -97,10 +76,7 @@ pub fn is_alive(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
-    stat.rsplit(')')
-        .next()
-        .and_then(|r| r.trim().chars().next())
-        .is_some_and(|s| s != 'Z' && s != 'X')
+    stat.rsplit(')').next().and_then(|r| r.trim().chars().next()).is_some_and(|s| s != 'Z' && s != 'X')
 }
 
 /// Does `addr` answer from inside namespace `ns`? A TCP connection attempt to a closed port:
@@ -134,12 +110,7 @@ impl VethPair {
         let mut guard = Namespaces::new();
         let a = guard.add(&format!("{tag}a"));
         let b = guard.add(&format!("{tag}b"));
-        run(
-            "/usr/sbin/ip",
-            &[
-                "-n", &a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &b,
-            ],
-        );
+        run("/usr/sbin/ip", &["-n", &a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &b]);
         run("/usr/sbin/ip", &["-n", &a, "link", "set", "va", "up"]);
         run("/usr/sbin/ip", &["-n", &b, "link", "set", "vb", "up"]);
         Self { a, b, guard }
@@ -147,21 +118,11 @@ impl VethPair {
 
     /// `ip -o addr show dev va` in a.
     pub fn addresses_a(&self) -> String {
-        run(
-            "/usr/sbin/ip",
-            &["-n", &self.a, "-o", "addr", "show", "dev", "va"],
-        )
+        run("/usr/sbin/ip", &["-n", &self.a, "-o", "addr", "show", "dev", "va"])
     }
 
     pub fn mac_a(&self) -> String {
-        let out = run(
-            "/usr/sbin/ip",
-            &["-n", &self.a, "-o", "link", "show", "dev", "va"],
-        );
-        out.split_whitespace()
-            .skip_while(|w| *w != "link/ether")
-            .nth(1)
-            .expect("a MAC address")
-            .to_string()
+        let out = run("/usr/sbin/ip", &["-n", &self.a, "-o", "link", "show", "dev", "va"]);
+        out.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).expect("a MAC address").to_string()
     }
 }

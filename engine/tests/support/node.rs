@@ -115,7 +115,9 @@ impl TestNode {
     }
 
     pub fn group_state(&self, g: &str) -> String {
-        self.status().and_then(|s| s["groups"].as_array().unwrap().iter().find(|x| x["name"] == g).map(|x| x["state"].as_str().unwrap().to_string())).unwrap_or_default()
+        self.status()
+            .and_then(|s| s["groups"].as_array().unwrap().iter().find(|x| x["name"] == g).map(|x| x["state"].as_str().unwrap().to_string()))
+            .unwrap_or_default()
     }
 
     pub fn resource(&self, r: &str) -> serde_json::Value {
@@ -124,7 +126,11 @@ impl TestNode {
 
     /// Events from the persisted history (works while the node is down too).
     pub fn events(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.state.join("events.jsonl")).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        std::fs::read_to_string(self.state.join("events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// (subject, action, result) of action events, in order.
@@ -132,7 +138,13 @@ impl TestNode {
         self.events()
             .into_iter()
             .filter(|e| e["kind"] == "action")
-            .map(|e| (e["subject"].as_str().unwrap().to_string(), e["action"].as_str().unwrap().to_string(), e["result"].as_str().unwrap_or("").to_string()))
+            .map(|e| {
+                (
+                    e["subject"].as_str().unwrap().to_string(),
+                    e["action"].as_str().unwrap().to_string(),
+                    e["result"].as_str().unwrap_or("").to_string(),
+                )
+            })
             .collect()
     }
 

@@ -9,35 +9,24 @@ use std::time::{Duration, Instant};
 use warden::plugin::{CallContext, HostOptions, Plugin, PluginHost};
 
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// A host with a precompiled-component cache shared by all tests of this build.
 pub fn host() -> PluginHost {
     let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache");
-    PluginHost::new(HostOptions {
-        cache_dir: Some(cache),
-        trusted_keys: vec![],
-    })
-    .unwrap()
+    PluginHost::new(HostOptions { cache_dir: Some(cache), trusted_keys: vec![] }).unwrap()
 }
 
 /// A component built by `cargo xtask plugins` (the README's test command runs it first).
 pub fn built_plugin(name: &str) -> PathBuf {
-    let path = workspace_root()
-        .join("target/plugins")
-        .join(format!("{name}.wasm"));
+    let path = workspace_root().join("target/plugins").join(format!("{name}.wasm"));
     assert!(path.exists(), "{} is missing: run `cargo xtask plugins` (or the README's test command, `cargo xtask test`)", path.display());
     path
 }
 
 pub async fn load(host: &PluginHost, path: &std::path::Path) -> Arc<Plugin> {
-    host.load(path)
-        .await
-        .unwrap_or_else(|e| panic!("load {}: {e}", path.display()))
+    host.load(path).await.unwrap_or_else(|e| panic!("load {}: {e}", path.display()))
 }
 
 pub fn ctx(params: &[(&str, &str)]) -> CallContext {
@@ -45,10 +34,7 @@ pub fn ctx(params: &[(&str, &str)]) -> CallContext {
         resource: "r1".into(),
         node: "node-a".into(),
         epoch: 7,
-        params: params
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<BTreeMap<_, _>>(),
+        params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
     }
 }
 
@@ -68,10 +54,7 @@ pub fn live_processes(needle: &str) -> Vec<u32> {
         }
         // A zombie (Z) is dead; PID 1 reaps orphans slowly on these machines.
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.trim().chars().next());
+        let state = stat.rsplit(')').next().and_then(|r| r.trim().chars().next());
         if !matches!(state, Some('Z') | Some('X') | None) {
             out.push(pid);
         }
@@ -93,11 +76,7 @@ pub async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub fn caps(toml_text: &str) -> warden_manifest::Capabilities {

@@ -70,21 +70,15 @@ fn non_empty<'a>(ctx: &'a Context, name: &str) -> Option<&'a str> {
     ctx.param(name).map(str::trim).filter(|s| !s.is_empty())
 }
 
-
 fn is_env_name(k: &str) -> bool {
     let mut c = k.chars();
-    c.next()
-        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
-        && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+    c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_') && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
 }
 
 /// `node-a:3;node-b:4` (`;` or whitespace between entries).
 fn parse_map(text: &str) -> Result<BTreeMap<String, String>, AgentError> {
     let mut map = BTreeMap::new();
-    for entry in text
-        .split(|c: char| c == ';' || c.is_whitespace())
-        .filter(|e| !e.is_empty())
-    {
+    for entry in text.split(|c: char| c == ';' || c.is_whitespace()).filter(|e| !e.is_empty()) {
         match entry.split_once(':') {
             Some((node, plug)) if !node.is_empty() && !plug.is_empty() => {
                 map.insert(node.to_string(), plug.to_string());
@@ -99,30 +93,20 @@ impl Config {
     fn from(ctx: &Context) -> Result<Self, AgentError> {
         let command = ctx.require("command")?.trim().to_string();
         if !command.starts_with('/') || command.split('/').any(|c| c == "..") {
-            return Err(invalid(format!(
-                "parameter `command` must be an absolute path without `..`, got `{command}`"
-            )));
+            return Err(invalid(format!("parameter `command` must be an absolute path without `..`, got `{command}`")));
         }
         let style = match non_empty(ctx, "style").unwrap_or("stdin") {
             "stdin" => Style::Stdin,
             "args" => Style::Args,
-            s => {
-                return Err(invalid(format!(
-                    "parameter `style` must be `stdin` (a fence_* agent) or `args`, got `{s}`"
-                )))
-            }
+            s => return Err(invalid(format!("parameter `style` must be `stdin` (a fence_* agent) or `args`, got `{s}`"))),
         };
         let fence_action = non_empty(ctx, "fence_action").unwrap_or("off").to_string();
         if fence_action != "off" && fence_action != "reboot" {
-            return Err(invalid(format!(
-                "parameter `fence_action` must be `off` or `reboot`, got `{fence_action}`"
-            )));
+            return Err(invalid(format!("parameter `fence_action` must be `off` or `reboot`, got `{fence_action}`")));
         }
         let target_param = non_empty(ctx, "target_param").unwrap_or("plug").to_string();
         if target_param.contains(['=', '\n', '\r']) {
-            return Err(invalid(format!(
-                "parameter `target_param` must be a plain option name, got `{target_param}`"
-            )));
+            return Err(invalid(format!("parameter `target_param` must be a plain option name, got `{target_param}`")));
         }
         let target_map = non_empty(ctx, "target_map").map(parse_map).transpose()?;
         let mut passed = Vec::new();
@@ -133,7 +117,9 @@ impl Config {
             match style {
                 Style::Stdin => {
                     if k.is_empty() || k.contains(['=', '\n', '\r']) || v.contains(['\n', '\r']) {
-                        return Err(invalid(format!("parameter `{k}` cannot be passed as a key=value line (no `=` in the name, no line breaks)")));
+                        return Err(invalid(format!(
+                            "parameter `{k}` cannot be passed as a key=value line (no `=` in the name, no line breaks)"
+                        )));
                     }
                     if k == "action" || *k == target_param {
                         return Err(invalid(format!("parameter `{k}` is set by the agent itself (action and target); remove it")));
@@ -141,7 +127,9 @@ impl Config {
                 }
                 Style::Args => {
                     if !is_env_name(k) || v.contains('\0') {
-                        return Err(invalid(format!("parameter `{k}` cannot be passed as an environment variable (letters, digits and `_` only)")));
+                        return Err(invalid(format!(
+                            "parameter `{k}` cannot be passed as an environment variable (letters, digits and `_` only)"
+                        )));
                     }
                 }
             }
@@ -164,7 +152,9 @@ impl Config {
         };
         if cfg.style == Style::Args {
             if cfg.off_args.is_none() {
-                return Err(invalid("style `args` needs `off_args`, the arguments that power the target off (`{target}` is replaced)".into()));
+                return Err(invalid(
+                    "style `args` needs `off_args`, the arguments that power the target off (`{target}` is replaced)".into(),
+                ));
             }
             if cfg.verify_off && cfg.status_args.is_none() {
                 return Err(invalid("style `args` with verify_off=true needs `status_args` (or set verify_off=false)".into()));
@@ -176,17 +166,11 @@ impl Config {
     /// The name the device knows the target by.
     fn plug(&self, target: &str) -> Result<String, AgentError> {
         if target.is_empty() || target.chars().any(char::is_control) {
-            return Err(invalid(format!(
-                "target `{}` is not a valid node name",
-                target.escape_debug()
-            )));
+            return Err(invalid(format!("target `{}` is not a valid node name", target.escape_debug())));
         }
         match &self.target_map {
             None => Ok(target.to_string()),
-            Some(map) => map
-                .get(target)
-                .cloned()
-                .ok_or_else(|| invalid(format!("`target_map` has no entry for node `{target}`"))),
+            Some(map) => map.get(target).cloned().ok_or_else(|| invalid(format!("`target_map` has no entry for node `{target}`"))),
         }
     }
 
@@ -196,19 +180,13 @@ impl Config {
         for (k, v) in &self.passed {
             input.push_str(&format!("{k}={v}\n"));
         }
-        Command::new(&self.command)
-            .stdin(input)
-            .timeout(self.command_timeout)
+        Command::new(&self.command).stdin(input).timeout(self.command_timeout)
     }
 
     /// The command from an args template, with `{target}` replaced and the environment set.
     fn args_command(&self, template: &str, plug: &str) -> Command {
         let mut c = Command::new(&self.command)
-            .args(
-                template
-                    .split_whitespace()
-                    .map(|a| a.replace("{target}", plug)),
-            )
+            .args(template.split_whitespace().map(|a| a.replace("{target}", plug)))
             .timeout(self.command_timeout);
         for (k, v) in &self.passed {
             c = c.env(k, v);
@@ -249,38 +227,25 @@ fn status(cfg: &Config, target: &str) -> Result<PowerState, AgentError> {
     let out = cmd.run()?;
     let text = format!("{}\n{}", out.stdout, out.stderr);
     if cfg.style == Style::Args && (cfg.status_off_text.is_some() || cfg.status_on_text.is_some()) {
-        if cfg
-            .status_off_text
-            .as_deref()
-            .is_some_and(|t| contains_ci(&text, t))
-        {
+        if cfg.status_off_text.as_deref().is_some_and(|t| contains_ci(&text, t)) {
             return Ok(PowerState::Off);
         }
-        if cfg
-            .status_on_text
-            .as_deref()
-            .is_some_and(|t| contains_ci(&text, t))
-        {
+        if cfg.status_on_text.as_deref().is_some_and(|t| contains_ci(&text, t)) {
             return Ok(PowerState::On);
         }
         if out.success() {
-            log::warn(format!("status of {target}: the output of `{what}` matches neither status_on_text nor status_off_text: {}", out.output_text()));
+            log::warn(format!(
+                "status of {target}: the output of `{what}` matches neither status_on_text nor status_off_text: {}",
+                out.output_text()
+            ));
             return Ok(PowerState::Unknown);
         }
-        return Err(fail!(
-            "status of {target}: `{what}` failed ({}): {}",
-            out.status_text(),
-            out.output_text()
-        ));
+        return Err(fail!("status of {target}: `{what}` failed ({}): {}", out.status_text(), out.output_text()));
     }
     match out.exit_code {
         Some(0) if !out.timed_out => Ok(PowerState::On),
         Some(2) if !out.timed_out => Ok(PowerState::Off),
-        _ => Err(fail!(
-            "status of {target}: `{what}` failed ({}; 0 means on, 2 off): {}",
-            out.status_text(),
-            out.output_text()
-        )),
+        _ => Err(fail!("status of {target}: `{what}` failed ({}; 0 means on, 2 off): {}", out.status_text(), out.output_text())),
     }
 }
 
@@ -325,11 +290,7 @@ impl FenceAgent for FenceExec {
         log::warn(format!("fencing {target} (device name `{plug}`): {what}"));
         let out = cmd.run()?;
         if !out.success() {
-            return Err(fail!(
-                "fence {target}: `{what}` failed ({}): {}",
-                out.status_text(),
-                out.output_text()
-            ));
+            return Err(fail!("fence {target}: `{what}` failed ({}): {}", out.status_text(), out.output_text()));
         }
         if !cfg.verify_off || cfg.fence_action == "reboot" {
             log::info(format!("fenced {target}: `{what}` succeeded"));
@@ -341,14 +302,10 @@ impl FenceAgent for FenceExec {
             let state = status(&cfg, target);
             match &state {
                 Ok(PowerState::Off) => {
-                    log::info(format!(
-                        "fenced {target}: `{what}` succeeded and status reports off"
-                    ));
+                    log::info(format!("fenced {target}: `{what}` succeeded and status reports off"));
                     return Ok(());
                 }
-                Ok(s) => log::debug(format!(
-                    "fence {target}: status reports {s:?} after off; waiting"
-                )),
+                Ok(s) => log::debug(format!("fence {target}: status reports {s:?} after off; waiting")),
                 Err(e) => log::debug(format!("fence {target}: status after off: {e:?}")),
             }
             if waited >= cfg.verify_timeout {
@@ -357,7 +314,10 @@ impl FenceAgent for FenceExec {
                     Err(AgentError::Failed(m)) => m,
                     Err(e) => format!("{e:?}"),
                 };
-                return Err(fail!("fence {target}: `{what}` succeeded but the target is not confirmed off after {} ms (last status: {last})", cfg.verify_timeout.as_millis()));
+                return Err(fail!(
+                    "fence {target}: `{what}` succeeded but the target is not confirmed off after {} ms (last status: {last})",
+                    cfg.verify_timeout.as_millis()
+                ));
             }
             sleep(step);
             waited += step;

@@ -22,43 +22,28 @@ fn netns(ctx: &Context, target: &str) -> Result<String, AgentError> {
     let ok = !target.is_empty()
         && !name.starts_with('-')
         && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && name != "."
         && name != "..";
     if ok {
         Ok(name)
     } else {
-        Err(AgentError::InvalidConfig(format!(
-            "`{name}` (netns_prefix + target) is not a valid network namespace name"
-        )))
+        Err(AgentError::InvalidConfig(format!("`{name}` (netns_prefix + target) is not a valid network namespace name")))
     }
 }
 
 /// Live (non-zombie) processes in the namespace; None when the namespace does not exist.
 fn live_pids(ns: &str) -> Result<Option<Vec<u32>>, AgentError> {
-    let cmd = Command::new(IP)
-        .args(["netns", "pids", ns])
-        .timeout(Duration::from_secs(10));
+    let cmd = Command::new(IP).args(["netns", "pids", ns]).timeout(Duration::from_secs(10));
     let out = cmd.run()?;
     if !out.success() {
         if out.stderr.contains("No such file or directory") {
             return Ok(None);
         }
-        return Err(fail!(
-            "`{}` failed ({}): {}",
-            cmd.display(),
-            out.status_text(),
-            out.output_text()
-        ));
+        return Err(fail!("`{}` failed ({}): {}", cmd.display(), out.status_text(), out.output_text()));
     }
     let mut live = Vec::new();
-    for pid in out
-        .stdout
-        .split_whitespace()
-        .filter_map(|w| w.parse::<u32>().ok())
-    {
+    for pid in out.stdout.split_whitespace().filter_map(|w| w.parse::<u32>().ok()) {
         if alive(pid)? {
             live.push(pid);
         }
@@ -71,11 +56,7 @@ fn live_pids(ns: &str) -> Result<Option<Vec<u32>>, AgentError> {
 fn alive(pid: u32) -> Result<bool, AgentError> {
     let path = format!("/proc/{pid}/stat");
     match fs::read_to_string(&path) {
-        Ok(stat) => Ok(stat
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.trim().chars().next())
-            .is_some_and(|s| s != 'Z' && s != 'X')),
+        Ok(stat) => Ok(stat.rsplit(')').next().and_then(|r| r.trim().chars().next()).is_some_and(|s| s != 'Z' && s != 'X')),
         Err(AgentError::AccessDenied(m)) => Err(AgentError::AccessDenied(m)),
         Err(_) => Ok(false), // gone between the listing and the read
     }
@@ -88,7 +69,12 @@ impl FenceAgent for FenceTest {
             version: "0.1.0".into(),
             description: "Test stand-in for power fencing: kills every process in the network namespace <netns_prefix><node>".into(),
             parameters: vec![
-                Param::optional("netns_prefix", "", "Prefix of the node's network namespace name: node NODE is namespace <netns_prefix>NODE").into(),
+                Param::optional(
+                    "netns_prefix",
+                    "",
+                    "Prefix of the node's network namespace name: node NODE is namespace <netns_prefix>NODE",
+                )
+                .into(),
                 Param::optional("kill_wait_ms", "10000", "How long fence waits for the killed processes to die before it fails").into(),
             ],
             fence_timeout_ms: 30_000,
@@ -108,15 +94,11 @@ impl FenceAgent for FenceTest {
         let mut waited = 0;
         loop {
             let Some(pids) = live_pids(&ns)? else {
-                log::info(format!(
-                    "fence {target}: network namespace {ns} does not exist; nothing runs there"
-                ));
+                log::info(format!("fence {target}: network namespace {ns} does not exist; nothing runs there"));
                 return Ok(());
             };
             if pids.is_empty() {
-                log::info(format!(
-                    "fence {target}: no process left in network namespace {ns}"
-                ));
+                log::info(format!("fence {target}: no process left in network namespace {ns}"));
                 return Ok(());
             }
             if waited >= wait {
@@ -124,23 +106,12 @@ impl FenceAgent for FenceTest {
             }
             // New processes may appear while we kill (a fork loop): kill again every round.
             let list: Vec<String> = pids.iter().map(u32::to_string).collect();
-            log::warn(format!(
-                "fence {target}: killing {} in network namespace {ns}",
-                list.join(" ")
-            ));
-            let cmd = Command::new(KILL)
-                .arg("-KILL")
-                .args(list)
-                .timeout(Duration::from_secs(10));
+            log::warn(format!("fence {target}: killing {} in network namespace {ns}", list.join(" ")));
+            let cmd = Command::new(KILL).arg("-KILL").args(list).timeout(Duration::from_secs(10));
             let out = cmd.run()?;
             // kill exits 1 when some pid was already gone: that is fine, the next round checks.
             if !out.success() && out.exit_code != Some(1) {
-                return Err(fail!(
-                    "`{}` failed ({}): {}",
-                    cmd.display(),
-                    out.status_text(),
-                    out.output_text()
-                ));
+                return Err(fail!("`{}` failed ({}): {}", cmd.display(), out.status_text(), out.output_text()));
             }
             sleep(Duration::from_millis(100));
             waited += 100;

@@ -44,9 +44,7 @@ fn style(ctx: &Context) -> Result<Style, AgentError> {
              or `ocf` (an OCF resource agent given by `agent`)"
                 .into(),
         )),
-        Some(other) => Err(AgentError::InvalidConfig(format!(
-            "parameter `style` must be `lifekeeper` or `ocf`, got `{other}`"
-        ))),
+        Some(other) => Err(AgentError::InvalidConfig(format!("parameter `style` must be `lifekeeper` or `ocf`, got `{other}`"))),
     }
 }
 
@@ -60,13 +58,8 @@ impl Agent for Generic {
             "Runs operator-supplied scripts: LifeKeeper Generic ARK scripts (style=lifekeeper) \
              or an OCF resource agent such as ocf:heartbeat:Dummy (style=ocf)",
         );
-        m.timeouts = Timeouts {
-            start_ms: START_MS,
-            stop_ms: STOP_MS,
-            monitor_ms: MONITOR_MS,
-            recover_ms: RECOVER_MS,
-            validate_ms: VALIDATE_MS,
-        };
+        m.timeouts =
+            Timeouts { start_ms: START_MS, stop_ms: STOP_MS, monitor_ms: MONITOR_MS, recover_ms: RECOVER_MS, validate_ms: VALIDATE_MS };
         m.monitor_interval_ms = MONITOR_INTERVAL_MS;
         // Static per plugin: a lifekeeper resource without a `recover` script answers `recover`
         // with `unsupported` instead (see README).

@@ -52,15 +52,10 @@ fn scripts(ctx: &Context) -> Result<Scripts<'_>, AgentError> {
     }
     let tag = params::value(ctx, "tag").unwrap_or(ctx.resource.as_str());
     if tag.is_empty() {
-        return Err(AgentError::InvalidConfig(
-            "parameter `tag` is empty and so is the resource name".into(),
-        ));
+        return Err(AgentError::InvalidConfig("parameter `tag` is empty and so is the resource name".into()));
     }
     let node_info = format!("{APP_INFO_NODE_PREFIX}{}", ctx.node);
-    let app_info = ctx
-        .param(&node_info)
-        .or_else(|| ctx.param("app_info"))
-        .unwrap_or("");
+    let app_info = ctx.param(&node_info).or_else(|| ctx.param("app_info")).unwrap_or("");
     Ok(Scripts {
         ctx,
         restore: params::path(ctx, "restore")?,
@@ -78,9 +73,7 @@ fn scripts(ctx: &Context) -> Result<Scripts<'_>, AgentError> {
 
 fn required<'a>(script: Option<&'a str>, name: &str, what: &str) -> Result<&'a str, AgentError> {
     script.ok_or_else(|| {
-        AgentError::InvalidConfig(format!(
-            "style=lifekeeper needs parameter `{name}`: the absolute path of the {what} script"
-        ))
+        AgentError::InvalidConfig(format!("style=lifekeeper needs parameter `{name}`: the absolute path of the {what} script"))
     })
 }
 
@@ -109,11 +102,7 @@ impl Scripts<'_> {
         if out.success() {
             return Ok(());
         }
-        Err(fail!(
-            "{action} script {script} failed ({}): {}",
-            out.status_text(),
-            params::brief(&out.output_text())
-        ))
+        Err(fail!("{action} script {script} failed ({}): {}", out.status_text(), params::brief(&out.output_text())))
     }
 }
 
@@ -149,9 +138,7 @@ pub(crate) fn stop(ctx: &Context) -> Result<(), AgentError> {
     let s = scripts(ctx)?;
     let remove = required(s.remove, "remove", "remove (stop)")?;
     s.run(remove, "remove").map_err(|e| match e {
-        AgentError::Failed(m) => {
-            AgentError::Failed(format!("{m}; the resource may still be running"))
-        }
+        AgentError::Failed(m) => AgentError::Failed(format!("{m}; the resource may still be running")),
         other => other,
     })
 }
@@ -163,9 +150,7 @@ pub(crate) fn monitor(ctx: &Context) -> Result<Health, AgentError> {
     let Some(qc) = s.quickcheck else {
         return Ok(Health::Running);
     };
-    let cmd = s
-        .command(qc, "quickCheck")
-        .timeout(Duration::from_millis(s.quickcheck_timeout_ms));
+    let cmd = s.command(qc, "quickCheck").timeout(Duration::from_millis(s.quickcheck_timeout_ms));
     let out = cmd.run()?;
     if out.timed_out {
         let msg = format!(
@@ -179,11 +164,7 @@ pub(crate) fn monitor(ctx: &Context) -> Result<Health, AgentError> {
     if out.success() {
         return Ok(Health::Running);
     }
-    Ok(Health::Failed(format!(
-        "quickCheck {qc} failed ({}): {}",
-        out.status_text(),
-        params::brief(&out.output_text())
-    )))
+    Ok(Health::Failed(format!("quickCheck {qc} failed ({}): {}", out.status_text(), params::brief(&out.output_text()))))
 }
 
 /// recover, or `unsupported` when there is no recover script: as in LifeKeeper, the resource then

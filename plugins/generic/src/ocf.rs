@@ -52,8 +52,8 @@ fn ocf(ctx: &Context) -> Result<Ocf<'_>, AgentError> {
                 }
                 _ => {
                     return Err(AgentError::InvalidConfig(format!(
-                    "parameter `agent` must be an absolute path or `ocf:PROVIDER:TYPE`, got `{a}`"
-                )))
+                        "parameter `agent` must be an absolute path or `ocf:PROVIDER:TYPE`, got `{a}`"
+                    )))
                 }
             }
         }
@@ -72,13 +72,7 @@ fn ocf(ctx: &Context) -> Result<Ocf<'_>, AgentError> {
         }
         reskeys.push((format!("OCF_RESKEY_{name}"), v.clone()));
     }
-    Ok(Ocf {
-        ctx,
-        agent,
-        root,
-        reskeys,
-        env: params::extra_env(ctx)?,
-    })
+    Ok(Ocf { ctx, agent, root, reskeys, env: params::extra_env(ctx)? })
 }
 
 /// What an OCF exit status means.
@@ -142,12 +136,7 @@ impl Code {
 
 /// The agent's reason: its `ocf-exit-reason:` lines when it wrote any, else its output.
 fn reason(out: &ExecOutput) -> String {
-    let reasons: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("ocf-exit-reason:"))
-        .map(str::trim)
-        .collect();
+    let reasons: Vec<&str> = out.stderr.lines().filter_map(|l| l.trim().strip_prefix("ocf-exit-reason:")).map(str::trim).collect();
     if reasons.is_empty() {
         params::brief(&out.output_text())
     } else {
@@ -176,10 +165,7 @@ impl Ocf<'_> {
             cmd = cmd.env("OCF_RESOURCE_PROVIDER", p);
         }
         if action == "monitor" {
-            cmd = cmd.env(
-                "OCF_RESKEY_CRM_meta_interval",
-                MONITOR_INTERVAL_MS.to_string(),
-            );
+            cmd = cmd.env("OCF_RESKEY_CRM_meta_interval", MONITOR_INTERVAL_MS.to_string());
         }
         // The operator's parameters last: a `CRM_meta_timeout` parameter overrides ours.
         for (k, v) in &self.reskeys {
@@ -208,19 +194,14 @@ impl Ocf<'_> {
     /// The agent-error for an exit that is not success for `action`.
     fn error(&self, action: &str, out: &ExecOutput) -> AgentError {
         let code = Code::of(out);
-        let msg = format!(
-            "OCF agent {} {action}: {}: {}",
-            self.agent,
-            code.name(out),
-            reason(out)
-        );
+        let msg = format!("OCF agent {} {action}: {}: {}", self.agent, code.name(out), reason(out));
         match code {
             Code::Args | Code::Configured => AgentError::InvalidConfig(msg),
             Code::Installed => AgentError::NotInstalled(msg),
             Code::Unimplemented => AgentError::Unsupported(msg),
-            Code::RunningPromoted | Code::FailedPromoted => AgentError::Failed(format!(
-                "{msg} (a promotable agent: Warden does not call promote/demote)"
-            )),
+            Code::RunningPromoted | Code::FailedPromoted => {
+                AgentError::Failed(format!("{msg} (a promotable agent: Warden does not call promote/demote)"))
+            }
             _ => AgentError::Failed(msg),
         }
     }
@@ -277,17 +258,9 @@ fn parse_meta_data(xml: &str) -> Option<Vec<MetaParam>> {
         let required = matches!(attr(tag, "required").as_deref(), Some("1" | "true"));
         let default = body
             .find("<content")
-            .and_then(|c| {
-                body[c..]
-                    .find('>')
-                    .map(|e| &body[c + "<content".len()..c + e])
-            })
+            .and_then(|c| body[c..].find('>').map(|e| &body[c + "<content".len()..c + e]))
             .and_then(|content| attr(content, "default"));
-        out.push(MetaParam {
-            name,
-            required,
-            default,
-        });
+        out.push(MetaParam { name, required, default });
     }
     Some(out)
 }
@@ -305,10 +278,7 @@ pub(crate) fn validate(ctx: &Context) -> Result<(), AgentError> {
             )))
         }
         Some(FileKind::Directory | FileKind::Other) => {
-            return Err(AgentError::InvalidConfig(format!(
-                "parameter `agent`: {} is not a program",
-                o.agent
-            )))
+            return Err(AgentError::InvalidConfig(format!("parameter `agent`: {} is not a program", o.agent)))
         }
         Some(FileKind::File | FileKind::Symlink) => {}
     }
@@ -324,16 +294,8 @@ pub(crate) fn validate(ctx: &Context) -> Result<(), AgentError> {
             o.agent
         )));
     };
-    let given: Vec<&str> = o
-        .reskeys
-        .iter()
-        .map(|(k, _)| k.trim_start_matches("OCF_RESKEY_"))
-        .collect();
-    let missing: Vec<&str> = declared
-        .iter()
-        .filter(|p| p.required && !given.contains(&p.name.as_str()))
-        .map(|p| p.name.as_str())
-        .collect();
+    let given: Vec<&str> = o.reskeys.iter().map(|(k, _)| k.trim_start_matches("OCF_RESKEY_")).collect();
+    let missing: Vec<&str> = declared.iter().filter(|p| p.required && !given.contains(&p.name.as_str())).map(|p| p.name.as_str()).collect();
     if !missing.is_empty() {
         return Err(AgentError::InvalidConfig(format!(
             "the OCF agent {} requires parameter `{}` (its meta-data says required=\"1\")",
@@ -343,10 +305,7 @@ pub(crate) fn validate(ctx: &Context) -> Result<(), AgentError> {
     }
     for g in &given {
         if !g.starts_with("CRM_meta_") && !declared.iter().any(|p| p.name == *g) {
-            log::warn(format!(
-                "parameter `{g}` is not in the meta-data of {}; passed on anyway as OCF_RESKEY_{g}",
-                o.agent
-            ));
+            log::warn(format!("parameter `{g}` is not in the meta-data of {}; passed on anyway as OCF_RESKEY_{g}", o.agent));
         }
     }
     let summary: Vec<String> = declared
@@ -357,20 +316,13 @@ pub(crate) fn validate(ctx: &Context) -> Result<(), AgentError> {
             (None, false) => p.name.clone(),
         })
         .collect();
-    log::info(format!(
-        "OCF agent {} meta-data parameters: {}",
-        o.agent,
-        summary.join(", ")
-    ));
+    log::info(format!("OCF agent {} meta-data parameters: {}", o.agent, summary.join(", ")));
 
     let out = o.run("validate-all", VALIDATE_MS)?;
     match Code::of(&out) {
         Code::Success => Ok(()),
         Code::Unimplemented => {
-            log::warn(format!(
-                "OCF agent {} does not implement validate-all; only its meta-data was checked",
-                o.agent
-            ));
+            log::warn(format!("OCF agent {} does not implement validate-all; only its meta-data was checked", o.agent));
             Ok(())
         }
         _ => Err(o.error("validate-all", &out)),
@@ -415,14 +367,7 @@ pub(crate) fn monitor(ctx: &Context) -> Result<Health, AgentError> {
     let o = ocf(ctx)?;
     let out = o.run("monitor", MONITOR_MS)?;
     let code = Code::of(&out);
-    let what = || {
-        format!(
-            "OCF agent {} monitor: {}: {}",
-            o.agent,
-            code.name(&out),
-            reason(&out)
-        )
-    };
+    let what = || format!("OCF agent {} monitor: {}: {}", o.agent, code.name(&out), reason(&out));
     Ok(match code {
         Code::Success => Health::Running,
         Code::NotRunning => Health::Stopped,
@@ -433,8 +378,6 @@ pub(crate) fn monitor(ctx: &Context) -> Result<Health, AgentError> {
         )),
         Code::FailedPromoted => Health::Failed(format!("{}: failed in the promoted role", what())),
         Code::Generic | Code::Perm | Code::Other(_) | Code::Killed => Health::Failed(what()),
-        Code::Args | Code::Configured | Code::Installed | Code::Unimplemented => {
-            return Err(o.error("monitor", &out))
-        }
+        Code::Args | Code::Configured | Code::Installed | Code::Unimplemented => return Err(o.error("monitor", &out)),
     })
 }

@@ -20,16 +20,7 @@ pub(crate) const OWN: &[&str] = &[
 ];
 
 /// Parameters only a `lifekeeper` resource may set (none has a default, so "given" is visible).
-pub(crate) const LIFEKEEPER_ONLY: &[&str] = &[
-    "restore",
-    "remove",
-    "quickcheck",
-    "recover",
-    "tag",
-    "id",
-    "app_info",
-    "app_info_flag",
-];
+pub(crate) const LIFEKEEPER_ONLY: &[&str] = &["restore", "remove", "quickcheck", "recover", "tag", "id", "app_info", "app_info_flag"];
 
 /// Per-node application info: `app_info@<node>` overrides `app_info` on that node.
 pub(crate) const APP_INFO_NODE_PREFIX: &str = "app_info@";
@@ -54,20 +45,13 @@ pub(crate) fn describe(m: AgentMetadata) -> AgentMetadata {
          (/usr/lib/ocf/resource.d/heartbeat/Dummy) or `ocf:PROVIDER:TYPE` (looked up as \
          OCF_ROOT/resource.d/PROVIDER/TYPE)",
     ))
-    .param(Param::optional(
-        "ocf_root",
-        OCF_ROOT,
-        "style=ocf: OCF_ROOT for the agent (where its shell functions live)",
-    ))
+    .param(Param::optional("ocf_root", OCF_ROOT, "style=ocf: OCF_ROOT for the agent (where its shell functions live)"))
     .param(Param::optional_unset(
         "restore",
         "style=lifekeeper, required: absolute path of the restore (start) script; must succeed \
          when the application already runs",
     ))
-    .param(Param::optional_unset(
-        "remove",
-        "style=lifekeeper, required: absolute path of the remove (stop) script",
-    ))
+    .param(Param::optional_unset("remove", "style=lifekeeper, required: absolute path of the remove (stop) script"))
     .param(Param::optional_unset(
         "quickcheck",
         "style=lifekeeper: absolute path of the quickCheck (monitor) script; unset = always healthy",
@@ -77,14 +61,8 @@ pub(crate) fn describe(m: AgentMetadata) -> AgentMetadata {
         "style=lifekeeper: absolute path of the recover (local recovery) script; unset = no local \
          recovery (recover answers `unsupported`: fail over at once)",
     ))
-    .param(Param::optional_unset(
-        "tag",
-        "style=lifekeeper: the LifeKeeper tag passed as `-t TAG` (default: the resource name)",
-    ))
-    .param(Param::optional_unset(
-        "id",
-        "style=lifekeeper: the LifeKeeper ID passed as `-i ID` (default: the tag)",
-    ))
+    .param(Param::optional_unset("tag", "style=lifekeeper: the LifeKeeper tag passed as `-t TAG` (default: the resource name)"))
+    .param(Param::optional_unset("id", "style=lifekeeper: the LifeKeeper ID passed as `-i ID` (default: the tag)"))
     .param(Param::optional_unset(
         "app_info",
         "style=lifekeeper: application info string, given to the scripts in the environment \
@@ -124,17 +102,14 @@ pub(crate) fn path<'a>(ctx: &'a Context, name: &str) -> Result<Option<&'a str>, 
     match value(ctx, name) {
         None => Ok(None),
         Some(p) if p.starts_with('/') => Ok(Some(p)),
-        Some(p) => Err(AgentError::InvalidConfig(format!(
-            "parameter `{name}` must be an absolute path, got `{p}`"
-        ))),
+        Some(p) => Err(AgentError::InvalidConfig(format!("parameter `{name}` must be an absolute path, got `{p}`"))),
     }
 }
 
 /// Is `s` usable as an environment variable name?
 pub(crate) fn is_env_name(s: &str) -> bool {
     let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// The operator's extra environment (`env = "A=1;B=2"`).
@@ -145,9 +120,7 @@ pub(crate) fn extra_env(ctx: &Context) -> Result<Vec<(String, String)>, AgentErr
     let mut out = Vec::new();
     for item in spec.split(';').map(str::trim).filter(|i| !i.is_empty()) {
         match item.split_once('=') {
-            Some((k, v)) if is_env_name(k.trim()) => {
-                out.push((k.trim().to_string(), v.to_string()))
-            }
+            Some((k, v)) if is_env_name(k.trim()) => out.push((k.trim().to_string(), v.to_string())),
             _ => {
                 return Err(AgentError::InvalidConfig(format!(
                     "parameter `env`: `{item}` is not NAME=VALUE (entries are separated by `;`)"
@@ -161,15 +134,9 @@ pub(crate) fn extra_env(ctx: &Context) -> Result<Vec<(String, String)>, AgentErr
 /// Check that a script or agent exists and is a file (needs a read grant on it).
 pub(crate) fn check_program(param: &str, path: &str) -> Result<(), AgentError> {
     match fs::stat(path)? {
-        None => Err(AgentError::InvalidConfig(format!(
-            "parameter `{param}`: {path} does not exist on this node"
-        ))),
-        Some(FileKind::Directory) => Err(AgentError::InvalidConfig(format!(
-            "parameter `{param}`: {path} is a directory, not a program"
-        ))),
-        Some(FileKind::Other) => Err(AgentError::InvalidConfig(format!(
-            "parameter `{param}`: {path} is not a regular file"
-        ))),
+        None => Err(AgentError::InvalidConfig(format!("parameter `{param}`: {path} does not exist on this node"))),
+        Some(FileKind::Directory) => Err(AgentError::InvalidConfig(format!("parameter `{param}`: {path} is a directory, not a program"))),
+        Some(FileKind::Other) => Err(AgentError::InvalidConfig(format!("parameter `{param}`: {path} is not a regular file"))),
         Some(FileKind::File | FileKind::Symlink) => Ok(()),
     }
 }

@@ -34,7 +34,6 @@ struct Config {
     arping_count: u64,
 }
 
-
 /// A name passed to `ip` as one argument: no option look-alikes, no separators.
 fn check_name(what: &str, v: &str, max: usize) -> Result<(), AgentError> {
     let ok = !v.is_empty()
@@ -42,8 +41,7 @@ fn check_name(what: &str, v: &str, max: usize) -> Result<(), AgentError> {
         && !v.starts_with('-')
         && v != "."
         && v != ".."
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
     if ok {
         Ok(())
     } else {
@@ -69,16 +67,9 @@ impl Config {
         }
         let interface = ctx.require("interface")?.trim().to_string();
         check_name("interface", &interface, 15)?;
-        let ip = ctx
-            .param("ip_command")
-            .filter(|s| !s.is_empty())
-            .unwrap_or(IP_PROGRAMS[0])
-            .to_string();
+        let ip = ctx.param("ip_command").filter(|s| !s.is_empty()).unwrap_or(IP_PROGRAMS[0]).to_string();
         if !IP_PROGRAMS.contains(&ip.as_str()) {
-            return Err(AgentError::InvalidConfig(format!(
-                "parameter `ip_command` must be one of {}; got `{ip}`",
-                IP_PROGRAMS.join(", ")
-            )));
+            return Err(AgentError::InvalidConfig(format!("parameter `ip_command` must be one of {}; got `{ip}`", IP_PROGRAMS.join(", "))));
         }
         let netns = match ctx.param("netns").map(str::trim) {
             None | Some("") => None,
@@ -89,9 +80,7 @@ impl Config {
         };
         let arping_count = ctx.param_u64("arping_count", 2)?;
         if !(1..=10).contains(&arping_count) {
-            return Err(AgentError::InvalidConfig(format!(
-                "parameter `arping_count` must be between 1 and 10, got {arping_count}"
-            )));
+            return Err(AgentError::InvalidConfig(format!("parameter `arping_count` must be between 1 and 10, got {arping_count}")));
         }
         Ok(Self {
             ip,
@@ -152,9 +141,7 @@ fn has_address(output: &str, addr: Ipv4Addr, prefix: u8) -> bool {
         while let Some(w) = words.next() {
             if w == "inet" {
                 if let Some((a, p)) = words.next().and_then(|c| c.split_once('/')) {
-                    if a.parse::<Ipv4Addr>().ok() == Some(addr)
-                        && p.parse::<u8>().ok() == Some(prefix)
-                    {
+                    if a.parse::<Ipv4Addr>().ok() == Some(addr) && p.parse::<u8>().ok() == Some(prefix) {
                         return true;
                     }
                 }
@@ -166,26 +153,13 @@ fn has_address(output: &str, addr: Ipv4Addr, prefix: u8) -> bool {
 
 /// The link state from `ip -o link show dev IF`: `<BROADCAST,MULTICAST,UP,LOWER_UP>`.
 fn link_state(output: &str) -> Link {
-    let flags: Vec<&str> = output
-        .split_once('<')
-        .and_then(|(_, r)| r.split_once('>'))
-        .map(|(f, _)| f.split(',').collect())
-        .unwrap_or_default();
-    let state = output
-        .split_whitespace()
-        .skip_while(|w| *w != "state")
-        .nth(1)
-        .unwrap_or("?");
+    let flags: Vec<&str> =
+        output.split_once('<').and_then(|(_, r)| r.split_once('>')).map(|(f, _)| f.split(',').collect()).unwrap_or_default();
+    let state = output.split_whitespace().skip_while(|w| *w != "state").nth(1).unwrap_or("?");
     if !flags.contains(&"UP") {
-        Link::Down(format!(
-            "link is administratively down (flags <{}>, state {state})",
-            flags.join(",")
-        ))
+        Link::Down(format!("link is administratively down (flags <{}>, state {state})", flags.join(",")))
     } else if !flags.contains(&"LOWER_UP") {
-        Link::Down(format!(
-            "link has no carrier (flags <{}>, state {state})",
-            flags.join(",")
-        ))
+        Link::Down(format!("link has no carrier (flags <{}>, state {state})", flags.join(",")))
     } else {
         Link::Up
     }
@@ -198,12 +172,7 @@ fn state(cfg: &Config) -> Result<State, AgentError> {
         if no_such_device(&out) {
             return Ok(State::NoInterface);
         }
-        return Err(fail!(
-            "`{}` failed ({}): {}",
-            link.display(),
-            out.status_text(),
-            out.output_text()
-        ));
+        return Err(fail!("`{}` failed ({}): {}", link.display(), out.status_text(), out.output_text()));
     }
     let link = link_state(&out.stdout);
     let addr = cfg.ip(&["-o", "addr", "show", "dev", &cfg.interface]);
@@ -212,17 +181,9 @@ fn state(cfg: &Config) -> Result<State, AgentError> {
         if no_such_device(&out) {
             return Ok(State::NoInterface);
         }
-        return Err(fail!(
-            "`{}` failed ({}): {}",
-            addr.display(),
-            out.status_text(),
-            out.output_text()
-        ));
+        return Err(fail!("`{}` failed ({}): {}", addr.display(), out.status_text(), out.output_text()));
     }
-    Ok(State::Present {
-        address: has_address(&out.stdout, cfg.addr, cfg.prefix),
-        link,
-    })
+    Ok(State::Present { address: has_address(&out.stdout, cfg.addr, cfg.prefix), link })
 }
 
 fn wait_for(cfg: &Config, want_present: bool) -> Result<bool, AgentError> {
@@ -247,44 +208,22 @@ fn announce(cfg: &Config) -> Result<(), AgentError> {
         }
     }
     let Some(arping) = program else {
-        log::warn(format!(
-            "arping is not installed ({}); {} is up without a gratuitous ARP",
-            ARPING.join(" or "),
-            cfg.cidr
-        ));
+        log::warn(format!("arping is not installed ({}); {} is up without a gratuitous ARP", ARPING.join(" or "), cfg.cidr));
         return Ok(());
     };
     let count = cfg.arping_count.to_string();
     let addr = cfg.addr.to_string();
-    let arping_args = [
-        "-U",
-        "-c",
-        count.as_str(),
-        "-I",
-        cfg.interface.as_str(),
-        addr.as_str(),
-    ];
+    let arping_args = ["-U", "-c", count.as_str(), "-I", cfg.interface.as_str(), addr.as_str()];
     let cmd = match &cfg.netns {
-        Some(ns) => Command::new(&cfg.ip)
-            .args(["netns", "exec", ns.as_str(), arping])
-            .args(arping_args),
+        Some(ns) => Command::new(&cfg.ip).args(["netns", "exec", ns.as_str(), arping]).args(arping_args),
         None => Command::new(arping).args(arping_args),
     }
     .timeout(Duration::from_secs(cfg.arping_count + 5));
     let out = cmd.run()?;
     if out.success() {
-        log::debug(format!(
-            "gratuitous ARP sent for {} on {}",
-            cfg.addr,
-            cfg.where_()
-        ));
+        log::debug(format!("gratuitous ARP sent for {} on {}", cfg.addr, cfg.where_()));
     } else {
-        log::warn(format!(
-            "`{}` failed ({}): {}",
-            cmd.display(),
-            out.status_text(),
-            out.output_text()
-        ));
+        log::warn(format!("`{}` failed ({}): {}", cmd.display(), out.status_text(), out.output_text()));
     }
     Ok(())
 }
@@ -312,10 +251,7 @@ impl Agent for Ip {
     fn validate(ctx: &Context) -> Result<(), AgentError> {
         let cfg = Config::from(ctx)?;
         match state(&cfg)? {
-            State::NoInterface => Err(AgentError::NotInstalled(format!(
-                "interface {} does not exist on this node",
-                cfg.where_()
-            ))),
+            State::NoInterface => Err(AgentError::NotInstalled(format!("interface {} does not exist on this node", cfg.where_()))),
             State::Present { .. } => Ok(()),
         }
     }
@@ -324,40 +260,23 @@ impl Agent for Ip {
         let cfg = Config::from(ctx)?;
         let link = match state(&cfg)? {
             State::NoInterface => return Err(fail!("interface {} does not exist", cfg.where_())),
-            State::Present {
-                address: true,
-                link: Link::Up,
-            } => {
+            State::Present { address: true, link: Link::Up } => {
                 log::info(format!("{} is already on {}", cfg.cidr, cfg.where_()));
                 return Ok(());
             }
             State::Present { link, .. } => link,
         };
         if let Link::Down(why) = link {
-            return Err(fail!(
-                "cannot bring up {} on {}: {why}",
-                cfg.cidr,
-                cfg.where_()
-            ));
+            return Err(fail!("cannot bring up {} on {}: {why}", cfg.cidr, cfg.where_()));
         }
         let add = cfg.ip(&["addr", "add", &cfg.cidr, "dev", &cfg.interface]);
         let out = add.run()?;
         // "Address already assigned": someone (or an earlier start) added it meanwhile; fine.
         if !out.success() && !out.output_text().contains("already assigned") {
-            return Err(fail!(
-                "`{}` failed ({}): {}",
-                add.display(),
-                out.status_text(),
-                out.output_text()
-            ));
+            return Err(fail!("`{}` failed ({}): {}", add.display(), out.status_text(), out.output_text()));
         }
         if !wait_for(&cfg, true)? {
-            return Err(fail!(
-                "{} does not show up on {} after `{}`",
-                cfg.cidr,
-                cfg.where_(),
-                add.display()
-            ));
+            return Err(fail!("{} does not show up on {} after `{}`", cfg.cidr, cfg.where_(), add.display()));
         }
         log::info(format!("added {} to {}", cfg.cidr, cfg.where_()));
         if cfg.arping {
@@ -375,20 +294,10 @@ impl Agent for Ip {
         let del = cfg.ip(&["addr", "del", &cfg.cidr, "dev", &cfg.interface]);
         let out = del.run()?;
         if !out.success() && !out.output_text().contains("not found") {
-            return Err(fail!(
-                "`{}` failed ({}): {}",
-                del.display(),
-                out.status_text(),
-                out.output_text()
-            ));
+            return Err(fail!("`{}` failed ({}): {}", del.display(), out.status_text(), out.output_text()));
         }
         if !wait_for(&cfg, false)? {
-            return Err(fail!(
-                "{} is still on {} after `{}`",
-                cfg.cidr,
-                cfg.where_(),
-                del.display()
-            ));
+            return Err(fail!("{} is still on {} after `{}`", cfg.cidr, cfg.where_(), del.display()));
         }
         log::info(format!("removed {} from {}", cfg.cidr, cfg.where_()));
         Ok(())
@@ -398,18 +307,10 @@ impl Agent for Ip {
         let cfg = Config::from(ctx)?;
         Ok(match state(&cfg)? {
             State::NoInterface | State::Present { address: false, .. } => Health::Stopped,
-            State::Present {
-                address: true,
-                link: Link::Up,
-            } => Health::Running,
-            State::Present {
-                address: true,
-                link: Link::Down(why),
-            } => Health::Failed(format!(
-                "{} is on {}, but the {why}",
-                cfg.cidr,
-                cfg.where_()
-            )),
+            State::Present { address: true, link: Link::Up } => Health::Running,
+            State::Present { address: true, link: Link::Down(why) } => {
+                Health::Failed(format!("{} is on {}, but the {why}", cfg.cidr, cfg.where_()))
+            }
         })
     }
 }
@@ -435,10 +336,8 @@ mod tests {
     #[test]
     fn reads_link_flags() {
         let up = "2: wa0@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP mode DEFAULT";
-        let no_carrier =
-            "2: wa0@if2: <NO-CARRIER,BROADCAST,MULTICAST,UP> mtu 1500 qdisc noqueue state DOWN";
-        let down =
-            "2: wa0@if2: <BROADCAST,MULTICAST> mtu 1500 qdisc noqueue state DOWN mode DEFAULT";
+        let no_carrier = "2: wa0@if2: <NO-CARRIER,BROADCAST,MULTICAST,UP> mtu 1500 qdisc noqueue state DOWN";
+        let down = "2: wa0@if2: <BROADCAST,MULTICAST> mtu 1500 qdisc noqueue state DOWN mode DEFAULT";
         assert_eq!(link_state(up), Link::Up);
         assert!(matches!(link_state(no_carrier), Link::Down(w) if w.contains("no carrier")));
         assert!(matches!(link_state(down), Link::Down(w) if w.contains("administratively down")));

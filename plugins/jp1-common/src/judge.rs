@@ -19,13 +19,7 @@ pub struct Probe {
 
 impl Probe {
     pub fn from_output(cmd: String, out: &ExecOutput) -> Self {
-        Probe {
-            cmd,
-            code: out.exit_code,
-            timed_out: out.timed_out,
-            status: out.status_text(),
-            text: out.output_text(),
-        }
+        Probe { cmd, code: out.exit_code, timed_out: out.timed_out, status: out.status_text(), text: out.output_text() }
     }
 
     /// Exit 12, or no answer within the command's timeout: Hitachi's scripts retry these.
@@ -40,11 +34,7 @@ impl Probe {
 
     /// `` `cmd` exit 4: output `` for a reason.
     pub fn describe(&self) -> String {
-        let text = if self.text.is_empty() {
-            "(no output)".to_string()
-        } else {
-            self.text.replace('\n', " / ")
-        };
+        let text = if self.text.is_empty() { "(no output)".to_string() } else { self.text.replace('\n', " / ") };
         format!("`{}` {}: {text}", self.cmd, self.status)
     }
 }
@@ -81,9 +71,7 @@ impl State {
         match self {
             State::Up => "running".into(),
             State::Down => "all processes stopped".into(),
-            State::Crashed(r) | State::Partly(r) | State::Impaired(r) | State::Broken(r) => {
-                r.clone()
-            }
+            State::Crashed(r) | State::Partly(r) | State::Impaired(r) | State::Broken(r) => r.clone(),
         }
     }
 }
@@ -91,26 +79,17 @@ impl State {
 /// Judge a `*_spmd_status` (or `jevstat`) result after `attempts` tries.
 pub fn judge_status(what: &str, p: &Probe, attempts: u32) -> State {
     if p.timed_out {
-        return State::Broken(format!(
-            "{what}: the status command did not finish within its timeout ({attempts} tries): {}",
-            p.describe()
-        ));
+        return State::Broken(format!("{what}: the status command did not finish within its timeout ({attempts} tries): {}", p.describe()));
     }
     match p.code {
         Some(0) => State::Up,
-        Some(8) if p.abnormal() => {
-            State::Crashed(format!("{what} ended abnormally: {}", p.describe()))
-        }
+        Some(8) if p.abnormal() => State::Crashed(format!("{what} ended abnormally: {}", p.describe())),
         Some(8) => State::Down,
         Some(4) => State::Partly(format!("{what} is partly running: {}", p.describe())),
-        Some(crate::TRANSIENT) => State::Broken(format!(
-            "{what}: the status command still answered 12 (transient) after {attempts} tries: {}",
-            p.describe()
-        )),
-        _ => State::Broken(format!(
-            "{what}: the status command failed: {}",
-            p.describe()
-        )),
+        Some(crate::TRANSIENT) => {
+            State::Broken(format!("{what}: the status command still answered 12 (transient) after {attempts} tries: {}", p.describe()))
+        }
+        _ => State::Broken(format!("{what}: the status command failed: {}", p.describe())),
     }
 }
 
@@ -118,8 +97,7 @@ pub fn judge_status(what: &str, p: &Probe, attempts: u32) -> State {
 pub fn queueless_active(text: &str) -> bool {
     text.lines().any(|l| {
         let l = l.trim();
-        l.starts_with("Queueless agent service")
-            && l.rsplit(':').next().map(str::trim) == Some("active")
+        l.starts_with("Queueless agent service") && l.rsplit(':').next().map(str::trim) == Some("active")
     })
 }
 
@@ -140,33 +118,18 @@ mod tests {
     #[test]
     fn exit_codes_map_to_states() {
         assert_eq!(judge_status("JP1/Base", &p(0, "jbsroute"), 1), State::Up);
-        assert_eq!(
-            judge_status("JP1/Base", &p(8, "all stopped"), 1),
-            State::Down
-        );
+        assert_eq!(judge_status("JP1/Base", &p(8, "all stopped"), 1), State::Down);
         assert!(
             matches!(judge_status("JP1/Base", &p(8, "JP1/Base ended abnormally: x"), 1), State::Crashed(r) if r.contains("ended abnormally: x"))
         );
-        assert!(
-            matches!(judge_status("JP1/Base", &p(4, "not running: jbsroute"), 1), State::Partly(r) if r.contains("jbsroute"))
-        );
+        assert!(matches!(judge_status("JP1/Base", &p(4, "not running: jbsroute"), 1), State::Partly(r) if r.contains("jbsroute")));
         assert!(
             matches!(judge_status("JP1/Base", &p(12, "KAJP1706-E"), 3), State::Broken(r) if r.contains("after 3 tries") && r.contains("KAJP1706-E"))
         );
-        assert!(
-            matches!(judge_status("JP1/Base", &p(1, "usage"), 1), State::Broken(r) if r.contains("exit 1: usage"))
-        );
-        let hung = Probe {
-            timed_out: true,
-            code: None,
-            status: "timed out".into(),
-            ..p(0, "")
-        };
+        assert!(matches!(judge_status("JP1/Base", &p(1, "usage"), 1), State::Broken(r) if r.contains("exit 1: usage")));
+        let hung = Probe { timed_out: true, code: None, status: "timed out".into(), ..p(0, "") };
         assert!(hung.transient());
-        assert!(matches!(
-            judge_status("JP1/Base", &hung, 3),
-            State::Broken(_)
-        ));
+        assert!(matches!(judge_status("JP1/Base", &hung, 3), State::Broken(_)));
     }
 
     #[test]
@@ -180,9 +143,7 @@ mod tests {
 
     #[test]
     fn queueless_line_is_parsed() {
-        assert!(queueless_active(
-            "Queueless agent service : active\nQueueless file transfer service : inactive"
-        ));
+        assert!(queueless_active("Queueless agent service : active\nQueueless file transfer service : inactive"));
         assert!(!queueless_active("Queueless agent service : inactive"));
         assert!(!queueless_active(""));
     }

@@ -8,9 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use warden_sdk::{
-    fail, fs, log, sleep, AgentError, AgentMetadata, Command, Context, Health, Timeouts,
-};
+use warden_sdk::{fail, fs, log, sleep, AgentError, AgentMetadata, Command, Context, Health, Timeouts};
 
 mod judge;
 mod params;
@@ -95,24 +93,16 @@ impl Kind {
 
     /// Relative paths of every command this agent runs.
     pub fn commands(self) -> Vec<String> {
-        let mut v: Vec<String> = ["start", "stop", "killall"]
-            .iter()
-            .map(|verb| format!("{}/{}_{verb}.cluster", self.cluster_dir(), self.cmd_stem()))
-            .collect();
+        let mut v: Vec<String> =
+            ["start", "stop", "killall"].iter().map(|verb| format!("{}/{}_{verb}.cluster", self.cluster_dir(), self.cmd_stem())).collect();
         match self {
-            Kind::Base => v.extend([
-                "opt/jp1base/bin/jbs_spmd_status".into(),
-                "opt/jp1base/bin/jevstat".into(),
-            ]),
+            Kind::Base => v.extend(["opt/jp1base/bin/jbs_spmd_status".into(), "opt/jp1base/bin/jevstat".into()]),
             Kind::AjsManager => v.extend([
                 "opt/jp1ajs2/bin/jajs_spmd_status".into(),
                 "opt/jp1ajs2/bin/ajsqlstatus".into(),
                 "opt/jp1ajs2/bin/jajs_status".into(),
             ]),
-            Kind::AjsAgent => v.extend([
-                "opt/jp1ajs2/bin/jajs_spmd_status".into(),
-                "opt/jp1ajs2/bin/ajsqlstatus".into(),
-            ]),
+            Kind::AjsAgent => v.extend(["opt/jp1ajs2/bin/jajs_spmd_status".into(), "opt/jp1ajs2/bin/ajsqlstatus".into()]),
         }
         v
     }
@@ -120,11 +110,7 @@ impl Kind {
 
 /// `prefix` + `rel`, with exactly one slash between them.
 pub fn under(prefix: &str, rel: &str) -> String {
-    format!(
-        "{}/{}",
-        prefix.trim_end_matches('/'),
-        rel.trim_start_matches('/')
-    )
+    format!("{}/{}", prefix.trim_end_matches('/'), rel.trim_start_matches('/'))
 }
 
 /// The installed-products list (modelled on Hitachi's PP installer list), relative to the prefix.
@@ -140,13 +126,7 @@ pub fn metadata(kind: Kind) -> AgentMetadata {
         Kind::AjsAgent => "JP1/AJS3 - Agent on a logical host: jajs_start/stop/killall.cluster, monitored with jajs_spmd_status (+ ajsqlstatus)",
     };
     let mut m = AgentMetadata::new(kind.plugin_name(), env!("CARGO_PKG_VERSION"), description);
-    m.timeouts = Timeouts {
-        start_ms: 180_000,
-        stop_ms: 180_000,
-        monitor_ms: 60_000,
-        recover_ms: 360_000,
-        validate_ms: 20_000,
-    };
+    m.timeouts = Timeouts { start_ms: 180_000, stop_ms: 180_000, monitor_ms: 60_000, recover_ms: 360_000, validate_ms: 20_000 };
     m.monitor_interval_ms = 30_000;
     for p in params::parameters(kind) {
         m = m.param(p);
@@ -156,17 +136,10 @@ pub fn metadata(kind: Kind) -> AgentMetadata {
 
 /// The command line for `verb` (`start`, `stop`, `killall`) of the product.
 fn cluster(cfg: &Config, verb: &str, timeout: Duration) -> Command {
-    Command::new(under(
-        &cfg.prefix,
-        &format!(
-            "{}/{}_{verb}.cluster",
-            cfg.kind.cluster_dir(),
-            cfg.kind.cmd_stem()
-        ),
-    ))
-    .arg(&cfg.lhost)
-    .env("LANG", "C")
-    .timeout(timeout)
+    Command::new(under(&cfg.prefix, &format!("{}/{}_{verb}.cluster", cfg.kind.cluster_dir(), cfg.kind.cmd_stem())))
+        .arg(&cfg.lhost)
+        .env("LANG", "C")
+        .timeout(timeout)
 }
 
 fn status_timeout(cfg: &Config) -> Duration {
@@ -176,13 +149,10 @@ fn status_timeout(cfg: &Config) -> Duration {
 
 /// `jbs_spmd_status -h <lhost> -t <s>` or `jajs_spmd_status -h <lhost> -t <s>`.
 fn spmd_status(cfg: &Config) -> Command {
-    Command::new(under(
-        &cfg.prefix,
-        &format!("{}/{}_spmd_status", cfg.kind.bin_dir(), cfg.kind.cmd_stem()),
-    ))
-    .args(["-h", &cfg.lhost, "-t", &cfg.status_timeout.to_string()])
-    .env("LANG", "C")
-    .timeout(status_timeout(cfg))
+    Command::new(under(&cfg.prefix, &format!("{}/{}_spmd_status", cfg.kind.bin_dir(), cfg.kind.cmd_stem())))
+        .args(["-h", &cfg.lhost, "-t", &cfg.status_timeout.to_string()])
+        .env("LANG", "C")
+        .timeout(status_timeout(cfg))
 }
 
 /// `jevstat <lhost> -t <s>`.
@@ -195,18 +165,12 @@ fn jevstat(cfg: &Config) -> Command {
 
 /// `ajsqlstatus -h <lhost>` (LANG=C, so the service line reads `active`).
 fn ajsqlstatus(cfg: &Config) -> Command {
-    Command::new(under(&cfg.prefix, "opt/jp1ajs2/bin/ajsqlstatus"))
-        .args(["-h", &cfg.lhost])
-        .env("LANG", "C")
-        .timeout(status_timeout(cfg))
+    Command::new(under(&cfg.prefix, "opt/jp1ajs2/bin/ajsqlstatus")).args(["-h", &cfg.lhost]).env("LANG", "C").timeout(status_timeout(cfg))
 }
 
 /// `jajs_status -h <lhost>`: shows a scheduler service that `jajs_spmd_status` cannot see.
 fn jajs_status(cfg: &Config) -> Command {
-    Command::new(under(&cfg.prefix, "opt/jp1ajs2/bin/jajs_status"))
-        .args(["-h", &cfg.lhost])
-        .env("LANG", "C")
-        .timeout(status_timeout(cfg))
+    Command::new(under(&cfg.prefix, "opt/jp1ajs2/bin/jajs_status")).args(["-h", &cfg.lhost]).env("LANG", "C").timeout(status_timeout(cfg))
 }
 
 fn probe(cmd: &Command) -> Result<Probe, AgentError> {
@@ -224,11 +188,7 @@ fn probe_retry(cfg: &Config, cmd: &Command, retries: u32) -> Result<(Probe, u32)
         if !p.transient() || attempts > retries {
             return Ok((p, attempts));
         }
-        log::info(format!(
-            "{} (attempt {attempts}); retrying in {} ms",
-            p.describe(),
-            cfg.retry_interval.as_millis()
-        ));
+        log::info(format!("{} (attempt {attempts}); retrying in {} ms", p.describe(), cfg.retry_interval.as_millis()));
         sleep(cfg.retry_interval);
     }
 }
@@ -247,13 +207,9 @@ fn state(cfg: &Config, retries: u32) -> Result<State, AgentError> {
             let (e, n) = probe_retry(cfg, &jevstat(cfg), retries)?;
             match judge_status("the JP1/Base event service", &e, n) {
                 State::Up => {}
-                State::Down => issues.push((
-                    Check::Failed,
-                    format!(
-                        "the JP1/Base event service is stopped while JP1/Base runs: {}",
-                        e.describe()
-                    ),
-                )),
+                State::Down => {
+                    issues.push((Check::Failed, format!("the JP1/Base event service is stopped while JP1/Base runs: {}", e.describe())))
+                }
                 s => issues.push((Check::Failed, s.reason())),
             }
         }
@@ -261,34 +217,18 @@ fn state(cfg: &Config, retries: u32) -> Result<State, AgentError> {
             if cfg.kind == Kind::AjsManager && cfg.scheduler != Check::Off {
                 let (j, _) = probe_retry(cfg, &jajs_status(cfg), retries)?;
                 if j.code != Some(0) {
-                    issues.push((
-                        cfg.scheduler,
-                        format!(
-                            "a JP1/AJS3 scheduler service is not running: {}",
-                            j.describe()
-                        ),
-                    ));
+                    issues.push((cfg.scheduler, format!("a JP1/AJS3 scheduler service is not running: {}", j.describe())));
                 }
             }
             if cfg.queueless != Check::Off {
                 let (q, _) = probe_retry(cfg, &ajsqlstatus(cfg), retries)?;
                 if !(q.code == Some(0) && queueless_active(&q.text)) {
-                    issues.push((
-                        cfg.queueless,
-                        format!(
-                            "the JP1/AJS3 queueless agent service is not active: {}",
-                            q.describe()
-                        ),
-                    ));
+                    issues.push((cfg.queueless, format!("the JP1/AJS3 queueless agent service is not active: {}", q.describe())));
                 }
             }
         }
     }
-    let failed: Vec<&str> = issues
-        .iter()
-        .filter(|(c, _)| *c == Check::Failed)
-        .map(|(_, m)| m.as_str())
-        .collect();
+    let failed: Vec<&str> = issues.iter().filter(|(c, _)| *c == Check::Failed).map(|(_, m)| m.as_str()).collect();
     if !failed.is_empty() {
         return Ok(State::Broken(failed.join("; ")));
     }
@@ -330,11 +270,7 @@ pub fn validate(kind: Kind, ctx: &Context) -> Result<(), AgentError> {
                 _ => (PP_AJS_AGENT, PP_AJS_MANAGER, "jp1-ajs3-manager"),
             };
             if has(other) {
-                let both = if has(mine) {
-                    format!("both {mine} and {other} are")
-                } else {
-                    format!("{other} is")
-                };
+                let both = if has(mine) { format!("both {mine} and {other} are") } else { format!("{other} is") };
                 return Err(AgentError::InvalidConfig(format!(
                     "{both} installed on node {} ({list}); JP1/AJS3 Manager and Agent are never on the same server{}",
                     ctx.node,
@@ -352,7 +288,11 @@ pub fn validate(kind: Kind, ctx: &Context) -> Result<(), AgentError> {
 fn check_shared(cfg: &Config) -> Result<(), AgentError> {
     let dir = under(&cfg.shared_dir, cfg.kind.shared_subdir());
     if fs::stat(&dir)?.is_none() {
-        return Err(fail!("{dir} does not exist: the shared directory of logical host {} is not available (mount the shared disk before {})", cfg.lhost, cfg.kind.product()));
+        return Err(fail!(
+            "{dir} does not exist: the shared directory of logical host {} is not available (mount the shared disk before {})",
+            cfg.lhost,
+            cfg.kind.product()
+        ));
     }
     Ok(())
 }
@@ -362,21 +302,11 @@ fn killall_and_verify(cfg: &Config) -> Result<(), AgentError> {
     let cmd = cluster(cfg, "killall", KILLALL_WAIT);
     let out = cmd.run()?;
     if !out.success() {
-        log::warn(format!(
-            "`{}` {}: {}",
-            cmd.display(),
-            out.status_text(),
-            out.output_text()
-        ));
+        log::warn(format!("`{}` {}: {}", cmd.display(), out.status_text(), out.output_text()));
     }
     match wait_stopped(cfg, KILLALL_WAIT)? {
         None => Ok(()),
-        Some(last) => Err(fail!(
-            "{} processes of logical host {} remain after `{}`: {last}",
-            cfg.kind.product(),
-            cfg.lhost,
-            cmd.display()
-        )),
+        Some(last) => Err(fail!("{} processes of logical host {} remain after `{}`: {last}", cfg.kind.product(), cfg.lhost, cmd.display())),
     }
 }
 
@@ -404,34 +334,26 @@ pub fn start(kind: Kind, ctx: &Context) -> Result<(), AgentError> {
     let began = Instant::now();
     match state(&cfg, cfg.retries)? {
         State::Up => {
-            log::info(format!(
-                "{} is already running on logical host {}",
-                kind.product(),
-                cfg.lhost
-            ));
+            log::info(format!("{} is already running on logical host {}", kind.product(), cfg.lhost));
             return Ok(());
         }
         State::Down => {}
         partly => {
-            log::warn(format!("{} is partly running on logical host {} ({}): killing its processes before the start", kind.product(), cfg.lhost, partly.reason()));
+            log::warn(format!(
+                "{} is partly running on logical host {} ({}): killing its processes before the start",
+                kind.product(),
+                cfg.lhost,
+                partly.reason()
+            ));
             killall_and_verify(&cfg)?;
         }
     }
-    let remaining = |cfg: &Config| {
-        cfg.start_wait
-            .saturating_sub(began.elapsed())
-            .max(Duration::from_secs(1))
-    };
+    let remaining = |cfg: &Config| cfg.start_wait.saturating_sub(began.elapsed()).max(Duration::from_secs(1));
     let cmd = cluster(&cfg, "start", remaining(&cfg));
     log::info(format!("running `{}`", cmd.display()));
     let out = cmd.run()?;
     if !out.success() {
-        let why = format!(
-            "`{}` failed ({}): {}",
-            cmd.display(),
-            out.status_text(),
-            out.output_text()
-        );
+        let why = format!("`{}` failed ({}): {}", cmd.display(), out.status_text(), out.output_text());
         return Err(give_up(&cfg, why));
     }
     let mut down_since: Option<Instant> = None;
@@ -440,39 +362,20 @@ pub fn start(kind: Kind, ctx: &Context) -> Result<(), AgentError> {
         let s = state(&quick, 0)?;
         match &s {
             State::Up => {
-                log::info(format!(
-                    "{} is running on logical host {} after {} ms",
-                    kind.product(),
-                    cfg.lhost,
-                    began.elapsed().as_millis()
-                ));
+                log::info(format!("{} is running on logical host {} after {} ms", kind.product(), cfg.lhost, began.elapsed().as_millis()));
                 return Ok(());
             }
             State::Impaired(r) => {
-                log::warn(format!(
-                    "{} started on logical host {} but is degraded: {r}",
-                    kind.product(),
-                    cfg.lhost
-                ));
+                log::warn(format!("{} started on logical host {} but is degraded: {r}", kind.product(), cfg.lhost));
                 return Ok(());
             }
-            State::Crashed(r) => {
-                return Err(give_up(
-                    &cfg,
-                    format!("{} ended during its startup: {r}", kind.product()),
-                ))
-            }
+            State::Crashed(r) => return Err(give_up(&cfg, format!("{} ended during its startup: {r}", kind.product()))),
             State::Down => {
                 let since = *down_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= STOPPED_GRACE {
                     return Err(give_up(
                         &cfg,
-                        format!(
-                            "`{}` returned but {} is not running: {}",
-                            cmd.display(),
-                            kind.product(),
-                            s.reason()
-                        ),
+                        format!("`{}` returned but {} is not running: {}", cmd.display(), kind.product(), s.reason()),
                     ));
                 }
             }
@@ -495,11 +398,7 @@ pub fn start(kind: Kind, ctx: &Context) -> Result<(), AgentError> {
 
 /// A failed start leaves nothing half-running: kill this logical host's processes of the product.
 fn give_up(cfg: &Config, why: String) -> AgentError {
-    log::error(format!(
-        "start of {} on logical host {} failed: {why}",
-        cfg.kind.product(),
-        cfg.lhost
-    ));
+    log::error(format!("start of {} on logical host {} failed: {why}", cfg.kind.product(), cfg.lhost));
     match killall_and_verify(cfg) {
         Ok(()) => fail!("{why} (its processes were killed)"),
         Err(e) => fail!("{why}; cleaning up also failed: {}", error_text(&e)),
@@ -521,11 +420,7 @@ pub fn stop(kind: Kind, ctx: &Context) -> Result<(), AgentError> {
     let cfg = Config::from_ctx(kind, ctx)?;
     let (p, _) = probe_retry(&cfg, &spmd_status(&cfg), cfg.retries)?;
     if p.code == Some(8) && !p.abnormal() {
-        log::info(format!(
-            "{} is not running on logical host {}",
-            kind.product(),
-            cfg.lhost
-        ));
+        log::info(format!("{} is not running on logical host {}", kind.product(), cfg.lhost));
         return Ok(());
     }
     // Running, partly running, or ended abnormally: the stop command also clears JP1's record of
@@ -533,19 +428,11 @@ pub fn stop(kind: Kind, ctx: &Context) -> Result<(), AgentError> {
     let cmd = cluster(&cfg, "stop", cfg.stop_wait);
     let out = cmd.run()?;
     if !out.success() {
-        log::warn(format!(
-            "`{}` failed ({}): {}; using killall",
-            cmd.display(),
-            out.status_text(),
-            out.output_text()
-        ));
+        log::warn(format!("`{}` failed ({}): {}; using killall", cmd.display(), out.status_text(), out.output_text()));
         return killall_and_verify(&cfg);
     }
     if let Some(last) = wait_stopped(&cfg, cfg.stop_wait)? {
-        log::warn(format!(
-            "processes remain after `{}` ({last}); using killall",
-            cmd.display()
-        ));
+        log::warn(format!("processes remain after `{}` ({last}); using killall", cmd.display()));
         return killall_and_verify(&cfg);
     }
     Ok(())
@@ -563,12 +450,7 @@ pub fn recover(kind: Kind, ctx: &Context) -> Result<(), AgentError> {
     let cmd = cluster(&cfg, "stop", cfg.stop_wait);
     let out = cmd.run()?;
     if !out.success() {
-        log::warn(format!(
-            "recover: `{}` failed ({}): {}",
-            cmd.display(),
-            out.status_text(),
-            out.output_text()
-        ));
+        log::warn(format!("recover: `{}` failed ({}): {}", cmd.display(), out.status_text(), out.output_text()));
     }
     killall_and_verify(&cfg)?;
     start(kind, ctx)

@@ -20,9 +20,7 @@ impl Check {
             "" | "none" | "off" => Ok(Check::Off),
             "degraded" => Ok(Check::Degraded),
             "failed" => Ok(Check::Failed),
-            other => Err(AgentError::InvalidConfig(format!(
-                "parameter `{name}` must be none, degraded or failed, got `{other}`"
-            ))),
+            other => Err(AgentError::InvalidConfig(format!("parameter `{name}` must be none, degraded or failed, got `{other}`"))),
         }
     }
 }
@@ -64,7 +62,11 @@ pub(crate) fn parameters(kind: Kind) -> Vec<Param> {
             "base_resource",
             "The JP1/Base resource of the same logical host, in the same group, that this resource depends on (JP1/AJS3 needs JP1/Base running); the node engine checks that it exists in the group and orders it first",
         ));
-        v.push(Param::optional("queueless_check", "none", "Also check `ajsqlstatus -h`: none, degraded (report degraded when the queueless agent service is not active) or failed"));
+        v.push(Param::optional(
+            "queueless_check",
+            "none",
+            "Also check `ajsqlstatus -h`: none, degraded (report degraded when the queueless agent service is not active) or failed",
+        ));
     }
     if kind == Kind::AjsManager {
         v.push(Param::optional(
@@ -83,21 +85,14 @@ pub fn parse_interval(v: &str) -> Option<Duration> {
         return ms.trim().parse().ok().map(Duration::from_millis);
     }
     if let Some(s) = v.strip_suffix('s') {
-        return s
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(Duration::from_secs_f64);
+        return s.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64);
     }
     v.parse().ok().map(Duration::from_millis)
 }
 
 fn absolute(name: &str, v: &str) -> Result<String, AgentError> {
     if !v.starts_with('/') || v.split('/').any(|c| c == "..") {
-        return Err(AgentError::InvalidConfig(format!(
-            "parameter `{name}` must be an absolute path without `..`, got `{v}`"
-        )));
+        return Err(AgentError::InvalidConfig(format!("parameter `{name}` must be an absolute path without `..`, got `{v}`")));
     }
     Ok(v.to_string())
 }
@@ -105,21 +100,15 @@ fn absolute(name: &str, v: &str) -> Result<String, AgentError> {
 fn ms(ctx: &Context, name: &str, default: u64) -> Result<Duration, AgentError> {
     match ctx.param(name) {
         None | Some("") => Ok(Duration::from_millis(default)),
-        Some(v) => parse_interval(v).ok_or_else(|| {
-            AgentError::InvalidConfig(format!(
-                "parameter `{name}` must be milliseconds (or 1s, 500ms), got `{v}`"
-            ))
-        }),
+        Some(v) => parse_interval(v)
+            .ok_or_else(|| AgentError::InvalidConfig(format!("parameter `{name}` must be milliseconds (or 1s, 500ms), got `{v}`"))),
     }
 }
 
 impl Config {
     pub fn from_ctx(kind: Kind, ctx: &Context) -> Result<Config, AgentError> {
         let lhost = ctx.require("logical_host")?.to_string();
-        if lhost.len() > 63
-            || lhost.chars().any(|c| c.is_whitespace() || c == '/')
-            || lhost.starts_with('-')
-        {
+        if lhost.len() > 63 || lhost.chars().any(|c| c.is_whitespace() || c == '/') || lhost.starts_with('-') {
             return Err(AgentError::InvalidConfig(format!(
                 "parameter `logical_host` must be 1-63 bytes without spaces or slashes and must not start with `-`, got `{lhost}`"
             )));
@@ -132,22 +121,16 @@ impl Config {
         }
         let status_timeout = ctx.param_u64("status_timeout", 5)?;
         if !(1..=32767).contains(&status_timeout) {
-            return Err(AgentError::InvalidConfig(format!(
-                "parameter `status_timeout` must be 1-32767 seconds, got {status_timeout}"
-            )));
+            return Err(AgentError::InvalidConfig(format!("parameter `status_timeout` must be 1-32767 seconds, got {status_timeout}")));
         }
         let retries = ctx.param_u64("status_retries", 2)?;
         if retries > 100 {
-            return Err(AgentError::InvalidConfig(format!(
-                "parameter `status_retries` must be at most 100, got {retries}"
-            )));
+            return Err(AgentError::InvalidConfig(format!("parameter `status_retries` must be at most 100, got {retries}")));
         }
         let base_resource = if kind.is_ajs() {
             let b = ctx.require("base_resource")?.trim().to_string();
             if b.is_empty() {
-                return Err(AgentError::InvalidConfig(
-                    "parameter `base_resource` is required".into(),
-                ));
+                return Err(AgentError::InvalidConfig("parameter `base_resource` is required".into()));
             }
             Some(b)
         } else {
@@ -156,10 +139,7 @@ impl Config {
         Ok(Config {
             kind,
             lhost,
-            prefix: absolute(
-                "prefix",
-                ctx.param("prefix").filter(|p| !p.is_empty()).unwrap_or("/"),
-            )?,
+            prefix: absolute("prefix", ctx.param("prefix").filter(|p| !p.is_empty()).unwrap_or("/"))?,
             shared_dir: absolute("shared_dir", ctx.require("shared_dir")?)?,
             retries: retries as u32,
             retry_interval: ms(ctx, "status_retry_interval", 1000)?,
@@ -167,18 +147,12 @@ impl Config {
             start_wait: ms(ctx, "start_wait", 170_000)?,
             stop_wait: ms(ctx, "stop_wait", 60_000)?,
             queueless: if kind.is_ajs() {
-                Check::parse(
-                    "queueless_check",
-                    ctx.param("queueless_check").unwrap_or(""),
-                )?
+                Check::parse("queueless_check", ctx.param("queueless_check").unwrap_or(""))?
             } else {
                 Check::Off
             },
             scheduler: if kind == Kind::AjsManager {
-                Check::parse(
-                    "scheduler_check",
-                    ctx.param("scheduler_check").unwrap_or(""),
-                )?
+                Check::parse("scheduler_check", ctx.param("scheduler_check").unwrap_or(""))?
             } else {
                 Check::Off
             },
@@ -188,10 +162,7 @@ impl Config {
 
     /// The same configuration with another retry count (0 while polling during a start).
     pub fn retries(&self, n: u32) -> Config {
-        Config {
-            retries: n,
-            ..self.clone()
-        }
+        Config { retries: n, ..self.clone() }
     }
 }
 
@@ -204,38 +175,16 @@ mod tests {
             resource: "ajs".into(),
             node: "node-a".into(),
             epoch: 1,
-            params: params
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            params: params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         }
     }
 
     #[test]
     fn defaults_and_parsing() {
-        let c = Config::from_ctx(
-            Kind::Base,
-            &ctx(&[("logical_host", "lh1"), ("shared_dir", "/shared/lh1")]),
-        )
-        .unwrap();
-        assert_eq!(
-            (
-                c.prefix.as_str(),
-                c.retries,
-                c.retry_interval,
-                c.status_timeout
-            ),
-            ("/", 2, Duration::from_secs(1), 5)
-        );
-        let c = Config::from_ctx(
-            Kind::Base,
-            &ctx(&[
-                ("logical_host", "lh1"),
-                ("shared_dir", "/s"),
-                ("status_retry_interval", "250ms"),
-            ]),
-        )
-        .unwrap();
+        let c = Config::from_ctx(Kind::Base, &ctx(&[("logical_host", "lh1"), ("shared_dir", "/shared/lh1")])).unwrap();
+        assert_eq!((c.prefix.as_str(), c.retries, c.retry_interval, c.status_timeout), ("/", 2, Duration::from_secs(1), 5));
+        let c = Config::from_ctx(Kind::Base, &ctx(&[("logical_host", "lh1"), ("shared_dir", "/s"), ("status_retry_interval", "250ms")]))
+            .unwrap();
         assert_eq!(c.retry_interval, Duration::from_millis(250));
         assert_eq!(parse_interval("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_interval("x"), None);
@@ -247,43 +196,16 @@ mod tests {
             vec![("logical_host", "lh 1"), ("shared_dir", "/s")],
             vec![("logical_host", "node-a"), ("shared_dir", "/s")],
             vec![("logical_host", "lh1"), ("shared_dir", "relative")],
-            vec![
-                ("logical_host", "lh1"),
-                ("shared_dir", "/s"),
-                ("prefix", "/a/../b"),
-            ],
-            vec![
-                ("logical_host", "lh1"),
-                ("shared_dir", "/s"),
-                ("status_timeout", "0"),
-            ],
-            vec![
-                ("logical_host", "lh1"),
-                ("shared_dir", "/s"),
-                ("status_retry_interval", "soon"),
-            ],
+            vec![("logical_host", "lh1"), ("shared_dir", "/s"), ("prefix", "/a/../b")],
+            vec![("logical_host", "lh1"), ("shared_dir", "/s"), ("status_timeout", "0")],
+            vec![("logical_host", "lh1"), ("shared_dir", "/s"), ("status_retry_interval", "soon")],
         ];
         for b in bad {
-            assert!(
-                matches!(
-                    Config::from_ctx(Kind::Base, &ctx(&b)),
-                    Err(AgentError::InvalidConfig(_))
-                ),
-                "{b:?}"
-            );
+            assert!(matches!(Config::from_ctx(Kind::Base, &ctx(&b)), Err(AgentError::InvalidConfig(_))), "{b:?}");
         }
         let no_base = ctx(&[("logical_host", "lh1"), ("shared_dir", "/s")]);
-        assert!(
-            matches!(Config::from_ctx(Kind::AjsManager, &no_base), Err(AgentError::InvalidConfig(m)) if m.contains("base_resource"))
-        );
-        let q = ctx(&[
-            ("logical_host", "lh1"),
-            ("shared_dir", "/s"),
-            ("base_resource", "b"),
-            ("queueless_check", "maybe"),
-        ]);
-        assert!(
-            matches!(Config::from_ctx(Kind::AjsAgent, &q), Err(AgentError::InvalidConfig(m)) if m.contains("queueless_check"))
-        );
+        assert!(matches!(Config::from_ctx(Kind::AjsManager, &no_base), Err(AgentError::InvalidConfig(m)) if m.contains("base_resource")));
+        let q = ctx(&[("logical_host", "lh1"), ("shared_dir", "/s"), ("base_resource", "b"), ("queueless_check", "maybe")]);
+        assert!(matches!(Config::from_ctx(Kind::AjsAgent, &q), Err(AgentError::InvalidConfig(m)) if m.contains("queueless_check")));
     }
 }

@@ -8,9 +8,7 @@ impl Context {
 
     /// The value of parameter `name`, or an `invalid-config` error naming it.
     pub fn require(&self, name: &str) -> Result<&str, AgentError> {
-        self.param(name)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| AgentError::InvalidConfig(format!("parameter `{name}` is required")))
+        self.param(name).filter(|v| !v.is_empty()).ok_or_else(|| AgentError::InvalidConfig(format!("parameter `{name}` is required")))
     }
 
     /// Parameter `name` as a boolean (`true/yes/on/1`, `false/no/off/0`), `default` when unset.
@@ -27,10 +25,9 @@ impl Context {
     pub fn param_u64(&self, name: &str, default: u64) -> Result<u64, AgentError> {
         match self.param(name) {
             None | Some("") => Ok(default),
-            Some(v) => v
-                .trim()
-                .parse()
-                .map_err(|_| AgentError::InvalidConfig(format!("parameter `{name}` must be a whole number, got `{v}`"))),
+            Some(v) => {
+                v.trim().parse().map_err(|_| AgentError::InvalidConfig(format!("parameter `{name}` must be a whole number, got `{v}`")))
+            }
         }
     }
 }

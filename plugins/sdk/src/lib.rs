@@ -76,10 +76,10 @@ pub mod fs;
 pub mod log;
 pub mod net;
 
-pub use wit::host::{ExecOutput, FileKind};
-pub use wit::types::{AgentError, Context, Health, Parameter, Timeouts};
 pub use command::Command;
 pub use context::Param;
+pub use wit::host::{ExecOutput, FileKind};
+pub use wit::types::{AgentError, Context, Health, Parameter, Timeouts};
 
 #[cfg(feature = "resource-agent")]
 pub use bindings::exports::warden::agent::agent::AgentMetadata;

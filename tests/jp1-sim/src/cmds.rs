@@ -46,33 +46,16 @@ struct Args {
 }
 
 fn parse(cmd: &str, args: &[String], flags: &[&str], t_range: (u64, u64)) -> Result<Args, String> {
-    let mut a = Args {
-        host: None,
-        timeout: None,
-        positional: Vec::new(),
-    };
+    let mut a = Args { host: None, timeout: None, positional: Vec::new() };
     let mut it = args.iter();
     while let Some(x) = it.next() {
         match x.as_str() {
-            "-h" => {
-                a.host = Some(
-                    it.next()
-                        .ok_or_else(|| format!("{cmd}: -h needs a logical host name"))?
-                        .clone(),
-                )
-            }
+            "-h" => a.host = Some(it.next().ok_or_else(|| format!("{cmd}: -h needs a logical host name"))?.clone()),
             "-t" => {
-                let v = it
-                    .next()
-                    .ok_or_else(|| format!("{cmd}: -t needs a number of seconds"))?;
-                let n: u64 = v
-                    .parse()
-                    .map_err(|_| format!("{cmd}: -t {v}: not a number"))?;
+                let v = it.next().ok_or_else(|| format!("{cmd}: -t needs a number of seconds"))?;
+                let n: u64 = v.parse().map_err(|_| format!("{cmd}: -t {v}: not a number"))?;
                 if n < t_range.0 || n > t_range.1 {
-                    return Err(format!(
-                        "{cmd}: -t {n}: must be {}-{}",
-                        t_range.0, t_range.1
-                    ));
+                    return Err(format!("{cmd}: -t {n}: must be {}-{}", t_range.0, t_range.1));
                 }
                 a.timeout = Some(n);
             }
@@ -92,30 +75,9 @@ pub fn run(name: &str, prefix: &Path, args: &[String]) -> i32 {
         "jajs_start.cluster" => cluster(name, prefix, args, start, Product::Ajs),
         "jajs_stop.cluster" => cluster(name, prefix, args, stop, Product::Ajs),
         "jajs_killall.cluster" => cluster(name, prefix, args, killall, Product::Ajs),
-        "jbs_spmd_status" => status(
-            name,
-            prefix,
-            args,
-            (0, 32767),
-            Product::Base,
-            &[Role::Spmd, Role::Listed],
-        ),
-        "jajs_spmd_status" => status(
-            name,
-            prefix,
-            args,
-            (0, 32767),
-            Product::Ajs,
-            &[Role::Spmd, Role::Listed],
-        ),
-        "jajs_status" => status(
-            name,
-            prefix,
-            args,
-            (0, 32767),
-            Product::Ajs,
-            &[Role::Spmd, Role::Listed, Role::Scheduler],
-        ),
+        "jbs_spmd_status" => status(name, prefix, args, (0, 32767), Product::Base, &[Role::Spmd, Role::Listed]),
+        "jajs_spmd_status" => status(name, prefix, args, (0, 32767), Product::Ajs, &[Role::Spmd, Role::Listed]),
+        "jajs_status" => status(name, prefix, args, (0, 32767), Product::Ajs, &[Role::Spmd, Role::Listed, Role::Scheduler]),
         "jevstat" => jevstat(name, prefix, args),
         "ajsqlstatus" => ajsqlstatus(name, prefix, args),
         _ => Err(format!("jp1-sim: unknown command {name}")),
@@ -132,9 +94,7 @@ pub fn run(name: &str, prefix: &Path, args: &[String]) -> i32 {
 fn lookup(cmd: &str, prefix: &Path, name: &str, p: Product) -> Result<Lhost, String> {
     let l = Lhost::lookup(prefix, name).map_err(|e| format!("{cmd}: {e}"))?;
     if p == Product::Ajs && l.ajs == AjsRole::None {
-        return Err(format!(
-            "{cmd}: JP1/AJS3 is not set up on the logical host `{name}`"
-        ));
+        return Err(format!("{cmd}: JP1/AJS3 is not set up on the logical host `{name}`"));
     }
     let _ = std::fs::create_dir_all(l.state_dir(p));
     Ok(l)
@@ -159,10 +119,7 @@ fn start(cmd: &str, l: &Lhost, p: Product) -> Result<i32, String> {
     if p == Product::Ajs {
         let base = Snapshot::take(l, Product::Base);
         if !(base.all_alive() && base.phase == Phase::Running) {
-            return Err(format!(
-                "{cmd}: JP1/Base is not running on the logical host `{}`: start JP1/Base first",
-                l.name
-            ));
+            return Err(format!("{cmd}: JP1/Base is not running on the logical host `{}`: start JP1/Base first", l.name));
         }
     }
     if let Some(mode) = l.fault(&format!("{}.start-fail", p.key())) {
@@ -177,32 +134,21 @@ fn start(cmd: &str, l: &Lhost, p: Product) -> Result<i32, String> {
     }
     let snap = Snapshot::take(l, p);
     if snap.all_alive() && snap.phase == Phase::Running {
-        println!(
-            "{cmd}: {} is already running on the logical host `{}`",
-            p.display(),
-            l.name
-        );
+        println!("{cmd}: {} is already running on the logical host `{}`", p.display(), l.name);
         return Ok(OK);
     }
-    if snap.phase == Phase::Starting
-        && snap.spmd().is_some_and(|s| s.pid.is_some())
-        && p == Product::Ajs
-    {
-        println!(
-            "{cmd}: {} startup is in progress on the logical host `{}`",
-            p.display(),
-            l.name
-        );
+    if snap.phase == Phase::Starting && snap.spmd().is_some_and(|s| s.pid.is_some()) && p == Product::Ajs {
+        println!("{cmd}: {} startup is in progress on the logical host `{}`", p.display(), l.name);
         return Ok(OK);
     }
     if snap.any_alive() {
-        let left: Vec<&str> = snap
-            .procs
-            .iter()
-            .filter(|s| s.pid.is_some())
-            .map(|s| s.spec.name.as_str())
-            .collect();
-        return Err(format!("{cmd}: processes of {} remain on the logical host `{}` ({}); run the killall command first", p.display(), l.name, left.join(", ")));
+        let left: Vec<&str> = snap.procs.iter().filter(|s| s.pid.is_some()).map(|s| s.spec.name.as_str()).collect();
+        return Err(format!(
+            "{cmd}: processes of {} remain on the logical host `{}` ({}); run the killall command first",
+            p.display(),
+            l.name,
+            left.join(", ")
+        ));
     }
 
     let _ = std::fs::remove_dir_all(l.pid_dir(p));
@@ -228,30 +174,16 @@ fn start(cmd: &str, l: &Lhost, p: Product) -> Result<i32, String> {
             while start.elapsed() < START_WAIT {
                 let s = Snapshot::take(l, p);
                 if s.all_alive() && s.phase == Phase::Running {
-                    println!(
-                        "{cmd}: {} started on the logical host `{}`",
-                        p.display(),
-                        l.name
-                    );
+                    println!("{cmd}: {} started on the logical host `{}`", p.display(), l.name);
                     return Ok(OK);
                 }
                 if !s.any_alive() {
-                    let why = l
-                        .abnormal(p)
-                        .unwrap_or_else(|| "the process manager ended".into());
-                    return Err(format!(
-                        "{cmd}: {} startup failed on the logical host `{}`: {why}",
-                        p.display(),
-                        l.name
-                    ));
+                    let why = l.abnormal(p).unwrap_or_else(|| "the process manager ended".into());
+                    return Err(format!("{cmd}: {} startup failed on the logical host `{}`: {why}", p.display(), l.name));
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            Err(format!(
-                "{cmd}: {} did not come up within {} s",
-                p.display(),
-                START_WAIT.as_secs()
-            ))
+            Err(format!("{cmd}: {} did not come up within {} s", p.display(), START_WAIT.as_secs()))
         }
     }
 }
@@ -269,11 +201,7 @@ fn stop(cmd: &str, l: &Lhost, p: Product) -> Result<i32, String> {
     if !snap.any_alive() {
         l.set_phase(p, Phase::Stopped);
         l.clear_abnormal(p);
-        println!(
-            "{cmd}: {} is not running on the logical host `{}`",
-            p.display(),
-            l.name
-        );
+        println!("{cmd}: {} is not running on the logical host `{}`", p.display(), l.name);
         return Ok(OK);
     }
     l.set_phase(p, Phase::Stopping);
@@ -286,18 +214,10 @@ fn stop(cmd: &str, l: &Lhost, p: Product) -> Result<i32, String> {
     if procs::wait_for(STOP_WAIT, || !Snapshot::take(l, p).any_alive()) {
         l.set_phase(p, Phase::Stopped);
         l.clear_abnormal(p);
-        println!(
-            "{cmd}: {} stopped on the logical host `{}`",
-            p.display(),
-            l.name
-        );
+        println!("{cmd}: {} stopped on the logical host `{}`", p.display(), l.name);
         Ok(OK)
     } else {
-        Err(format!(
-            "{cmd}: {} processes did not end within {} s",
-            p.display(),
-            STOP_WAIT.as_secs()
-        ))
+        Err(format!("{cmd}: {} processes did not end within {} s", p.display(), STOP_WAIT.as_secs()))
     }
 }
 
@@ -309,23 +229,13 @@ fn killall(cmd: &str, l: &Lhost, p: Product) -> Result<i32, String> {
         procs::signal(pid, libc::SIGKILL);
         n += 1;
     }
-    let gone = procs::wait_for(Duration::from_secs(10), || {
-        procs::scan_under(&dir).is_empty()
-    });
+    let gone = procs::wait_for(Duration::from_secs(10), || procs::scan_under(&dir).is_empty());
     l.clear_abnormal(p);
     if gone {
-        println!(
-            "{cmd}: killed {n} process(es) of {} on the logical host `{}`",
-            p.display(),
-            l.name
-        );
+        println!("{cmd}: killed {n} process(es) of {} on the logical host `{}`", p.display(), l.name);
         Ok(OK)
     } else {
-        Err(format!(
-            "{cmd}: processes of {} remain on the logical host `{}`",
-            p.display(),
-            l.name
-        ))
+        Err(format!("{cmd}: processes of {} remain on the logical host `{}`", p.display(), l.name))
     }
 }
 
@@ -337,10 +247,7 @@ fn status_faults(cmd: &str, l: &Lhost, timeout: u64) -> Option<i32> {
         while timeout == 0 || start.elapsed() < Duration::from_secs(timeout) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        eprintln!(
-            "{cmd}: no response from the processes of the logical host `{}` within {timeout} s",
-            l.name
-        );
+        eprintln!("{cmd}: no response from the processes of the logical host `{}` within {timeout} s", l.name);
         return Some(TRANSIENT);
     }
     if l.take_count_fault(&format!("{cmd}.transient12")) {
@@ -352,9 +259,7 @@ fn status_faults(cmd: &str, l: &Lhost, timeout: u64) -> Option<i32> {
 
 fn abnormal_note(l: &Lhost, p: Product, snap: &Snapshot) -> String {
     if snap.phase.expects_processes() {
-        let why = l
-            .abnormal(p)
-            .unwrap_or_else(|| "the processes ended without a stop command".into());
+        let why = l.abnormal(p).unwrap_or_else(|| "the processes ended without a stop command".into());
         format!("\n{} ended abnormally: {why}", p.display())
     } else {
         String::new()
@@ -362,19 +267,10 @@ fn abnormal_note(l: &Lhost, p: Product, snap: &Snapshot) -> String {
 }
 
 /// `jbs_spmd_status`, `jajs_spmd_status`, `jajs_status`: `-h lhost [-t s]`.
-fn status(
-    cmd: &str,
-    prefix: &Path,
-    args: &[String],
-    t_range: (u64, u64),
-    p: Product,
-    roles: &[Role],
-) -> Result<i32, String> {
+fn status(cmd: &str, prefix: &Path, args: &[String], t_range: (u64, u64), p: Product, roles: &[Role]) -> Result<i32, String> {
     let a = parse(cmd, args, &["-s", "-a"], t_range)?;
     if let Some(x) = a.positional.first() {
-        return Err(format!(
-            "{cmd}: unexpected argument {x} (use -h <logical host>)"
-        ));
+        return Err(format!("{cmd}: unexpected argument {x} (use -h <logical host>)"));
     }
     let l = lookup(cmd, prefix, &resolve_name(a.host), p)?;
     if let Some(code) = status_faults(cmd, &l, a.timeout.unwrap_or(60)) {
@@ -382,39 +278,19 @@ fn status(
     }
     let snap = Snapshot::take(&l, p);
     let considered: Vec<_> = snap.with_roles(roles).collect();
-    let running: Vec<&str> = considered
-        .iter()
-        .filter(|s| s.pid.is_some())
-        .map(|s| s.spec.name.as_str())
-        .collect();
+    let running: Vec<&str> = considered.iter().filter(|s| s.pid.is_some()).map(|s| s.spec.name.as_str()).collect();
     // Like the real command, list the managed processes, not the process manager itself.
-    let shown: Vec<&str> = considered
-        .iter()
-        .filter(|s| s.pid.is_some() && s.spec.role != Role::Spmd)
-        .map(|s| s.spec.name.as_str())
-        .collect();
-    let missing: Vec<&str> = considered
-        .iter()
-        .filter(|s| s.pid.is_none())
-        .map(|s| s.spec.name.as_str())
-        .collect();
+    let shown: Vec<&str> =
+        considered.iter().filter(|s| s.pid.is_some() && s.spec.role != Role::Spmd).map(|s| s.spec.name.as_str()).collect();
+    let missing: Vec<&str> = considered.iter().filter(|s| s.pid.is_none()).map(|s| s.spec.name.as_str()).collect();
     let list = |v: &[&str]| v.iter().map(|n| format!("{n}\n")).collect::<String>();
     if running.is_empty() {
-        println!(
-            "{cmd}: all processes of {} on the logical host `{}` are stopped{}",
-            p.display(),
-            l.name,
-            abnormal_note(&l, p, &snap)
-        );
+        println!("{cmd}: all processes of {} on the logical host `{}` are stopped{}", p.display(), l.name, abnormal_note(&l, p, &snap));
         return Ok(NONE);
     }
     if snap.phase == Phase::Starting {
         print!("{}", list(&shown));
-        println!(
-            "{cmd}: {} startup is in progress on the logical host `{}`",
-            p.display(),
-            l.name
-        );
+        println!("{cmd}: {} startup is in progress on the logical host `{}`", p.display(), l.name);
         return Ok(SOME);
     }
     if missing.is_empty() {
@@ -422,24 +298,14 @@ fn status(
         return Ok(OK);
     }
     print!("{}", list(&shown));
-    println!(
-        "{cmd}: some processes of {} on the logical host `{}` are not running: {}",
-        p.display(),
-        l.name,
-        missing.join(", ")
-    );
+    println!("{cmd}: some processes of {} on the logical host `{}` are not running: {}", p.display(), l.name, missing.join(", "));
     Ok(SOME)
 }
 
 /// `jevstat [lhost] [-t s]`: the event service (jevservice) of JP1/Base.
 fn jevstat(cmd: &str, prefix: &Path, args: &[String]) -> Result<i32, String> {
     let a = parse(cmd, args, &[], (1, 32767))?;
-    let l = lookup(
-        cmd,
-        prefix,
-        &resolve_name(a.host.or_else(|| a.positional.first().cloned())),
-        Product::Base,
-    )?;
+    let l = lookup(cmd, prefix, &resolve_name(a.host.or_else(|| a.positional.first().cloned())), Product::Base)?;
     if let Some(code) = status_faults(cmd, &l, a.timeout.unwrap_or(60)) {
         return Ok(code);
     }
@@ -456,17 +322,10 @@ fn jevstat(cmd: &str, prefix: &Path, args: &[String]) -> Result<i32, String> {
         return Ok(OK);
     }
     if ev.iter().any(|s| s.pid.is_some()) {
-        println!(
-            "{cmd}: some event service processes of the logical host `{}` are not running",
-            l.name
-        );
+        println!("{cmd}: some event service processes of the logical host `{}` are not running", l.name);
         return Ok(SOME);
     }
-    println!(
-        "{cmd}: the event service of the logical host `{}` is stopped{}",
-        l.name,
-        abnormal_note(&l, Product::Base, &snap)
-    );
+    println!("{cmd}: the event service of the logical host `{}` is stopped{}", l.name, abnormal_note(&l, Product::Base, &snap));
     Ok(NONE)
 }
 
@@ -480,12 +339,7 @@ fn ajsqlstatus(cmd: &str, prefix: &Path, args: &[String]) -> Result<i32, String>
     let snap = Snapshot::take(&l, Product::Ajs);
     let ready = snap.phase == Phase::Running;
     let state = |n: &str| {
-        if ready
-            && snap
-                .procs
-                .iter()
-                .any(|s| s.spec.name == n && s.pid.is_some())
-        {
+        if ready && snap.procs.iter().any(|s| s.spec.name == n && s.pid.is_some()) {
             "active"
         } else {
             "inactive"

@@ -18,11 +18,7 @@ pub fn default_startup(p: Product) -> Duration {
 
 /// `<exe>/jbs_spmd daemon <base|ajs> <prefix> <lhost>`
 pub fn spmd(args: &[String]) -> i32 {
-    let (Some(p), Some(prefix), Some(name)) = (
-        args.first().and_then(|s| Product::parse(s)),
-        args.get(1),
-        args.get(2),
-    ) else {
+    let (Some(p), Some(prefix), Some(name)) = (args.first().and_then(|s| Product::parse(s)), args.get(1), args.get(2)) else {
         eprintln!("usage: daemon base|ajs PREFIX LHOST");
         return 1;
     };
@@ -43,9 +39,7 @@ pub fn spmd(args: &[String]) -> i32 {
     l.log(p, &format!("{} started", me.name));
 
     // Startup takes a while; a stop or killall during it ends it.
-    let delay = l
-        .fault_secs(&format!("{}.slow-start", p.key()))
-        .unwrap_or_else(|| default_startup(p));
+    let delay = l.fault_secs(&format!("{}.slow-start", p.key())).unwrap_or_else(|| default_startup(p));
     let started = Instant::now();
     while started.elapsed() < delay {
         if l.phase(p) != Phase::Starting {
@@ -54,14 +48,7 @@ pub fn spmd(args: &[String]) -> i32 {
         std::thread::sleep(Duration::from_millis(50).min(delay - started.elapsed()));
     }
     if l.fault(&format!("{}.start-fail", p.key())).as_deref() == Some("silent") {
-        l.set_abnormal(
-            p,
-            &format!(
-                "{} startup failed (jp1-sim fault {}.start-fail=silent)",
-                p.display(),
-                p.key()
-            ),
-        );
+        l.set_abnormal(p, &format!("{} startup failed (jp1-sim fault {}.start-fail=silent)", p.display(), p.key()));
         l.log(p, "startup failed (fault)");
         return 1;
     }
@@ -118,9 +105,7 @@ pub fn spmd(args: &[String]) -> i32 {
                 let _ = procs::wait_for(Duration::from_secs(5), || {
                     // SAFETY: as above.
                     while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
-                    children
-                        .keys()
-                        .all(|c| procs::proc_state(*c).is_none_or(|s| s == 'Z' || s == 'X'))
+                    children.keys().all(|c| procs::proc_state(*c).is_none_or(|s| s == 'Z' || s == 'X'))
                 });
                 return 1;
             }

@@ -86,10 +86,7 @@ pub struct Spec {
 }
 
 fn spec(name: impl Into<String>, role: Role) -> Spec {
-    Spec {
-        name: name.into(),
-        role,
-    }
+    Spec { name: name.into(), role }
 }
 
 /// The lifecycle phase recorded in the state directory.
@@ -154,16 +151,12 @@ pub const PP_AJS_MANAGER: &str = "JP1/Automatic Job Management System 3 - Manage
 pub const PP_AJS_AGENT: &str = "JP1/Automatic Job Management System 3 - Agent";
 
 pub fn installed(prefix: &Path, product_line: &str) -> bool {
-    std::fs::read_to_string(pp_list(prefix))
-        .map(|t| t.lines().any(|l| l.trim() == product_line))
-        .unwrap_or(false)
+    std::fs::read_to_string(pp_list(prefix)).map(|t| t.lines().any(|l| l.trim() == product_line)).unwrap_or(false)
 }
 
 /// The physical host name (`/proc/sys/kernel/hostname`).
 pub fn physical_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
 }
 
 /// The `-h` / `JP1_HOSTNAME` / physical host name rule.
@@ -180,12 +173,8 @@ impl Lhost {
             return Err(format!("`{name}` is not a valid logical host name"));
         }
         let path = registry_dir(prefix).join(name);
-        let text = std::fs::read_to_string(&path).map_err(|_| {
-            format!(
-                "the logical host `{name}` is not set up on this node ({} is missing)",
-                path.display()
-            )
-        })?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|_| format!("the logical host `{name}` is not set up on this node ({} is missing)", path.display()))?;
         let mut l = Lhost {
             name: name.into(),
             prefix: prefix.into(),
@@ -207,7 +196,10 @@ impl Lhost {
             return Err(format!("{}: no absolute shared_dir", path.display()));
         }
         if !l.shared.join("jp1base").is_dir() {
-            return Err(format!("the shared directory {} of logical host `{name}` is not available (is the shared disk mounted?)", l.shared.display()));
+            return Err(format!(
+                "the shared directory {} of logical host `{name}` is not available (is the shared disk mounted?)",
+                l.shared.display()
+            ));
         }
         Ok(l)
     }
@@ -252,16 +244,7 @@ impl Lhost {
         match p {
             Product::Base => {
                 let mut v = vec![spec("jbs_spmd", Role::Spmd)];
-                for n in [
-                    "jbsroute",
-                    "jcocmd",
-                    "jbsplugin",
-                    "jbshcd",
-                    "jbshchostd",
-                    "jbssrvmgr",
-                    "jbslcact",
-                    "jbscomd",
-                ] {
+                for n in ["jbsroute", "jcocmd", "jbsplugin", "jbshcd", "jbshchostd", "jbssrvmgr", "jbslcact", "jbscomd"] {
                     v.push(spec(n, Role::Listed));
                 }
                 v.push(spec("jevservice", Role::Event));
@@ -277,11 +260,7 @@ impl Lhost {
                     spec("ajsqlagtd", Role::Queueless),
                     spec("ajsqlftpd", Role::Queueless),
                 ],
-                AjsRole::Agent => vec![
-                    spec("jajs_spmd", Role::Spmd),
-                    spec("jajs_agtd", Role::Listed),
-                    spec("ajsqlagtd", Role::Queueless),
-                ],
+                AjsRole::Agent => vec![spec("jajs_spmd", Role::Spmd), spec("jajs_agtd", Role::Listed), spec("ajsqlagtd", Role::Queueless)],
                 AjsRole::None => vec![],
             },
         }
@@ -298,10 +277,7 @@ impl Lhost {
 
     /// Why the service ended abnormally, as recorded by its process manager.
     pub fn abnormal(&self, p: Product) -> Option<String> {
-        std::fs::read_to_string(self.state_dir(p).join("abnormal"))
-            .ok()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
+        std::fs::read_to_string(self.state_dir(p).join("abnormal")).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
     }
 
     pub fn set_abnormal(&self, p: Product, reason: &str) {
@@ -315,20 +291,14 @@ impl Lhost {
     /// Append a line to the simulator's event log for this product.
     pub fn log(&self, p: Product, msg: &str) {
         use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.state_dir(p).join("events.log"))
-        {
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(self.state_dir(p).join("events.log")) {
             let _ = writeln!(f, "{} {msg}", std::process::id());
         }
     }
 
     /// The content of fault switch `name`, if it is set.
     pub fn fault(&self, name: &str) -> Option<String> {
-        std::fs::read_to_string(self.faults_dir().join(name))
-            .ok()
-            .map(|s| s.trim().to_string())
+        std::fs::read_to_string(self.faults_dir().join(name)).ok().map(|s| s.trim().to_string())
     }
 
     /// Consume one use of a counting fault (`<cmd>.transient12`): true when it fired.
@@ -348,10 +318,7 @@ impl Lhost {
 
     /// Seconds from a fault file holding a number (`slow-start`).
     pub fn fault_secs(&self, name: &str) -> Option<Duration> {
-        self.fault(name)
-            .and_then(|s| s.parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(Duration::from_secs_f64)
+        self.fault(name).and_then(|s| s.parse::<f64>().ok()).filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
     }
 }
 

@@ -38,15 +38,10 @@ fn main() {
 fn run() -> i32 {
     let args: Vec<String> = std::env::args().collect();
     let argv0 = args.first().cloned().unwrap_or_default();
-    let base = Path::new(&argv0)
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let base = Path::new(&argv0).file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
 
     if args.get(1).map(String::as_str) == Some("--as") {
-        let (Some(name), Some("--prefix"), Some(prefix)) =
-            (args.get(2), args.get(3).map(String::as_str), args.get(4))
-        else {
+        let (Some(name), Some("--prefix"), Some(prefix)) = (args.get(2), args.get(3).map(String::as_str), args.get(4)) else {
             eprint!("{USAGE}");
             return 1;
         };
@@ -55,10 +50,7 @@ fn run() -> i32 {
     if let Some((name, dir, _)) = cmds::find(&base) {
         // Called through a link named after the command: the prefix is what precedes its path.
         let suffix = format!("/{dir}/{name}");
-        let prefix = argv0
-            .strip_suffix(&suffix)
-            .filter(|p| !p.is_empty())
-            .unwrap_or("/");
+        let prefix = argv0.strip_suffix(&suffix).filter(|p| !p.is_empty()).unwrap_or("/");
         return cmds::run(name, Path::new(prefix), &args[1..]);
     }
     match args.get(1).map(String::as_str) {
@@ -115,18 +107,13 @@ fn options(args: &[String], known: &[&str]) -> Result<Parsed, String> {
 }
 
 fn opt<'a>(opts: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    opts.iter()
-        .rev()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
+    opts.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 fn absolute(s: &str, what: &str) -> Result<PathBuf, String> {
     let p = PathBuf::from(s);
     if !p.is_absolute() || s.contains('\'') {
-        return Err(format!(
-            "{what} must be an absolute path without quotes: {s}"
-        ));
+        return Err(format!("{what} must be an absolute path without quotes: {s}"));
     }
     Ok(p)
 }
@@ -146,19 +133,10 @@ fn install(args: &[String]) -> Result<(), String> {
         "agent" => (false, true),
         "both" => (true, true),
         "none" => (false, false),
-        other => {
-            return Err(format!(
-                "--ajs {other}: expected manager, agent, both or none"
-            ))
-        }
+        other => return Err(format!("--ajs {other}: expected manager, agent, both or none")),
     };
-    let me = std::fs::read_link("/proc/self/exe")
-        .map_err(|e| format!("cannot find this binary: {e}"))?;
-    let me = me
-        .to_str()
-        .filter(|s| !s.contains('\''))
-        .ok_or("the binary's path must be UTF-8 without quotes")?
-        .to_string();
+    let me = std::fs::read_link("/proc/self/exe").map_err(|e| format!("cannot find this binary: {e}"))?;
+    let me = me.to_str().filter(|s| !s.contains('\'')).ok_or("the binary's path must be UTF-8 without quotes")?.to_string();
     let io = |e: std::io::Error| e.to_string();
     for (name, dir, product) in cmds::COMMANDS {
         if *product == lhost::Product::Ajs && !(manager || agent) {
@@ -174,8 +152,7 @@ fn install(args: &[String]) -> Result<(), String> {
         std::fs::write(&path, script).map_err(io)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
     }
-    let mut pp =
-        String::from("# jp1-sim: installed JP1 products (test double for Hitachi's PP list)\n");
+    let mut pp = String::from("# jp1-sim: installed JP1 products (test double for Hitachi's PP list)\n");
     pp.push_str(lhost::PP_BASE);
     pp.push('\n');
     if manager {
@@ -197,26 +174,19 @@ fn install(args: &[String]) -> Result<(), String> {
 fn setup_lhost(args: &[String]) -> Result<(), String> {
     let (pos, opts) = options(args, &["--ajs", "--db-id", "--scheduler"])?;
     let [prefix, name, shared] = pos.as_slice() else {
-        return Err(format!(
-            "setup-lhost needs PREFIX LHOST SHARED_DIR\n{USAGE}"
-        ));
+        return Err(format!("setup-lhost needs PREFIX LHOST SHARED_DIR\n{USAGE}"));
     };
     let prefix = absolute(prefix, "PREFIX")?;
     let shared = absolute(shared, "SHARED_DIR")?;
     if name.is_empty() || name.len() > 63 || name.contains(['/', ' ', '\t']) {
-        return Err(format!(
-            "`{name}` is not a valid logical host name (1-63 bytes, no spaces or slashes)"
-        ));
+        return Err(format!("`{name}` is not a valid logical host name (1-63 bytes, no spaces or slashes)"));
     }
     if *name == lhost::physical_hostname() {
-        return Err(format!(
-            "the logical host name `{name}` must differ from the physical host name"
-        ));
+        return Err(format!("the logical host name `{name}` must differ from the physical host name"));
     }
     let ajs = match opt(&opts, "--ajs") {
         None => AjsRole::None,
-        Some(s) => AjsRole::parse(s)
-            .ok_or_else(|| format!("--ajs {s}: expected manager, agent or none"))?,
+        Some(s) => AjsRole::parse(s).ok_or_else(|| format!("--ajs {s}: expected manager, agent or none"))?,
     };
     let need = match ajs {
         AjsRole::Manager => Some(lhost::PP_AJS_MANAGER),
@@ -224,21 +194,12 @@ fn setup_lhost(args: &[String]) -> Result<(), String> {
         AjsRole::None => None,
     };
     if !lhost::installed(&prefix, lhost::PP_BASE) {
-        return Err(format!(
-            "JP1/Base is not installed under {} (run `jp1-sim install` first)",
-            prefix.display()
-        ));
+        return Err(format!("JP1/Base is not installed under {} (run `jp1-sim install` first)", prefix.display()));
     }
     if let Some(pp) = need.filter(|pp| !lhost::installed(&prefix, pp)) {
         return Err(format!("{pp} is not installed under {}", prefix.display()));
     }
-    let mut dirs = vec![
-        "jp1base/conf",
-        "jp1base/log",
-        "event",
-        "jp1sim/faults",
-        "jp1sim/base",
-    ];
+    let mut dirs = vec!["jp1base/conf", "jp1base/log", "event", "jp1sim/faults", "jp1sim/base"];
     if ajs != AjsRole::None {
         dirs.extend([
             "jp1ajs2/conf",
@@ -252,8 +213,7 @@ fn setup_lhost(args: &[String]) -> Result<(), String> {
         ]);
     }
     for d in dirs {
-        std::fs::create_dir_all(shared.join(d))
-            .map_err(|e| format!("{}: {e}", shared.join(d).display()))?;
+        std::fs::create_dir_all(shared.join(d)).map_err(|e| format!("{}: {e}", shared.join(d).display()))?;
     }
     let l = Lhost {
         name: name.clone(),

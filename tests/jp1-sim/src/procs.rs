@@ -11,9 +11,7 @@ use crate::lhost::{write_atomic, Lhost, Phase, Product, Role, Spec};
 /// The state letter of `/proc/<pid>/stat` (`R`, `S`, `Z`, …), `None` when there is no such pid.
 pub fn proc_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')')
-        .next()
-        .and_then(|r| r.trim().chars().next())
+    stat.rsplit(')').next().and_then(|r| r.trim().chars().next())
 }
 
 /// The first argument of a process's command line.
@@ -44,9 +42,7 @@ pub fn scan_under(dir: &Path) -> Vec<u32> {
             continue;
         }
         if let Some(a) = argv0(pid) {
-            if Path::new(&a).starts_with(dir)
-                && matches!(proc_state(pid), Some(s) if s != 'Z' && s != 'X')
-            {
+            if Path::new(&a).starts_with(dir) && matches!(proc_state(pid), Some(s) if s != 'Z' && s != 'X') {
                 out.push(pid);
             }
         }
@@ -89,16 +85,11 @@ impl Snapshot {
                 Seen { spec, pid }
             })
             .collect();
-        Snapshot {
-            procs,
-            phase: l.phase(p),
-        }
+        Snapshot { procs, phase: l.phase(p) }
     }
 
     pub fn with_roles<'a>(&'a self, roles: &'a [Role]) -> impl Iterator<Item = &'a Seen> + 'a {
-        self.procs
-            .iter()
-            .filter(move |s| roles.contains(&s.spec.role))
+        self.procs.iter().filter(move |s| roles.contains(&s.spec.role))
     }
 
     pub fn spmd(&self) -> Option<&Seen> {
@@ -135,13 +126,7 @@ pub fn ensure_exe(l: &Lhost, p: Product, name: &str) -> std::io::Result<PathBuf>
 pub fn spawn_spmd(l: &Lhost, p: Product, name: &str) -> std::io::Result<u32> {
     let exe = ensure_exe(l, p, name)?;
     let mut cmd = Command::new(&exe);
-    cmd.arg("daemon")
-        .arg(p.key())
-        .arg(&l.prefix)
-        .arg(&l.name)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.arg("daemon").arg(p.key()).arg(&l.prefix).arg(&l.name).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     // SAFETY: setsid is async-signal-safe; it detaches the daemon from the caller's session and
     // process group, so the start command can return and a group kill of it spares the daemon.
     unsafe {
@@ -158,11 +143,7 @@ pub fn spawn_child(l: &Lhost, p: Product, name: &str) -> std::io::Result<u32> {
     let exe = ensure_exe(l, p, name)?;
     let parent = std::process::id();
     let mut cmd = Command::new(&exe);
-    cmd.arg("child")
-        .arg(parent.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.arg("child").arg(parent.to_string()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     // SAFETY: prctl is async-signal-safe; the death signal survives exec.
     unsafe {
         cmd.pre_exec(|| {

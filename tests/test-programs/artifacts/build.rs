@@ -9,7 +9,14 @@ fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.join("../../..").canonicalize().unwrap();
     let guest_dir = root.join("tests/test-programs/guest");
-    for p in ["tests/test-programs/guest/src", "tests/test-programs/guest/warden.toml", "tests/test-programs/guest/Cargo.toml", "plugins/sdk/src", "plugins/sdk/Cargo.toml", "wit"] {
+    for p in [
+        "tests/test-programs/guest/src",
+        "tests/test-programs/guest/warden.toml",
+        "tests/test-programs/guest/Cargo.toml",
+        "plugins/sdk/src",
+        "plugins/sdk/Cargo.toml",
+        "wit",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
 
@@ -21,11 +28,22 @@ fn main() {
         .arg("--target-dir")
         .arg(&target_dir);
     // Flags meant for the host build must not leak into the guest build.
-    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER", "RUSTC_WRAPPER"] {
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+    ] {
         cmd.env_remove(var);
     }
     let status = cmd.status().expect("run cargo for the test guests");
-    assert!(status.success(), "building tests/test-programs for wasm32-wasip2 failed (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`)");
+    assert!(
+        status.success(),
+        "building tests/test-programs for wasm32-wasip2 failed (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`)"
+    );
 
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let built = target_dir.join("wasm32-wasip2/guest/test_programs.wasm");
@@ -33,7 +51,10 @@ fn main() {
 
     std::fs::write(
         out_dir.join("artifacts.rs"),
-        format!("/// The hostile test guest (`tests/test-programs/guest`), with its manifest embedded.\npub const HOSTILE: &str = {:?};\n", hostile.display().to_string()),
+        format!(
+            "/// The hostile test guest (`tests/test-programs/guest`), with its manifest embedded.\npub const HOSTILE: &str = {:?};\n",
+            hostile.display().to_string()
+        ),
     )
     .unwrap();
 }

@@ -45,7 +45,13 @@ fn behave(ctx: &Context) -> Result<Health, AgentError> {
             let out = cmd.run()?;
             Ok(Health::Degraded(format!(
                 "exit={:?} signal={:?} timed_out={} stdout_len={} stdout_truncated={} stderr_len={} stderr_truncated={}",
-                out.exit_code, out.signal, out.timed_out, out.stdout.len(), out.stdout_truncated, out.stderr.len(), out.stderr_truncated
+                out.exit_code,
+                out.signal,
+                out.timed_out,
+                out.stdout.len(),
+                out.stdout_truncated,
+                out.stderr.len(),
+                out.stderr_truncated
             )))
         }
         "wasi-read" => match std::fs::read(ctx.require("path")?) {
