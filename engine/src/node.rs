@@ -367,8 +367,21 @@ impl Node {
                     }
                 }
             }
-            if shutting_down && !sched.anything_active_on(&self.name) && busy.is_empty() {
-                note(&mut history, "node", &self.name, "node stopped; all resources stopped".into());
+            // Shutdown ends when nothing is in flight and the scheduler asks for nothing more:
+            // either everything stopped, or a failed stop blocks the rest (a dependency is never
+            // stopped under a dependent that may still run).
+            if shutting_down && busy.is_empty() {
+                let left = sched.active_on(&self.name);
+                let msg = if left.is_empty() {
+                    "node stopped; all resources stopped".to_string()
+                } else {
+                    format!(
+                        "node stopped; could NOT stop {} (stop failed: {}); they may still run",
+                        left.join(", "),
+                        sched.stop_failed_on(&self.name).join(", ")
+                    )
+                };
+                note(&mut history, "node", &self.name, msg);
                 break;
             }
             let due = next_monitor.values().min().copied();

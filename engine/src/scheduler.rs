@@ -903,9 +903,24 @@ impl Scheduler {
             .collect()
     }
 
-    /// Is anything in flight or possibly active on `node`? (used when shutting down)
-    pub fn anything_active_on(&self, node: &str) -> bool {
-        self.model.resources.values().any(|r| !r.unmanaged && self.state.resources[&r.name].on.contains_key(node))
+    /// Managed resources possibly active on `node` (reported when a shutdown ends).
+    pub fn active_on(&self, node: &str) -> Vec<String> {
+        self.model
+            .resources
+            .values()
+            .filter(|r| !r.unmanaged && self.state.resources[&r.name].on.contains_key(node))
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
+    /// Resources on `node` whose stop failed.
+    pub fn stop_failed_on(&self, node: &str) -> Vec<String> {
+        self.model
+            .resources
+            .values()
+            .filter(|r| self.state.resources[&r.name].on.get(node) == Some(&Activity::StopFailed))
+            .map(|r| r.name.clone())
+            .collect()
     }
 
     /// Stop every group (node shutdown). Targets are kept, so the next start brings them back.

@@ -244,6 +244,12 @@ fn shutdown_stops_everything_top_down_and_keeps_targets() {
     let first = s.stop_all(1);
     assert_eq!(stops(&first), vec![rn("app", "a")], "only the top can stop first");
     assert_eq!(s.state().groups["g"].target, Target::Started);
+    // A stop that fails does not hold the shutdown forever: nothing more can be done for it.
+    let cmds =
+        s.handle(2, Event::ActionDone { resource: "app".into(), node: "a".into(), action: ActionKind::Stop, result: Err("busy".into()) });
+    assert!(stops(&cmds).is_empty(), "fs must not stop under a possibly running app: {cmds:?}");
+    assert_eq!(s.stop_failed_on("a"), vec!["app".to_string()]);
+    assert_eq!(s.active_on("a"), vec!["app".to_string(), "fs".to_string(), "ip".to_string()]);
 }
 
 #[test]
