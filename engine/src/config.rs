@@ -437,6 +437,20 @@ impl ClusterConfig {
             }
         }
         for r in &self.resources {
+            let t = &r.timeouts;
+            for (what, d) in
+                [("start", t.start), ("stop", t.stop), ("monitor", t.monitor), ("recover", t.recover), ("validate", t.validate)]
+            {
+                if d.is_some_and(|d| d.get() < Duration::from_millis(100)) {
+                    err(r.name.span(), format!("resource `{}`: the {what} timeout must be at least 100ms", r.name.get_ref()), None);
+                }
+            }
+            if r.monitor_interval.is_some_and(|d| d.get() < Duration::from_millis(100)) {
+                err(r.name.span(), format!("resource `{}`: monitor_interval must be at least 100ms", r.name.get_ref()), None);
+            }
+            if r.memory_mib.is_some_and(|m| !(16..=65_536).contains(&m)) {
+                err(r.name.span(), format!("resource `{}`: memory_mib must be between 16 and 65536", r.name.get_ref()), None);
+            }
             if !owner_group.contains_key(r.name.get_ref().as_str()) {
                 err(
                     r.name.span(),

@@ -307,7 +307,8 @@ impl Node {
         // Scheduler time is wall-clock milliseconds, so persisted restart times stay meaningful
         // across a daemon restart.
         let now_ms = || unix_ms(SystemTime::now()) as Millis;
-        let mut busy: HashSet<String> = HashSet::new();
+        // Jobs queued or running per resource (a count: a stop can be queued behind a monitor).
+        let mut busy = Busy::default();
         let mut next_monitor: HashMap<String, Instant> = HashMap::new();
         let mut rng = unix_ms(SystemTime::now()) | 1;
         let mut last_persisted: Option<State> = None;
@@ -328,10 +329,12 @@ impl Node {
             // Carry out commands.
             for c in std::mem::take(&mut pending) {
                 match c {
-                    Command::Probe { resource, .. } => dispatch(&workers, &mut busy, &resource, JobKind::Probe, 0),
-                    Command::Start { resource, epoch, .. } => dispatch(&workers, &mut busy, &resource, JobKind::Start, epoch),
-                    Command::Stop { resource, .. } => dispatch(&workers, &mut busy, &resource, JobKind::Stop, 0),
-                    Command::Recover { resource, epoch, .. } => dispatch(&workers, &mut busy, &resource, JobKind::Recover, epoch),
+                    Command::Probe { resource, .. } => dispatch(&workers, &mut busy, &results_tx, &resource, JobKind::Probe, 0),
+                    Command::Start { resource, epoch, .. } => dispatch(&workers, &mut busy, &results_tx, &resource, JobKind::Start, epoch),
+                    Command::Stop { resource, .. } => dispatch(&workers, &mut busy, &results_tx, &resource, JobKind::Stop, 0),
+                    Command::Recover { resource, epoch, .. } => {
+                        dispatch(&workers, &mut busy, &results_tx, &resource, JobKind::Recover, epoch)
+                    }
                     Command::Fence { node } => note(
                         &mut history,
                         "decision",
@@ -388,7 +391,7 @@ impl Node {
 
             tokio::select! {
                 Some(r) = results_rx.recv() => {
-                    busy.remove(&r.resource);
+                    busy.done(&r.resource);
                     let plugin = plugin_of[&r.resource].clone();
                     let event = job_event(&self.name, &r, &plugin, &mut metrics, &mut history);
                     if matches!(r.kind, JobKind::Monitor) {
@@ -404,7 +407,7 @@ impl Node {
                         if busy.contains(&r) {
                             continue; // an action is running; its result decides, monitoring resumes after
                         }
-                        dispatch(&workers, &mut busy, &r, JobKind::Monitor, sched.state().groups.get(&sched.model().resources[&r].group).map_or(0, |g| g.epoch));
+                        dispatch(&workers, &mut busy, &results_tx, &r, JobKind::Monitor, sched.state().groups.get(&sched.model().resources[&r].group).map_or(0, |g| g.epoch));
                     }
                 }
                 Some((req, reply)) = api_rx.recv() => {
@@ -545,12 +548,44 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-fn dispatch(workers: &HashMap<String, mpsc::Sender<Job>>, busy: &mut HashSet<String>, resource: &str, kind: JobKind, epoch: u64) {
-    if let Some(w) = workers.get(resource) {
-        busy.insert(resource.to_string());
-        if w.try_send(Job { kind, epoch }).is_err() {
-            tracing::error!(resource, action = kind.as_str(), "worker queue full or gone; action dropped");
+/// Jobs queued or running, per resource.
+#[derive(Default)]
+struct Busy(HashMap<String, usize>);
+
+impl Busy {
+    fn contains(&self, r: &str) -> bool {
+        self.0.get(r).is_some_and(|n| *n > 0)
+    }
+    fn is_empty(&self) -> bool {
+        self.0.values().all(|n| *n == 0)
+    }
+    fn done(&mut self, r: &str) {
+        if let Some(n) = self.0.get_mut(r) {
+            *n = n.saturating_sub(1);
         }
+    }
+}
+
+/// Queue a job on a resource's worker. If the worker cannot take it (it died), the job fails
+/// at once, so the scheduler never waits for an answer that will not come.
+fn dispatch(
+    workers: &HashMap<String, mpsc::Sender<Job>>,
+    busy: &mut Busy,
+    results: &mpsc::UnboundedSender<JobResult>,
+    resource: &str,
+    kind: JobKind,
+    epoch: u64,
+) {
+    let sent = workers.get(resource).is_some_and(|w| w.try_send(Job { kind, epoch }).is_ok());
+    *busy.0.entry(resource.to_string()).or_default() += 1;
+    if !sent {
+        tracing::error!(resource, action = kind.as_str(), "the resource's worker is gone or its queue is full; the action fails");
+        let outcome = match kind {
+            JobKind::Probe | JobKind::Monitor => JobOutcome::Health(MonitorOutcome::Error("the resource's worker is not answering".into())),
+            _ => JobOutcome::Done(Err("the resource's worker is not answering".into())),
+        };
+        let _ =
+            results.send(JobResult { resource: resource.to_string(), kind, started: Instant::now(), duration: Duration::ZERO, outcome });
     }
 }
 

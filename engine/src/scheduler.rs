@@ -628,6 +628,11 @@ impl Scheduler {
             OperatorCommand::MoveGroup { group, to } => {
                 let target = to.or_else(|| self.next_node(&self.model.groups[&group]));
                 let g = self.state.groups.get_mut(&group).unwrap();
+                // The operator asks for this node: forget an old failure there, once. A new
+                // failure there counts again (no endless retry on a node that keeps failing).
+                if let Some(t) = &target {
+                    g.failed_on.remove(t);
+                }
                 g.move_to = target;
                 g.target = Target::Started;
             }
@@ -685,7 +690,7 @@ impl Scheduler {
             return None;
         }
         if let Some(m) = &gs.move_to {
-            if self.eligible(g, m, true) {
+            if self.eligible(g, m, false) {
                 return Some(m.clone());
             }
         }
@@ -818,8 +823,12 @@ impl Scheduler {
     /// that failed there without being recovered (a failed probe) is first stopped, with what
     /// depends on it, and then started again in order.
     fn start_group_on(&mut self, g: &GroupModel, node: &str, out: &mut Vec<Command>) {
-        let failed: Vec<String> =
-            g.members.iter().filter(|r| self.state.resources[*r].on.get(node) == Some(&Activity::Failed)).cloned().collect();
+        let failed: Vec<String> = g
+            .members
+            .iter()
+            .filter(|r| !self.model.resources[*r].unmanaged && self.state.resources[*r].on.get(node) == Some(&Activity::Failed))
+            .cloned()
+            .collect();
         if !failed.is_empty() {
             let mut restart: BTreeSet<String> = BTreeSet::new();
             let mut todo = failed;

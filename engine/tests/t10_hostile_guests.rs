@@ -235,3 +235,24 @@ async fn fence_actions_on_a_resource_agent_are_refused() {
     assert!(err.to_string().contains("has no `fence` action"), "{err}");
     still_works(&mut inst).await;
 }
+
+#[tokio::test] // a current-thread runtime: a guest that never yields would starve every other task
+async fn a_spinning_guest_does_not_hold_the_runtime() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let mut inst = hostile("").await;
+    still_works(&mut inst).await; // instantiated before the clock starts
+    let ticks = std::sync::Arc::new(AtomicU32::new(0));
+    let t = ticks.clone();
+    let timer = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            t.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let err = inst.monitor(&ctx(&[("mode", "loop")]), Some(Duration::from_secs(1))).await.unwrap_err();
+    let seen = ticks.load(Ordering::Relaxed);
+    timer.abort();
+    assert!(matches!(err, CallError::Timeout { .. }), "{err}");
+    assert!(seen >= 5, "the other task ran only {seen} times while the guest spun");
+    still_works(&mut inst).await;
+}

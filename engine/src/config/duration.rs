@@ -25,8 +25,10 @@ pub fn parse(s: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(format!("`{s}` has an unknown unit (use ms, s, m or h)")),
     };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("`{s}` is not a valid duration"));
+    // Nothing in a cluster config needs more than a week; bigger values are typos (and would
+    // overflow clock arithmetic).
+    if !secs.is_finite() || secs < 0.0 || secs > 7.0 * 86_400.0 {
+        return Err(format!("`{s}` is not a valid duration (0 to 7 days)"));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -41,7 +43,8 @@ impl<'de> Deserialize<'de> for HumanDuration {
         }
         match Raw::deserialize(d)? {
             Raw::Text(s) => parse(&s).map(HumanDuration).map_err(serde::de::Error::custom),
-            Raw::Secs(n) => Ok(HumanDuration(Duration::from_secs(n))),
+            Raw::Secs(n) if n <= 7 * 86_400 => Ok(HumanDuration(Duration::from_secs(n))),
+            Raw::Secs(n) => Err(serde::de::Error::custom(format!("{n} seconds is not a valid duration (0 to 7 days)"))),
         }
     }
 }
@@ -59,5 +62,7 @@ mod tests {
         assert_eq!(parse("5"), Ok(Duration::from_secs(5)));
         assert!(parse("5 parsecs").is_err());
         assert!(parse("soon").is_err());
+        assert!(parse("99999999999999999999").is_err());
+        assert!(parse("8d").is_err());
     }
 }

@@ -96,7 +96,11 @@ impl Worker {
     pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>, results: mpsc::UnboundedSender<JobResult>) {
         while let Some(job) = jobs.recv().await {
             let started = Instant::now();
+            // If this task panics mid-job, the guard still answers, so the node never waits
+            // forever for this job (later jobs fail at once: the queue is gone with the task).
+            let mut guard = PanicAnswer { results: &results, resource: self.resource.clone(), kind: job.kind, started, armed: true };
             let outcome = self.execute(&job).await;
+            guard.armed = false;
             let r = JobResult { resource: self.resource.clone(), kind: job.kind, started, duration: started.elapsed(), outcome };
             if results.send(r).is_err() {
                 break;
@@ -138,6 +142,33 @@ impl Worker {
                 }
                 other => other.map_err(|e| e.to_string()),
             }),
+        }
+    }
+}
+
+struct PanicAnswer<'a> {
+    results: &'a mpsc::UnboundedSender<JobResult>,
+    resource: String,
+    kind: JobKind,
+    started: Instant,
+    armed: bool,
+}
+
+impl Drop for PanicAnswer<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let why = "the resource's worker crashed during this action".to_string();
+            let outcome = match self.kind {
+                JobKind::Probe | JobKind::Monitor => JobOutcome::Health(MonitorOutcome::Error(why)),
+                _ => JobOutcome::Done(Err(why)),
+            };
+            let _ = self.results.send(JobResult {
+                resource: std::mem::take(&mut self.resource),
+                kind: self.kind,
+                started: self.started,
+                duration: self.started.elapsed(),
+                outcome,
+            });
         }
     }
 }

@@ -75,6 +75,51 @@ impl Grants {
     }
 }
 
+/// Environment variables a guest may not set for a child: they make a granted program run other
+/// code (the dynamic loader's `LD_*`, bash's exported functions and start-up hooks, interpreter
+/// options), which would turn "run this program" into "run anything".
+pub fn check_env(program: &str, env: &[(String, String)]) -> Result<(), Denied> {
+    const FORBIDDEN: &[&str] = &[
+        "ENV",
+        "BASH_ENV",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "PS4",
+        "IFS",
+        "CDPATH",
+        "GLOBIGNORE",
+        "PROMPT_COMMAND",
+        "PERL5OPT",
+        "PERL5LIB",
+        "PERLLIB",
+        "PYTHONSTARTUP",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "NODE_OPTIONS",
+        "RUBYOPT",
+        "RUBYLIB",
+        "GCONV_PATH",
+        "LOCPATH",
+        "HOSTALIASES",
+    ];
+    for (k, _) in env {
+        let bad = k.is_empty()
+            || k.contains('=')
+            || k.contains('%')
+            || k.starts_with("LD_")
+            || k.starts_with("BASH_FUNC_")
+            || k.starts_with("DYLD_")
+            || FORBIDDEN.contains(&k.as_str());
+        if bad {
+            return Err(Denied::BadRequest {
+                what: format!("exec `{program}` with environment variable `{k}`"),
+                reason: "it could make the program run other code; it is never passed".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn has_dot_dot(path: &str) -> bool {
     Path::new(path).components().any(|c| c == Component::ParentDir)
 }
@@ -86,12 +131,18 @@ fn resolve(path: &Path) -> PathBuf {
     let mut existing = path.to_path_buf();
     let mut rest = Vec::new();
     loop {
-        if let Ok(real) = existing.canonicalize() {
-            let mut out = real;
-            for part in rest.iter().rev() {
-                out.push(part);
+        match existing.canonicalize() {
+            Ok(real) => {
+                let mut out = real;
+                for part in rest.iter().rev() {
+                    out.push(part);
+                }
+                return out;
             }
-            return out;
+            // Only a missing tail is walked back over; anything else (a link to a pipe, a
+            // deleted file, a permission error) resolves to a path no grant can match.
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return PathBuf::from("/\0unresolvable"),
+            Err(_) => {}
         }
         match (existing.file_name().map(|n| n.to_owned()), existing.parent()) {
             (Some(name), Some(parent)) => {
@@ -158,6 +209,17 @@ mod tests {
         assert!(err.to_string().contains("resolves to `/etc/shadow`"), "{err}");
         // A missing file under the link is judged by where the link really points.
         assert!(g.check_read(&format!("{}/etc-link/nonexistent", base.display())).is_err());
+    }
+
+    #[test]
+    fn dangerous_environment_is_refused() {
+        let env = |k: &str| vec![(k.to_string(), "x".to_string())];
+        for k in ["LD_PRELOAD", "BASH_FUNC_grep%%", "SHELLOPTS", "PS4", "BASH_ENV", "NODE_OPTIONS"] {
+            assert!(check_env("/bin/sh", &env(k)).is_err(), "{k}");
+        }
+        for k in ["JP1_HOSTNAME", "LANG", "OCF_RESKEY_state", "PATH"] {
+            assert!(check_env("/bin/sh", &env(k)).is_ok(), "{k}");
+        }
     }
 
     #[test]

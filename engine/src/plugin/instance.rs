@@ -13,7 +13,7 @@ use super::exec::{self, ExecRequest};
 use super::output::CapturedOutput;
 use super::{
     Action, ActionTimeouts, AgentFailure, CallContext, CallError, Grants, Health, Limits, ParamSpec, Plugin, PluginMetadata, PowerState,
-    PreBindings, EPOCH_TICK,
+    PreBindings,
 };
 use warden_manifest::World;
 
@@ -82,6 +82,30 @@ impl HostState {
         self.deadline.saturating_duration_since(Instant::now())
     }
 
+    /// Check a read grant and run a filesystem operation on the resolved path, off the async
+    /// workers and under the action's deadline: a hung mount (NFS, a dead shared disk) must
+    /// stall only this call, never the engine.
+    async fn fs_call<T: Send + 'static>(
+        &mut self,
+        import: &'static str,
+        path: String,
+        op: impl FnOnce(&std::path::Path, &str) -> Result<T, String> + Send + 'static,
+    ) -> Result<T, types::AgentError> {
+        self.stats.host_calls += 1;
+        let grants = self.grants.clone();
+        let remaining = self.remaining();
+        let job = tokio::task::spawn_blocking(move || match grants.check_read(&path) {
+            Ok(real) => Ok(op(&real, &path)),
+            Err(d) => Err(d),
+        });
+        match tokio::time::timeout(remaining, job).await {
+            Ok(Ok(Ok(r))) => r.map_err(types::AgentError::Failed),
+            Ok(Ok(Err(denied))) => Err(self.deny(import, denied)),
+            Ok(Err(e)) => Err(types::AgentError::Failed(format!("{import}: {e}"))),
+            Err(_) => Err(types::AgentError::Failed(format!("{import}: the filesystem did not answer before the action's deadline"))),
+        }
+    }
+
     fn deny(&mut self, import: &str, denied: super::Denied) -> types::AgentError {
         self.stats.denials += 1;
         tracing::warn!(plugin = %self.plugin, resource = %self.resource, import, refused = %denied, "access denied");
@@ -95,6 +119,9 @@ impl host::Host for HostState {
     async fn exec(&mut self, program: String, args: Vec<String>, opts: host::ExecOptions) -> Result<host::ExecOutput, types::AgentError> {
         self.stats.host_calls += 1;
         if let Err(d) = self.grants.check_exec(&program, &args) {
+            return Err(self.deny("exec", d));
+        }
+        if let Err(d) = super::grants::check_env(&program, &opts.env) {
             return Err(self.deny("exec", d));
         }
         if let Some(cwd) = &opts.cwd {
@@ -149,39 +176,38 @@ impl host::Host for HostState {
     }
 
     async fn stat(&mut self, path: String) -> Result<Option<host::FileKind>, types::AgentError> {
-        self.stats.host_calls += 1;
-        let real = self.grants.check_read(&path).map_err(|d| self.deny("stat", d))?;
-        match std::fs::symlink_metadata(&real) {
+        self.fs_call("stat", path, |real, path| match std::fs::symlink_metadata(real) {
             Ok(m) if m.is_file() => Ok(Some(host::FileKind::File)),
             Ok(m) if m.is_dir() => Ok(Some(host::FileKind::Directory)),
             Ok(m) if m.file_type().is_symlink() => Ok(Some(host::FileKind::Symlink)),
             Ok(_) => Ok(Some(host::FileKind::Other)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(types::AgentError::Failed(format!("stat {path}: {e}"))),
-        }
+            Err(e) => Err(format!("stat {path}: {e}")),
+        })
+        .await
     }
 
     async fn read_file(&mut self, path: String, max_bytes: u32) -> Result<Vec<u8>, types::AgentError> {
-        use std::io::Read;
-        self.stats.host_calls += 1;
-        let real = self.grants.check_read(&path).map_err(|d| self.deny("read-file", d))?;
         let cap = max_bytes.min(READ_CAP) as u64;
-        let mut out = Vec::new();
-        std::fs::File::open(&real)
-            .and_then(|f| f.take(cap).read_to_end(&mut out))
-            .map_err(|e| types::AgentError::Failed(format!("read {path}: {e}")))?;
-        Ok(out)
+        self.fs_call("read-file", path, move |real, path| {
+            use std::io::Read;
+            let mut out = Vec::new();
+            std::fs::File::open(real).and_then(|f| f.take(cap).read_to_end(&mut out)).map_err(|e| format!("read {path}: {e}"))?;
+            Ok(out)
+        })
+        .await
     }
 
     async fn list_dir(&mut self, path: String) -> Result<Vec<String>, types::AgentError> {
-        self.stats.host_calls += 1;
-        let real = self.grants.check_read(&path).map_err(|d| self.deny("list-dir", d))?;
-        let mut names: Vec<String> = std::fs::read_dir(&real)
-            .map_err(|e| types::AgentError::Failed(format!("list {path}: {e}")))?
-            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-            .collect();
-        names.sort();
-        Ok(names)
+        self.fs_call("list-dir", path, |real, path| {
+            let mut names: Vec<String> = std::fs::read_dir(real)
+                .map_err(|e| format!("list {path}: {e}"))?
+                .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect();
+            names.sort();
+            Ok(names)
+        })
+        .await
     }
 
     async fn tcp_probe(&mut self, host_name: String, port: u16, timeout_ms: u32) -> Result<bool, types::AgentError> {
@@ -427,7 +453,7 @@ impl PluginInstance {
                 s.deadline = Instant::now() + timeout;
                 s.stats = CallStats { fresh_instance: fresh, ..CallStats::default() };
             }
-            warm.store.set_epoch_deadline(ticks(timeout));
+            warm.store.set_epoch_deadline(YIELD_TICKS);
 
             let outcome = tokio::time::timeout(timeout, dispatch(&warm.bindings, &mut warm.store, req, self.world)).await;
             self.last_stats = warm.store.data().stats;
@@ -524,8 +550,16 @@ impl PluginInstance {
         };
         let mut store = Store::new(&plugin.engine, state);
         store.limiter(|s| &mut s.memory);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(ticks(timeout));
+        // Guest code yields to the async runtime every few ticks (so a spinning guest never holds
+        // a worker thread for long) and traps once the action's deadline has passed.
+        store.epoch_deadline_callback(|ctx| {
+            Ok(if Instant::now() >= ctx.data().deadline {
+                wasmtime::UpdateDeadline::Interrupt
+            } else {
+                wasmtime::UpdateDeadline::Yield(YIELD_TICKS)
+            })
+        });
+        store.set_epoch_deadline(YIELD_TICKS);
         let err =
             |e: wasmtime::Error| CallError::Instantiate { plugin: self.name.to_string(), action, message: first_line(&format!("{e:#}")) };
         let bindings = match &plugin.pre {
@@ -595,9 +629,8 @@ fn ms(v: u32) -> Duration {
     Duration::from_millis(v.into())
 }
 
-fn ticks(timeout: Duration) -> u64 {
-    (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
-}
+/// Epoch ticks between yields of running guest code (with a 10 ms tick: 50 ms).
+const YIELD_TICKS: u64 = 5;
 
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_string()

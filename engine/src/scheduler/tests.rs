@@ -216,6 +216,38 @@ fn automatic_switchback_returns_to_the_preferred_node() {
 }
 
 #[test]
+fn a_move_to_a_node_that_keeps_failing_does_not_loop() {
+    let mut s = Scheduler::new(model(&["a", "b"], &[("g", &["app"])], true));
+    settle(&mut s, 0, Event::NodeUp("a".into()));
+    settle(&mut s, 0, Event::NodeUp("b".into()));
+    let cmds = s.handle(1, Event::Operator(OperatorCommand::MoveGroup { group: "g".into(), to: Some("b".into()) }));
+    assert_eq!(stops(&cmds), vec![rn("app", "a")]);
+    let cmds = s.handle(2, Event::ActionDone { resource: "app".into(), node: "a".into(), action: ActionKind::Stop, result: Ok(()) });
+    assert_eq!(starts(&cmds), vec![rn("app", "b")]);
+    // The start fails on b: the group goes back to a instead of retrying b forever.
+    let cmds =
+        s.handle(3, Event::ActionDone { resource: "app".into(), node: "b".into(), action: ActionKind::Start, result: Err("boom".into()) });
+    assert_eq!(stops(&cmds), vec![rn("app", "b")]);
+    let cmds = s.handle(4, Event::ActionDone { resource: "app".into(), node: "b".into(), action: ActionKind::Stop, result: Ok(()) });
+    assert_eq!(starts(&cmds), vec![rn("app", "a")]);
+}
+
+#[test]
+fn a_failed_unmanaged_member_does_not_freeze_its_group() {
+    let mut m = model(&["a"], &[("g", &["base", "app"])], false);
+    m.resources.get_mut("base").unwrap().unmanaged = true;
+    let mut s = Scheduler::new(m);
+    s.handle(0, Event::NodeUp("a".into()));
+    s.handle(0, Event::Probe { resource: "base".into(), node: "a".into(), outcome: MonitorOutcome::Running });
+    let cmds = s.handle(0, Event::Probe { resource: "app".into(), node: "a".into(), outcome: MonitorOutcome::Stopped });
+    assert_eq!(starts(&cmds), vec![rn("app", "a")]);
+    s.handle(1, Event::ActionDone { resource: "app".into(), node: "a".into(), action: ActionKind::Start, result: Ok(()) });
+    let cmds =
+        s.handle(2, Event::Monitor { resource: "base".into(), node: "a".into(), outcome: MonitorOutcome::Error("agent trapped".into()) });
+    assert!(stops(&cmds).is_empty(), "nothing is stopped because of an unmanaged member: {cmds:?}");
+}
+
+#[test]
 fn operator_commands_are_checked() {
     let s = Scheduler::new(model(&["a", "b"], &[("g", &["app"])], true));
     assert_eq!(s.check_operator(&OperatorCommand::StopGroup { group: "nope".into() }), Err("no group named `nope`".into()));
