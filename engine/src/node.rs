@@ -42,7 +42,7 @@ pub enum NodeError {
     UnknownNode(String, String),
     #[error("node `{0}` is a witness: it never runs resources")]
     Witness(String),
-    #[error("this build runs single-node clusters only: the config has {0} nodes. Multi-node membership (heartbeats, quorum, fencing) is not implemented yet, and running nodes without it could start a group twice.")]
+    #[error("the config has {0} nodes, but multi-node membership (heartbeats, quorum, fencing) is not implemented yet: running two nodes without it could start a group twice. To run only this node of the cluster (the others must not run Warden), pass --single-node.")]
     MultiNode(usize),
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
@@ -60,6 +60,9 @@ pub struct NodeOptions {
     pub leave_running: bool,
     /// Only check the config and plugins (`warden node check`): multi-node configs are fine.
     pub check_only: bool,
+    /// Run this node of a multi-node config alone: the other nodes are treated as down for good
+    /// (the operator guarantees they do not run Warden). Like LifeKeeper with one server up.
+    pub single_node: bool,
 }
 
 /// The state file: what must survive a restart (never what resources are doing).
@@ -101,6 +104,7 @@ pub struct Node {
     socket: PathBuf,
     plugins: BTreeMap<String, Arc<Plugin>>,
     leave_running: bool,
+    single_node: bool,
 }
 
 /// Where the CLI and the daemon meet unless told otherwise.
@@ -127,7 +131,7 @@ impl Node {
         if me.role == Role::Witness {
             return Err(NodeError::Witness(name));
         }
-        if cfg.nodes.len() > 1 && !opts.check_only {
+        if cfg.nodes.len() > 1 && !opts.check_only && !opts.single_node {
             return Err(NodeError::MultiNode(cfg.nodes.len()));
         }
         let state_dir = opts
@@ -178,7 +182,7 @@ impl Node {
             plugins.insert(p.name.get_ref().clone(), loaded);
         }
         cfg.check_plugins(&plugins)?;
-        Ok(Self { cfg, name, state_dir, socket, plugins, leave_running: opts.leave_running })
+        Ok(Self { cfg, name, state_dir, socket, plugins, leave_running: opts.leave_running, single_node: opts.single_node })
     }
 
     pub fn socket(&self) -> &Path {
@@ -321,6 +325,12 @@ impl Node {
             &self.name,
             format!("node started ({} resources in {} groups); probing what runs", self.cfg.resources.len(), self.cfg.groups.len()),
         );
+        if self.single_node && self.cfg.nodes.len() > 1 {
+            let others: Vec<String> = self.cfg.nodes.iter().map(|n| n.name.get_ref().clone()).filter(|n| *n != self.name).collect();
+            let msg = format!("--single-node: running alone; {} are treated as down and must not run Warden", others.join(", "));
+            tracing::warn!("{msg}");
+            note(&mut history, "node", &self.name, msg);
+        }
         tracing::info!(node = %self.name, socket = %self.socket.display(), "node running");
         let mut pending = sched.handle(now_ms(), Event::NodeUp(self.name.clone()));
 

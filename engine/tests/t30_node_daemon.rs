@@ -270,3 +270,30 @@ fn a_hung_monitor_delays_only_its_own_resource() {
     assert!(n.resource("slow")["last_monitor"].is_null(), "{:?}", n.resource("slow"));
     assert!(n.alive("a"));
 }
+
+#[test]
+fn a_multi_node_config_runs_only_with_single_node() {
+    let mut n = TestNode::new(|d| {
+        format!(
+            "\n[[nodes]]\nname = \"n2\"\n\n[[nodes]]\nname = \"w\"\nrole = \"witness\"\n{}\n[[groups]]\nname = \"app\"\nresources = [\"a\"]\npriority = [\"n1\", \"n2\"]\n",
+            pid_resource(d, "a", "300ms")
+        )
+    });
+    let o = std::process::Command::new(warden_bin())
+        .args(["node", "run", "--node", "n1", "--config"])
+        .arg(&n.config)
+        .arg("--state-dir")
+        .arg(&n.state)
+        .arg("--socket")
+        .arg(&n.socket)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("pass --single-node"), "{o:?}");
+    n.start(&["--single-node"]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    let st = n.status().unwrap();
+    let n2 = st["nodes"].as_array().unwrap().iter().find(|x| x["name"] == "n2").unwrap().clone();
+    assert_eq!(n2["up"], false);
+    assert!(n.events().iter().any(|e| e["message"].as_str().unwrap_or("").contains("--single-node")));
+}

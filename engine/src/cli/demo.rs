@@ -65,6 +65,8 @@ struct Cleanup {
     dir: PathBuf,
     node: Option<std::process::Child>,
     link: Option<String>,
+    /// A mount point to unmount (the shared disk image).
+    mount: Option<PathBuf>,
     prefix: PathBuf,
     keep: bool,
 }
@@ -86,6 +88,9 @@ impl Drop for Cleanup {
         }
         if let Some(link) = &self.link {
             let _ = Command::new("/usr/sbin/ip").args(["link", "del", link]).status();
+        }
+        if let Some(mp) = &self.mount {
+            let _ = Command::new("/bin/umount").arg(mp).stderr(Stdio::null()).status();
         }
         if self.keep {
             println!("(kept {})", self.dir.display());
@@ -164,18 +169,32 @@ pub async fn run_demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
         .plugins
         .canonicalize()
         .with_context(|| format!("{} is missing: build the plugins with `cargo xtask plugins`", args.plugins.display()))?;
-    for p in ["jp1-base", "jp1-ajs3-manager", "ip"] {
+    for p in ["jp1-base", "jp1-ajs3-manager", "ip", "filesystem"] {
         anyhow::ensure!(plugins.join(format!("{p}.wasm")).exists(), "{}/{p}.wasm is missing: run `cargo xtask plugins`", plugins.display());
     }
     let dir = std::env::temp_dir().join(format!("warden-demo-{}", std::process::id()));
     let prefix = dir.join("node");
     let shared = dir.join("shared");
-    let mut cleanup = Cleanup { dir: dir.clone(), node: None, link: None, prefix: prefix.clone(), keep: args.keep };
+    let mut cleanup = Cleanup { dir: dir.clone(), node: None, link: None, mount: None, prefix: prefix.clone(), keep: args.keep };
     std::fs::create_dir_all(&dir)?;
 
     step("Setting up a simulated JP1 node (tests/jp1-sim: a test double, JP1 is proprietary)");
     run(Command::new(&sim).arg("install").arg(&prefix).args(["--ajs", "manager"]))?;
+    // The shared disk: an ext4 image holding the logical host's shared directory, mounted by
+    // the filesystem agent (when we may: root, mkfs.ext4, loop devices). Otherwise a plain
+    // directory stands in for it.
+    std::fs::create_dir_all(&shared)?;
+    let image = dir.join("shared-disk.img");
+    let with_disk = make_shared_disk(&image, &shared, &mut cleanup).is_ok();
     run(Command::new(&sim).arg("setup-lhost").arg(&prefix).arg(LHOST).arg(&shared).args(["--ajs", "manager"]))?;
+    if with_disk {
+        // Leave it unmounted: bringing the shared disk up is the cluster's job.
+        run(Command::new("/bin/umount").arg(&shared))?;
+        cleanup.mount = Some(shared.clone());
+        println!("    shared disk: ext4 image {} (mounted on {} by the filesystem agent)", image.display(), shared.display());
+    } else {
+        println!("    (cannot loop-mount an ext4 image here: the shared directory is a plain directory)");
+    }
     println!("    JP1/Base + JP1/AJS3 Manager under {}, logical host `{LHOST}`, shared directory {}", prefix.display(), shared.display());
 
     // A virtual IP on a dummy interface, when we may create one (root).
@@ -245,7 +264,28 @@ monitor_interval = "1s"
     } else {
         String::new()
     };
-    let members = if with_vip { r#"["vip", "jp1-base", "jp1-ajs3"]"# } else { r#"["jp1-base", "jp1-ajs3"]"# };
+    let disk_resource = if with_disk {
+        let (img, mp) = (image.display().to_string(), s.clone());
+        format!(
+            r#"
+[[resources]]
+name = "shared-disk"
+plugin = "filesystem"
+params = {{ device = "{img}", mountpoint = "{mp}", fstype = "ext4", options = "noatime" }}
+grants = {{ exec = [
+    {{ program = "/bin/mount", args = ["-t", "ext4", "-o", "noatime", "{img}", "{mp}"] }},
+    {{ program = "/bin/umount", args = ["{mp}"] }},
+    {{ program = "/bin/fuser", args = ["-m", "-M", "{mp}"] }},
+], read = ["/proc/self/mounts", "/proc/*/mounts", "/proc/*/comm", "/sys/block/loop*/loop/backing_file", "/sys/devices/virtual/block/loop*/loop/backing_file"] }}
+monitor_interval = "1s"
+"#
+        )
+    } else {
+        String::new()
+    };
+    let below_base: Vec<&str> = [with_vip.then_some("vip"), with_disk.then_some("shared-disk")].into_iter().flatten().collect();
+    let members: Vec<String> = below_base.iter().map(|r| format!("\"{r}\"")).chain(["\"jp1-base\"".into(), "\"jp1-ajs3\"".into()]).collect();
+    let members = format!("[{}]\ndepends_on = {{ jp1-base = [{}], jp1-ajs3 = [\"jp1-base\"] }}", members.join(", "), below_base.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(", "));
     let config = format!(
         r#"# Written by `warden demo`.
 version = 1
@@ -259,12 +299,15 @@ name = "demo-node"
 name = "ip"
 path = "{pl}/ip.wasm"
 [[plugins]]
+name = "filesystem"
+path = "{pl}/filesystem.wasm"
+[[plugins]]
 name = "jp1-base"
 path = "{pl}/jp1-base.wasm"
 [[plugins]]
 name = "jp1-ajs3-manager"
 path = "{pl}/jp1-ajs3-manager.wasm"
-{vip_resource}
+{vip_resource}{disk_resource}
 [[resources]]
 name = "jp1-base"
 plugin = "jp1-base"
@@ -386,8 +429,20 @@ restart_window = "10m"
     for e in history.lines().filter_map(|l| serde_json::from_str::<EventRecord>(l).ok()).filter(|e| e.seq > seq_before) {
         println!("    {}", event_line(&e));
     }
-    println!("\nDemo finished: node stopped; simulator processes, the demo's network interface and scratch files removed.");
+    println!("\nDemo finished: node stopped; simulator processes, the demo's network interface, disk image and scratch files removed.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Make an ext4 image and mount it on `mp` (to lay out the shared directory). Errors mean "not
+/// possible here" (not root, no mkfs.ext4, no loop devices).
+fn make_shared_disk(image: &Path, mp: &Path, cleanup: &mut Cleanup) -> anyhow::Result<()> {
+    let quiet = |c: &mut Command| c.stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+    anyhow::ensure!(Path::new("/sbin/mkfs.ext4").exists() || Path::new("/usr/sbin/mkfs.ext4").exists(), "no mkfs.ext4");
+    anyhow::ensure!(quiet(Command::new("/usr/bin/truncate").args(["-s", "64M"]).arg(image)), "truncate");
+    anyhow::ensure!(quiet(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(image)), "mkfs.ext4");
+    anyhow::ensure!(quiet(Command::new("/bin/mount").args(["-t", "ext4", "-o", "noatime"]).arg(image).arg(mp)), "mount");
+    cleanup.mount = Some(mp.to_path_buf());
+    Ok(())
 }
 
 fn indent(s: &str) -> String {

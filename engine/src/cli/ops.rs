@@ -38,6 +38,10 @@ pub enum NodeCommand {
         /// On SIGTERM/SIGINT, exit without stopping the resources (the next start adopts them).
         #[arg(long)]
         leave_running: bool,
+        /// Run only this node of a multi-node config; the other nodes are treated as down and
+        /// must not run Warden (multi-node membership is not implemented yet).
+        #[arg(long)]
+        single_node: bool,
     },
     /// Check a config file (and its plugins) without running anything.
     Check {
@@ -96,7 +100,7 @@ pub enum ResourceCommand {
 
 pub async fn node(cmd: &NodeCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        NodeCommand::Run { config, node, state_dir, socket, leave_running } => {
+        NodeCommand::Run { config, node, state_dir, socket, leave_running, single_node } => {
             let opts = NodeOptions {
                 config: config.clone(),
                 node: node.clone(),
@@ -104,6 +108,7 @@ pub async fn node(cmd: &NodeCommand) -> anyhow::Result<ExitCode> {
                 socket: socket.clone(),
                 leave_running: *leave_running,
                 check_only: false,
+                single_node: *single_node,
             };
             let n = Node::load(&opts).await?;
             let stop = async {
