@@ -582,14 +582,26 @@ impl ClusterConfig {
             }
         }
         for f in &self.fencing {
-            if let Some(p) = plugins.get(f.plugin.get_ref()) {
-                if p.world() != warden_manifest::World::FenceAgent {
-                    errs.push(self.error_at(
-                        f.plugin.span(),
-                        format!("fence device `{}`: plugin `{}` is not a fence agent", f.name.get_ref(), f.plugin.get_ref()),
-                        None,
-                    ));
-                }
+            let Some(p) = plugins.get(f.plugin.get_ref()) else { continue };
+            let (name, plugin) = (f.name.get_ref(), f.plugin.get_ref());
+            if p.world() != warden_manifest::World::FenceAgent {
+                errs.push(self.error_at(f.plugin.span(), format!("fence device `{name}`: plugin `{plugin}` is not a fence agent"), None));
+                continue;
+            }
+            if let Err(e) = p.metadata.resolve_params(&f.params) {
+                errs.push(self.error_at(
+                    f.name.span(),
+                    format!("fence device `{name}` ({plugin}): {e}"),
+                    Some("`warden plugin inspect` lists the parameters".into()),
+                ));
+            }
+            let undeclared = f.grants.not_covered_by(&p.manifest.capabilities);
+            if !undeclared.is_empty() {
+                errs.push(self.error_at(
+                    f.name.span(),
+                    format!("fence device `{name}` grants what plugin `{plugin}` never requested: {}", undeclared.join("; ")),
+                    Some("remove the grant, or check that the device uses the right plugin".into()),
+                ));
             }
         }
         if errs.is_empty() {

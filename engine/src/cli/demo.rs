@@ -284,8 +284,13 @@ monitor_interval = "1s"
         String::new()
     };
     let below_base: Vec<&str> = [with_vip.then_some("vip"), with_disk.then_some("shared-disk")].into_iter().flatten().collect();
-    let members: Vec<String> = below_base.iter().map(|r| format!("\"{r}\"")).chain(["\"jp1-base\"".into(), "\"jp1-ajs3\"".into()]).collect();
-    let members = format!("[{}]\ndepends_on = {{ jp1-base = [{}], jp1-ajs3 = [\"jp1-base\"] }}", members.join(", "), below_base.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(", "));
+    let members: Vec<String> =
+        below_base.iter().map(|r| format!("\"{r}\"")).chain(["\"jp1-base\"".into(), "\"jp1-ajs3\"".into()]).collect();
+    let members = format!(
+        "[{}]\ndepends_on = {{ jp1-base = [{}], jp1-ajs3 = [\"jp1-base\"] }}",
+        members.join(", "),
+        below_base.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(", ")
+    );
     let config = format!(
         r#"# Written by `warden demo`.
 version = 1
