@@ -27,7 +27,7 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     };
     // Nothing in a cluster config needs more than a week; bigger values are typos (and would
     // overflow clock arithmetic).
-    if !secs.is_finite() || secs < 0.0 || secs > 7.0 * 86_400.0 {
+    if !secs.is_finite() || !(0.0..=7.0 * 86_400.0).contains(&secs) {
         return Err(format!("`{s}` is not a valid duration (0 to 7 days)"));
     }
     Ok(Duration::from_secs_f64(secs))
