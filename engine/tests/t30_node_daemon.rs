@@ -201,15 +201,7 @@ fn events_follow_streams_new_events() {
 #[test]
 fn bad_config_is_refused_with_position() {
     let n = TestNode::new(|_| "[[resources]]\nname = \"x\"\nplugin = \"nope\"\n".into());
-    let o = std::process::Command::new(warden_bin())
-        .args(["node", "run", "--node", "n1", "--config"])
-        .arg(&n.config)
-        .arg("--state-dir")
-        .arg(&n.state)
-        .arg("--socket")
-        .arg(&n.socket)
-        .output()
-        .unwrap();
+    let o = n.run_refused(&[]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("cluster.toml:13:10: resource `x` uses unknown plugin `nope`"), "{err}");
@@ -279,15 +271,7 @@ fn a_multi_node_config_runs_only_with_single_node() {
             pid_resource(d, "a", "300ms")
         )
     });
-    let o = std::process::Command::new(warden_bin())
-        .args(["node", "run", "--node", "n1", "--config"])
-        .arg(&n.config)
-        .arg("--state-dir")
-        .arg(&n.state)
-        .arg("--socket")
-        .arg(&n.socket)
-        .output()
-        .unwrap();
+    let o = n.run_refused(&[]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("pass --single-node"), "{o:?}");
     n.start(&["--single-node"]);

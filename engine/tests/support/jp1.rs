@@ -105,25 +105,7 @@ impl Drop for Node {
 
 /// Pids of live processes whose `argv[0]` lies under `dir`; a zombie (Z) counts as dead.
 pub fn processes_under(dir: &Path) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let argv0 = String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
-        if !Path::new(&argv0).starts_with(dir) {
-            continue;
-        }
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat.rsplit(')').next().and_then(|r| r.trim().chars().next());
-        if !matches!(state, Some('Z') | Some('X') | None) {
-            out.push(pid);
-        }
-    }
-    out
+    crate::support::live_pids(|c| Path::new(&*String::from_utf8_lossy(c.split(|b| *b == 0).next().unwrap_or_default())).starts_with(dir))
 }
 
 /// A logical host of a [`Node`].

@@ -78,6 +78,20 @@ impl TestNode {
         assert!(self.wait(Duration::from_secs(60), |n| n.status().is_some()), "node did not come up:\n{}", self.log());
     }
 
+    /// Run `warden node run` on this config in the foreground (for configs it must refuse).
+    pub fn run_refused(&self, extra: &[&str]) -> std::process::Output {
+        Command::new(warden_bin())
+            .args(["node", "run", "--node", "n1", "--config"])
+            .arg(&self.config)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }

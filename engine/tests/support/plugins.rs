@@ -38,21 +38,16 @@ pub fn ctx(params: &[(&str, &str)]) -> CallContext {
     }
 }
 
-/// Pids of live (non-zombie) processes whose command line contains `needle`.
-pub fn live_processes(needle: &str) -> Vec<u32> {
+/// Pids of live processes whose command line (NUL-separated, as in /proc) satisfies `keep`.
+/// A zombie (Z) is dead: PID 1 reaps orphans slowly on these machines.
+pub fn live_pids(keep: impl Fn(&[u8]) -> bool) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if !cmdline.contains(needle) {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        if !keep(&cmdline) {
             continue;
         }
-        // A zombie (Z) is dead; PID 1 reaps orphans slowly on these machines.
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let state = stat.rsplit(')').next().and_then(|r| r.trim().chars().next());
         if !matches!(state, Some('Z') | Some('X') | None) {
@@ -60,6 +55,11 @@ pub fn live_processes(needle: &str) -> Vec<u32> {
         }
     }
     out
+}
+
+/// Pids of live processes whose command line contains `needle`.
+pub fn live_processes(needle: &str) -> Vec<u32> {
+    live_pids(|c| String::from_utf8_lossy(c).replace('\0', " ").contains(needle))
 }
 
 /// Poll `f` until it holds or `limit` passes (a generous bound, not a speed assertion).
