@@ -54,6 +54,18 @@ impl Grants {
     /// caller must then open. Both the path as given and the resolved path must be covered, so a
     /// symlink inside a granted tree cannot lead outside it.
     pub fn check_read(&self, path: &str) -> Result<PathBuf, Denied> {
+        self.check_read_as_written(path)?;
+        let resolved = resolve(Path::new(path));
+        let resolved_text = resolved.to_string_lossy();
+        if resolved_text != path.trim_end_matches('/') {
+            self.both(format!("read `{path}` (resolves to `{resolved_text}`)"), |c| c.allows_read(&resolved_text))?;
+        }
+        Ok(resolved)
+    }
+
+    /// The part of [`Self::check_read`] that needs no filesystem access (the path as written):
+    /// cheap, so a refusal never costs a trip to the blocking pool.
+    pub fn check_read_as_written(&self, path: &str) -> Result<(), Denied> {
         let what = format!("read `{path}`");
         if !path.starts_with('/') {
             return Err(Denied::BadRequest { what, reason: "the path must be absolute".into() });
@@ -61,13 +73,7 @@ impl Grants {
         if has_dot_dot(path) {
             return Err(Denied::BadRequest { what, reason: "the path must not contain `..`".into() });
         }
-        self.both(what.clone(), |c| c.allows_read(path))?;
-        let resolved = resolve(Path::new(path));
-        let resolved_text = resolved.to_string_lossy();
-        if resolved_text != path.trim_end_matches('/') {
-            self.both(format!("{what} (resolves to `{resolved_text}`)"), |c| c.allows_read(&resolved_text))?;
-        }
-        Ok(resolved)
+        self.both(what, |c| c.allows_read(path))
     }
 
     pub fn check_connect(&self, host: &str, port: u16) -> Result<(), Denied> {

@@ -92,6 +92,9 @@ impl HostState {
         op: impl FnOnce(&std::path::Path, &str) -> Result<T, String> + Send + 'static,
     ) -> Result<T, types::AgentError> {
         self.stats.host_calls += 1;
+        if let Err(denied) = self.grants.check_read_as_written(&path) {
+            return Err(self.deny(import, denied));
+        }
         let grants = self.grants.clone();
         let remaining = self.remaining();
         let job = tokio::task::spawn_blocking(move || match grants.check_read(&path) {
