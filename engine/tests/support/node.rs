@@ -59,37 +59,30 @@ impl TestNode {
 
     pub fn start(&mut self, extra: &[&str]) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("node.log")).unwrap();
-        let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache");
-        let child = Command::new(warden_bin())
-            .args(["--log", "info", "--cache-dir"])
-            .arg(&cache)
-            .args(["node", "run", "--node", "n1", "--config"])
-            .arg(&self.config)
-            .arg("--state-dir")
-            .arg(&self.state)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = self.node_run(extra).stdout(Stdio::null()).stderr(log).spawn().unwrap();
         self.child = Some(child);
         assert!(self.wait(Duration::from_secs(60), |n| n.status().is_some()), "node did not come up:\n{}", self.log());
     }
 
-    /// Run `warden node run` on this config in the foreground (for configs it must refuse).
-    pub fn run_refused(&self, extra: &[&str]) -> std::process::Output {
-        Command::new(warden_bin())
+    /// `warden node run` for node `n1` on this config, state directory and socket.
+    fn node_run(&self, extra: &[&str]) -> Command {
+        let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache");
+        let mut cmd = Command::new(warden_bin());
+        cmd.args(["--log", "info", "--cache-dir"])
+            .arg(cache)
             .args(["node", "run", "--node", "n1", "--config"])
             .arg(&self.config)
             .arg("--state-dir")
             .arg(&self.state)
             .arg("--socket")
             .arg(&self.socket)
-            .args(extra)
-            .output()
-            .unwrap()
+            .args(extra);
+        cmd
+    }
+
+    /// Run the node in the foreground (for configs it must refuse).
+    pub fn run_refused(&self, extra: &[&str]) -> std::process::Output {
+        self.node_run(extra).output().unwrap()
     }
 
     pub fn pid(&self) -> u32 {
