@@ -8,6 +8,9 @@
 //! * `test`    — `plugins` and the JP1 simulator, then `cargo test --workspace`: the README's
 //!   test command.
 //! * `demo`    — `plugins`, then the demo.
+//! * `setup`   — what `test` and `demo` do first: the `wasm32-wasip2` target (rustup does not add
+//!   the toolchain file's targets when `RUSTUP_AUTO_INSTALL=0`) and, as root with apt, the Debian
+//!   packages the tests run (otherwise it fails at once naming the one command that installs them).
 //!
 //! A plugin is any directory under `plugins/` or `examples/agents/` holding a `warden.toml`.
 
@@ -34,9 +37,14 @@ fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = root();
     match args.first().map(String::as_str) {
-        Some("plugins") => build_plugins(&root),
+        Some("plugins") => {
+            ensure_wasm_target(&root)?;
+            build_plugins(&root)
+        }
         Some("tools") => install_tools(&root),
+        Some("setup") => setup(&root, Need::Test),
         Some("test") => {
+            setup(&root, Need::Test)?;
             build_plugins(&root)?;
             // The JP1 agent tests run the simulator; build it before the tests wait on cargo's lock.
             run_cmd(Command::new(cargo()).current_dir(&root).args(["build", "--quiet", "-p", "jp1-sim"]))?;
@@ -46,6 +54,7 @@ fn run() -> Result<()> {
             run_cmd(&mut cmd)
         }
         Some("demo") => {
+            setup(&root, Need::Demo)?;
             build_plugins(&root)?;
             run_cmd(Command::new(cargo()).current_dir(&root).args(["build", "--quiet", "-p", "jp1-sim", "-p", "warden"]))?;
             let mut cmd = Command::new(root.join("target/debug/warden"));
@@ -53,7 +62,7 @@ fn run() -> Result<()> {
             run_cmd(&mut cmd)
         }
         _ => {
-            eprintln!("usage: cargo xtask plugins|tools|test [cargo test args]|demo");
+            eprintln!("usage: cargo xtask plugins|tools|setup|test [cargo test args]|demo");
             bail!("unknown task")
         }
     }
@@ -247,4 +256,82 @@ fn ensure_js_tools(dir: &Path) -> Result<()> {
     }
     eprintln!("xtask: installing JavaScript tools in {} (npm ci)", dir.display());
     run_cmd(Command::new("npm").current_dir(dir).args(["ci", "--no-audit", "--no-fund"]))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Need {
+    Demo,
+    Test,
+}
+
+/// Debian packages the tests and the demo run, each with a file that shows it is installed.
+/// The demo needs the first group (veth, mkfs, fuser); the tests need all of them.
+const PACKAGES: &[(&str, &str, bool)] = &[
+    ("iproute2", "/usr/sbin/ip", true),
+    ("psmisc", "/usr/bin/fuser", true),
+    ("e2fsprogs", "/usr/sbin/mkfs.ext4", true),
+    ("util-linux", "/usr/bin/unshare", true),
+    ("mount", "/usr/bin/mount", true),
+    ("procps", "/usr/bin/pkill", true),
+    ("iputils-arping", "/usr/bin/arping", false),
+    ("iptables", "/usr/sbin/iptables", false),
+    ("resource-agents", "/usr/lib/ocf/resource.d/heartbeat/Dummy", false),
+];
+
+fn setup(root: &Path, need: Need) -> Result<()> {
+    ensure_wasm_target(root)?;
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, file, demo)| (need == Need::Test || *demo) && !Path::new(file).exists())
+        .map(|(pkg, _, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let install = format!("apt-get install -y --no-install-recommends {}", missing.join(" "));
+    let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false);
+    let has_apt = Path::new("/usr/bin/apt-get").exists();
+    if !(is_root && has_apt) {
+        bail!(
+            "missing Debian packages: {}. Install them (as root) with:\n    apt-get update && {install}",
+            missing.join(", ")
+        );
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    run_cmd(Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Plugins are built for `wasm32-wasip2`. `rust-toolchain.toml` names it, but rustup only adds a
+/// toolchain file's targets when it installs the toolchain itself, and the `cargo` that
+/// `cargo xtask` runs is the toolchain's own (no rustup proxy), so nothing adds it for us.
+fn ensure_wasm_target(root: &Path) -> Result<()> {
+    // The rustc beside the cargo running us is the toolchain the build will use.
+    let rustc = std::env::var_os("CARGO")
+        .map(PathBuf::from)
+        .and_then(|c| c.parent().map(|d| d.join("rustc")))
+        .filter(|r| r.exists())
+        .unwrap_or_else(|| PathBuf::from("rustc"));
+    let sysroot = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .current_dir(root)
+        .output()
+        .context("run rustc --print sysroot")?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    if sysroot.join("lib/rustlib/wasm32-wasip2").is_dir() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the wasm32-wasip2 target (rustup target add wasm32-wasip2)");
+    // Name the toolchain by its sysroot's directory name so the target lands where cargo looks.
+    let mut cmd = Command::new("rustup");
+    cmd.current_dir(root).args(["target", "add", "wasm32-wasip2"]);
+    if let Some(name) = sysroot.file_name().and_then(|n| n.to_str()) {
+        cmd.args(["--toolchain", name]);
+    }
+    run_cmd(&mut cmd).context("the wasm32-wasip2 target is needed to build plugins; install it with `rustup target add wasm32-wasip2`")
 }
