@@ -37,6 +37,8 @@ use toml::Spanned;
 use warden_manifest::Capabilities;
 
 pub use duration::HumanDuration;
+use warden_core::scheduler::{GroupModel, Millis, Model, NodeModel, ResourceModel};
+pub use warden_core::{topo_order, Role, Switchback};
 
 /// One problem in a config file, with its position and a hint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,14 +109,6 @@ pub struct ClusterSection {
     pub manual_confirm: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    #[default]
-    Node,
-    Witness,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
@@ -166,16 +160,6 @@ pub struct ResourceConfig {
     pub unmanaged: bool,
     /// Linear-memory cap for the agent instance, in MiB (default 256).
     pub memory_mib: Option<usize>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Switchback {
-    /// Stay where the group is (LifeKeeper's default).
-    #[default]
-    Intelligent,
-    /// Return to the highest-priority node when it comes back.
-    Automatic,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -612,68 +596,66 @@ impl ClusterConfig {
     }
 }
 
-/// Members in a start order (every resource after what it depends on), or the cycle found.
-pub fn topo_order(members: &[String], edges: &BTreeMap<String, Vec<String>>) -> Result<Vec<String>, Vec<String>> {
-    #[derive(Clone, Copy, PartialEq)]
-    enum Mark {
-        New,
-        Active,
-        Done,
-    }
-    fn visit(
-        n: &str,
-        edges: &BTreeMap<String, Vec<String>>,
-        marks: &mut BTreeMap<String, Mark>,
-        stack: &mut Vec<String>,
-        out: &mut Vec<String>,
-    ) -> Result<(), Vec<String>> {
-        match marks.get(n).copied().unwrap_or(Mark::New) {
-            Mark::Done => return Ok(()),
-            Mark::Active => {
-                let start = stack.iter().position(|s| s == n).unwrap_or(0);
-                let mut cycle = stack[start..].to_vec();
-                cycle.push(n.to_string());
-                return Err(cycle);
+impl ClusterConfig {
+    /// The static model the decision core works on.
+    pub fn model(&self) -> Model {
+        let cfg = self;
+        let fence_all = cfg.fencing.iter().any(|f| f.nodes.is_empty());
+        let fenceable: BTreeSet<&str> = cfg.fencing.iter().flat_map(|f| f.nodes.iter().map(|n| n.get_ref().as_str())).collect();
+        let nodes = cfg
+            .nodes
+            .iter()
+            .map(|n| NodeModel {
+                name: n.name.get_ref().clone(),
+                role: n.role,
+                fenceable: fence_all || fenceable.contains(n.name.get_ref().as_str()),
+            })
+            .collect();
+        let mut groups = BTreeMap::new();
+        let mut resources = BTreeMap::new();
+        for g in &cfg.groups {
+            let names: Vec<String> = g.resources.iter().map(|r| r.get_ref().clone()).collect();
+            let deps = ClusterConfig::group_edges(g);
+            let members = topo_order(&names, &deps).expect("validated: no cycles");
+            let mut dependents: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (r, ds) in &deps {
+                for d in ds {
+                    dependents.entry(d.clone()).or_default().push(r.clone());
+                }
             }
-            Mark::New => {}
+            let priority = if g.priority.is_empty() {
+                cfg.nodes.iter().filter(|n| n.role == Role::Node).map(|n| n.name.get_ref().clone()).collect()
+            } else {
+                g.priority.iter().map(|p| p.get_ref().clone()).collect()
+            };
+            for r in &names {
+                let unmanaged = cfg.resource(r).is_some_and(|rc| rc.unmanaged);
+                resources
+                    .insert(r.clone(), ResourceModel { name: r.clone(), group: g.name.get_ref().clone(), unmanaged, local_recovery: true });
+            }
+            groups.insert(
+                g.name.get_ref().clone(),
+                std::sync::Arc::new(GroupModel {
+                    name: g.name.get_ref().clone(),
+                    members,
+                    deps,
+                    dependents,
+                    priority,
+                    switchback: g.switchback,
+                    max_restarts: g.max_restarts,
+                    restart_window: g.restart_window.get().as_millis() as Millis,
+                    monitor_timeouts_to_fail: g.monitor_timeouts_to_fail.max(1),
+                    autostart: g.autostart,
+                }),
+            );
         }
-        marks.insert(n.to_string(), Mark::Active);
-        stack.push(n.to_string());
-        for d in edges.get(n).into_iter().flatten() {
-            visit(d, edges, marks, stack, out)?;
-        }
-        stack.pop();
-        marks.insert(n.to_string(), Mark::Done);
-        out.push(n.to_string());
-        Ok(())
+        Model { nodes, groups, resources }
     }
-    let mut marks = BTreeMap::new();
-    let mut out = Vec::new();
-    for m in members {
-        visit(m, edges, &mut marks, &mut Vec::new(), &mut out)?;
-    }
-    out.retain(|x| members.contains(x));
-    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn topo_order_respects_edges_and_finds_cycles() {
-        let m: Vec<String> = ["ajs", "base", "vip", "fs"].iter().map(|s| s.to_string()).collect();
-        let mut e = BTreeMap::new();
-        e.insert("base".to_string(), vec!["vip".to_string(), "fs".to_string()]);
-        e.insert("ajs".to_string(), vec!["base".to_string()]);
-        let order = topo_order(&m, &e).unwrap();
-        let pos = |x: &str| order.iter().position(|o| o == x).unwrap();
-        assert!(pos("vip") < pos("base") && pos("fs") < pos("base") && pos("base") < pos("ajs"));
-        e.insert("vip".to_string(), vec!["ajs".to_string()]);
-        let cycle = topo_order(&m, &e).unwrap_err();
-        assert_eq!(cycle.first(), cycle.last());
-        assert!(cycle.len() >= 4, "{cycle:?}");
-    }
 
     #[test]
     fn position_is_one_based() {

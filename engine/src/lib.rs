@@ -6,4 +6,4 @@ pub mod cli;
 pub mod config;
 pub mod node;
 pub mod plugin;
-pub mod scheduler;
+pub use warden_core::scheduler;

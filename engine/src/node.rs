@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::api::{self, GroupStatus, MonitorStatus, NodeStatus, Request, ResourceStatus, Response, StatusReport};
 use crate::config::{ClusterConfig, ConfigErrors, Role};
 use crate::plugin::{signing, HostOptions, Limits, Plugin, PluginError, PluginHost, SignatureStatus};
-use crate::scheduler::{ActionKind, Activity, Command, Event, Millis, Model, MonitorOutcome, Scheduler, State};
+use crate::scheduler::{ActionKind, Activity, Command, Event, Millis, MonitorOutcome, Scheduler, State};
 use history::{unix_ms, EventRecord, History};
 use worker::{Job, JobKind, JobOutcome, JobResult, Timeouts, Worker};
 
@@ -191,7 +191,7 @@ impl Node {
 
     /// Run until SIGTERM/SIGINT (or `stop` resolves).
     pub async fn run(self, stop: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
-        let mut model = Model::from_config(&self.cfg);
+        let mut model = self.cfg.model();
         for (name, r) in model.resources.iter_mut() {
             let rc = self.cfg.resource(name).expect("validated");
             r.local_recovery = self.plugins[rc.plugin.get_ref()].metadata.local_recovery;

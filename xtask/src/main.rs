@@ -292,10 +292,7 @@ fn setup(root: &Path, need: Need) -> Result<()> {
     let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false);
     let has_apt = Path::new("/usr/bin/apt-get").exists();
     if !(is_root && has_apt) {
-        bail!(
-            "missing Debian packages: {}. Install them (as root) with:\n    apt-get update && {install}",
-            missing.join(", ")
-        );
+        bail!("missing Debian packages: {}. Install them (as root) with:\n    apt-get update && {install}", missing.join(", "));
     }
     eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
     run_cmd(Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
@@ -317,11 +314,7 @@ fn ensure_wasm_target(root: &Path) -> Result<()> {
         .and_then(|c| c.parent().map(|d| d.join("rustc")))
         .filter(|r| r.exists())
         .unwrap_or_else(|| PathBuf::from("rustc"));
-    let sysroot = Command::new(rustc)
-        .args(["--print", "sysroot"])
-        .current_dir(root)
-        .output()
-        .context("run rustc --print sysroot")?;
+    let sysroot = Command::new(rustc).args(["--print", "sysroot"]).current_dir(root).output().context("run rustc --print sysroot")?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
     if sysroot.join("lib/rustlib/wasm32-wasip2").is_dir() {
         return Ok(());

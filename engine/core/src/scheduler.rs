@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ClusterConfig, Role, Switchback};
+pub use crate::model::{Role, Switchback};
 
 pub type Millis = u64;
 
@@ -72,61 +72,6 @@ pub struct ResourceModel {
     pub unmanaged: bool,
     /// The agent recovers locally (metadata `local-recovery`); otherwise a failure fails over.
     pub local_recovery: bool,
-}
-
-impl Model {
-    pub fn from_config(cfg: &ClusterConfig) -> Self {
-        let fence_all = cfg.fencing.iter().any(|f| f.nodes.is_empty());
-        let fenceable: BTreeSet<&str> = cfg.fencing.iter().flat_map(|f| f.nodes.iter().map(|n| n.get_ref().as_str())).collect();
-        let nodes = cfg
-            .nodes
-            .iter()
-            .map(|n| NodeModel {
-                name: n.name.get_ref().clone(),
-                role: n.role,
-                fenceable: fence_all || fenceable.contains(n.name.get_ref().as_str()),
-            })
-            .collect();
-        let mut groups = BTreeMap::new();
-        let mut resources = BTreeMap::new();
-        for g in &cfg.groups {
-            let names: Vec<String> = g.resources.iter().map(|r| r.get_ref().clone()).collect();
-            let deps = ClusterConfig::group_edges(g);
-            let members = crate::config::topo_order(&names, &deps).expect("validated: no cycles");
-            let mut dependents: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for (r, ds) in &deps {
-                for d in ds {
-                    dependents.entry(d.clone()).or_default().push(r.clone());
-                }
-            }
-            let priority = if g.priority.is_empty() {
-                cfg.nodes.iter().filter(|n| n.role == Role::Node).map(|n| n.name.get_ref().clone()).collect()
-            } else {
-                g.priority.iter().map(|p| p.get_ref().clone()).collect()
-            };
-            for r in &names {
-                let unmanaged = cfg.resource(r).is_some_and(|rc| rc.unmanaged);
-                resources
-                    .insert(r.clone(), ResourceModel { name: r.clone(), group: g.name.get_ref().clone(), unmanaged, local_recovery: true });
-            }
-            groups.insert(
-                g.name.get_ref().clone(),
-                std::sync::Arc::new(GroupModel {
-                    name: g.name.get_ref().clone(),
-                    members,
-                    deps,
-                    dependents,
-                    priority,
-                    switchback: g.switchback,
-                    max_restarts: g.max_restarts,
-                    restart_window: g.restart_window.get().as_millis() as Millis,
-                    monitor_timeouts_to_fail: g.monitor_timeouts_to_fail.max(1),
-                    autostart: g.autostart,
-                }),
-            );
-        }
-        Self { nodes, groups, resources }
-    }
 }
 
 /// What a resource is doing on one node. Absent from the map = known stopped there.
