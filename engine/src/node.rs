@@ -10,6 +10,7 @@
 //!   job results ────┘        └──────────────────────────────────────────────┘   per resource)
 //! ```
 
+pub mod cgroup;
 pub mod history;
 pub mod worker;
 
@@ -48,6 +49,8 @@ pub enum NodeError {
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("another `warden node run` is already serving {0}")]
     AlreadyRunning(PathBuf),
+    #[error("{path} is locked by another `warden node run`{holder}: one daemon per state directory and control socket")]
+    Locked { path: PathBuf, holder: String },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -87,13 +90,82 @@ fn durable(state: &State) -> State {
     s
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Write a file so that after a crash or power cut it holds either the old or the new bytes:
+/// write a temporary file, fsync it, rename it over, fsync the directory (the rename itself is
+/// only durable once the directory is).
+pub(crate) fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path)
+}
+
+/// Remove a file durably (the directory entry is fsynced).
+pub(crate) fn remove_durable(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => sync_dir(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// An exclusive lock held for the daemon's life (released by the kernel when it dies, even by
+/// `kill -9`). The holder's pid is written into the file for the error a second daemon gets.
+fn lock_exclusive(path: &Path) -> Result<std::fs::File, NodeError> {
+    use std::io::{Read, Seek, Write};
+    let io = |source| NodeError::Io { what: "cannot open the lock file", path: path.to_path_buf(), source };
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            let holder = pid.trim().parse::<u32>().map(|p| format!(" (pid {p})")).unwrap_or_default();
+            return Err(NodeError::Locked { path: path.to_path_buf(), holder });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    f.set_len(0).map_err(io)?;
+    f.rewind().map_err(io)?;
+    writeln!(f, "{}", std::process::id()).map_err(io)?;
+    Ok(f)
+}
+
+/// The control socket this daemon created; removed on exit only if it is still the same file
+/// (never a socket another daemon put at the path).
+struct OwnedSocket {
+    path: PathBuf,
+    id: Option<(u64, u64)>,
+}
+
+impl OwnedSocket {
+    fn claim(path: &Path) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let id = std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()));
+        Self { path: path.to_path_buf(), id }
+    }
+}
+
+impl Drop for OwnedSocket {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let now = std::fs::symlink_metadata(&self.path).ok().map(|m| (m.dev(), m.ino()));
+        if now.is_some() && now == self.id {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_durable(path, bytes)
 }
 
 /// A loaded, validated node, ready to run.
@@ -191,6 +263,16 @@ impl Node {
 
     /// Run until SIGTERM/SIGINT (or `stop` resolves).
     pub async fn run(self, stop: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+        // One daemon per state directory and per control socket, for the daemon's whole life:
+        // two daemons on one state would both start the same groups. Taken before anything is
+        // read or probed.
+        let _state_lock = lock_exclusive(&self.state_dir.join("lock"))?;
+        if let Some(dir) = self.socket.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let mut socket_lock_path = self.socket.clone().into_os_string();
+        socket_lock_path.push(".lock");
+        let _socket_lock = lock_exclusive(Path::new(&socket_lock_path))?;
         let mut model = self.cfg.model();
         for (name, r) in model.resources.iter_mut() {
             let rc = self.cfg.resource(name).expect("validated");
@@ -237,6 +319,33 @@ impl Node {
             Err(e) => return Err(NodeError::Io { what: "cannot read the state file", path: state_path, source: e }),
         }
 
+        // Each resource's processes live in their own cgroup; where there is none, say so.
+        let cgroups = match cgroup::Cgroups::detect(&self.cfg.cluster.name, &self.state_dir) {
+            Ok(c) => {
+                tracing::info!(base = %c.base().display(), "each resource's processes run in their own cgroup");
+                Some(c)
+            }
+            Err(e) => {
+                let msg = format!(
+                    "no usable cgroup2 hierarchy ({e}): falling back to process groups; a process that leaves its \
+                     process group escapes the kill at a timeout or stop, and after a crash interrupted actions are waited out, not killed"
+                );
+                tracing::warn!("{msg}");
+                note(&mut history, "node", &self.name, msg);
+                None
+            }
+        };
+        let journal_dir = self.state_dir.join("actions");
+        std::fs::create_dir_all(&journal_dir).map_err(|source| NodeError::Io {
+            what: "cannot create the action journal directory",
+            path: journal_dir.clone(),
+            source,
+        })?;
+        // Before anything is probed: what an interrupted start, stop or recover of the previous
+        // daemon left running is killed (or waited out), or the probe could adopt half of it and
+        // the orphaned action finish a second copy afterwards.
+        self.settle_interrupted_actions(&journal_dir, cgroups.as_ref(), &mut history).await;
+
         // Workers.
         let (results_tx, mut results_rx) = mpsc::unbounded_channel::<JobResult>();
         let mut workers: HashMap<String, mpsc::Sender<Job>> = HashMap::new();
@@ -255,7 +364,16 @@ impl Node {
             };
             let params = m.resolve_params(rc.params.get_ref()).expect("checked by check_plugins");
             let limits = Limits { memory_bytes: rc.memory_mib.map_or(Limits::default().memory_bytes, |m| m << 20) };
-            let w = Worker::new(plugin, rc.name.get_ref(), &self.name, params, rc.grants.get_ref().clone(), timeouts, limits);
+            let cg = match cgroups.as_ref().map(|c| c.resource(rc.name.get_ref())) {
+                Some(Ok(cg)) => Some(cg),
+                Some(Err(e)) => {
+                    tracing::warn!(resource = %rc.name.get_ref(), error = %e, "no cgroup for this resource; process groups only");
+                    None
+                }
+                None => None,
+            };
+            let journal = Some(journal_dir.join(format!("{}.json", rc.name.get_ref())));
+            let w = Worker::new(plugin, rc.name.get_ref(), &self.name, params, rc.grants.get_ref().clone(), timeouts, limits, journal, cg);
             let (tx, rx) = mpsc::channel(64);
             tokio::spawn(w.run(rx, results_tx.clone()));
             workers.insert(rc.name.get_ref().clone(), tx);
@@ -270,21 +388,20 @@ impl Node {
             plugin_of.insert(rc.name.get_ref().clone(), rc.plugin.get_ref().clone());
         }
 
-        // Control socket.
+        // Control socket. We hold its lock, so whatever is at the path is a leftover of a dead
+        // daemon (or a daemon of an older version that took no lock: refuse if it answers).
         if self.socket.exists() {
             if tokio::net::UnixStream::connect(&self.socket).await.is_ok() {
                 return Err(NodeError::AlreadyRunning(self.socket.clone()));
             }
             let _ = std::fs::remove_file(&self.socket);
         }
-        if let Some(dir) = self.socket.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
         let listener = tokio::net::UnixListener::bind(&self.socket).map_err(|source| NodeError::Io {
             what: "cannot open the control socket",
             path: self.socket.clone(),
             source,
         })?;
+        let _owned_socket = OwnedSocket::claim(&self.socket);
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&self.socket, std::fs::Permissions::from_mode(0o600)).map_err(|source| NodeError::Io {
@@ -458,8 +575,63 @@ impl Node {
                 }
             }
         }
-        let _ = std::fs::remove_file(&self.socket);
         Ok(())
+    }
+
+    /// Kill (with cgroups) or wait out (without) what interrupted actions left running.
+    async fn settle_interrupted_actions(&self, dir: &Path, cgroups: Option<&cgroup::Cgroups>, history: &mut History) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let mut records: Vec<(PathBuf, Option<worker::ActionRecord>)> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .map(|p| {
+                let rec = std::fs::read(&p).ok().and_then(|b| serde_json::from_slice::<worker::ActionRecord>(&b).ok());
+                (p, rec)
+            })
+            .collect();
+        records.sort_by(|a, b| a.0.cmp(&b.0));
+        for (path, rec) in records {
+            // A torn or unreadable record still names its resource by file name.
+            let resource = rec
+                .as_ref()
+                .map(|r| r.resource.clone())
+                .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+            let action = rec.as_ref().map_or("an action".to_string(), |r| format!("`{}` (epoch {})", r.action, r.epoch));
+            let message = match (cgroups.map(|c| c.resource(&resource)), &rec) {
+                (Some(Ok(cg)), _) => {
+                    let n = cg.kill_all(Duration::from_secs(10)).await;
+                    format!("the previous daemon died during {action}; killed the {n} process(es) it left in the resource's cgroup before probing")
+                }
+                (_, Some(r)) => {
+                    let now = unix_ms(SystemTime::now());
+                    // Without cgroups nothing can find the orphans: wait until the interrupted
+                    // action's own timeout has passed, at most that timeout from now.
+                    let wait = r.deadline_ms.saturating_sub(now).min(r.deadline_ms.saturating_sub(r.started_ms));
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    format!(
+                        "the previous daemon died during {action}; waited {wait} ms for its timeout to pass before probing (no cgroups)"
+                    )
+                }
+                (_, None) => {
+                    format!("the previous daemon died during an action (record unreadable) and there are no cgroups: probing at once")
+                }
+            };
+            tracing::warn!(resource = %resource, "{message}");
+            history.record(EventRecord {
+                seq: 0,
+                at_ms: unix_ms(SystemTime::now()),
+                kind: "node".into(),
+                subject: resource.clone(),
+                action: None,
+                duration_ms: None,
+                result: String::new(),
+                message,
+            });
+            if let Err(e) = remove_durable(&path) {
+                tracing::error!(path = %path.display(), error = %e, "cannot remove the action record");
+            }
+        }
     }
 
     fn status(&self, sched: &Scheduler, history: &History, shutting_down: bool) -> StatusReport {

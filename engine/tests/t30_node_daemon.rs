@@ -281,3 +281,105 @@ fn a_multi_node_config_runs_only_with_single_node() {
     assert_eq!(n2["up"], false);
     assert!(n.events().iter().any(|e| e["message"].as_str().unwrap_or("").contains("--single-node")));
 }
+
+/// Processes whose command line is exactly `sleep <marker>`.
+fn copies(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            cmd == format!("sleep\0{marker}\0").as_bytes() && !stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+        .count()
+}
+
+/// `kill -9` of the daemon while a slow start runs, then a restart: the orphaned start must not
+/// finish a second copy after the new daemon's probe and start (the review's reproduction).
+#[test]
+fn daemon_killed_during_a_start_never_leaves_two_copies() {
+    let marker = format!("77{}", std::process::id());
+    let mut n = TestNode::new(|d| {
+        let script = d.join("slow-start.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ntouch {began}\nsleep 2\nsetsid sleep {marker} </dev/null >/dev/null 2>&1 &\necho $! > \"$1\"\n",
+                began = d.join("start-began").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let pid = d.join("svc.pid");
+        format!(
+            r#"
+[[resources]]
+name = "svc"
+plugin = "example-rust"
+params = {{ pidfile = "{pid}", start = "{script}", start_args = "{pid}", stop_grace_ms = "1000" }}
+grants = {{ exec = [{{ program = "{script}" }}, {{ program = "/bin/kill", args = ["-*", "*"] }}], read = ["{pid}", "/proc/*/stat"] }}
+monitor_interval = "300ms"
+
+[[groups]]
+name = "app"
+resources = ["svc"]
+"#,
+            pid = pid.display(),
+            script = script.display()
+        )
+    });
+    n.start(&[]);
+    let began = n.dir.path().join("start-began");
+    assert!(n.wait(LONG, |_| began.exists()), "the start never began: {}", n.log());
+    n.signal("-KILL");
+    n.wait_exit(LONG).unwrap();
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    // Past the orphaned script's sleep: had it survived, its copy would be up by now.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(copies(&marker), 1, "exactly one copy of the service runs\n{}", n.log());
+    assert!(
+        n.events().iter().any(|e| e["subject"] == "svc" && e["message"].as_str().unwrap_or("").contains("died during `start`")),
+        "the interrupted start is reported: {:?}",
+        n.events()
+    );
+    n.signal("-TERM");
+    n.wait_exit(LONG).unwrap();
+    assert_eq!(copies(&marker), 0, "SIGTERM stopped it");
+}
+
+/// A second daemon is refused on the same state directory (other socket) and on the same
+/// socket (other state directory), even while the first is stopped (SIGSTOP) with its socket
+/// unresponsive; the first keeps its socket and serves again after SIGCONT.
+#[test]
+fn one_daemon_per_state_directory_and_socket() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    let config = n.config.clone();
+    let run = |state: &std::path::Path, socket: &std::path::Path| {
+        std::process::Command::new(warden_bin())
+            .args(["node", "run", "--node", "n1", "--config"])
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--socket")
+            .arg(socket)
+            .output()
+            .unwrap()
+    };
+    let o = run(&n.state, &n.dir.path().join("other.sock"));
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("is locked by another `warden node run` (pid"), "{err}");
+    n.signal("-STOP");
+    let o = run(&n.dir.path().join("other-state"), &n.socket);
+    n.signal("-CONT");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("w.sock.lock is locked by another"), "{err}");
+    assert!(n.socket.exists(), "the refused daemon left the first one's socket alone");
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "the first daemon still serves");
+}

@@ -7,7 +7,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use std::path::PathBuf;
+
+use super::cgroup::ResourceCgroup;
 use crate::plugin::{AgentFailure, CallContext, CallError, Health, Limits, Plugin, PluginInstance};
+
+/// How long a start, stop or recover waits for its record in the state directory.
+const JOURNAL_TIMEOUT: Duration = Duration::from_secs(5);
 use crate::scheduler::MonitorOutcome;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +76,25 @@ pub struct Worker {
     pub timeouts: Timeouts,
     pub instance: PluginInstance,
     validated: bool,
+    /// Where a start, stop or recover is recorded before it runs (see [`ActionRecord`]).
+    journal: Option<PathBuf>,
+    /// The resource's cgroup: killed as a whole at a start/recover timeout and after a stop.
+    cgroup: Option<ResourceCgroup>,
+}
+
+/// A start, stop or recover in flight, written durably (`<state_dir>/actions/<resource>.json`)
+/// before the agent is called and removed when the call returns. If the daemon dies meanwhile,
+/// the next daemon finds it and kills (or waits out) what the interrupted action left running
+/// before it probes: an orphaned start finishing after the new daemon's probe would otherwise
+/// be a second copy.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ActionRecord {
+    pub resource: String,
+    pub action: String,
+    pub epoch: u64,
+    /// Unix milliseconds when the action started and when its timeout ends.
+    pub started_ms: u64,
+    pub deadline_ms: u64,
 }
 
 impl Worker {
@@ -81,14 +106,55 @@ impl Worker {
         grants: warden_manifest::Capabilities,
         timeouts: Timeouts,
         limits: Limits,
+        journal: Option<PathBuf>,
+        cgroup: Option<ResourceCgroup>,
     ) -> Self {
-        Self {
-            resource: resource.into(),
-            node: node.into(),
-            params,
-            timeouts,
-            instance: plugin.instance(resource, grants, limits),
-            validated: false,
+        let mut instance = plugin.instance(resource, grants, limits);
+        instance.set_cgroup(cgroup.as_ref().map(|c| c.path()));
+        Self { resource: resource.into(), node: node.into(), params, timeouts, instance, validated: false, journal, cgroup }
+    }
+
+    /// Record the action durably before it runs; an action that cannot be recorded does not run.
+    async fn record(&mut self, kind: JobKind, epoch: u64, timeout: Duration) -> Result<(), String> {
+        let Some(path) = self.journal.clone() else { return Ok(()) };
+        let now = super::history::unix_ms(std::time::SystemTime::now());
+        let rec = ActionRecord {
+            resource: self.resource.clone(),
+            action: kind.as_str().into(),
+            epoch,
+            started_ms: now,
+            deadline_ms: now.saturating_add(timeout.as_millis() as u64),
+        };
+        let bytes = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
+        // On the blocking pool, bounded: a hung state disk stalls this resource only, and the
+        // action is refused (a host fault, probed again) rather than run unrecorded.
+        let write = tokio::task::spawn_blocking(move || super::write_durable(&path, &bytes));
+        match tokio::time::timeout(JOURNAL_TIMEOUT, write).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(format!("host fault: cannot record the action in the state directory: {e}")),
+            Ok(Err(e)) => Err(format!("host fault: {e}")),
+            Err(_) => Err(format!("host fault: the state directory did not answer within {JOURNAL_TIMEOUT:?}")),
+        }
+    }
+
+    async fn forget(&mut self) {
+        let Some(path) = self.journal.clone() else { return };
+        let remove = tokio::task::spawn_blocking(move || super::remove_durable(&path));
+        match tokio::time::timeout(JOURNAL_TIMEOUT, remove).await {
+            Ok(Ok(Ok(()))) => {}
+            other => {
+                tracing::error!(resource = %self.resource, ?other, "cannot clear the action record; the next daemon start will kill this resource's processes before probing")
+            }
+        }
+    }
+
+    /// Kill whatever is left in the resource's cgroup.
+    async fn kill_cgroup(&mut self, why: &str) {
+        if let Some(cg) = &self.cgroup {
+            let n = cg.kill_all(Duration::from_secs(5)).await;
+            if n > 0 {
+                tracing::warn!(resource = %self.resource, processes = n, "{why}: killed the resource's remaining processes (its cgroup)");
+            }
         }
     }
 
@@ -124,25 +190,55 @@ impl Worker {
                 Err(CallError::Timeout { .. }) => MonitorOutcome::Timeout,
                 Err(e) => MonitorOutcome::Error(e.to_string()),
             }),
+            JobKind::Start | JobKind::Stop | JobKind::Recover => {
+                let timeout = match job.kind {
+                    JobKind::Start => t.start + t.validate,
+                    JobKind::Stop => t.stop,
+                    _ => t.recover,
+                };
+                if let Err(e) = self.record(job.kind, job.epoch, timeout).await {
+                    return JobOutcome::Done(Err(e));
+                }
+                let out = self.act(job, &ctx).await;
+                let timed_out = matches!(&out, Err((CallError::Timeout { .. }, _)));
+                match job.kind {
+                    // A start or recover that overran: kill what it started, as a whole.
+                    JobKind::Start | JobKind::Recover if timed_out => self.kill_cgroup("the action timed out").await,
+                    // After a stop nothing of the resource may run: a child that escaped the
+                    // agent's stop (setsid, a forgotten helper) goes too.
+                    JobKind::Stop => self.kill_cgroup("after stop").await,
+                    _ => {}
+                }
+                self.forget().await;
+                JobOutcome::Done(out.map_err(|(e, prefix)| describe(&e, prefix)))
+            }
+        }
+    }
+
+    /// Run the agent's action. Validation errors say so, so an operator sees which call failed.
+    async fn act(&mut self, job: &Job, ctx: &CallContext) -> Result<(), (CallError, &'static str)> {
+        let t = self.timeouts;
+        match job.kind {
+            JobKind::Probe | JobKind::Monitor => unreachable!("health checks are not journalled"),
             JobKind::Start => {
                 if !self.validated {
-                    if let Err(e) = self.instance.validate(&ctx, Some(t.validate)).await {
-                        return JobOutcome::Done(Err(format!("validate: {e}")));
-                    }
+                    self.instance.validate(ctx, Some(t.validate)).await.map_err(|e| (e, "validate: "))?;
                     self.validated = true;
                 }
-                JobOutcome::Done(self.instance.start(&ctx, Some(t.start)).await.map_err(|e| e.to_string()))
+                self.instance.start(ctx, Some(t.start)).await.map_err(|e| (e, ""))
             }
-            JobKind::Stop => JobOutcome::Done(self.instance.stop(&ctx, Some(t.stop)).await.map_err(|e| e.to_string())),
-            JobKind::Recover => JobOutcome::Done(match self.instance.recover(&ctx, Some(t.recover)).await {
-                // "No local recovery" (a LifeKeeper resource without a recover script): the
-                // recovery fails and the scheduler fails the group over.
-                Err(CallError::Agent { error: AgentFailure::Unsupported(m), .. }) => {
-                    Err(format!("no local recovery for this resource ({m})"))
-                }
-                other => other.map_err(|e| e.to_string()),
-            }),
+            JobKind::Stop => self.instance.stop(ctx, Some(t.stop)).await.map_err(|e| (e, "")),
+            JobKind::Recover => self.instance.recover(ctx, Some(t.recover)).await.map_err(|e| (e, "")),
         }
+    }
+}
+
+fn describe(e: &CallError, prefix: &str) -> String {
+    match e {
+        // "No local recovery" (a LifeKeeper resource without a recover script): the recovery
+        // fails and the scheduler fails the group over.
+        CallError::Agent { error: AgentFailure::Unsupported(m), .. } => format!("no local recovery for this resource ({m})"),
+        e => format!("{prefix}{e}"),
     }
 }
 

@@ -65,6 +65,7 @@ pub struct HostState {
     plugin: Arc<str>,
     resource: Arc<str>,
     grants: Arc<Grants>,
+    cgroup: Option<Arc<std::path::Path>>,
     deadline: Instant,
     stats: CallStats,
     stdout: CapturedOutput,
@@ -137,7 +138,7 @@ impl host::Host for HostState {
             timeout = timeout.min(Duration::from_millis(ms.into()));
         }
         let span = tracing::debug_span!("host.exec", plugin = %self.plugin, resource = %self.resource, program = %program);
-        let req = ExecRequest { program, args, env: opts.env, stdin: opts.stdin, cwd: opts.cwd, timeout };
+        let req = ExecRequest { program, args, env: opts.env, stdin: opts.stdin, cwd: opts.cwd, timeout, cgroup: self.cgroup.clone() };
         match exec::run(req).instrument(span).await {
             Ok(r) => Ok(host::ExecOutput {
                 exit_code: r.exit_code,
@@ -264,6 +265,8 @@ pub struct PluginInstance {
     resource: Arc<str>,
     grants: Arc<Grants>,
     limits: Limits,
+    /// Programs this instance runs join this cgroup (the node gives each resource its own).
+    cgroup: Option<Arc<std::path::Path>>,
     warm: Option<Warm>,
     last_stats: CallStats,
 }
@@ -284,6 +287,7 @@ impl PluginInstance {
             resource: resource.into(),
             grants: Arc::new(grants),
             limits,
+            cgroup: None,
             warm: None,
             last_stats: CallStats::default(),
         }
@@ -291,6 +295,12 @@ impl PluginInstance {
 
     pub fn plugin(&self) -> &Arc<Plugin> {
         self.plugin.as_ref().expect("attached instance")
+    }
+
+    /// Put every program this instance runs from now on into the cgroup at `dir`.
+    pub fn set_cgroup(&mut self, dir: Option<&std::path::Path>) {
+        self.cgroup = dir.map(Arc::from);
+        self.warm = None;
     }
 
     /// Counters of the last call.
@@ -546,6 +556,7 @@ impl PluginInstance {
             plugin: self.name.clone(),
             resource: self.resource.clone(),
             grants: self.grants.clone(),
+            cgroup: self.cgroup.clone(),
             deadline: Instant::now() + timeout,
             stats: CallStats::default(),
             stdout,

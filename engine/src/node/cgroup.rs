@@ -1,0 +1,135 @@
+//! One cgroup (v2) per resource: every process an agent's `exec` starts for that resource, and
+//! everything those processes start (daemons that `setsid` and double-fork included), lives in
+//! it. That lets the node kill a resource's processes as a whole (at a start timeout, after a
+//! stop) and, after its own crash, kill what an interrupted action left running before it probes.
+//!
+//! Layout: `<cgroup2 mount>/warden/<cluster>-<hash of the state directory>/<resource>`. The hash
+//! keeps two daemons with different state directories (tests, two clusters on one host) apart,
+//! and a restarted daemon (same state directory) finds its resources' cgroups again.
+//!
+//! Where there is no writable cgroup2 hierarchy the node says so at start and falls back to
+//! process groups (a child that leaves its process group then escapes the kill).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where cgroup2 is mounted: pure v2 (`/sys/fs/cgroup`) or hybrid (`/sys/fs/cgroup/unified`).
+fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    let mut found: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_dev, path, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(path))
+        })
+        .collect();
+    // Prefer the canonical locations when several are mounted.
+    found.sort_by_key(|p| match p.to_str() {
+        Some("/sys/fs/cgroup") => 0,
+        Some("/sys/fs/cgroup/unified") => 1,
+        _ => 2,
+    });
+    found.into_iter().next()
+}
+
+/// The node's cgroup tree, if the host has a usable one.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    base: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no cgroup2 hierarchy is mounted")]
+    NotMounted,
+    #[error("cannot create {path}: {source}")]
+    Create { path: PathBuf, source: std::io::Error },
+}
+
+impl Cgroups {
+    /// Find (and create) this node's cgroup tree.
+    pub fn detect(cluster: &str, state_dir: &Path) -> Result<Self, CgroupError> {
+        let mount = cgroup2_mount().ok_or(CgroupError::NotMounted)?;
+        let canonical = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+        let hash = blake3::hash(canonical.as_os_str().as_encoded_bytes()).to_hex();
+        let safe: String = cluster.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+        let base = mount.join("warden").join(format!("{safe}-{}", &hash[..12]));
+        std::fs::create_dir_all(&base).map_err(|source| CgroupError::Create { path: base.clone(), source })?;
+        // Check that processes can actually be put there (a read-only or delegated-away tree).
+        let probe = base.join("cgroup.procs");
+        if !probe.exists() {
+            return Err(CgroupError::Create { path: probe, source: std::io::Error::other("not a cgroup2 directory") });
+        }
+        Ok(Self { base })
+    }
+
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// The resource's cgroup, created if missing.
+    pub fn resource(&self, resource: &str) -> Result<ResourceCgroup, CgroupError> {
+        // Resource names are validated identifiers in the config; never let one climb out.
+        let name: String = resource.chars().map(|c| if c == '/' || c == '.' { '_' } else { c }).collect();
+        let path = self.base.join(name);
+        std::fs::create_dir_all(&path).map_err(|source| CgroupError::Create { path: path.clone(), source })?;
+        Ok(ResourceCgroup { path })
+    }
+}
+
+/// One resource's cgroup.
+#[derive(Debug, Clone)]
+pub struct ResourceCgroup {
+    path: PathBuf,
+}
+
+impl ResourceCgroup {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Pids of every process in the cgroup.
+    pub fn pids(&self) -> Vec<i32> {
+        std::fs::read_to_string(self.path.join("cgroup.procs"))
+            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Kill every process in the cgroup and wait (bounded) until it is empty. Returns how many
+    /// processes were there.
+    pub async fn kill_all(&self, wait: Duration) -> usize {
+        let before = self.pids();
+        if before.is_empty() {
+            return 0;
+        }
+        let kill_file = self.path.join("cgroup.kill");
+        if std::fs::write(&kill_file, b"1").is_err() {
+            // Kernels before 5.14 have no cgroup.kill: signal each process, repeatedly, since
+            // a forking process can add members between the read and the kill.
+            for _ in 0..10 {
+                let pids = self.pids();
+                if pids.is_empty() {
+                    break;
+                }
+                for pid in pids {
+                    let _ = kill9(pid);
+                }
+            }
+        }
+        let until = Instant::now() + wait;
+        while !self.pids().is_empty() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        before.len()
+    }
+}
+
+fn kill9(pid: i32) -> std::io::Result<()> {
+    let status = std::process::Command::new("/bin/kill").args(["-9", &pid.to_string()]).status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("kill failed"))
+    }
+}
