@@ -311,3 +311,174 @@ fn writer_loop(file: &DurableFile, shared: &(Mutex<Shared>, Condvar), acks: &Unb
         let _ = acks.send(WriteAck { generation, result });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct S {
+        n: u64,
+    }
+
+    fn ok(_: &S) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn corrupt_files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains(".corrupt-"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn writes_keep_the_previous_generation_and_load_the_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = DurableFile::new(dir.path(), "state.json");
+        let l = f.load::<S>(ok);
+        assert_eq!((l.value, l.used, l.problems.len()), (None, Generation::None, 0));
+        f.write(&S { n: 1 }).unwrap();
+        f.write(&S { n: 2 }).unwrap();
+        let l = f.load::<S>(ok);
+        assert_eq!((l.value, l.used), (Some(S { n: 2 }), Generation::Current));
+        assert!(l.problems.is_empty());
+        assert_eq!(serde_json::from_slice::<S>(&std::fs::read(f.prev_path()).unwrap()).unwrap(), S { n: 1 });
+        assert!(!dir.path().join("state.json.tmp").exists());
+    }
+
+    #[test]
+    fn a_crash_between_the_renames_leaves_the_previous_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = DurableFile::new(dir.path(), "state.json");
+        f.write(&S { n: 1 }).unwrap();
+        // The steps of write_bytes for n = 2, stopped after the first rename.
+        std::fs::write(dir.path().join("state.json.tmp"), serde_json::to_vec(&S { n: 2 }).unwrap()).unwrap();
+        std::fs::rename(f.path(), f.prev_path()).unwrap();
+        let l = f.load::<S>(ok);
+        assert_eq!((l.value, l.used), (Some(S { n: 1 }), Generation::Previous));
+        assert_eq!(l.problems.len(), 1);
+        assert!(l.problems[0].contains("missing"), "{:?}", l.problems);
+        // The next write works from there, and the one after keeps a previous generation.
+        f.write(&S { n: 3 }).unwrap();
+        assert_eq!(f.load::<S>(ok).value, Some(S { n: 3 }));
+        f.write(&S { n: 4 }).unwrap();
+        assert_eq!(serde_json::from_slice::<S>(&std::fs::read(f.prev_path()).unwrap()).unwrap(), S { n: 3 });
+    }
+
+    #[test]
+    fn damaged_files_are_set_aside_and_the_previous_generation_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = DurableFile::new(dir.path(), "state.json");
+        f.write(&S { n: 1 }).unwrap();
+        f.write(&S { n: 2 }).unwrap();
+        // An empty current file is damage, not "no state".
+        std::fs::write(f.path(), b"").unwrap();
+        let l = f.load::<S>(ok);
+        assert_eq!((l.value, l.used), (Some(S { n: 1 }), Generation::Previous));
+        assert!(l.problems[0].contains("is empty; set aside as"), "{:?}", l.problems);
+        assert!(!f.path().exists());
+        assert_eq!(corrupt_files(dir.path()).len(), 1);
+
+        // Not JSON, and a previous generation rejected by validation: nothing usable, both kept.
+        std::fs::write(f.path(), b"{\"n\": 3").unwrap();
+        let l = f.load::<S>(|s| if s.n == 1 { Err("n = 1 is not accepted".into()) } else { Ok(()) });
+        assert_eq!((l.value, l.used), (None, Generation::None));
+        assert_eq!(l.problems.len(), 2, "{:?}", l.problems);
+        assert!(l.problems[0].contains("not valid JSON"), "{:?}", l.problems);
+        assert!(l.problems[1].contains("invalid (n = 1 is not accepted)"), "{:?}", l.problems);
+        assert_eq!(corrupt_files(dir.path()).len(), 3);
+        // Set aside means never read again.
+        let l = f.load::<S>(ok);
+        assert_eq!((l.value, l.used, l.problems.len()), (None, Generation::None, 0));
+    }
+
+    #[test]
+    fn a_failed_write_is_returned_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = DurableFile::new(dir.path(), "state.json");
+        f.write(&S { n: 1 }).unwrap();
+        // A directory where the temporary file goes: fails even as root, unlike permissions.
+        std::fs::create_dir(dir.path().join("state.json.tmp")).unwrap();
+        let err = f.write(&S { n: 2 }).unwrap_err();
+        assert!(matches!(&err, StoreError::Io { path, .. } if path.ends_with("state.json.tmp")), "{err}");
+        assert_eq!(f.load::<S>(ok).value, Some(S { n: 1 }));
+    }
+
+    fn next_ack(rx: &mut tokio::sync::mpsc::UnboundedReceiver<WriteAck>) -> WriteAck {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match rx.try_recv() {
+                Ok(a) => return a,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("no acknowledgement: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_writer_acknowledges_retries_after_a_fault_and_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = DurableFile::new(dir.path(), "state.json");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let w = StateWriter::spawn(f.clone(), tx);
+        w.submit(1, &S { n: 1 }).unwrap();
+        assert_eq!(next_ack(&mut rx), WriteAck { generation: 1, result: Ok(()) });
+
+        let blocker = dir.path().join("state.json.tmp");
+        std::fs::create_dir(&blocker).unwrap();
+        w.submit(2, &S { n: 2 }).unwrap();
+        let a = next_ack(&mut rx);
+        assert_eq!(a.generation, 2);
+        assert!(a.result.as_ref().unwrap_err().contains("state.json.tmp"), "{a:?}");
+        // Retried with backoff, acknowledged each time; a newer state replaces the failing one.
+        let a = next_ack(&mut rx);
+        assert_eq!((a.generation, a.result.is_err()), (2, true));
+        w.submit(3, &S { n: 3 }).unwrap();
+        loop {
+            let a = next_ack(&mut rx);
+            assert!(a.result.is_err());
+            if a.generation == 3 {
+                break;
+            }
+        }
+        std::fs::remove_dir(&blocker).unwrap();
+        loop {
+            let a = next_ack(&mut rx);
+            assert_eq!(a.generation, 3, "generation 2 must never be written after 3");
+            if a.result.is_ok() {
+                break;
+            }
+        }
+        assert_eq!(f.load::<S>(ok).value, Some(S { n: 3 }));
+        w.shutdown(Duration::from_secs(5)).unwrap();
+    }
+
+    #[test]
+    fn shutdown_finishes_the_pending_write_or_reports_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = DurableFile::new(dir.path(), "state.json");
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let w = StateWriter::spawn(f.clone(), tx);
+        for n in 1..=50 {
+            w.submit(n, &S { n }).unwrap();
+        }
+        w.shutdown(Duration::from_secs(5)).unwrap();
+        assert_eq!(f.load::<S>(ok).value, Some(S { n: 50 }));
+
+        std::fs::create_dir(dir.path().join("state.json.tmp")).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let w = StateWriter::spawn(f.clone(), tx);
+        w.submit(51, &S { n: 51 }).unwrap();
+        let started = Instant::now();
+        let err = w.shutdown(Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(err, StoreError::Unwritten { generation: 51, .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(next_ack(&mut rx).result.is_err());
+        assert_eq!(f.load::<S>(ok).value, Some(S { n: 50 }));
+    }
+}
