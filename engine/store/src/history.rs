@@ -20,7 +20,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -181,14 +181,14 @@ impl History {
         bound(&mut e);
         e.seq = self.next_seq;
         self.next_seq += 1;
-        match self.tx.as_ref().map(|tx| tx.try_send(e.clone())) {
-            Some(Ok(())) => self.queued += 1,
-            Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) | None => {
-                if self.unqueued == 0 {
-                    tracing::warn!(path = %self.path.display(), "the event history writer is not keeping up (hung disk?); keeping records in memory only");
-                }
-                self.unqueued += 1;
+        // Full queue (hung disk) or no writer: kept in memory and on the feed, counted.
+        if self.tx.as_ref().is_some_and(|tx| tx.try_send(e.clone()).is_ok()) {
+            self.queued += 1;
+        } else {
+            if self.unqueued == 0 {
+                tracing::warn!(path = %self.path.display(), "the event history writer is not keeping up (hung disk?); keeping records in memory only");
             }
+            self.unqueued += 1;
         }
         self.keep(e);
     }

@@ -175,6 +175,9 @@ struct Shared {
     shutdown: bool,
     /// The last attempt's failure, cleared by a success; reported by shutdown.
     failing: Option<(u64, String)>,
+    /// Held by a test to make each write hang, as on a frozen filesystem.
+    #[cfg(test)]
+    stall: Arc<Mutex<()>>,
 }
 
 /// Writes a [`DurableFile`] on a dedicated thread, so the caller never waits for the disk.
@@ -287,6 +290,10 @@ fn writer_loop(file: &DurableFile, shared: &(Mutex<Shared>, Condvar), acks: &Unb
                 }
             }
         };
+        #[cfg(test)]
+        let stall = lock.lock().unwrap_or_else(|p| p.into_inner()).stall.clone();
+        #[cfg(test)]
+        let _stall = stall.lock().unwrap_or_else(|p| p.into_inner());
         let result = file.write_bytes(&bytes).map_err(|e| e.to_string());
         let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
         match &result {
@@ -456,6 +463,26 @@ mod tests {
         }
         assert_eq!(f.load::<S>(ok).value, Some(S { n: 3 }));
         w.shutdown(Duration::from_secs(5)).unwrap();
+    }
+
+    #[test]
+    fn a_hung_disk_does_not_block_submit_or_hang_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = DurableFile::new(dir.path(), "state.json");
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let w = StateWriter::spawn(f.clone(), tx);
+        let stall = w.shared.0.lock().unwrap().stall.clone();
+        let frozen = stall.lock().unwrap();
+        let started = Instant::now();
+        for n in 1..=1000 {
+            w.submit(n, &S { n }).unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let err = w.shutdown(Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(err, StoreError::ShutdownTimedOut { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        // The thread was left behind, still waiting for the disk; thawing lets it finish.
+        drop(frozen);
     }
 
     #[test]
