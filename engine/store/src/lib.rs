@@ -50,6 +50,18 @@
 //! without losing the rest, and numbering continues after the highest sequence number found in
 //! the file and its rotated predecessor, so numbers are never reused. Records are bounded in
 //! size and the file is rotated at [`history::ROTATE_BYTES`], keeping one previous generation.
+//!
+//! # What is not guaranteed
+//!
+//! - Falling back to `<name>.prev` means resuming from the generation *before* the last
+//!   acknowledged one; [`Load::problems`] says so, and the caller should re-learn (probe) rather
+//!   than trust it blindly.
+//! - The history is fsynced when its writer goes idle, not per record: a crash can lose the last
+//!   records (never glue or renumber them). The history is for operators, not for decisions.
+//! - [`StateWriter`] acknowledges durability; it is the caller that must hold back acting on (or
+//!   telling peers about) a generation until its [`WriteAck`] with `Ok` arrives.
+//! - [`OwnedPath`] checks then removes, so a path replaced in between could still be removed;
+//!   the state-directory lock is what keeps two daemons apart.
 
 pub mod history;
 pub mod lock;

@@ -191,7 +191,7 @@ pub struct StateWriter {
 
 impl StateWriter {
     /// Start the writer thread. Every attempt is acknowledged on `acks` (a closed receiver is
-    /// fine: writes go on).
+    /// fine: writes go on). Panics only if the OS cannot start a thread, like `std::thread::spawn`.
     pub fn spawn(file: DurableFile, acks: UnboundedSender<WriteAck>) -> StateWriter {
         let shared = Arc::new((Mutex::new(Shared::default()), Condvar::new()));
         let (done_tx, done) = std_mpsc::channel::<()>();
