@@ -46,6 +46,9 @@ pub struct StatusReport {
     pub node: String,
     pub now_ms: u64,
     pub shutting_down: bool,
+    /// Set while the state file cannot be written: decisions are held until it is durable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_error: Option<String>,
     pub nodes: Vec<NodeStatus>,
     pub groups: Vec<GroupStatus>,
     pub resources: Vec<ResourceStatus>,

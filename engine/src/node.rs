@@ -11,8 +11,9 @@
 //! ```
 
 pub mod cgroup;
-pub mod history;
 pub mod worker;
+
+pub use warden_store::history;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -49,8 +50,8 @@ pub enum NodeError {
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("another `warden node run` is already serving {0}")]
     AlreadyRunning(PathBuf),
-    #[error("{path} is locked by another `warden node run`{holder}: one daemon per state directory and control socket")]
-    Locked { path: PathBuf, holder: String },
+    #[error("{0}")]
+    Store(#[from] warden_store::StoreError),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -67,6 +68,12 @@ pub struct NodeOptions {
     /// (the operator guarantees they do not run Warden). Like LifeKeeper with one server up.
     pub single_node: bool,
 }
+
+/// The state file format this Warden reads and writes.
+const STATE_VERSION: u32 = 1;
+
+/// Epochs above this are damage (they start from unix milliseconds at worst, ~2^41).
+const MAX_EPOCH: u64 = 1 << 62;
 
 /// The state file: what must survive a restart (never what resources are doing).
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -88,84 +95,6 @@ fn durable(state: &State) -> State {
         n.up = false;
     }
     s
-}
-
-/// Write a file so that after a crash or power cut it holds either the old or the new bytes:
-/// write a temporary file, fsync it, rename it over, fsync the directory (the rename itself is
-/// only durable once the directory is).
-pub(crate) fn write_durable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    sync_dir(path)
-}
-
-/// Remove a file durably (the directory entry is fsynced).
-pub(crate) fn remove_durable(path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => sync_dir(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-fn sync_dir(path: &Path) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// An exclusive lock held for the daemon's life (released by the kernel when it dies, even by
-/// `kill -9`). The holder's pid is written into the file for the error a second daemon gets.
-fn lock_exclusive(path: &Path) -> Result<std::fs::File, NodeError> {
-    use std::io::{Read, Seek, Write};
-    let io = |source| NodeError::Io { what: "cannot open the lock file", path: path.to_path_buf(), source };
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
-    match f.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut pid = String::new();
-            let _ = f.read_to_string(&mut pid);
-            let holder = pid.trim().parse::<u32>().map(|p| format!(" (pid {p})")).unwrap_or_default();
-            return Err(NodeError::Locked { path: path.to_path_buf(), holder });
-        }
-        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
-    }
-    f.set_len(0).map_err(io)?;
-    f.rewind().map_err(io)?;
-    writeln!(f, "{}", std::process::id()).map_err(io)?;
-    Ok(f)
-}
-
-/// The control socket this daemon created; removed on exit only if it is still the same file
-/// (never a socket another daemon put at the path).
-struct OwnedSocket {
-    path: PathBuf,
-    id: Option<(u64, u64)>,
-}
-
-impl OwnedSocket {
-    fn claim(path: &Path) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        let id = std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()));
-        Self { path: path.to_path_buf(), id }
-    }
-}
-
-impl Drop for OwnedSocket {
-    fn drop(&mut self) {
-        use std::os::unix::fs::MetadataExt;
-        let now = std::fs::symlink_metadata(&self.path).ok().map(|m| (m.dev(), m.ino()));
-        if now.is_some() && now == self.id {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_durable(path, bytes)
 }
 
 /// A loaded, validated node, ready to run.
@@ -266,20 +195,19 @@ impl Node {
         // One daemon per state directory and per control socket, for the daemon's whole life:
         // two daemons on one state would both start the same groups. Taken before anything is
         // read or probed.
-        let _state_lock = lock_exclusive(&self.state_dir.join("lock"))?;
+        let _state_lock = warden_store::StateDirLock::acquire(&self.state_dir)?;
         if let Some(dir) = self.socket.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
         let mut socket_lock_path = self.socket.clone().into_os_string();
         socket_lock_path.push(".lock");
-        let _socket_lock = lock_exclusive(Path::new(&socket_lock_path))?;
+        let _socket_lock = warden_store::StateDirLock::acquire_file(Path::new(&socket_lock_path))?;
         let mut model = self.cfg.model();
         for (name, r) in model.resources.iter_mut() {
             let rc = self.cfg.resource(name).expect("validated");
             r.local_recovery = self.plugins[rc.plugin.get_ref()].metadata.local_recovery;
         }
         let mut sched = Scheduler::new(model);
-        let state_path = self.state_dir.join("state.json");
         let mut history = History::open(self.state_dir.join("events.jsonl"));
         let note = |h: &mut History, kind: &str, subject: &str, message: String| {
             h.record(EventRecord {
@@ -293,30 +221,57 @@ impl Node {
                 message,
             });
         };
-        match std::fs::read(&state_path) {
-            Ok(bytes) => match serde_json::from_slice::<Persisted>(&bytes) {
-                Ok(p) if p.cluster == self.cfg.cluster.name => sched.restore(&p.state),
-                Ok(p) => note(
-                    &mut history,
-                    "node",
-                    &self.name,
-                    format!("ignoring state for cluster `{}` (this is `{}`)", p.cluster, self.cfg.cluster.name),
-                ),
-                Err(e) => {
-                    // Keep the damaged file for a post-mortem; probing re-learns what runs.
-                    let aside = self.state_dir.join(format!("state.json.corrupt-{}", unix_ms(SystemTime::now())));
-                    let _ = std::fs::rename(&state_path, &aside);
-                    tracing::warn!(error = %e, moved_to = %aside.display(), "the state file is corrupt; starting from probes");
+        // Load the last durable state (or the generation before it), validated: a state file
+        // of another node or cluster, of an unknown version, or with epochs out of range is
+        // damage, set aside for a post-mortem, never used.
+        let state_file = warden_store::DurableFile::new(&self.state_dir, "state.json");
+        let (cluster, node) = (self.cfg.cluster.name.clone(), self.name.clone());
+        let loaded = state_file.load::<Persisted>(|p| {
+            if p.version != STATE_VERSION {
+                return Err(format!("state version {} (this Warden writes {STATE_VERSION})", p.version));
+            }
+            if p.cluster != cluster || p.node != node {
+                return Err(format!("state of node `{}` in cluster `{}` (this is `{node}` in `{cluster}`)", p.node, p.cluster));
+            }
+            if let Some((g, e)) = p.state.groups.iter().map(|(g, s)| (g, s.epoch)).find(|(_, e)| *e > MAX_EPOCH) {
+                return Err(format!("group `{g}` has epoch {e}, beyond the valid range"));
+            }
+            Ok(())
+        });
+        for problem in &loaded.problems {
+            tracing::warn!("state: {problem}");
+            note(&mut history, "node", &self.name, format!("state file: {problem}"));
+        }
+        for problem in history.problems().to_vec() {
+            tracing::warn!("event history: {problem}");
+            note(&mut history, "node", &self.name, format!("event history: {problem}"));
+        }
+        match loaded.value {
+            Some(p) => {
+                if loaded.used == warden_store::Generation::Previous {
+                    note(&mut history, "node", &self.name, "using the previous generation of the state file".into());
+                }
+                sched.restore(&p.state);
+            }
+            None => {
+                // Nothing durable survived (first start, or every generation damaged). Epochs must
+                // still never go backwards (agents use them as fencing tokens): start them from
+                // the wall clock in milliseconds, above anything counted up one move at a time.
+                let floor = unix_ms(SystemTime::now()).min(MAX_EPOCH);
+                let mut fresh = sched.state().clone();
+                for g in fresh.groups.values_mut() {
+                    g.epoch = floor;
+                }
+                sched.restore(&fresh);
+                if !loaded.problems.is_empty() {
                     note(
                         &mut history,
                         "node",
                         &self.name,
-                        format!("state file was corrupt ({e}); kept as {}; re-learning by probing", aside.display()),
+                        format!("no usable state; re-learning by probing; epochs continue from {floor}"),
                     );
                 }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(NodeError::Io { what: "cannot read the state file", path: state_path, source: e }),
+            }
         }
 
         // Each resource's processes live in their own cgroup; where there is none, say so.
@@ -401,7 +356,8 @@ impl Node {
             path: self.socket.clone(),
             source,
         })?;
-        let _owned_socket = OwnedSocket::claim(&self.socket);
+        // Only this daemon's own socket is removed when it exits.
+        let _owned_socket = warden_store::OwnedPath::claim(&self.socket)?;
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&self.socket, std::fs::Permissions::from_mode(0o600)).map_err(|source| NodeError::Io {
@@ -432,7 +388,6 @@ impl Node {
         let mut busy = Busy::default();
         let mut next_monitor: HashMap<String, Instant> = HashMap::new();
         let mut rng = unix_ms(SystemTime::now()) | 1;
-        let mut last_persisted: Option<State> = None;
         let mut shutting_down = false;
         let mut tick = tokio::time::interval(TICK);
 
@@ -451,41 +406,72 @@ impl Node {
         tracing::info!(node = %self.name, socket = %self.socket.display(), "node running");
         let mut pending = sched.handle(now_ms(), Event::NodeUp(self.name.clone()));
 
+        // Propose, persist, act: a command is carried out only once the decision behind it is
+        // durable. The writer thread does the disk work, so a hung disk stalls only decisions
+        // that change durable state; monitors, local recovery and status go on.
+        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<warden_store::WriteAck>();
+        let writer = warden_store::StateWriter::spawn(state_file.clone(), ack_tx);
+        let mut submitted_gen = 0u64;
+        let mut durable_gen = 0u64;
+        // The generation that holds the latest change of decisions (targets, placements, epochs,
+        // failures, standby); commands wait for it.
+        let mut decision_gen = 0u64;
+        let mut last_submitted: Option<State> = None;
+        let mut held: std::collections::VecDeque<(u64, Command)> = std::collections::VecDeque::new();
+        let mut waiting_replies: Vec<(u64, oneshot::Sender<Response>, String)> = Vec::new();
+        let mut new_reply: Option<(oneshot::Sender<Response>, String)> = None;
+        let mut state_error: Option<String> = None;
+
         loop {
-            let pending_was_empty = pending.is_empty();
-            // Carry out commands.
+            // Propose: submit what must survive a restart when it changed. Shutdown stops are not
+            // persisted as targets (the scheduler keeps targets), so the next start resumes.
+            // Routine healthy monitors change nothing durable: skip the O(n) work for them.
+            let routine = !sched.changed() && pending.is_empty();
+            if !routine {
+                let d = durable(sched.state());
+                if last_submitted.as_ref() != Some(&d) {
+                    submitted_gen += 1;
+                    if last_submitted.as_ref().is_none_or(|l| decisions_differ(l, &d)) {
+                        decision_gen = submitted_gen;
+                    }
+                    let p = Persisted {
+                        version: STATE_VERSION,
+                        cluster: self.cfg.cluster.name.clone(),
+                        node: self.name.clone(),
+                        state: d.clone(),
+                    };
+                    if let Err(e) = writer.submit(submitted_gen, &p) {
+                        tracing::error!(error = %e, "cannot encode the node state");
+                    }
+                    last_submitted = Some(d);
+                }
+            }
+            if let Some((reply, text)) = new_reply.take() {
+                if decision_gen > durable_gen {
+                    waiting_replies.push((decision_gen, reply, text));
+                } else {
+                    let _ = reply.send(Response::Ok { message: format!("accepted: {text}") });
+                }
+            }
+            // Act: what this round decided waits behind any decision not yet durable.
             for c in std::mem::take(&mut pending) {
                 match c {
-                    Command::Probe { resource, .. } => dispatch(&workers, &mut busy, &results_tx, &resource, JobKind::Probe, 0),
-                    Command::Start { resource, epoch, .. } => dispatch(&workers, &mut busy, &results_tx, &resource, JobKind::Start, epoch),
-                    Command::Stop { resource, .. } => dispatch(&workers, &mut busy, &results_tx, &resource, JobKind::Stop, 0),
-                    Command::Recover { resource, epoch, .. } => {
-                        dispatch(&workers, &mut busy, &results_tx, &resource, JobKind::Recover, epoch)
-                    }
-                    Command::Fence { node } => note(
-                        &mut history,
-                        "decision",
-                        &node,
-                        "fencing needed, but no fence device is configured for this node: confirm by hand".into(),
-                    ),
                     Command::Note { subject, message } => {
                         tracing::info!(subject = %subject, "{message}");
                         note(&mut history, "decision", &subject, message);
                     }
+                    c if decision_gen > durable_gen || !held.is_empty() => {
+                        if let Some(r) = command_resource(&c) {
+                            *busy.0.entry(r.to_string()).or_default() += 1;
+                        }
+                        held.push_back((decision_gen, c));
+                    }
+                    c => carry_out(c, &workers, &mut busy, &results_tx, &mut history, false),
                 }
             }
-            // Persist what must survive a restart, when it changed. Shutdown stops are not
-            // persisted as targets (the scheduler keeps targets), so the next start resumes.
-            // Routine healthy monitors change nothing durable: skip the O(n) work for them.
-            let routine = !sched.changed() && pending_was_empty;
-            let d = if routine { None } else { Some(durable(sched.state())) };
-            if let Some(d) = d.filter(|d| last_persisted.as_ref() != Some(d)) {
-                let p = Persisted { version: 1, cluster: self.cfg.cluster.name.clone(), node: self.name.clone(), state: d.clone() };
-                match serde_json::to_vec_pretty(&p).map(|b| write_atomic(&state_path, &b)) {
-                    Ok(Ok(())) => last_persisted = Some(d),
-                    Ok(Err(e)) => tracing::error!(path = %state_path.display(), error = %e, "cannot persist the node state"),
-                    Err(e) => tracing::error!(error = %e, "cannot encode the node state"),
-                }
+            while held.front().is_some_and(|(g, _)| *g <= durable_gen) {
+                let (_, c) = held.pop_front().expect("checked");
+                carry_out(c, &workers, &mut busy, &results_tx, &mut history, true);
             }
             // Monitor schedule follows what is running here.
             if !routine {
@@ -537,9 +523,38 @@ impl Node {
                         dispatch(&workers, &mut busy, &results_tx, &r, JobKind::Monitor, sched.state().groups.get(&sched.model().resources[&r].group).map_or(0, |g| g.epoch));
                     }
                 }
+                Some(ack) = ack_rx.recv() => match ack.result {
+                    Ok(()) => {
+                        durable_gen = durable_gen.max(ack.generation);
+                        if state_error.take().is_some() {
+                            note(&mut history, "node", &self.name, "the state file is durable again; held commands go ahead".into());
+                        }
+                        let (done, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut waiting_replies).into_iter().partition(|(g, _, _)| *g <= durable_gen);
+                        waiting_replies = wait;
+                        for (_, reply, text) in done {
+                            let _ = reply.send(Response::Ok { message: format!("accepted: {text}") });
+                        }
+                    }
+                    Err(e) => {
+                        metrics.state_write_failure();
+                        if state_error.as_deref() != Some(e.as_str()) {
+                            tracing::error!(error = %e, "cannot write the state file; decisions are held until it is durable");
+                            note(&mut history, "node", &self.name, format!("cannot write the state file ({e}); new decisions are held until it is durable (retrying)"));
+                        }
+                        for (_, reply, text) in waiting_replies.drain(..) {
+                            let message = format!("not acknowledged: the state could not be made durable ({e}); Warden keeps retrying and carries out `{text}` only once it is written");
+                            let _ = reply.send(Response::Error { message });
+                        }
+                        state_error = Some(e);
+                    }
+                },
                 Some((req, reply)) = api_rx.recv() => {
                     let resp = match req {
-                        Request::Status => Response::Status { status: Box::new(self.status(&sched, &history, shutting_down)) },
+                        Request::Status => {
+                            let mut st = self.status(&sched, &history, shutting_down);
+                            st.state_error = state_error.clone();
+                            Response::Status { status: Box::new(st) }
+                        }
                         Request::Events { since, .. } => Response::Events { events: history.since(since) },
                         Request::Operator { command } => match sched.check_operator(&command) {
                             Err(message) => Response::Error { message },
@@ -548,7 +563,9 @@ impl Node {
                                 let text = serde_json::to_string(&command).unwrap_or_default();
                                 note(&mut history, "operator", "operator", text.clone());
                                 pending = sched.handle(now_ms(), Event::Operator(command));
-                                Response::Ok { message: format!("accepted: {text}") }
+                                // Answered once the decision is durable (top of the loop).
+                                new_reply = Some((reply, text));
+                                continue;
                             }
                         },
                     };
@@ -574,6 +591,10 @@ impl Node {
                     pending = sched.stop_all(now_ms());
                 }
             }
+        }
+        // Give the last state a bounded chance to reach the disk (a hung disk must not hang exit).
+        if let Err(e) = writer.shutdown(Duration::from_secs(5)) {
+            tracing::error!(error = %e, "the last state was not written before exit");
         }
         Ok(())
     }
@@ -628,7 +649,7 @@ impl Node {
                 result: String::new(),
                 message,
             });
-            if let Err(e) = remove_durable(&path) {
+            if let Err(e) = warden_store::state::remove_durably(&path) {
                 tracing::error!(path = %path.display(), error = %e, "cannot remove the action record");
             }
         }
@@ -642,6 +663,7 @@ impl Node {
             node: self.name.clone(),
             now_ms: unix_ms(SystemTime::now()),
             shutting_down,
+            state_error: None,
             nodes: model
                 .nodes
                 .iter()
@@ -711,6 +733,64 @@ fn outcome_parts(o: &MonitorOutcome) -> (String, Option<String>) {
         MonitorOutcome::Failed(r) => ("failed".into(), Some(r.clone())),
         MonitorOutcome::Timeout => ("timeout".into(), None),
         MonitorOutcome::Error(r) => ("error".into(), Some(r.clone())),
+    }
+}
+
+/// Whether two persisted states differ in what was decided (targets, placements, epochs,
+/// failures, standby), not merely in counters: only decisions hold commands back.
+fn decisions_differ(a: &State, b: &State) -> bool {
+    a.groups != b.groups || a.nodes.iter().map(|(n, s)| (n, s.standby)).ne(b.nodes.iter().map(|(n, s)| (n, s.standby)))
+}
+
+fn command_resource(c: &Command) -> Option<&str> {
+    match c {
+        Command::Probe { resource, .. }
+        | Command::Start { resource, .. }
+        | Command::Stop { resource, .. }
+        | Command::Recover { resource, .. } => Some(resource),
+        _ => None,
+    }
+}
+
+/// Hand a command to its resource's worker. `counted`: its busy count was taken when it was held.
+fn carry_out(
+    c: Command,
+    workers: &HashMap<String, mpsc::Sender<Job>>,
+    busy: &mut Busy,
+    results: &mpsc::UnboundedSender<JobResult>,
+    history: &mut History,
+    counted: bool,
+) {
+    if counted {
+        if let Some(r) = command_resource(&c) {
+            busy.done(r);
+        }
+    }
+    match c {
+        Command::Probe { resource, .. } => dispatch(workers, busy, results, &resource, JobKind::Probe, 0),
+        Command::Start { resource, epoch, .. } => dispatch(workers, busy, results, &resource, JobKind::Start, epoch),
+        Command::Stop { resource, .. } => dispatch(workers, busy, results, &resource, JobKind::Stop, 0),
+        Command::Recover { resource, epoch, .. } => dispatch(workers, busy, results, &resource, JobKind::Recover, epoch),
+        Command::Fence { node } => history.record(EventRecord {
+            seq: 0,
+            at_ms: unix_ms(SystemTime::now()),
+            kind: "decision".into(),
+            subject: node,
+            action: None,
+            duration_ms: None,
+            result: String::new(),
+            message: "fencing needed, but no fence device is configured for this node: confirm by hand".into(),
+        }),
+        Command::Note { subject, message } => history.record(EventRecord {
+            seq: 0,
+            at_ms: unix_ms(SystemTime::now()),
+            kind: "decision".into(),
+            subject,
+            action: None,
+            duration_ms: None,
+            result: String::new(),
+            message,
+        }),
     }
 }
 

@@ -16,9 +16,15 @@ pub struct Metrics {
     durations: BTreeMap<(String, String), (f64, u64)>,
     /// resource → monitor failures (failed, stopped unexpectedly, errors, timeouts)
     monitor_failures: BTreeMap<String, u64>,
+    /// Failed attempts to write the state file.
+    state_write_failures: u64,
 }
 
 impl Metrics {
+    pub fn state_write_failure(&mut self) {
+        self.state_write_failures += 1;
+    }
+
     pub fn action(&mut self, plugin: &str, action: &str, result: &str, took: Duration) {
         *self.actions.entry((plugin.into(), action.into(), result.into())).or_default() += 1;
         let d = self.durations.entry((plugin.into(), action.into())).or_default();
@@ -33,6 +39,11 @@ impl Metrics {
     /// The exposition text; `states` is (resource, state) for the gauge.
     pub fn render(&self, states: &[(String, String)]) -> String {
         let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "# HELP warden_state_write_failures_total Failed attempts to make the node state durable (decisions wait for it).\n# TYPE warden_state_write_failures_total counter\nwarden_state_write_failures_total {}",
+            self.state_write_failures
+        );
         let _ = writeln!(
             s,
             "# HELP warden_agent_actions_total Agent calls by plugin, action and result.\n# TYPE warden_agent_actions_total counter"

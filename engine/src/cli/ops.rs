@@ -285,6 +285,9 @@ pub fn render_status(r: &StatusReport) -> String {
         clock(r.now_ms),
         if r.shutting_down { "  SHUTTING DOWN" } else { "" }
     );
+    if let Some(e) = &r.state_error {
+        let _ = writeln!(s, "STATE NOT DURABLE: {e}\n  new decisions are held until the state file can be written");
+    }
     let _ = writeln!(s, "\nNodes:");
     for n in &r.nodes {
         let state = match (n.up, n.standby, n.needs_fence) {

@@ -128,7 +128,7 @@ impl Worker {
         let bytes = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
         // On the blocking pool, bounded: a hung state disk stalls this resource only, and the
         // action is refused (a host fault, probed again) rather than run unrecorded.
-        let write = tokio::task::spawn_blocking(move || super::write_durable(&path, &bytes));
+        let write = tokio::task::spawn_blocking(move || warden_store::state::replace_durably(&path, &bytes));
         match tokio::time::timeout(JOURNAL_TIMEOUT, write).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(format!("host fault: cannot record the action in the state directory: {e}")),
@@ -139,7 +139,7 @@ impl Worker {
 
     async fn forget(&mut self) {
         let Some(path) = self.journal.clone() else { return };
-        let remove = tokio::task::spawn_blocking(move || super::remove_durable(&path));
+        let remove = tokio::task::spawn_blocking(move || warden_store::state::remove_durably(&path));
         match tokio::time::timeout(JOURNAL_TIMEOUT, remove).await {
             Ok(Ok(Ok(()))) => {}
             other => {

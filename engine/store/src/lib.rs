@@ -77,8 +77,8 @@ pub use state::{DurableFile, Generation, Load, StateWriter, WriteAck};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Another process holds the state directory's lock.
-    #[error("the state directory {} is in use: locked by {}", dir.display(), holder(*pid))]
-    Locked { dir: PathBuf, pid: Option<u32> },
+    #[error("{} is locked by another `warden node run` ({}): one daemon per state directory and control socket", path.display(), holder(*pid))]
+    Locked { path: PathBuf, pid: Option<u32> },
     /// A filesystem operation failed; `what` says which step ("cannot fsync", ...).
     #[error("{what} {}: {source}", path.display())]
     Io {

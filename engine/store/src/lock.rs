@@ -23,7 +23,12 @@ impl StateDirLock {
     /// Take the lock without waiting, then write this process's pid into the lock file so a
     /// second daemon can say who holds it.
     pub fn acquire(dir: &Path) -> Result<StateDirLock, StoreError> {
-        let path = dir.join("lock");
+        Self::acquire_file(&dir.join("lock"))
+    }
+
+    /// The same lock on any file (the control socket's `<socket>.lock`).
+    pub fn acquire_file(path: &Path) -> Result<StateDirLock, StoreError> {
+        let path = path.to_path_buf();
         // No truncation on open: the file may hold the current holder's pid, which we report.
         let mut file = OpenOptions::new()
             .read(true)
@@ -37,7 +42,7 @@ impl StateDirLock {
             Err(TryLockError::WouldBlock) => {
                 let mut text = String::new();
                 let pid = file.read_to_string(&mut text).ok().and_then(|_| text.trim().parse().ok());
-                return Err(StoreError::Locked { dir: dir.to_path_buf(), pid });
+                return Err(StoreError::Locked { path, pid });
             }
             Err(TryLockError::Error(e)) => return Err(StoreError::io("cannot lock", &path, e)),
         }

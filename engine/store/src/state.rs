@@ -148,6 +148,29 @@ fn set_aside(path: &Path) -> String {
     }
 }
 
+/// Replace one file so that after a crash or power cut it holds the old bytes or the new ones
+/// (no previous generation kept): write a temporary file, fsync, rename, fsync the directory.
+pub fn replace_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = File::create(&tmp).map_err(|e| StoreError::io("cannot create", &tmp, e))?;
+    f.write_all(bytes).map_err(|e| StoreError::io("cannot write", &tmp, e))?;
+    f.sync_all().map_err(|e| StoreError::io("cannot fsync", &tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| StoreError::io("cannot rename to", path, e))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Remove a file durably (a missing file is fine).
+pub fn remove_durably(path: &Path) -> Result<(), StoreError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("."))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io("cannot remove", path, e)),
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     let d = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
     File::open(d).and_then(|f| f.sync_all()).map_err(|e| StoreError::io("cannot fsync the directory", d, e))

@@ -133,8 +133,7 @@ impl TestNode {
 
     /// Events from the persisted history (works while the node is down too).
     pub fn events(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.state.join("events.jsonl"))
-            .unwrap_or_default()
+        String::from_utf8_lossy(&std::fs::read(self.state.join("events.jsonl")).unwrap_or_default())
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
