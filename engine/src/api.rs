@@ -2,6 +2,7 @@
 //! (mode 0600). The CLI sends one request per connection; `events --follow` keeps the connection
 //! and receives one event per line. Every message carries the protocol version.
 
+pub mod listen;
 pub mod metrics;
 
 use std::path::Path;
@@ -148,11 +149,18 @@ impl Client {
 }
 
 /// Read one request line from a server-side connection.
+/// The largest request line accepted (a request is a few hundred bytes).
+pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
 pub async fn read_request(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> Result<Option<Request>, String> {
-    let mut line = String::new();
-    match reader.read_line(&mut line).await {
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    // Never buffer more than the limit, whatever the client sends.
+    match (&mut *reader).take(MAX_REQUEST_BYTES + 1).read_until(b'\n', &mut raw).await {
         Ok(0) => Ok(None),
+        Ok(n) if n as u64 > MAX_REQUEST_BYTES => Err(format!("request too large (over {MAX_REQUEST_BYTES} bytes)")),
         Ok(_) => {
+            let line = String::from_utf8(raw).map_err(|_| "bad request: not UTF-8".to_string())?;
             let env: Envelope<Request> = serde_json::from_str(&line).map_err(|e| format!("bad request: {e}"))?;
             if env.v != PROTOCOL_VERSION {
                 return Err(format!("protocol version {} is not supported (this node speaks {PROTOCOL_VERSION})", env.v));

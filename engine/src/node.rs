@@ -11,6 +11,7 @@
 //! ```
 
 pub mod cgroup;
+pub mod rlimit;
 pub mod worker;
 
 pub use warden_store::history;
@@ -202,6 +203,10 @@ impl Node {
         let mut socket_lock_path = self.socket.clone().into_os_string();
         socket_lock_path.push(".lock");
         let _socket_lock = warden_store::StateDirLock::acquire_file(Path::new(&socket_lock_path))?;
+        match rlimit::raise_nofile() {
+            Ok((before, after)) => tracing::debug!(before, after, "open-file limit"),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+        }
         let mut model = self.cfg.model();
         for (name, r) in model.resources.iter_mut() {
             let rc = self.cfg.resource(name).expect("validated");
@@ -301,6 +306,11 @@ impl Node {
         // the orphaned action finish a second copy afterwards.
         self.settle_interrupted_actions(&journal_dir, cgroups.as_ref(), &mut history).await;
 
+        // Every task of the daemon is tracked: listeners stop on `cancel`, workers when their
+        // queues close, and the daemon waits (bounded) for them before it exits.
+        let tasks = tokio_util::task::TaskTracker::new();
+        let cancel = tokio_util::sync::CancellationToken::new();
+
         // Workers.
         let (results_tx, mut results_rx) = mpsc::unbounded_channel::<JobResult>();
         let mut workers: HashMap<String, mpsc::Sender<Job>> = HashMap::new();
@@ -330,7 +340,7 @@ impl Node {
             let journal = Some(journal_dir.join(format!("{}.json", rc.name.get_ref())));
             let w = Worker::new(plugin, rc.name.get_ref(), &self.name, params, rc.grants.get_ref().clone(), timeouts, limits, journal, cg);
             let (tx, rx) = mpsc::channel(64);
-            tokio::spawn(w.run(rx, results_tx.clone()));
+            tasks.spawn(w.run(rx, results_tx.clone()));
             workers.insert(rc.name.get_ref().clone(), tx);
             intervals.insert(
                 rc.name.get_ref().clone(),
@@ -367,7 +377,16 @@ impl Node {
             })?;
         }
         let (api_tx, mut api_rx) = mpsc::channel::<(Request, oneshot::Sender<Response>)>(64);
-        tokio::spawn(serve_control(listener, api_tx, history.feed.clone()));
+        let owner_uid = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(&self.socket).map(|m| m.uid()).unwrap_or(0)
+        };
+        {
+            let (cancel, tracker, feed) = (cancel.clone(), tasks.clone(), history.feed.clone());
+            tasks.spawn(async move {
+                cancel.run_until_cancelled(api::listen::serve_control(listener, owner_uid, api_tx, feed, tracker)).await;
+            });
+        }
 
         let (metrics_tx, mut metrics_rx) = mpsc::channel::<oneshot::Sender<String>>(8);
         if let Some(addr) = &self.cfg.daemon.metrics_addr {
@@ -376,7 +395,10 @@ impl Node {
                 path: addr.get_ref().into(),
                 source,
             })?;
-            tokio::spawn(api::metrics::serve(l, metrics_tx));
+            let (cancel, tracker) = (cancel.clone(), tasks.clone());
+            tasks.spawn(async move {
+                cancel.run_until_cancelled(api::listen::serve_metrics(l, metrics_tx, tracker)).await;
+            });
         }
         let mut metrics = api::metrics::Metrics::default();
 
@@ -591,6 +613,14 @@ impl Node {
                     pending = sched.stop_all(now_ms());
                 }
             }
+        }
+        // Stop the listeners and the workers and wait for them, bounded: a worker stuck in an
+        // agent call (only with --leave-running) must not keep the daemon alive.
+        cancel.cancel();
+        drop(workers);
+        tasks.close();
+        if tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await.is_err() {
+            tracing::warn!(left = tasks.len(), "some tasks did not finish within 5 s; exiting anyway");
         }
         // Give the last state a bounded chance to reach the disk (a hung disk must not hang exit).
         if let Err(e) = writer.shutdown(Duration::from_secs(5)) {
@@ -899,61 +929,5 @@ fn job_event(node: &str, r: &JobResult, plugin: &str, metrics: &mut api::metrics
             };
             Event::ActionDone { resource: r.resource.clone(), node: node.into(), action, result: res.clone() }
         }
-    }
-}
-
-/// Accept control connections; each request is answered by the node loop.
-async fn serve_control(
-    listener: tokio::net::UnixListener,
-    to_loop: mpsc::Sender<(Request, oneshot::Sender<Response>)>,
-    feed: tokio::sync::broadcast::Sender<EventRecord>,
-) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let to_loop = to_loop.clone();
-        let feed = feed.clone();
-        tokio::spawn(async move {
-            let (r, mut w) = stream.into_split();
-            let mut reader = tokio::io::BufReader::new(r);
-            let req = match api::read_request(&mut reader).await {
-                Ok(Some(req)) => req,
-                Ok(None) => return,
-                Err(message) => {
-                    let _ = api::write_response(&mut w, Response::Error { message }).await;
-                    return;
-                }
-            };
-            let follow = matches!(req, Request::Events { follow: true, .. });
-            // Subscribe before asking for the backlog, so nothing falls between the two.
-            let mut sub = feed.subscribe();
-            let (tx, rx) = oneshot::channel();
-            if to_loop.send((req, tx)).await.is_err() {
-                return;
-            }
-            let Ok(resp) = rx.await else { return };
-            let mut last_seq = match &resp {
-                Response::Events { events } => events.last().map_or(0, |e| e.seq),
-                _ => 0,
-            };
-            if api::write_response(&mut w, resp).await.is_err() || !follow {
-                return;
-            }
-            loop {
-                match sub.recv().await {
-                    Ok(event) if event.seq > last_seq => {
-                        last_seq = event.seq;
-                        if api::write_response(&mut w, Response::Event { event }).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let message = format!("{n} events were skipped (the client was too slow)");
-                        let _ = api::write_response(&mut w, Response::Error { message }).await;
-                    }
-                    Err(_) => return,
-                }
-            }
-        });
     }
 }

@@ -491,3 +491,36 @@ fn a_damaged_history_line_is_skipped_and_numbering_continues() {
     uniq.dedup();
     assert_eq!(uniq.len(), seqs.len(), "no sequence number is reused");
 }
+
+/// Hundreds of idle connections and an oversized request cost refused connections, not the
+/// daemon's file descriptors: services are still monitored and recovered, and `status`
+/// answers again once the idle clients have timed out.
+#[test]
+fn a_connection_flood_does_not_starve_the_node() {
+    use std::io::{Read, Write};
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    // One request line far over the limit gets an error, and the daemon does not hold it.
+    let mut big = std::os::unix::net::UnixStream::connect(&n.socket).unwrap();
+    let _ = big.write_all(&vec![b'x'; 4 << 20]);
+    let mut answer = String::new();
+    let _ = big.read_to_string(&mut answer);
+    assert!(answer.contains("request too large"), "{answer}");
+    let flood: Vec<_> = (0..400).filter_map(|_| std::os::unix::net::UnixStream::connect(&n.socket).ok()).collect();
+    assert!(flood.len() > 64, "connections beyond the cap are accepted and refused, not left in the backlog");
+    let old = n.daemon_pid("b").unwrap();
+    n.kill_service("b");
+    let recovered = || {
+        n.events().iter().any(|e| e["subject"] == "b" && e["action"] == "recover" && e["result"] == "ok")
+            && n.alive("b")
+            && n.daemon_pid("b") != Some(old)
+    };
+    let start = std::time::Instant::now();
+    while !recovered() && start.elapsed() < LONG {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(recovered(), "recovery went on during the flood: {}", n.log());
+    assert!(n.wait(LONG, |n| n.status().is_some()), "status answers again once idle clients time out");
+    drop(flood);
+}

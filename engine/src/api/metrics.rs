@@ -5,9 +5,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
-
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// (plugin, action, result) → count
@@ -71,35 +68,5 @@ impl Metrics {
             let _ = writeln!(s, "warden_resource_state{{resource=\"{r}\",state=\"{st}\"}} 1");
         }
         s
-    }
-}
-
-/// Serve `GET /metrics`; each request asks the node loop for the current text.
-pub async fn serve(listener: tokio::net::TcpListener, ask: mpsc::Sender<oneshot::Sender<String>>) {
-    loop {
-        let Ok((mut sock, _)) = listener.accept().await else { continue };
-        let ask = ask.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let (status, body) = if req.starts_with("GET /metrics") {
-                let (tx, rx) = oneshot::channel();
-                if ask.send(tx).await.is_err() {
-                    return;
-                }
-                ("200 OK", rx.await.unwrap_or_default())
-            } else {
-                ("404 Not Found", "only /metrics is served here\n".to_string())
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-        });
     }
 }
