@@ -187,6 +187,34 @@ impl Node {
         Ok(Self { cfg, name, state_dir, socket, plugins, leave_running: opts.leave_running, single_node: opts.single_node })
     }
 
+    /// Call every resource's and fence device's `validate` with its real parameters and grants,
+    /// as this node would (wit/agent.wit: validate is called at config load). Returns one line
+    /// per failure, naming the resource or device, its plugin and what the agent said.
+    pub async fn validate_all(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        for rc in &self.cfg.resources {
+            let plugin = &self.plugins[rc.plugin.get_ref()];
+            let params = plugin.metadata.resolve_params(rc.params.get_ref()).unwrap_or_default();
+            let timeout = rc.timeouts.validate.map_or(plugin.metadata.timeouts.validate, |d| d.get());
+            let limits = Limits { memory_bytes: rc.memory_mib.map_or(Limits::default().memory_bytes, |m| m << 20) };
+            let mut inst = plugin.instance(rc.name.get_ref(), rc.grants.get_ref().clone(), limits);
+            let ctx = crate::plugin::CallContext { resource: rc.name.get_ref().clone(), node: self.name.clone(), epoch: 0, params };
+            if let Err(e) = inst.validate(&ctx, Some(timeout)).await {
+                failures.push(format!("resource `{}` (plugin `{}`): validate failed: {e}", rc.name.get_ref(), rc.plugin.get_ref()));
+            }
+        }
+        for f in &self.cfg.fencing {
+            let plugin = &self.plugins[f.plugin.get_ref()];
+            let params = plugin.metadata.resolve_params(&f.params).unwrap_or_default();
+            let mut inst = plugin.instance(f.name.get_ref(), f.grants.clone(), Limits::default());
+            let ctx = crate::plugin::CallContext { resource: f.name.get_ref().clone(), node: self.name.clone(), epoch: 0, params };
+            if let Err(e) = inst.validate(&ctx, Some(plugin.metadata.timeouts.validate)).await {
+                failures.push(format!("fence device `{}` (plugin `{}`): validate failed: {e}", f.name.get_ref(), f.plugin.get_ref()));
+            }
+        }
+        failures
+    }
+
     pub fn socket(&self) -> &Path {
         &self.socket
     }

@@ -524,3 +524,45 @@ fn a_connection_flood_does_not_starve_the_node() {
     assert!(n.wait(LONG, |n| n.status().is_some()), "status answers again once idle clients time out");
     drop(flood);
 }
+
+/// `node check` calls every resource's `validate` with its real parameters and grants, and
+/// names what failed (here: a LifeKeeper restore script that does not exist on this node).
+#[test]
+fn node_check_runs_every_validate() {
+    let n = TestNode::new(|d| {
+        let generic = root().join("target/plugins/generic.wasm");
+        format!(
+            r#"
+[[plugins]]
+name = "generic"
+path = "{generic}"
+
+[[resources]]
+name = "lk"
+plugin = "generic"
+params = {{ style = "lifekeeper", restore = "{d}/no-such-restore", remove = "/bin/true" }}
+grants = {{ read = ["/**"], exec = [{{ program = "/bin/true" }}] }}
+
+[[groups]]
+name = "app"
+resources = ["lk"]
+"#,
+            generic = generic.display(),
+            d = d.display()
+        )
+    });
+    let cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache");
+    let o = std::process::Command::new(warden_bin())
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(["node", "check", "--config"])
+        .arg(&n.config)
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("resource `lk` (plugin `generic`): validate failed") && err.contains("no-such-restore does not exist"),
+        "{err}"
+    );
+}

@@ -132,9 +132,19 @@ pub async fn node(cmd: &NodeCommand) -> anyhow::Result<ExitCode> {
                 ..Default::default()
             };
             let r = Node::load(&opts).await;
+            let failures = match &r {
+                Ok(n) => n.validate_all().await,
+                Err(_) => vec![],
+            };
             let _ = std::fs::remove_dir_all(opts.state_dir.as_ref().unwrap());
             r?;
-            println!("{}: ok", config.display());
+            if !failures.is_empty() {
+                for f in &failures {
+                    eprintln!("{}: {f}", config.display());
+                }
+                anyhow::bail!("{} of the config's resources and fence devices failed validation", failures.len());
+            }
+            println!("{}: ok (config, plugins, and every resource's and fence device's validate)", config.display());
             Ok(ExitCode::SUCCESS)
         }
         NodeCommand::Standby { node, socket } => operator(&socket.socket, OperatorCommand::Standby { node: node.clone() }).await,
