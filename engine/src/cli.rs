@@ -143,7 +143,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent { command: AgentCommand::Exec(args) } => agent_exec::run(&cli, args).await,
         Command::Plugin { command } => plugin_cmd::run(&cli, command).await,
         Command::Demo(args) => demo::run_demo(&cli, args).await,
-        Command::Node { command } => ops::node(command).await,
+        Command::Node { command } => ops::node(command, &cli).await,
         Command::Status { json, watch, socket } => ops::status(&socket.socket, *json, *watch).await,
         Command::Events { follow, json, since, socket } => ops::events(&socket.socket, *follow, *json, *since).await,
         Command::Group { command } => ops::group(command).await,

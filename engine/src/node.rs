@@ -68,6 +68,9 @@ pub struct NodeOptions {
     /// Run this node of a multi-node config alone: the other nodes are treated as down for good
     /// (the operator guarantees they do not run Warden). Like LifeKeeper with one server up.
     pub single_node: bool,
+    /// The compiled-component cache: `--cache-dir` (Some(Some)), `--no-cache` (Some(None)),
+    /// else (None) `daemon.cache_dir` from the config or `<state_dir>/cache`.
+    pub cache: Option<Option<PathBuf>>,
 }
 
 /// The state file format this Warden reads and writes.
@@ -154,8 +157,11 @@ impl Node {
             .clone()
             .or_else(|| cfg.daemon.control_socket.clone().map(|p| cfg.resolve_path(&p)))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
-        let cache = cfg.daemon.cache_dir.clone().map(|p| cfg.resolve_path(&p)).unwrap_or_else(|| state_dir.join("cache"));
-        let host = PluginHost::new(HostOptions { cache_dir: Some(cache), trusted_keys: vec![] })?;
+        let cache = match &opts.cache {
+            Some(choice) => choice.clone(),
+            None => Some(cfg.daemon.cache_dir.clone().map(|p| cfg.resolve_path(&p)).unwrap_or_else(|| state_dir.join("cache"))),
+        };
+        let host = PluginHost::new(HostOptions { cache_dir: cache, trusted_keys: vec![] })?;
         let mut plugins = BTreeMap::new();
         for p in &cfg.plugins {
             let path = cfg.resolve_path(p.path.get_ref());

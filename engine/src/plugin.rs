@@ -23,6 +23,7 @@ pub mod grants;
 mod instance;
 mod output;
 pub mod signing;
+pub mod stall;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

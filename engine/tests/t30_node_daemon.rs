@@ -561,8 +561,51 @@ resources = ["lk"]
         .unwrap();
     assert!(!o.status.success(), "{o:?}");
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("resource `lk` (plugin `generic`): validate failed") && err.contains("no-such-restore does not exist"),
-        "{err}"
-    );
+    assert!(err.contains("resource `lk` (plugin `generic`): validate failed") && err.contains("no-such-restore does not exist"), "{err}");
+}
+
+/// A daemon stopped (SIGSTOP) for longer than a start's timeout while the start script runs
+/// does not judge the start timed out when the script succeeded: time the host was stalled
+/// does not count against the action.
+#[test]
+fn a_stalled_daemon_does_not_turn_a_successful_start_into_a_timeout() {
+    let mut n = TestNode::new(|d| {
+        let script = d.join("start.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ntouch {began}\nsleep 1\nsetsid sleep 100000 </dev/null >/dev/null 2>&1 &\necho $! > \"$1\"\n",
+                began = d.join("start-began").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let pid = d.join("svc.pid");
+        format!(
+            r#"
+[[resources]]
+name = "svc"
+plugin = "example-rust"
+params = {{ pidfile = "{pid}", start = "{script}", start_args = "{pid}", stop_grace_ms = "1000" }}
+grants = {{ exec = [{{ program = "{script}" }}, {{ program = "/bin/kill", args = ["-*", "*"] }}], read = ["{pid}", "/proc/*/stat"] }}
+monitor_interval = "300ms"
+timeouts = {{ start = "3s" }}
+
+[[groups]]
+name = "app"
+resources = ["svc"]
+"#,
+            pid = pid.display(),
+            script = script.display()
+        )
+    });
+    n.start(&[]);
+    let began = n.dir.path().join("start-began");
+    assert!(n.wait(LONG, |_| began.exists()), "{}", n.log());
+    n.signal("-STOP");
+    std::thread::sleep(Duration::from_secs(5));
+    n.signal("-CONT");
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    let starts: Vec<_> = n.actions().into_iter().filter(|(s, a, _)| s == "svc" && a == "start").collect();
+    assert_eq!(starts, vec![("svc".to_string(), "start".to_string(), "ok".to_string())], "{}", n.log());
 }

@@ -98,7 +98,9 @@ pub enum ResourceCommand {
     },
 }
 
-pub async fn node(cmd: &NodeCommand) -> anyhow::Result<ExitCode> {
+pub async fn node(cmd: &NodeCommand, cli: &crate::cli::Cli) -> anyhow::Result<ExitCode> {
+    // The global --cache-dir / --no-cache apply to the node's plugins too.
+    let cache = if cli.no_cache { Some(None) } else { cli.cache_dir.clone().map(Some) };
     match cmd {
         NodeCommand::Run { config, node, state_dir, socket, leave_running, single_node } => {
             let opts = NodeOptions {
@@ -109,6 +111,7 @@ pub async fn node(cmd: &NodeCommand) -> anyhow::Result<ExitCode> {
                 leave_running: *leave_running,
                 check_only: false,
                 single_node: *single_node,
+                cache: cache.clone(),
             };
             let n = Node::load(&opts).await?;
             let stop = async {
@@ -129,6 +132,7 @@ pub async fn node(cmd: &NodeCommand) -> anyhow::Result<ExitCode> {
                 node: node.clone(),
                 state_dir: Some(std::env::temp_dir().join(format!("warden-check-{}", std::process::id()))),
                 check_only: true,
+                cache: cache.clone(),
                 ..Default::default()
             };
             let r = Node::load(&opts).await;

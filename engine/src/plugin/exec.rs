@@ -160,7 +160,7 @@ pub async fn run(req: ExecRequest) -> Result<ExecResult, ExecError> {
     let stdout = tokio::spawn(read_capped(child.stdout.take().expect("piped"), out_sink.clone()));
     let stderr = tokio::spawn(read_capped(child.stderr.take().expect("piped"), err_sink.clone()));
 
-    let (status, timed_out) = match tokio::time::timeout(req.timeout, child.wait()).await {
+    let (status, timed_out) = match super::stall::timeout(req.timeout, child.wait()).await {
         Ok(status) => (status.ok(), false),
         Err(_) => {
             guard.kill();

@@ -66,7 +66,7 @@ pub struct HostState {
     resource: Arc<str>,
     grants: Arc<Grants>,
     cgroup: Option<Arc<std::path::Path>>,
-    deadline: Instant,
+    deadline: super::stall::Deadline,
     stats: CallStats,
     stdout: CapturedOutput,
     stderr: CapturedOutput,
@@ -80,7 +80,7 @@ impl WasiView for HostState {
 
 impl HostState {
     fn remaining(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now())
+        self.deadline.remaining()
     }
 
     /// Check a read grant and run a filesystem operation on the resolved path, off the async
@@ -102,7 +102,7 @@ impl HostState {
             Ok(real) => Ok(op(&real, &path)),
             Err(d) => Err(d),
         });
-        match tokio::time::timeout(remaining, job).await {
+        match super::stall::timeout(remaining, job).await {
             Ok(Ok(Ok(r))) => r.map_err(types::AgentError::Failed),
             Ok(Ok(Err(denied))) => Err(self.deny(import, denied)),
             Ok(Err(e)) => Err(types::AgentError::Failed(format!("{import}: {e}"))),
@@ -463,12 +463,13 @@ impl PluginInstance {
             };
             {
                 let s = warm.store.data_mut();
-                s.deadline = Instant::now() + timeout;
+                s.deadline = super::stall::Deadline::after(timeout);
                 s.stats = CallStats { fresh_instance: fresh, ..CallStats::default() };
             }
             warm.store.set_epoch_deadline(YIELD_TICKS);
 
-            let outcome = tokio::time::timeout(timeout, dispatch(&warm.bindings, &mut warm.store, req, self.world)).await;
+            // Time the host was stalled (SIGSTOP, a frozen VM) does not count against the action.
+            let outcome = super::stall::timeout(timeout, dispatch(&warm.bindings, &mut warm.store, req, self.world)).await;
             self.last_stats = warm.store.data().stats;
             let stderr_tail = self.forward_stdio(&warm.store);
             if self.last_stats.logs_suppressed > 0 {
@@ -557,7 +558,7 @@ impl PluginInstance {
             resource: self.resource.clone(),
             grants: self.grants.clone(),
             cgroup: self.cgroup.clone(),
-            deadline: Instant::now() + timeout,
+            deadline: super::stall::Deadline::after(timeout),
             stats: CallStats::default(),
             stdout,
             stderr,
@@ -567,7 +568,7 @@ impl PluginInstance {
         // Guest code yields to the async runtime every few ticks (so a spinning guest never holds
         // a worker thread for long) and traps once the action's deadline has passed.
         store.epoch_deadline_callback(|ctx| {
-            Ok(if Instant::now() >= ctx.data().deadline {
+            Ok(if ctx.data().deadline.passed() {
                 wasmtime::UpdateDeadline::Interrupt
             } else {
                 wasmtime::UpdateDeadline::Yield(YIELD_TICKS)
