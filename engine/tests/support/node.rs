@@ -5,6 +5,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// How long node-tier tests wait for an outcome before failing (they poll, never sleep to sync).
+pub const LONG: Duration = Duration::from_secs(60);
+
+/// Three pid-file resources a ← b ← c in one group `app`.
+pub fn chain3(dir: &std::path::Path, max_restarts: u32) -> String {
+    format!(
+        "{}{}{}\n[[groups]]\nname = \"app\"\nresources = [\"a\", \"b\", \"c\"]\nmax_restarts = {max_restarts}\n",
+        pid_resource(dir, "a", "300ms"),
+        pid_resource(dir, "b", "300ms"),
+        pid_resource(dir, "c", "300ms")
+    )
+}
+
 pub struct TestNode {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,

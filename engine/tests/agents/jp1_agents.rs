@@ -2,11 +2,7 @@
 //! `cargo xtask plugins`, run through the real host against the JP1 simulator (`tests/jp1-sim`):
 //! real daemons per logical host, killed with `kill -9`, and the simulator's fault switches.
 
-#[path = "support/jp1.rs"]
-mod jp1;
-#[path = "support/plugins.rs"]
-mod support;
-
+use crate::{jp1, support};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

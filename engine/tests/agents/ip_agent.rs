@@ -2,11 +2,7 @@
 //! two namespaces joined by a veth pair; the agent manages an address in namespace a (its
 //! `netns` parameter), namespace b checks that the address answers.
 
-#[path = "support/netns.rs"]
-mod netns;
-#[path = "support/plugins.rs"]
-mod support;
-
+use crate::{netns, support};
 use std::time::Duration;
 
 use netns::{answers_from, run, VethPair};

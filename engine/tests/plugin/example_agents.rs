@@ -1,9 +1,7 @@
 //! Plugin tier: the example agents in Rust, Python and JavaScript, built by `cargo xtask plugins`,
 //! run through the same host against real processes and a real TCP service.
 
-#[path = "support/plugins.rs"]
-mod support;
-
+use crate::support;
 use std::time::Duration;
 
 use support::*;

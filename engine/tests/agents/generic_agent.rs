@@ -2,12 +2,7 @@
 //! scripts managing a real detached process, Debian's real `ocf:heartbeat:Dummy`, the OCF exit-code
 //! table with a small custom agent, and the real `warden` binary.
 
-#[path = "support/plugins.rs"]
-mod support;
-
-#[path = "support/generic.rs"]
-mod generic;
-
+use crate::{generic, support};
 use std::time::{Duration, Instant};
 
 use generic::*;

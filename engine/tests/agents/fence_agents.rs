@@ -2,11 +2,7 @@
 //! (a test node's processes), `fence-exec` against a fake fence_* agent and a fake ipmitool that
 //! record what they were given.
 
-#[path = "support/netns.rs"]
-mod netns;
-#[path = "support/plugins.rs"]
-mod support;
-
+use crate::{netns, support};
 use std::process::{Child, Command};
 use std::time::Duration;
 

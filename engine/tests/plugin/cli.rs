@@ -1,9 +1,7 @@
 //! The real `warden` binary: `agent exec` exit codes and one-line reasons, `plugin inspect`,
 //! `plugin package`, signing and trusted-key loading, and the component cache.
 
-#[path = "support/plugins.rs"]
-mod support;
-
+use crate::support;
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -2,11 +2,7 @@
 //! test re-runs itself in a private mount namespace (support/mountns.rs), so its mounts never
 //! leak into the machine, even when it fails.
 
-#[path = "support/mountns.rs"]
-mod mountns;
-#[path = "support/plugins.rs"]
-mod support;
-
+use crate::{mountns, support};
 use std::process::{Child, Command};
 use std::time::Duration;
 
@@ -73,7 +69,7 @@ fn params(plugin: &warden::plugin::Plugin, p: &[(&str, &str)]) -> CallContext {
 
 #[tokio::test]
 async fn ext4_image_is_mounted_monitored_and_unmounted() {
-    if !in_private_mount_ns("ext4_image_is_mounted_monitored_and_unmounted") {
+    if !in_private_mount_ns("filesystem_agent::ext4_image_is_mounted_monitored_and_unmounted") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -146,7 +142,7 @@ async fn ext4_image_is_mounted_monitored_and_unmounted() {
 
 #[tokio::test]
 async fn busy_mount_stop_names_the_holders_and_kill_holders_frees_it() {
-    if !in_private_mount_ns("busy_mount_stop_names_the_holders_and_kill_holders_frees_it") {
+    if !in_private_mount_ns("filesystem_agent::busy_mount_stop_names_the_holders_and_kill_holders_frees_it") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -186,7 +182,7 @@ async fn busy_mount_stop_names_the_holders_and_kill_holders_frees_it() {
 
 #[tokio::test]
 async fn failed_probe_fails_start_and_leaves_nothing_mounted() {
-    if !in_private_mount_ns("failed_probe_fails_start_and_leaves_nothing_mounted") {
+    if !in_private_mount_ns("filesystem_agent::failed_probe_fails_start_and_leaves_nothing_mounted") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -1,9 +1,7 @@
 //! Plugin tier: a hostile guest (tests/test-programs) is contained, and after each hostile call a
 //! well-behaved call on the same host and the same instance succeeds.
 
-#[path = "support/plugins.rs"]
-mod support;
-
+use crate::support;
 use std::time::Duration;
 
 use support::*;

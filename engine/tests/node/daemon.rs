@@ -1,0 +1,308 @@
+//! Node tier: the real `warden node run` on a temporary config, driven through the CLI.
+
+use crate::node;
+use std::time::Duration;
+
+use node::*;
+
+fn position(actions: &[(String, String, String)], subject: &str, action: &str) -> usize {
+    actions
+        .iter()
+        .position(|(s, a, r)| s == subject && a == action && r == "ok")
+        .unwrap_or_else(|| panic!("no successful {action} of {subject} in {actions:?}"))
+}
+
+#[test]
+fn starts_the_group_bottom_up_and_reports_status() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    for r in ["a", "b", "c"] {
+        assert!(n.alive(r), "{r} is not running");
+        assert_eq!(n.resource(r)["on"][0], serde_json::json!(["n1", "running"]));
+    }
+    let acts = n.actions();
+    assert!(position(&acts, "a", "start") < position(&acts, "b", "start"));
+    assert!(position(&acts, "b", "start") < position(&acts, "c", "start"));
+    // Probes came first: nothing started before every resource was probed.
+    let first_start = acts.iter().position(|(_, a, _)| a == "start").unwrap();
+    assert_eq!(acts[..first_start].iter().filter(|(_, a, _)| a == "probe").count(), 3);
+    let text = n.cli(&["status"]);
+    let out = String::from_utf8_lossy(&text.stdout);
+    assert!(out.contains("STARTED") && out.contains("running@n1"), "{out}");
+}
+
+#[test]
+fn killed_service_is_recovered_locally() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
+    let old = n.daemon_pid("b").unwrap();
+    n.kill_service("b");
+    assert!(n.wait(LONG, |n| n.daemon_pid("b") != Some(old) && n.alive("b") && n.group_state("app") == "started"), "{}", n.log());
+    assert_eq!(n.resource("b")["restarts"], 1);
+    let acts = n.actions();
+    assert!(acts.iter().any(|(s, a, r)| s == "b" && a == "recover" && r == "ok"), "{acts:?}");
+    // Only b was touched.
+    assert_eq!(acts.iter().filter(|(s, a, _)| s == "a" && a == "start").count(), 1);
+}
+
+#[test]
+fn restart_limit_exhausted_fails_the_group_and_cleanup_restores_it() {
+    let mut n = TestNode::new(|d| chain3(d, 1));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
+    n.kill_service("b");
+    assert!(n.wait(LONG, |n| n.resource("b")["restarts"] == 1 && n.alive("b")), "{}", n.log());
+    n.kill_service("b");
+    assert!(n.wait(LONG, |n| n.group_state("app") == "failed"), "{}\n{:?}", n.log(), n.status());
+    // Failed group: nothing left half-running.
+    for r in ["a", "b", "c"] {
+        assert!(!n.alive(r), "{r} still runs in a failed group");
+    }
+    let acts = n.actions();
+    let stops: Vec<&String> = acts.iter().filter(|(_, a, r)| a == "stop" && r == "ok").map(|(s, _, _)| s).collect();
+    assert_eq!(stops, vec!["c", "b", "a"], "stopped top-down");
+    let o = n.cli(&["resource", "cleanup", "b"]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+}
+
+#[test]
+fn sigterm_stops_top_down_and_exits() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
+    n.signal("-TERM");
+    let status = n.wait_exit(LONG).expect("the node exits after SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", n.log());
+    let acts = n.actions();
+    let stops: Vec<&String> = acts.iter().filter(|(_, a, _)| a == "stop").map(|(s, _, _)| s).collect();
+    assert_eq!(stops, vec!["c", "b", "a"]);
+    for r in ["a", "b", "c"] {
+        assert!(!n.alive(r));
+    }
+}
+
+#[test]
+fn daemon_crash_and_restart_adopts_running_resources() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
+    let pids: Vec<i32> = ["a", "b", "c"].iter().map(|r| n.daemon_pid(r).unwrap()).collect();
+    n.signal("-KILL");
+    n.wait_exit(LONG).unwrap();
+    for r in ["a", "b", "c"] {
+        assert!(n.alive(r), "a daemon crash must leave {r} running");
+    }
+    let before = n.actions().len();
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    std::thread::sleep(Duration::from_secs(1));
+    let after: Vec<_> = n.actions().into_iter().skip(before).collect();
+    assert!(after.iter().all(|(_, a, _)| a == "probe"), "only probes after the restart, no second copy: {after:?}");
+    assert_eq!(after.iter().filter(|(_, _, r)| r == "running").count(), 3);
+    let now: Vec<i32> = ["a", "b", "c"].iter().map(|r| n.daemon_pid(r).unwrap()).collect();
+    assert_eq!(pids, now);
+}
+
+#[test]
+fn leave_running_exits_without_stopping() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    n.start(&["--leave-running"]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
+    n.signal("-TERM");
+    assert!(n.wait_exit(LONG).unwrap().success());
+    for r in ["a", "b", "c"] {
+        assert!(n.alive(r));
+    }
+}
+
+#[test]
+fn operator_stop_start_and_standby() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
+    assert!(n.cli(&["group", "stop", "app"]).status.success());
+    assert!(n.wait(LONG, |n| n.group_state("app") == "stopped"));
+    assert!(!n.alive("a"));
+    assert!(n.cli(&["group", "start", "app"]).status.success());
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
+    assert!(n.cli(&["node", "standby", "n1"]).status.success());
+    assert!(n.wait(LONG, |n| n.group_state("app") == "waiting" && !n.alive("c")), "{:?}", n.status());
+    assert!(n.cli(&["node", "online", "n1"]).status.success());
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
+    // Mistakes get a clear error and change nothing.
+    let o = n.cli(&["group", "move", "nope", "--to", "n1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&o.stderr).trim(), "error: no group named `nope`");
+}
+
+#[test]
+fn unmanaged_resource_is_monitored_but_never_acted_on() {
+    // `a` (unmanaged) sits on top of `b`: b is started, a never is, but a's state is reported.
+    let mut n = TestNode::new(|d| {
+        format!(
+            "{}unmanaged = true\n{}\n[[groups]]\nname = \"app\"\nresources = [\"b\", \"a\"]\n",
+            pid_resource(d, "a", "300ms"),
+            pid_resource(d, "b", "300ms")
+        )
+    });
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.alive("b") && n.group_state("app") == "started"), "{}", n.log());
+    assert!(!n.alive("a"), "unmanaged resources are never started");
+    assert!(n.wait(LONG, |n| n.resource("a")["last_monitor"]["result"] == "stopped"));
+    // Started by hand, it is seen running; killed, it is reported, never recovered.
+    let daemon = root().join("examples/agents/demo-daemon.sh");
+    std::process::Command::new(&daemon).arg(n.dir.path().join("a.pid")).status().unwrap();
+    assert!(n.wait(LONG, |n| n.resource("a")["last_monitor"]["result"] == "running"));
+    n.kill_service("a");
+    assert!(n.wait(LONG, |n| n.resource("a")["last_monitor"]["result"] == "stopped"));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(n.actions().iter().all(|(s, a, _)| s != "a" || a == "probe"), "{:?}", n.actions());
+    assert!(!n.alive("a"));
+}
+
+#[test]
+fn events_follow_streams_new_events() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
+    let mut follow = std::process::Command::new(warden_bin())
+        .args(["events", "--follow", "--json"])
+        .env("WARDEN_SOCKET", &n.socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    n.kill_service("c");
+    assert!(n.wait(LONG, |n| n.resource("c")["restarts"] == 1 && n.alive("c")));
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = follow.kill();
+    let out = follow.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.contains("\"subject\":\"c\"") && l.contains("\"action\":\"recover\"")), "{text}");
+}
+
+#[test]
+fn bad_config_is_refused_with_position() {
+    let n = TestNode::new(|_| "[[resources]]\nname = \"x\"\nplugin = \"nope\"\n".into());
+    let o = n.run_refused(&[]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cluster.toml:13:10: resource `x` uses unknown plugin `nope`"), "{err}");
+}
+
+#[test]
+fn corrupt_state_file_is_set_aside_and_nothing_is_lost() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    std::fs::create_dir_all(&n.state).unwrap();
+    std::fs::write(n.state.join("state.json"), "{ not json").unwrap();
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    let aside: Vec<_> = std::fs::read_dir(&n.state)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("state.json.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert!(n.events().iter().any(|e| e["message"].as_str().unwrap_or("").contains("set aside")));
+}
+
+#[test]
+fn metrics_endpoint_counts_actions() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut n = TestNode::new(|d| {
+        format!(
+            "{}\n[[groups]]\nname = \"app\"\nresources = [\"a\"]\n\n[daemon]\nmetrics_addr = \"127.0.0.1:{port}\"\n",
+            pid_resource(d, "a", "300ms")
+        )
+    });
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.contains("warden_agent_actions_total{plugin=\"example-rust\",action=\"start\",result=\"ok\"} 1"), "{body}");
+    assert!(body.contains("warden_resource_state{resource=\"a\",state=\"running\"} 1"), "{body}");
+}
+
+#[test]
+fn a_hung_monitor_delays_only_its_own_resource() {
+    // `slow` (unmanaged, its own group) has a monitor that sleeps for a minute; `a` must still be
+    // monitored and recovered meanwhile: each resource has its own worker.
+    let mut n = TestNode::new(|d| {
+        format!(
+            "[[plugins]]\nname = \"test-hostile\"\npath = \"{hostile}\"\n\n[[resources]]\nname = \"slow\"\nplugin = \"test-hostile\"\nparams = {{ mode = \"sleep\", ms = \"60000\" }}\nunmanaged = true\nmonitor_interval = \"200ms\"\ntimeouts = {{ monitor = \"90s\" }}\n\n[[groups]]\nname = \"stuck\"\nresources = [\"slow\"]\n{a}\n[[groups]]\nname = \"app\"\nresources = [\"a\"]\n",
+            hostile = test_programs_artifacts::HOSTILE,
+            a = pid_resource(d, "a", "200ms")
+        )
+    });
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    n.kill_service("a");
+    assert!(n.wait(LONG, |n| n.actions().iter().any(|(s, a, r)| s == "a" && a == "recover" && r == "ok")), "{}", n.log());
+    // The slow monitor has not even returned once yet (its probe is still sleeping).
+    assert!(n.resource("slow")["last_monitor"].is_null(), "{:?}", n.resource("slow"));
+    assert!(n.alive("a"));
+}
+
+#[test]
+fn a_multi_node_config_runs_only_with_single_node() {
+    let mut n = TestNode::new(|d| {
+        format!(
+            "\n[[nodes]]\nname = \"n2\"\n\n[[nodes]]\nname = \"w\"\nrole = \"witness\"\n{}\n[[groups]]\nname = \"app\"\nresources = [\"a\"]\npriority = [\"n1\", \"n2\"]\n",
+            pid_resource(d, "a", "300ms")
+        )
+    });
+    let o = n.run_refused(&[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("pass --single-node"), "{o:?}");
+    n.start(&["--single-node"]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    let st = n.status().unwrap();
+    let n2 = st["nodes"].as_array().unwrap().iter().find(|x| x["name"] == "n2").unwrap().clone();
+    assert_eq!(n2["up"], false);
+    assert!(n.events().iter().any(|e| e["message"].as_str().unwrap_or("").contains("--single-node")));
+}
+
+/// `node check` calls every resource's `validate` with its real parameters and grants, and
+/// names what failed (here: a LifeKeeper restore script that does not exist on this node).
+#[test]
+fn node_check_runs_every_validate() {
+    let n = TestNode::new(|d| {
+        let generic = root().join("target/plugins/generic.wasm");
+        format!(
+            r#"
+[[plugins]]
+name = "generic"
+path = "{generic}"
+
+[[resources]]
+name = "lk"
+plugin = "generic"
+params = {{ style = "lifekeeper", restore = "{d}/no-such-restore", remove = "/bin/true" }}
+grants = {{ read = ["/**"], exec = [{{ program = "/bin/true" }}] }}
+
+[[groups]]
+name = "app"
+resources = ["lk"]
+"#,
+            generic = generic.display(),
+            d = d.display()
+        )
+    });
+    let cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache");
+    let o = std::process::Command::new(warden_bin())
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(["node", "check", "--config"])
+        .arg(&n.config)
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("resource `lk` (plugin `generic`): validate failed") && err.contains("no-such-restore does not exist"), "{err}");
+}
