@@ -372,7 +372,8 @@ impl Node {
                 None => None,
             };
             let journal = Some(journal_dir.join(format!("{}.json", rc.name.get_ref())));
-            let w = Worker::new(plugin, rc.name.get_ref(), &self.name, params, rc.grants.get_ref().clone(), timeouts, limits, journal, cg);
+            let setup = worker::Setup { params, grants: rc.grants.get_ref().clone(), timeouts, limits, journal, cgroup: cg };
+            let w = Worker::new(plugin, rc.name.get_ref(), &self.name, setup);
             let (tx, rx) = mpsc::channel(64);
             tasks.spawn(w.run(rx, results_tx.clone()));
             workers.insert(rc.name.get_ref().clone(), tx);
@@ -699,7 +700,7 @@ impl Node {
                     )
                 }
                 (_, None) => {
-                    format!("the previous daemon died during an action (record unreadable) and there are no cgroups: probing at once")
+                    "the previous daemon died during an action (record unreadable) and there are no cgroups: probing at once".to_string()
                 }
             };
             tracing::warn!(resource = %resource, "{message}");

@@ -97,18 +97,20 @@ pub struct ActionRecord {
     pub deadline_ms: u64,
 }
 
+/// How a worker runs its resource: the config resolved against the plugin, and where its
+/// actions are recorded and its processes kept.
+pub struct Setup {
+    pub params: std::collections::BTreeMap<String, String>,
+    pub grants: warden_manifest::Capabilities,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub journal: Option<PathBuf>,
+    pub cgroup: Option<ResourceCgroup>,
+}
+
 impl Worker {
-    pub fn new(
-        plugin: &Arc<Plugin>,
-        resource: &str,
-        node: &str,
-        params: std::collections::BTreeMap<String, String>,
-        grants: warden_manifest::Capabilities,
-        timeouts: Timeouts,
-        limits: Limits,
-        journal: Option<PathBuf>,
-        cgroup: Option<ResourceCgroup>,
-    ) -> Self {
+    pub fn new(plugin: &Arc<Plugin>, resource: &str, node: &str, setup: Setup) -> Self {
+        let Setup { params, grants, timeouts, limits, journal, cgroup } = setup;
         let mut instance = plugin.instance(resource, grants, limits);
         instance.set_cgroup(cgroup.as_ref().map(|c| c.path()));
         Self { resource: resource.into(), node: node.into(), params, timeouts, instance, validated: false, journal, cgroup }

@@ -120,7 +120,7 @@ mod tests {
             StoreError::Locked { pid, .. } => assert_eq!(*pid, Some(std::process::id())),
             other => panic!("unexpected error {other}"),
         }
-        assert!(err.to_string().contains(&format!("locked by pid {}", std::process::id())), "{err}");
+        assert!(err.to_string().contains(&format!("locked by another `warden node run` (pid {})", std::process::id())), "{err}");
         drop(first);
         let again = StateDirLock::acquire(dir.path()).unwrap();
         assert_eq!(std::fs::read_to_string(again.path()).unwrap(), format!("{}\n", std::process::id()));
