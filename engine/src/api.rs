@@ -148,10 +148,10 @@ impl Client {
     }
 }
 
-/// Read one request line from a server-side connection.
 /// The largest request line accepted (a request is a few hundred bytes).
 pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 
+/// Read one request line from a server-side connection.
 pub async fn read_request(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> Result<Option<Request>, String> {
     use tokio::io::AsyncReadExt;
     let mut raw = Vec::new();

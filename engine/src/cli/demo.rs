@@ -100,6 +100,19 @@ impl Drop for Cleanup {
     }
 }
 
+/// Keep the scratch directory and say why the demo stopped, with the end of the node's log.
+fn give_up(cleanup: &mut Cleanup, dir: &Path, why: String) -> anyhow::Error {
+    cleanup.keep = true;
+    let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+    anyhow::anyhow!(
+        "{why}\n--- last lines of {} ---\n{}\n(scratch directory kept: {})",
+        dir.join("node.log").display(),
+        tail.join("\n"),
+        dir.display()
+    )
+}
+
 fn find_sim(args: &DemoArgs) -> anyhow::Result<PathBuf> {
     let candidates: Vec<PathBuf> = match &args.jp1_sim {
         Some(p) => vec![p.clone()],
@@ -362,19 +375,29 @@ restart_window = "10m"
     cleanup.node = Some(cmd.spawn().context("start `warden node run`")?);
     println!("    config: {} (node log: {})", config_path.display(), dir.join("node.log").display());
 
-    let deadline = Instant::now() + Duration::from_secs(180);
+    // Stop waiting as soon as the outcome is known; on any failure keep the scratch directory
+    // and show the end of the node's log (the demo must explain itself).
+    let deadline = Instant::now() + Duration::from_secs(60);
     let st = loop {
         if let Some(n) = cleanup.node.as_mut() {
             if let Ok(Some(code)) = n.try_wait() {
-                bail!("the node exited ({code}); its log:\n{}", std::fs::read_to_string(dir.join("node.log")).unwrap_or_default());
+                return Err(give_up(&mut cleanup, &dir, format!("the node exited ({code})")));
             }
         }
         if let Ok(st) = status(&socket).await {
-            if group_state(&st) == "started" {
-                break st;
+            match group_state(&st).as_str() {
+                "started" => break st,
+                g @ ("failed" | "stop-failed" | "failing") => {
+                    let why =
+                        st.resources.iter().filter_map(|r| r.last_failure.as_ref().map(|f| format!("{}: {f}", r.name))).collect::<Vec<_>>();
+                    return Err(give_up(&mut cleanup, &dir, format!("the group is {g} ({})", why.join("; "))));
+                }
+                _ => {}
             }
         }
-        anyhow::ensure!(Instant::now() < deadline, "the group did not start; see {}", dir.join("node.log").display());
+        if Instant::now() >= deadline {
+            return Err(give_up(&mut cleanup, &dir, "the group did not start within 60 s".into()));
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     println!(
@@ -407,7 +430,9 @@ restart_window = "10m"
         if recover_ok && group_state(&status(&socket).await?) == "started" {
             break killed.elapsed();
         }
-        anyhow::ensure!(killed.elapsed() < Duration::from_secs(120), "no recovery within 120 s; see {}", dir.join("node.log").display());
+        if killed.elapsed() >= Duration::from_secs(60) {
+            return Err(give_up(&mut cleanup, &dir, "no recovery within 60 s".into()));
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let new_pid = daemon_pid(&shared, "jajs_hstd");
