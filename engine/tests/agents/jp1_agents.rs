@@ -385,6 +385,10 @@ async fn validate_checks_installation_dependency_and_exclusion() {
     r.validate().await.unwrap();
     let err = r.start().await.unwrap_err();
     assert!(matches!(agent_error(&err), AgentFailure::Failed(m) if m.contains("mount the shared disk")), "{err}");
+    // ... and a probe or stop on a node without the shared disk says stopped (JP1 of that logical
+    // host cannot run there), so a node's startup never tries to stop JP1 under a missing disk.
+    assert!(matches!(r.inst.monitor(&r.ctx, None).await.unwrap(), Health::Stopped));
+    r.inst.stop(&r.ctx, None).await.unwrap();
 
     // Bad parameters.
     let err = Res::new(Kind::Base, &lh, &[("status_timeout", "0")]).await.validate().await.unwrap_err();
@@ -439,8 +443,9 @@ async fn nothing_runs_without_grants() {
     let plugin = plugin(Kind::Base).await;
     let ctx = lh.ctx(&plugin, Kind::Base, &[]);
     let mut inst = plugin.instance("denied", support::caps(""), Limits::default());
+    // The first thing monitor touches is the shared directory; without grants that is refused.
     let err = inst.monitor(&ctx, T).await.unwrap_err();
-    assert!(matches!(agent_error(&err), AgentFailure::AccessDenied(m) if m.contains("jbs_spmd_status")), "{err}");
+    assert!(matches!(agent_error(&err), AgentFailure::AccessDenied(m) if m.contains("jp1base") && m.contains("not granted")), "{err}");
     let err = inst.start(&ctx, T).await.unwrap_err();
     assert!(matches!(agent_error(&err), AgentFailure::AccessDenied(_)), "{err}");
     assert!(node.live().is_empty());

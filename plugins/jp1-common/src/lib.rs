@@ -193,9 +193,27 @@ fn probe_retry(cfg: &Config, cmd: &Command, retries: u32) -> Result<(Probe, u32)
     }
 }
 
+/// Whether the logical host's shared directory is there (the shared disk is mounted here).
+fn shared_available(cfg: &Config) -> Result<bool, AgentError> {
+    Ok(fs::stat(&under(&cfg.shared_dir, cfg.kind.shared_subdir()))?.is_some())
+}
+
 /// The state of the product on the logical host, from its status commands.
+///
+/// Without its shared directory the product cannot run for this logical host on this node (its
+/// configuration and database live there), and its status commands cannot tell: report it
+/// stopped. This is what a node that does not own the shared disk sees at startup; without it a
+/// probe would say "failed" and the engine would try to stop JP1 while its disk is unmounted,
+/// racing the disk's own start.
 fn state(cfg: &Config, retries: u32) -> Result<State, AgentError> {
     let product = cfg.kind.product();
+    if !shared_available(cfg)? {
+        log::info(format!(
+            "the shared directory of logical host {} is not available here: {product} is not running on this node",
+            cfg.lhost
+        ));
+        return Ok(State::Down);
+    }
     let (p, n) = probe_retry(cfg, &spmd_status(cfg), retries)?;
     let main = judge_status(product, &p, n);
     if main != State::Up {
@@ -418,6 +436,14 @@ fn error_text(e: &AgentError) -> String {
 /// `stop`: `*_stop.cluster`; if it fails or the processes remain, `*_killall.cluster`; verify.
 pub fn stop(kind: Kind, ctx: &Context) -> Result<(), AgentError> {
     let cfg = Config::from_ctx(kind, ctx)?;
+    if !shared_available(&cfg)? {
+        log::info(format!(
+            "the shared directory of logical host {} is not available here: nothing of {} can run; stopped",
+            cfg.lhost,
+            kind.product()
+        ));
+        return Ok(());
+    }
     let (p, _) = probe_retry(&cfg, &spmd_status(&cfg), cfg.retries)?;
     if p.code == Some(8) && !p.abnormal() {
         log::info(format!("{} is not running on logical host {}", kind.product(), cfg.lhost));
