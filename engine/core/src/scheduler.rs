@@ -370,24 +370,65 @@ pub enum Event {
     /// A fence device confirmed `node` is off: nothing runs there.
     Fenced(String),
     /// Answer to `Command::Probe` with the same `op`.
-    Probe { resource: String, node: String, op: u64, outcome: MonitorOutcome },
+    Probe {
+        resource: String,
+        node: String,
+        op: u64,
+        outcome: MonitorOutcome,
+    },
     /// A recurring monitor run by the engine, with the group epoch it knew.
-    Monitor { resource: String, node: String, epoch: u64, outcome: MonitorOutcome },
+    Monitor {
+        resource: String,
+        node: String,
+        epoch: u64,
+        outcome: MonitorOutcome,
+    },
     /// Answer to `Command::Start`/`Stop`/`Recover` with the same `op`.
-    ActionDone { resource: String, node: String, op: u64, action: ActionKind, result: Result<(), Failure> },
+    ActionDone {
+        resource: String,
+        node: String,
+        op: u64,
+        action: ActionKind,
+        result: Result<(), Failure>,
+    },
     Operator(OperatorCommand),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum Command {
-    Probe { resource: String, node: String, op: u64, epoch: u64 },
-    Start { resource: String, node: String, op: u64, epoch: u64 },
-    Stop { resource: String, node: String, op: u64, epoch: u64 },
-    Recover { resource: String, node: String, op: u64, epoch: u64 },
-    Fence { node: String },
+    Probe {
+        resource: String,
+        node: String,
+        op: u64,
+        epoch: u64,
+    },
+    Start {
+        resource: String,
+        node: String,
+        op: u64,
+        epoch: u64,
+    },
+    Stop {
+        resource: String,
+        node: String,
+        op: u64,
+        epoch: u64,
+    },
+    Recover {
+        resource: String,
+        node: String,
+        op: u64,
+        epoch: u64,
+    },
+    Fence {
+        node: String,
+    },
     /// A decision worth recording in the event history.
-    Note { subject: String, message: String },
+    Note {
+        subject: String,
+        message: String,
+    },
 }
 
 /// The highest epoch ever assigned; a group at it is not moved any more.
@@ -823,8 +864,9 @@ impl Scheduler {
             // We cannot tell: possibly active, asked again on the next tick.
             MonitorOutcome::Error(Failure::Timeout | Failure::HostFault(_)) => Some(Activity::Unsure),
             // The agent says it is broken: it may be partly running, so it gets a stop.
-            MonitorOutcome::Failed(_)
-            | MonitorOutcome::Error(Failure::Failed(_) | Failure::AccessDenied(_) | Failure::Unsupported(_)) => Some(Activity::Failed),
+            MonitorOutcome::Failed(_) | MonitorOutcome::Error(Failure::Failed(_) | Failure::AccessDenied(_) | Failure::Unsupported(_)) => {
+                Some(Activity::Failed)
+            }
         };
         if matches!(a, Some(Activity::Running | Activity::Failed)) {
             self.obs(&resource).may_have_run.insert(node.clone());
@@ -925,7 +967,13 @@ impl Scheduler {
         } else {
             self.set(&resource, &node, Some(Activity::Failed));
             self.obs(&resource).may_have_run.insert(node.clone());
-            self.fail_group_on(now, &gm.name, &node, &format!("resource `{resource}` failed ({reason}) and local recovery is exhausted"), out);
+            self.fail_group_on(
+                now,
+                &gm.name,
+                &node,
+                &format!("resource `{resource}` failed ({reason}) and local recovery is exhausted"),
+                out,
+            );
         }
     }
 
@@ -1143,8 +1191,7 @@ impl Scheduler {
                 }
                 gs.owner = desired.clone();
             }
-            let nodes: BTreeSet<String> =
-                g.members.iter().flat_map(|r| self.state.observations.resources[r].on.keys().cloned()).collect();
+            let nodes: BTreeSet<String> = g.members.iter().flat_map(|r| self.state.observations.resources[r].on.keys().cloned()).collect();
             let mut clear_elsewhere = true;
             for n in &nodes {
                 if Some(n) == desired.as_ref() {
@@ -1179,9 +1226,12 @@ impl Scheduler {
         let names: Vec<String> = self.state.decisions.nodes.keys().cloned().collect();
         for n in names {
             let up = self.up(&n);
-            let stuck = self.state.observations.resources.iter().any(|(r, st)| {
-                !self.model.resources[r].unmanaged && st.on.get(&n).is_some_and(|a| *a == Activity::StopFailed || !up)
-            });
+            let stuck = self
+                .state
+                .observations
+                .resources
+                .iter()
+                .any(|(r, st)| !self.model.resources[r].unmanaged && st.on.get(&n).is_some_and(|a| *a == Activity::StopFailed || !up));
             let fenceable = self.model.nodes.iter().any(|m| m.name == n && m.fenceable);
             let nd = self.state.decisions.nodes.get_mut(&n).unwrap();
             nd.needs_fence = stuck;
@@ -1218,7 +1268,11 @@ impl Scheduler {
                 continue;
             }
             clear = false;
-            if matches!(a, Activity::Running | Activity::Failed) && up && !self.has_in_flight(r, node) && !self.dependents_active(g, r, node) {
+            if matches!(a, Activity::Running | Activity::Failed)
+                && up
+                && !self.has_in_flight(r, node)
+                && !self.dependents_active(g, r, node)
+            {
                 self.issue(OpKind::Stop, r, node, out);
             }
             // Otherwise possibly active where we cannot act now (lost, stop failed, unsure, in
@@ -1317,9 +1371,7 @@ impl Scheduler {
         self.model
             .resources
             .values()
-            .filter(|r| {
-                r.unmanaged || (self.activity(&r.name, node) == Some(&Activity::Running) && !self.has_in_flight(&r.name, node))
-            })
+            .filter(|r| r.unmanaged || (self.activity(&r.name, node) == Some(&Activity::Running) && !self.has_in_flight(&r.name, node)))
             .map(|r| r.name.clone())
             .collect()
     }
@@ -1341,7 +1393,12 @@ impl Scheduler {
 
     /// Resources on `node` whose stop failed.
     pub fn stop_failed_on(&self, node: &str) -> Vec<String> {
-        self.model.resources.values().filter(|r| self.activity(&r.name, node) == Some(&Activity::StopFailed)).map(|r| r.name.clone()).collect()
+        self.model
+            .resources
+            .values()
+            .filter(|r| self.activity(&r.name, node) == Some(&Activity::StopFailed))
+            .map(|r| r.name.clone())
+            .collect()
     }
 
     /// Blocked resources (invalid config) and why.

@@ -755,7 +755,8 @@ fn sim_model(fenceable: bool) -> Model {
         let mut deps = BTreeMap::new();
         let mut dependents: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (r, ds, unmanaged) in members {
-            resources.insert(r.to_string(), ResourceModel { name: r.to_string(), group: g.into(), unmanaged: *unmanaged, local_recovery: true });
+            resources
+                .insert(r.to_string(), ResourceModel { name: r.to_string(), group: g.into(), unmanaged: *unmanaged, local_recovery: true });
             deps.insert(r.to_string(), ds.iter().map(|d| d.to_string()).collect::<Vec<_>>());
             for d in *ds {
                 dependents.entry(d.to_string()).or_default().push(r.to_string());
@@ -912,22 +913,13 @@ impl Sim {
 
     fn check_s1(&self) -> SimResult {
         for g in self.m.groups.values() {
-            let nodes: BTreeSet<&String> = self
-                .w
-                .running
-                .iter()
-                .filter(|(r, _)| g.members.contains(r) && !self.m.resources[r].unmanaged)
-                .map(|(_, n)| n)
-                .collect();
+            let nodes: BTreeSet<&String> =
+                self.w.running.iter().filter(|(r, _)| g.members.contains(r) && !self.m.resources[r].unmanaged).map(|(_, n)| n).collect();
             if nodes.len() > 1 {
                 return self.fail(format!("S1: group {} really runs on {nodes:?}", g.name));
             }
         }
         Ok(())
-    }
-
-    fn group_of(&self, r: &str) -> &GroupModel {
-        &self.m.groups[&self.m.resources[r].group]
     }
 
     /// Send a result back (maybe twice, maybe never).
@@ -983,7 +975,7 @@ impl Sim {
                 let key = (resource.clone(), node.clone());
                 // Order against the world: everything it needs was started there (and not
                 // stopped since; a crash is the world's doing, not the scheduler's).
-                let g = self.group_of(&resource).clone();
+                let g = std::sync::Arc::clone(&self.m.groups[&self.m.resources[&resource].group]);
                 for d in g.deps.get(&resource).into_iter().flatten() {
                     if !self.w.started.contains(&(d.clone(), node.clone())) {
                         return self.fail(format!("order: {resource} {action:?} on {node} while {d} was not started there"));
@@ -1017,7 +1009,7 @@ impl Sim {
             }
             Command::Stop { resource, node, op, .. } => {
                 let key = (resource.clone(), node.clone());
-                let g = self.group_of(&resource).clone();
+                let g = std::sync::Arc::clone(&self.m.groups[&self.m.resources[&resource].group]);
                 for d in g.dependents.get(&resource).into_iter().flatten() {
                     if !self.m.resources[d].unmanaged && self.truth(d, &node) {
                         return self.fail(format!("order: {resource} stopped on {node} while {d} still runs there"));
@@ -1055,14 +1047,14 @@ impl Sim {
 
     fn deliver(&mut self, i: usize, tally: &mut Tally) -> SimResult {
         let (_, e) = self.w.transit.remove(i);
-        let before = format!("{:?}", self.s.state().observations.resources.values().map(|r| &r.in_flight).collect::<Vec<_>>());
-        let accepted_probe_or_action = matches!(e, Event::Probe { .. } | Event::ActionDone { .. });
-        self.feed(e)?;
-        if accepted_probe_or_action && self.log.is_none() {
-            let after = format!("{:?}", self.s.state().observations.resources.values().map(|r| &r.in_flight).collect::<Vec<_>>());
-            tally.ignored_results += usize::from(before == after);
-        }
-        Ok(())
+        let pending = match &e {
+            Event::Probe { resource, node, op, .. } | Event::ActionDone { resource, node, op, .. } => {
+                Some(self.s.state().observations.resources[resource].in_flight.get(node).is_some_and(|v| v.iter().any(|f| f.op == *op)))
+            }
+            _ => None,
+        };
+        tally.ignored_results += usize::from(pending == Some(false));
+        self.feed(e)
     }
 
     fn fence(&mut self, node: String, tally: &mut Tally) -> SimResult {
@@ -1078,7 +1070,19 @@ impl Sim {
         if std::mem::replace(&mut sn.connected, false) {
             self.feed(Event::NodeDown(node.clone()))?;
         }
-        self.feed(Event::Fenced(node))
+        self.feed(Event::Fenced(node.clone()))?;
+        // Requests for a node that was just powered off are answered by this confirmation.
+        self.w.fences.retain(|n| *n != node);
+        Ok(())
+    }
+
+    /// A node powered off by a fence boots: the unmanaged base comes back with it.
+    fn boot(&mut self, n: &str) {
+        let sn = self.w.nodes.get_mut(n).unwrap();
+        if !std::mem::replace(&mut sn.powered, true) && (n == "a" || n == "b") {
+            self.w.running.insert(("base".into(), n.into()));
+            self.w.started.insert(("base".into(), n.into()));
+        }
     }
 
     fn monitor_round(&mut self, n: &str) {
@@ -1102,36 +1106,39 @@ impl Sim {
         self.now += 1 + self.rng.below(2000);
         let choice = self.rng.below(100);
         match choice {
-            0..=29 => {
-                // An executor carries out its next command (cut-off nodes too).
+            0..=34 => {
+                // An executor carries out its next commands (cut-off nodes too).
                 let n = NODES[self.rng.below(4) as usize];
-                if self.w.nodes[n].powered {
-                    self.execute(n, tally)?;
+                for _ in 0..1 + self.rng.below(4) {
+                    if self.w.nodes[n].powered {
+                        self.execute(n, tally)?;
+                    }
                 }
             }
-            30..=59 => {
-                // A result (or monitor report) arrives, in any order, from a reachable node.
-                let ready: Vec<usize> =
-                    (0..self.w.transit.len()).filter(|i| self.w.nodes[&self.w.transit[*i].0].connected).collect();
-                if !ready.is_empty() {
-                    let i = ready[self.rng.below(ready.len() as u64) as usize];
-                    self.deliver(i, tally)?;
+            35..=59 => {
+                // Results (and monitor reports) arrive, in any order, from reachable nodes.
+                for _ in 0..1 + self.rng.below(4) {
+                    let ready: Vec<usize> = (0..self.w.transit.len()).filter(|i| self.w.nodes[&self.w.transit[*i].0].connected).collect();
+                    if !ready.is_empty() {
+                        let i = ready[self.rng.below(ready.len() as u64) as usize];
+                        self.deliver(i, tally)?;
+                    }
                 }
             }
-            60..=66 => {
+            60..=65 => {
                 let n = RUNNERS[self.rng.below(3) as usize];
                 if self.w.nodes[n].connected {
                     self.monitor_round(n);
                 }
             }
-            67..=69 => self.feed(Event::Tick)?,
-            70..=73 => {
+            66..=68 => self.feed(Event::Tick)?,
+            69..=72 => {
                 if let Some(k) = self.w.running.iter().nth(self.rng.below(self.w.running.len() as u64) as usize).cloned() {
                     self.note(|| format!("world: {k:?} died"));
                     self.w.running.remove(&k);
                 }
             }
-            74..=79 => {
+            73..=75 => {
                 // A node is cut off (its executor and processes keep going) or comes back.
                 let n = NODES[self.rng.below(4) as usize].to_string();
                 let sn = self.w.nodes.get_mut(&n).unwrap();
@@ -1140,12 +1147,12 @@ impl Sim {
                     self.feed(Event::NodeDown(n))?;
                 } else {
                     sn.connected = true;
-                    sn.powered = true;
                     sn.lost_result = false;
+                    self.boot(&n);
                     self.feed(Event::NodeUp(n))?;
                 }
             }
-            80..=81 => {
+            76..=77 => {
                 // The daemon of a reachable node restarts: its queue is gone, processes stay.
                 let n = RUNNERS[self.rng.below(3) as usize].to_string();
                 if self.w.nodes[&n].connected {
@@ -1156,19 +1163,27 @@ impl Sim {
                     self.feed(Event::NodeRestarted(n))?;
                 }
             }
-            82..=85 => {
+            78..=82 => {
                 if !self.w.fences.is_empty() {
                     let n = self.w.fences.remove(self.rng.below(self.w.fences.len() as u64) as usize);
                     self.fence(n, tally)?;
                 }
             }
-            86..=87 => {
-                // The operator breaks a config, or fixes it and cleans up.
-                let r = ["ip", "app", "db", "svc"][self.rng.below(4) as usize].to_string();
-                if !self.w.misconfigured.remove(&r) {
-                    self.w.misconfigured.insert(r);
-                } else {
+            83 => {
+                // The operator breaks a config, or fixes one and cleans up.
+                if let Some(r) = self.w.misconfigured.pop_first() {
                     self.feed(Event::Operator(OperatorCommand::Cleanup { resource: r }))?;
+                } else {
+                    let r = ["ip", "app", "db", "svc"][self.rng.below(4) as usize].to_string();
+                    self.w.misconfigured.insert(r);
+                }
+            }
+            84..=91 => {
+                // Everything queued runs, everything sent arrives.
+                for n in NODES {
+                    if self.w.nodes[n].powered {
+                        self.execute(n, tally)?;
+                    }
                 }
             }
             _ => {
@@ -1214,7 +1229,7 @@ impl Sim {
             sn.lost_result = false;
             if !sn.connected {
                 sn.connected = true;
-                sn.powered = true;
+                self.boot(n);
                 self.feed(Event::NodeUp(n.into()))?;
             }
         }
@@ -1244,7 +1259,7 @@ impl Sim {
             if let Some(n) = self.w.fences.pop() {
                 self.fence(n.clone(), tally)?;
                 self.w.nodes.get_mut(&n).unwrap().connected = true;
-                self.w.nodes.get_mut(&n).unwrap().powered = true;
+                self.boot(&n);
                 self.feed(Event::NodeUp(n))?;
                 busy = true;
             }
@@ -1254,19 +1269,18 @@ impl Sim {
                     busy = true;
                 }
             }
-            while !self.w.transit.is_empty() {
-                self.deliver(0, tally)?;
-                busy = true;
-            }
-            if round % 10 == 0 {
+            if round % 5 == 0 {
                 for n in RUNNERS {
                     self.monitor_round(n);
                 }
                 self.feed(Event::Tick)?;
             }
+            while !self.w.transit.is_empty() {
+                self.deliver(0, tally)?;
+            }
             self.check_s1()?;
             quiet = if busy { 0 } else { quiet + 1 };
-            if quiet > 30 {
+            if quiet > 12 {
                 break;
             }
         }
@@ -1338,11 +1352,8 @@ fn random_schedules_keep_s1_and_order_with_fencing() {
     eprintln!("with fencing: {t:?}");
     // The schedules really exercise the dangerous paths.
     let n = t.seeds;
-    assert!(
-        t.starts > n * 3 && t.recovers > n / 10 && t.fences > n / 4 && t.stop_failures > n / 10 && t.late_commands > n / 10,
-        "{t:?}"
-    );
-    assert!(t.ignored_results > n / 10 && t.daemon_restarts > n && t.blocked > n / 10 && t.probe_timeouts > n / 10, "{t:?}");
+    assert!(t.starts > n * 4 && t.recovers > n / 10 && t.fences > n && t.stop_failures > n / 40 && t.late_commands > n, "{t:?}");
+    assert!(t.ignored_results > 2 * n && t.daemon_restarts > n && t.blocked > n && t.probe_timeouts > n / 2, "{t:?}");
 }
 
 #[test]
@@ -1354,5 +1365,17 @@ fn random_schedules_keep_s1_and_order_without_fencing() {
     eprintln!("without fencing: {t:?}");
     assert_eq!(t.fences, 0);
     let n = t.seeds;
-    assert!(t.starts > n * 3 && t.stop_failures > n / 10 && t.late_commands > n / 10, "{t:?}");
+    assert!(t.starts > n * 3 && t.stop_failures > n / 100 && t.late_commands > 2 * n, "{t:?}");
+}
+
+/// Print the event log of one seed: `WARDEN_SIM_SEED=17 WARDEN_SIM_FENCE=1 cargo test -p
+/// warden-core sim_log -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn sim_log() {
+    let seed = std::env::var("WARDEN_SIM_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let fence = std::env::var("WARDEN_SIM_FENCE").is_ok_and(|v| v == "1");
+    let mut t = Tally::default();
+    let (res, log) = run_seed(seed, STEPS, fence, &mut t, true);
+    println!("{}\n{res:?}\n{t:?}", log.unwrap_or_default().join("\n"));
 }
