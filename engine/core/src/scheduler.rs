@@ -147,12 +147,6 @@ pub enum Activity {
     StopFailed,
 }
 
-impl Activity {
-    fn in_flight(&self) -> bool {
-        matches!(self, Activity::Probing | Activity::Starting | Activity::Stopping | Activity::Recovering)
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Target {
@@ -894,9 +888,6 @@ impl Scheduler {
                 MonitorOutcome::Error(_) => current,
             };
             self.set(&resource, &node, a);
-            return;
-        }
-        if current.as_ref().is_some_and(Activity::in_flight) {
             return;
         }
         let failure = match &outcome {
