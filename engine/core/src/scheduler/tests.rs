@@ -230,6 +230,21 @@ fn monitor_results_during_an_action_or_from_an_old_epoch_are_ignored() {
     assert!(cmds.is_empty(), "{cmds:?}");
     let cmds = s.handle(2, monitor(&s, "app", "a", MonitorOutcome::Failed("still gone".into())));
     assert!(cmds.is_empty(), "{cmds:?}");
+    // Whatever a monitor says while the recover runs (the agent may well be half-configured
+    // mid-action) is not acted on: no block, no ineligibility, no timeout counted, no record.
+    let last = s.state().observations.resources["app"].last_monitor.clone();
+    for o in [
+        MonitorOutcome::Error(Failure::InvalidConfig("mid-action".into())),
+        MonitorOutcome::Error(Failure::NotInstalled("mid-action".into())),
+        MonitorOutcome::Error(Failure::Timeout),
+        MonitorOutcome::Error(Failure::HostFault("EMFILE".into())),
+    ] {
+        let cmds = s.handle(2, monitor(&s, "app", "a", o));
+        assert!(cmds.is_empty(), "{cmds:?}");
+    }
+    assert!(s.blocked().is_empty() && s.ineligible().is_empty());
+    assert!(s.state().observations.resources["app"].monitor_timeouts.is_empty());
+    assert_eq!(s.state().observations.resources["app"].last_monitor, last);
     assert_eq!(act(&s, "app", "a"), Some(&Activity::Recovering));
     assert_eq!(s.state().observations.resources["app"].restarts["a"].len(), 1, "one recovery only");
     s.handle(3, done("app", "a", rec, ActionKind::Recover, Ok(())));
