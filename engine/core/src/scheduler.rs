@@ -794,7 +794,7 @@ impl Scheduler {
         let mut again = Vec::new();
         for (r, o) in &self.state.observations.resources {
             for (n, a) in &o.on {
-                if *a == Activity::Unsure && self.up(n) && !o.in_flight.get(n).is_some_and(|v| !v.is_empty()) {
+                if *a == Activity::Unsure && self.up(n) && o.in_flight.get(n).is_none_or(|v| v.is_empty()) {
                     again.push((r.clone(), n.clone()));
                 }
             }
@@ -1214,23 +1214,27 @@ impl Scheduler {
         // A node needs fencing while something may run there that we cannot stop: a failed stop,
         // or anything at all on a node we lost. (Derived every time, so a node that comes back
         // and answers its probes is cleared.)
-        let names: Vec<String> = self.state.decisions.nodes.keys().cloned().collect();
-        for n in names {
-            let up = self.up(&n);
-            let stuck = self
-                .state
-                .observations
-                .resources
-                .iter()
-                .any(|(r, st)| !self.model.resources[r].unmanaged && st.on.get(&n).is_some_and(|a| *a == Activity::StopFailed || !up));
-            let fenceable = self.model.nodes.iter().any(|m| m.name == n && m.fenceable);
-            let nd = self.state.decisions.nodes.get_mut(&n).unwrap();
+        let mut stuck: BTreeSet<&str> = BTreeSet::new();
+        for (r, st) in &self.state.observations.resources {
+            if self.model.resources[r].unmanaged {
+                continue;
+            }
+            for (n, a) in &st.on {
+                if *a == Activity::StopFailed || !self.up(n) {
+                    stuck.insert(n.as_str());
+                }
+            }
+        }
+        let stuck: BTreeSet<String> = stuck.into_iter().map(str::to_string).collect();
+        for m in &self.model.nodes {
+            let stuck = stuck.contains(&m.name);
+            let Some(nd) = self.state.decisions.nodes.get_mut(&m.name) else { continue };
             nd.needs_fence = stuck;
             if !stuck {
                 nd.fence_requested = false;
-            } else if fenceable && !nd.fence_requested {
+            } else if m.fenceable && !nd.fence_requested {
                 nd.fence_requested = true;
-                out.push(Command::Fence { node: n });
+                out.push(Command::Fence { node: m.name.clone() });
             }
         }
     }

@@ -327,7 +327,7 @@ fn restart_counters_are_per_node() {
     // a's two recoveries do not count on b.
     let e = monitor(&s, "app", "b", MonitorOutcome::Failed("x".into()));
     let cmds = settle(&mut s, 4_000, e);
-    assert_eq!(op_of(&cmds, "recover", "app", "b") > 0, true);
+    assert!(op_of(&cmds, "recover", "app", "b") > 0);
     assert_eq!(s.state().observations.resources["app"].restarts["a"].len(), 2);
     assert_eq!(s.state().observations.resources["app"].restarts["b"].len(), 1);
 }
@@ -1356,7 +1356,7 @@ fn check_seed(seed: u64, steps: usize, fenceable: bool, tally: &mut Tally) {
 fn seeds() -> u64 {
     std::env::var("WARDEN_SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000) / 2
 }
-const STEPS: usize = 150;
+const STEPS: usize = 120;
 
 #[test]
 fn random_schedules_keep_s1_and_order_with_fencing() {
@@ -1393,4 +1393,46 @@ fn sim_log() {
     let mut t = Tally::default();
     let (res, log) = run_seed(seed, STEPS, fence, &mut t, true);
     println!("{}\n{res:?}\n{t:?}", log.unwrap_or_default().join("\n"));
+}
+
+/// Seeds that failed while this simulation was written, or that catch the mutations listed at
+/// the top of this file (each fails with its mutation applied):
+/// * 1 (fencing): a stale fence request re-fenced a node forever while healing (simulation fix:
+///   a fence confirmation answers every pending request for that node).
+/// * 10 (fencing): fencing killed the unmanaged base for good (simulation fix: it returns on boot).
+/// * 1_000_000 (no fencing): an `invalid-config` probe answer from before the operator's cleanup
+///   blocked the group again (scheduler fix: cleanup probes again even where a probe is in flight,
+///   and only the last answer decides).
+/// * 2167 (fencing) and 1_001_295 (no fencing): S1 under mutation (a), probe timeout = stopped.
+/// * 50 (fencing) and 1_000_168 (no fencing): S1 under mutation (c), unexpected probe accepted.
+/// * 5 (fencing) and 1_000_004 (no fencing): S1 when a lost node's resources do not hold its
+///   groups back (a stronger form of mutation (d)).
+#[test]
+fn regression_seeds() {
+    // The step count these seeds were found with.
+    const REGRESSION_STEPS: usize = 150;
+    let mut t = Tally::default();
+    for seed in [1, 10, 2167, 50, 5] {
+        check_seed(seed, REGRESSION_STEPS, true, &mut t);
+    }
+    for seed in [1_000_000, 1_001_295, 1_000_168, 1_000_004] {
+        check_seed(seed, REGRESSION_STEPS, false, &mut t);
+    }
+}
+
+#[test]
+fn cleanup_supersedes_an_older_invalid_config_answer() {
+    let mut s = Scheduler::new(model(&["a"], &[("g", &["app"])], false));
+    let p = s.handle(0, Event::NodeUp("a".into()));
+    let old = op_of(&p, "probe", "app", "a");
+    // The operator fixes the config and cleans up while the old probe is still out.
+    let cmds = s.handle(1, Event::Operator(OperatorCommand::Cleanup { resource: "app".into() }));
+    let new = op_of(&cmds, "probe", "app", "a");
+    assert!(new > old);
+    // The old probe answers from before the fix: not the last word.
+    s.handle(2, probe("app", "a", old, MonitorOutcome::Error(Failure::InvalidConfig("port missing".into()))));
+    assert!(s.blocked().is_empty());
+    let cmds = settle(&mut s, 3, probe("app", "a", new, MonitorOutcome::Stopped));
+    assert_eq!(starts(&cmds), vec![rn("app", "a")]);
+    assert_eq!(s.group_status("g"), "started");
 }
