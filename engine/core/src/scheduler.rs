@@ -66,6 +66,19 @@
 //! floor and every new epoch is greater than both the floor and the previous epoch. Arithmetic
 //! saturates: a group whose epoch would pass `u64::MAX - 1` is not moved (a note says why).
 //!
+//! # The engine's loop
+//!
+//! ```text
+//!   cmds = s.handle(now, event)
+//!   if s.decisions_changed() { persist(s.persisted()) }   // before acting
+//!   for c in cmds { carry out c; later feed back Event::Probe/ActionDone with c's op }
+//! ```
+//! Feed [`Event::Tick`] periodically (restart windows age, `failed_on` entries expire after
+//! `restart_window`, unsure resources are probed again). Run recurring monitors for
+//! [`Scheduler::monitored_on`] with [`Scheduler::epoch`] of the resource and feed the answers as
+//! [`Event::Monitor`]. After losing state, build a new scheduler, [`Scheduler::restore`] the
+//! persisted form with an epoch floor (e.g. wall-clock ms), then feed `NodeUp` for the nodes.
+//!
 //! **Invariant S1** (never a group active on two nodes): a resource is *possibly active* on a
 //! node unless we know it is stopped there (a successful stop, a probe saying stopped or not
 //! installed, or a fence confirmation). Nothing of a group is started on node D while any member
