@@ -491,8 +491,10 @@ impl Scheduler {
     }
 
     /// Restore what was persisted (targets, owners, epochs, failures, blocks, standby, restart
-    /// counters), forgetting what resources were doing: that is re-learned by probing (and every
-    /// resource counts as possibly started before). Epochs are raised to at least `epoch_floor`,
+    /// counters). What resources were doing is re-learned by probing: until a node is up and
+    /// has answered, every resource counts as possibly active there ([`Activity::Unknown`]), so
+    /// a node that never returns must be fenced before its groups run elsewhere. Feed `NodeUp`
+    /// for every reachable node promptly after restoring. Epochs are raised to at least `epoch_floor`,
     /// and every later epoch is above it. Unknown names are ignored.
     pub fn restore(&mut self, saved: &Persisted, epoch_floor: u64) {
         self.epoch_floor = self.epoch_floor.max(epoch_floor.min(MAX_EPOCH));
@@ -521,9 +523,14 @@ impl Scheduler {
                 cur.restarts = per_node.clone();
             }
         }
-        let nodes: Vec<String> = self.model.nodes.iter().map(|n| n.name.clone()).collect();
+        // We ran before and do not know what still runs where: every resource is possibly
+        // active on every node until that node answers its probes (or is fenced).
+        let runners: Vec<String> = self.model.nodes.iter().filter(|n| n.role == Role::Node).map(|n| n.name.clone()).collect();
         for r in self.state.observations.resources.values_mut() {
-            r.may_have_run.extend(nodes.iter().cloned());
+            for n in &runners {
+                r.may_have_run.insert(n.clone());
+                r.on.entry(n.clone()).or_insert(Activity::Unknown);
+            }
         }
         self.decisions_changed = true;
         self.generation += 1;
