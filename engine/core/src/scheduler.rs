@@ -1,22 +1,87 @@
 //! The decision core: a sans-IO state machine from events to commands.
 //!
 //! ```text
-//!   Event (monitor result, action result, node up/down, fenced, operator, tick)
+//!   Event (probe/monitor/action result, node up/down/restarted, fenced, operator, tick)
 //!        │
 //!        ▼
 //!   Scheduler::handle(now, event) ──► apply to State ──► reconcile ──► Vec<Command>
 //!                                                                     (probe/start/stop/recover
-//!                                                                      resource R on node N,
-//!                                                                      fence node N, note)
+//!                                                                      resource R on node N with
+//!                                                                      op id and epoch, fence
+//!                                                                      node N, note)
 //! ```
 //!
 //! No sockets, no clocks, no tokio: time is the `now` argument (milliseconds). The node's
 //! executor carries out commands and feeds their results back as events. The same code decides
 //! for one node or many.
 //!
+//! # Operations and epochs
+//!
+//! Every [`Command::Probe`], [`Command::Start`], [`Command::Stop`] and [`Command::Recover`]
+//! carries an operation id `op` (a per-scheduler counter, strictly increasing) and the group's
+//! placement `epoch`. The answer ([`Event::Probe`], [`Event::ActionDone`]) carries the `op` it
+//! answers. The scheduler keeps the operations in flight per (resource, node)
+//! ([`Observations::in_flight`]); a result whose op is not in flight (late, duplicated, or from
+//! before a daemon restart) is ignored. Recurring monitors are scheduled by the engine itself, so
+//! [`Event::Monitor`] carries the `epoch` the engine knew when it ran the monitor: results from
+//! an older epoch are ignored, and so is every monitor result for a resource while an operation
+//! is in flight for it on that node.
+//!
+//! **Executor contract** (what makes late delivery safe): on one node, the commands for one
+//! resource are carried out one at a time, in the order they were issued (a probe issued after a
+//! start answers after that start was carried out). A daemon restart forgets its queue (commands
+//! not yet begun never run) and is reported with [`Event::NodeRestarted`]. So a probe answer
+//! supersedes every earlier operation on that (resource, node): they are dropped from the
+//! in-flight map and their late results ignored.
+//!
+//! # Failures
+//!
+//! Agent errors are typed ([`Failure`], after the WIT `agent-error`, plus `Timeout` and
+//! `HostFault`):
+//! * `NotInstalled` from a probe or start: known stopped there, and that node is ineligible for
+//!   the resource's group ([`ResourceDecision::ineligible`], with the reason). Never fencing.
+//! * `InvalidConfig` (any call): not retried. The resource is blocked
+//!   ([`ResourceDecision::blocked`]) and its group is frozen (not started, moved or stopped)
+//!   until the operator's `Cleanup`. When nothing could have started it there (no start or
+//!   recover issued since it was last known stopped), it is known stopped: no fencing.
+//! * `HostFault` (the engine could not run the call: EMFILE, spawn failure, its own stall):
+//!   the resource is probed again (never recovered, failed over or fenced for it). A probe that
+//!   times out or hits a host fault leaves the resource possibly active
+//!   ([`Activity::Unsure`]); it is probed again on the next [`Event::Tick`].
+//! * `Unsupported` from `recover`: no local recovery, the group fails over at once.
+//!
+//! # State: decisions and observations
+//!
+//! [`State`] is split in two. [`Decisions`] (targets, placements with owner and epoch,
+//! `failed_on`, standby, fence records, blocked/ineligible resources) are what a cluster
+//! replicates and what the engine persists *before* carrying out commands (propose, persist,
+//! act): [`Scheduler::decisions_changed`] says whether the last event changed them.
+//! [`Observations`] (activity per resource and node, operations in flight, last monitor, restart
+//! and monitor-timeout counters per resource and node) are per-node knowledge, re-learned by
+//! probing. [`Persisted`] (decisions plus restart counters) is what survives a restart:
+//! [`Scheduler::persisted`] and [`Scheduler::restore`].
+//!
+//! **Epochs** never go backwards: `restore` takes an `epoch_floor` (the engine derives it from
+//! wall-clock milliseconds when it lost its state); restored epochs are raised to at least the
+//! floor and every new epoch is greater than both the floor and the previous epoch. Arithmetic
+//! saturates: a group whose epoch would pass `u64::MAX - 1` is not moved (a note says why).
+//!
+//! # The engine's loop
+//!
+//! ```text
+//!   cmds = s.handle(now, event)
+//!   if s.decisions_changed() { persist(s.persisted()) }   // before acting
+//!   for c in cmds { carry out c; later feed back Event::Probe/ActionDone with c's op }
+//! ```
+//! Feed [`Event::Tick`] periodically (restart windows age, `failed_on` entries expire after
+//! `restart_window`, unsure resources are probed again). Run recurring monitors for
+//! [`Scheduler::monitored_on`] with [`Scheduler::epoch`] of the resource and feed the answers as
+//! [`Event::Monitor`]. After losing state, build a new scheduler, [`Scheduler::restore`] the
+//! persisted form with an epoch floor (e.g. wall-clock ms), then feed `NodeUp` for the nodes.
+//!
 //! **Invariant S1** (never a group active on two nodes): a resource is *possibly active* on a
-//! node unless we know it is stopped there (a successful stop, a probe or monitor saying
-//! stopped, or a fence confirmation). Nothing of a group is started on node D while any member
+//! node unless we know it is stopped there (a successful stop, a probe saying stopped or not
+//! installed, or a fence confirmation). Nothing of a group is started on node D while any member
 //! is possibly active on another node; a stop that fails or a node that is lost leaves its
 //! resources possibly active until that node is fenced or re-probed.
 //!
@@ -78,10 +143,13 @@ pub struct ResourceModel {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Activity {
-    /// State unknown; a probe (monitor) is under way.
+    /// State unknown; a probe is under way.
     Probing,
     /// State unknown and the node cannot be asked (lost): needs fencing or the node's return.
     Unknown,
+    /// State unknown on a reachable node (a probe timed out or hit a host fault, or an action
+    /// hit a host fault): possibly active, probed again on the next tick. Never fenced for.
+    Unsure,
     Starting,
     Running,
     Stopping,
@@ -92,12 +160,6 @@ pub enum Activity {
     StopFailed,
 }
 
-impl Activity {
-    fn in_flight(&self) -> bool {
-        matches!(self, Activity::Probing | Activity::Starting | Activity::Stopping | Activity::Recovering)
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Target {
@@ -105,23 +167,63 @@ pub enum Target {
     Stopped,
 }
 
+/// Why a group may not run on a node (until it expires or the operator cleans up).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeState {
-    pub up: bool,
-    pub standby: bool,
-    /// A resource could not be stopped there, or the node was lost while running resources.
-    pub needs_fence: bool,
+pub struct FailedOn {
+    /// When it failed; the entry is dropped on a tick once `restart_window` has passed.
+    pub at: Millis,
+    pub reason: String,
 }
 
+/// Replicated decision about a group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupState {
     pub target: Target,
     pub owner: Option<String>,
     pub epoch: u64,
-    /// Nodes where the group failed (recovery exhausted, start failed): not eligible until cleanup.
-    pub failed_on: BTreeSet<String>,
+    /// Nodes where the group failed (recovery exhausted, start failed): not eligible until
+    /// cleanup, or until `restart_window` has passed since the failure.
+    pub failed_on: BTreeMap<String, FailedOn>,
     /// Operator's `group move --to`.
     pub move_to: Option<String>,
+}
+
+/// Replicated decision about a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDecision {
+    pub standby: bool,
+    /// Something may run there that we cannot stop (a failed stop, or anything on a lost node):
+    /// its groups run nowhere else until it is fenced or answers its probes.
+    pub needs_fence: bool,
+    /// A fence command was issued and not yet confirmed.
+    pub fence_requested: bool,
+    /// When the last fence confirmation arrived.
+    pub last_fenced: Option<Millis>,
+}
+
+/// Replicated decision about a resource.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceDecision {
+    /// `invalid-config`: not retried, its group is frozen (not started, moved or stopped) until
+    /// the operator's cleanup. The agent's message.
+    pub blocked: Option<String>,
+    /// node → why this node cannot run the resource (`not-installed`); the group is not placed
+    /// there until the operator's cleanup.
+    pub ineligible: BTreeMap<String, String>,
+}
+
+/// What a cluster replicates and the engine persists before acting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decisions {
+    pub groups: BTreeMap<String, GroupState>,
+    pub nodes: BTreeMap<String, NodeDecision>,
+    pub resources: BTreeMap<String, ResourceDecision>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeObservation {
+    /// Reachable (membership says so).
+    pub up: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,36 +233,107 @@ pub struct MonitorRecord {
     pub outcome: MonitorOutcome,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OpKind {
+    Probe,
+    Start,
+    Stop,
+    Recover,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    pub op: u64,
+    pub kind: OpKind,
+    pub epoch: u64,
+}
+
+/// Per-node knowledge about a resource (re-learned by probing).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResourceState {
+pub struct ResourceObservation {
+    /// node → activity. Absent = known stopped there.
     pub on: BTreeMap<String, Activity>,
-    /// Times of local recoveries, for `max_restarts` within `restart_window`.
-    pub restarts: Vec<Millis>,
-    pub monitor_timeouts: u32,
+    /// node → operations issued and not answered, oldest first.
+    pub in_flight: BTreeMap<String, Vec<InFlight>>,
+    /// Nodes where a start or recover was issued since the resource was last known stopped
+    /// there (or where we cannot know): an `invalid-config` there does not prove it stopped.
+    pub may_have_run: BTreeSet<String>,
+    /// node → times of local recoveries there, for `max_restarts` within `restart_window`.
+    pub restarts: BTreeMap<String, Vec<Millis>>,
+    /// node → monitor timeouts in a row there.
+    pub monitor_timeouts: BTreeMap<String, u32>,
     pub last_monitor: Option<MonitorRecord>,
     /// Last failure reason, for status.
     pub last_failure: Option<String>,
 }
 
-/// Everything that changes. Serialised to the node's state file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct State {
-    pub nodes: BTreeMap<String, NodeState>,
-    pub groups: BTreeMap<String, GroupState>,
-    pub resources: BTreeMap<String, ResourceState>,
+pub struct Observations {
+    pub nodes: BTreeMap<String, NodeObservation>,
+    pub resources: BTreeMap<String, ResourceObservation>,
 }
 
+/// Everything that changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub decisions: Decisions,
+    pub observations: Observations,
+}
+
+/// What must survive a restart: decisions, plus restart counters (resource → node → times).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Persisted {
+    pub decisions: Decisions,
+    pub restarts: BTreeMap<String, BTreeMap<String, Vec<Millis>>>,
+}
+
+/// Why a call did not succeed: the WIT `agent-error` variants, plus what the engine itself saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "error", content = "reason", rename_all = "kebab-case")]
+pub enum Failure {
+    /// The action ran and failed.
+    Failed(String),
+    /// A parameter is missing or wrong: not retried, the resource is blocked until cleanup.
+    InvalidConfig(String),
+    /// The software is not installed on this node: the node is ineligible for the resource.
+    NotInstalled(String),
+    /// A host call was refused by the capability check.
+    AccessDenied(String),
+    /// The agent does not implement this action (from recover: no local recovery).
+    Unsupported(String),
+    /// The call overran its timeout.
+    Timeout,
+    /// The engine itself could not run the call (EMFILE, spawn failure, its own stall).
+    HostFault(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Failed(s) => write!(f, "failed: {s}"),
+            Failure::InvalidConfig(s) => write!(f, "invalid config: {s}"),
+            Failure::NotInstalled(s) => write!(f, "not installed: {s}"),
+            Failure::AccessDenied(s) => write!(f, "access denied: {s}"),
+            Failure::Unsupported(s) => write!(f, "unsupported: {s}"),
+            Failure::Timeout => write!(f, "timed out"),
+            Failure::HostFault(s) => write!(f, "host fault: {s}"),
+        }
+    }
+}
+
+/// A probe's or monitor's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", content = "reason", rename_all = "kebab-case")]
 pub enum MonitorOutcome {
     Running,
     Degraded(String),
     Stopped,
+    /// The agent says the resource is not working.
     Failed(String),
-    /// The monitor overran its timeout: retried, a failure only after several in a row.
-    Timeout,
-    /// The agent returned an error or trapped.
-    Error(String),
+    /// The call itself did not succeed. A monitor `Timeout` is retried, a failure only after
+    /// `monitor_timeouts_to_fail` in a row.
+    Error(Failure),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +342,16 @@ pub enum ActionKind {
     Start,
     Stop,
     Recover,
+}
+
+impl ActionKind {
+    fn op_kind(self) -> OpKind {
+        match self {
+            ActionKind::Start => OpKind::Start,
+            ActionKind::Stop => OpKind::Stop,
+            ActionKind::Recover => OpKind::Recover,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,27 +367,36 @@ pub enum OperatorCommand {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// Re-evaluate (restart windows age with time).
+    /// Re-evaluate: restart windows and `failed_on` entries age, unsure resources are probed.
     Tick,
     NodeUp(String),
     NodeDown(String),
+    /// The node's daemon restarted: its queue is gone (commands not yet begun never run), what
+    /// we knew about its resources is forgotten and re-probed; its processes may still run.
+    NodeRestarted(String),
     /// A fence device confirmed `node` is off: nothing runs there.
     Fenced(String),
+    /// Answer to `Command::Probe` with the same `op`.
     Probe {
         resource: String,
         node: String,
+        op: u64,
         outcome: MonitorOutcome,
     },
+    /// A recurring monitor run by the engine, with the group epoch it knew.
     Monitor {
         resource: String,
         node: String,
+        epoch: u64,
         outcome: MonitorOutcome,
     },
+    /// Answer to `Command::Start`/`Stop`/`Recover` with the same `op`.
     ActionDone {
         resource: String,
         node: String,
+        op: u64,
         action: ActionKind,
-        result: Result<(), String>,
+        result: Result<(), Failure>,
     },
     Operator(OperatorCommand),
 }
@@ -215,19 +407,25 @@ pub enum Command {
     Probe {
         resource: String,
         node: String,
+        op: u64,
+        epoch: u64,
     },
     Start {
         resource: String,
         node: String,
+        op: u64,
         epoch: u64,
     },
     Stop {
         resource: String,
         node: String,
+        op: u64,
+        epoch: u64,
     },
     Recover {
         resource: String,
         node: String,
+        op: u64,
         epoch: u64,
     },
     Fence {
@@ -240,63 +438,130 @@ pub enum Command {
     },
 }
 
+/// The highest epoch ever assigned; a group at it is not moved any more.
+pub const MAX_EPOCH: u64 = u64::MAX - 1;
+
 pub struct Scheduler {
     model: Model,
     state: State,
-    /// Fence requests already issued (not repeated until answered).
-    fencing: BTreeSet<String>,
     /// The node is shutting down: every group is stopped here, targets are kept.
     shutting_down: bool,
     /// Whether the last event changed anything beyond monitor bookkeeping.
     changed: bool,
+    /// Whether the last event changed the decisions.
+    decisions_changed: bool,
+    /// Bumped whenever an event changes the decisions.
+    generation: u64,
+    /// Every new epoch is above this.
+    epoch_floor: u64,
+    /// The last operation id issued.
+    last_op: u64,
 }
 
 impl Scheduler {
     /// A fresh scheduler: every node down until told otherwise, every resource unknown
     /// (probed when its node comes up), groups targeted by `autostart`.
     pub fn new(model: Model) -> Self {
-        let state = State {
-            nodes: model.nodes.iter().map(|n| (n.name.clone(), NodeState { up: false, standby: false, needs_fence: false })).collect(),
+        let decisions = Decisions {
+            nodes: model.nodes.iter().map(|n| (n.name.clone(), NodeDecision::default())).collect(),
             groups: model
                 .groups
                 .values()
                 .map(|g| {
                     let target = if g.autostart { Target::Started } else { Target::Stopped };
-                    (g.name.clone(), GroupState { target, owner: None, epoch: 0, failed_on: BTreeSet::new(), move_to: None })
+                    (g.name.clone(), GroupState { target, owner: None, epoch: 0, failed_on: BTreeMap::new(), move_to: None })
                 })
                 .collect(),
-            resources: model.resources.keys().map(|r| (r.clone(), ResourceState::default())).collect(),
+            resources: model.resources.keys().map(|r| (r.clone(), ResourceDecision::default())).collect(),
         };
-        Self { model, state, fencing: BTreeSet::new(), shutting_down: false, changed: true }
+        let observations = Observations {
+            nodes: model.nodes.iter().map(|n| (n.name.clone(), NodeObservation::default())).collect(),
+            resources: model.resources.keys().map(|r| (r.clone(), ResourceObservation::default())).collect(),
+        };
+        Self {
+            model,
+            state: State { decisions, observations },
+            shutting_down: false,
+            changed: true,
+            decisions_changed: true,
+            generation: 0,
+            epoch_floor: 0,
+            last_op: 0,
+        }
     }
 
-    /// Restore what was persisted (targets, owners, epochs, failure counts, standby), forgetting
-    /// what resources were doing: that is re-learned by probing. Unknown names are ignored.
-    pub fn restore(&mut self, saved: &State) {
-        for (name, g) in &saved.groups {
-            if let Some(cur) = self.state.groups.get_mut(name) {
-                cur.target = g.target;
-                cur.owner = g.owner.clone();
-                cur.epoch = g.epoch;
-                cur.failed_on = g.failed_on.clone();
-                cur.move_to = g.move_to.clone();
+    /// Restore what was persisted (targets, owners, epochs, failures, blocks, standby, restart
+    /// counters). What resources were doing is re-learned by probing: until a node is up and
+    /// has answered, every resource counts as possibly active there ([`Activity::Unknown`]), so
+    /// a node that never returns must be fenced before its groups run elsewhere. Feed `NodeUp`
+    /// for every reachable node promptly after restoring. Epochs are raised to at least `epoch_floor`,
+    /// and every later epoch is above it. Unknown names are ignored.
+    pub fn restore(&mut self, saved: &Persisted, epoch_floor: u64) {
+        self.epoch_floor = self.epoch_floor.max(epoch_floor.min(MAX_EPOCH));
+        let d = &mut self.state.decisions;
+        for (name, g) in &saved.decisions.groups {
+            if let Some(cur) = d.groups.get_mut(name) {
+                *cur = g.clone();
             }
         }
-        for (name, r) in &saved.resources {
-            if let Some(cur) = self.state.resources.get_mut(name) {
-                cur.restarts = r.restarts.clone();
-                cur.last_failure = r.last_failure.clone();
+        for g in d.groups.values_mut() {
+            g.epoch = g.epoch.max(self.epoch_floor);
+        }
+        for (name, r) in &saved.decisions.resources {
+            if let Some(cur) = d.resources.get_mut(name) {
+                *cur = r.clone();
             }
         }
-        for (name, n) in &saved.nodes {
-            if let Some(cur) = self.state.nodes.get_mut(name) {
+        for (name, n) in &saved.decisions.nodes {
+            if let Some(cur) = d.nodes.get_mut(name) {
                 cur.standby = n.standby;
+                cur.last_fenced = n.last_fenced;
             }
         }
+        for (name, per_node) in &saved.restarts {
+            if let Some(cur) = self.state.observations.resources.get_mut(name) {
+                cur.restarts = per_node.clone();
+            }
+        }
+        // We ran before and do not know what still runs where: every resource is possibly
+        // active on every node until that node answers its probes (or is fenced).
+        let runners: Vec<String> = self.model.nodes.iter().filter(|n| n.role == Role::Node).map(|n| n.name.clone()).collect();
+        for r in self.state.observations.resources.values_mut() {
+            for n in &runners {
+                r.may_have_run.insert(n.clone());
+                r.on.entry(n.clone()).or_insert(Activity::Unknown);
+            }
+        }
+        self.decisions_changed = true;
+        self.generation += 1;
     }
 
     pub fn state(&self) -> &State {
         &self.state
+    }
+
+    /// The replicated decisions (cheap to compare with an earlier copy).
+    pub fn decisions(&self) -> Decisions {
+        self.state.decisions.clone()
+    }
+
+    /// What to persist so that [`Scheduler::restore`] can bring it back.
+    pub fn persisted(&self) -> Persisted {
+        Persisted {
+            decisions: self.state.decisions.clone(),
+            restarts: self.state.observations.resources.iter().map(|(r, o)| (r.clone(), o.restarts.clone())).collect(),
+        }
+    }
+
+    /// Whether the last handled event (or `restore`/`stop_all`) changed the decisions: persist
+    /// them before carrying out the commands it returned.
+    pub fn decisions_changed(&self) -> bool {
+        self.decisions_changed
+    }
+
+    /// Bumped each time an event changes the decisions.
+    pub fn decisions_generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn model(&self) -> &Model {
@@ -310,12 +575,15 @@ impl Scheduler {
         match cmd {
             OperatorCommand::MoveGroup { group: g, to } => {
                 group(g)?;
+                if let Some(b) = self.blocked_member(&self.model.groups[g]) {
+                    return Err(format!("group `{g}` is blocked: resource `{b}` has an invalid config (fix it, then clean up)"));
+                }
                 if let Some(to) = to {
                     node(to)?;
                     let gm = &self.model.groups[g];
                     if !self.eligible(gm, to, true) {
                         return Err(format!(
-                            "node `{to}` cannot run group `{g}` now (down, standby, witness, failed there, or not in its priority list)"
+                            "node `{to}` cannot run group `{g}` now (down, standby, witness, not installed, failed there, or not in its priority list)"
                         ));
                     }
                 } else if self.next_node(&self.model.groups[g]).is_none() {
@@ -337,15 +605,24 @@ impl Scheduler {
         // A healthy monitor of a running resource (the overwhelmingly common event) changes only
         // bookkeeping: skip the O(groups) reconcile, and tell the caller nothing else changed.
         let routine = match &event {
-            Event::Monitor { resource, node, outcome: MonitorOutcome::Running | MonitorOutcome::Degraded(_) } => {
-                self.state.resources.get(resource).and_then(|r| r.on.get(node)) == Some(&Activity::Running)
+            Event::Monitor { resource, node, outcome: MonitorOutcome::Running | MonitorOutcome::Degraded(_), .. } => {
+                self.activity(resource, node) == Some(&Activity::Running)
             }
             _ => false,
         };
+        if routine {
+            self.apply(now, event, &mut out);
+            self.changed = false;
+            self.decisions_changed = false;
+            return out;
+        }
+        let before = self.state.decisions.clone();
         self.apply(now, event, &mut out);
-        self.changed = !routine;
-        if !routine {
-            self.reconcile(now, &mut out);
+        self.reconcile(now, &mut out);
+        self.changed = true;
+        self.decisions_changed = before != self.state.decisions;
+        if self.decisions_changed {
+            self.generation += 1;
         }
         out
     }
@@ -356,14 +633,27 @@ impl Scheduler {
         self.changed
     }
 
+    fn activity(&self, resource: &str, node: &str) -> Option<&Activity> {
+        self.state.observations.resources.get(resource).and_then(|r| r.on.get(node))
+    }
+
+    fn obs(&mut self, resource: &str) -> &mut ResourceObservation {
+        self.state.observations.resources.get_mut(resource).expect("resource in the model")
+    }
+
+    fn up(&self, node: &str) -> bool {
+        self.state.observations.nodes.get(node).is_some_and(|n| n.up)
+    }
+
     fn set(&mut self, resource: &str, node: &str, a: Option<Activity>) {
-        if let Some(r) = self.state.resources.get_mut(resource) {
+        if let Some(r) = self.state.observations.resources.get_mut(resource) {
             match a {
                 Some(a) => {
                     r.on.insert(node.to_string(), a);
                 }
                 None => {
                     r.on.remove(node);
+                    r.may_have_run.remove(node);
                 }
             }
         }
@@ -373,33 +663,104 @@ impl Scheduler {
         self.model.resources.get(resource).and_then(|r| self.model.groups.get(&r.group)).map(|g| &**g)
     }
 
+    fn epoch_of(&self, resource: &str) -> u64 {
+        self.model.resources.get(resource).and_then(|r| self.state.decisions.groups.get(&r.group)).map_or(0, |g| g.epoch)
+    }
+
+    fn has_in_flight(&self, resource: &str, node: &str) -> bool {
+        self.state.observations.resources.get(resource).and_then(|r| r.in_flight.get(node)).is_some_and(|v| !v.is_empty())
+    }
+
+    /// Issue an operation: a new op id, recorded in flight, the activity it implies.
+    fn issue(&mut self, kind: OpKind, resource: &str, node: &str, out: &mut Vec<Command>) {
+        self.last_op = self.last_op.saturating_add(1);
+        let op = self.last_op;
+        let epoch = self.epoch_of(resource);
+        let (activity, cmd) = match kind {
+            OpKind::Probe => (Activity::Probing, Command::Probe { resource: resource.into(), node: node.into(), op, epoch }),
+            OpKind::Start => (Activity::Starting, Command::Start { resource: resource.into(), node: node.into(), op, epoch }),
+            OpKind::Stop => (Activity::Stopping, Command::Stop { resource: resource.into(), node: node.into(), op, epoch }),
+            OpKind::Recover => (Activity::Recovering, Command::Recover { resource: resource.into(), node: node.into(), op, epoch }),
+        };
+        let r = self.obs(resource);
+        r.in_flight.entry(node.to_string()).or_default().push(InFlight { op, kind, epoch });
+        if matches!(kind, OpKind::Start | OpKind::Recover) {
+            r.may_have_run.insert(node.to_string());
+        }
+        r.on.insert(node.to_string(), activity);
+        out.push(cmd);
+    }
+
+    /// Accept the answer to `op` on (resource, node): None when it answers nothing in flight
+    /// (ignored). Otherwise the op and every earlier one there are done (the executor runs them
+    /// in order), and the result says whether no later op is still in flight (this answer
+    /// decides the activity).
+    fn take_op(&mut self, resource: &str, node: &str, op: u64, kind: OpKind) -> Option<bool> {
+        let r = self.state.observations.resources.get_mut(resource)?;
+        let list = r.in_flight.get_mut(node)?;
+        list.iter().find(|f| f.op == op && f.kind == kind)?;
+        list.retain(|f| f.op > op);
+        let last = list.is_empty();
+        if last {
+            r.in_flight.remove(node);
+        }
+        Some(last)
+    }
+
+    fn forget_node_ops(&mut self, node: &str) {
+        for r in self.state.observations.resources.values_mut() {
+            r.in_flight.remove(node);
+        }
+    }
+
     fn apply(&mut self, now: Millis, event: Event, out: &mut Vec<Command>) {
         match event {
-            Event::Tick => {}
+            Event::Tick => self.on_tick(now, out),
             Event::NodeUp(n) => {
-                if let Some(ns) = self.state.nodes.get_mut(&n) {
+                if let Some(ns) = self.state.observations.nodes.get_mut(&n) {
                     ns.up = true;
                 }
-                // Anything we could not know about this node is asked for now; resources we never
-                // heard of on it are probed too (a restarted daemon adopts what still runs).
-                let names: Vec<String> = self.model.resources.keys().cloned().collect();
-                for r in names {
-                    let cur = self.state.resources[&r].on.get(&n).cloned();
-                    if matches!(cur, None | Some(Activity::Unknown)) && self.is_runner(&n) {
-                        self.set(&r, &n, Some(Activity::Probing));
-                        out.push(Command::Probe { resource: r, node: n.clone() });
+                // Ask about every resource there: what we knew may be stale, and what ran
+                // before (a restarted daemon, late commands) is adopted. A probe answers after
+                // every earlier command for that resource there.
+                if self.is_runner(&n) {
+                    let names: Vec<String> = self.model.resources.keys().cloned().collect();
+                    for r in names {
+                        self.issue(OpKind::Probe, &r, &n, out);
                     }
                 }
             }
+            Event::NodeRestarted(n) => {
+                // Its queue is gone: nothing in flight there will answer or run later.
+                self.forget_node_ops(&n);
+                for r in self.state.observations.resources.values_mut() {
+                    r.on.remove(&n);
+                    r.monitor_timeouts.remove(&n);
+                    r.may_have_run.insert(n.clone());
+                }
+                if self.is_runner(&n) {
+                    let up = self.up(&n);
+                    let names: Vec<String> = self.model.resources.keys().cloned().collect();
+                    for r in names {
+                        if up {
+                            self.issue(OpKind::Probe, &r, &n, out);
+                        } else {
+                            self.set(&r, &n, Some(Activity::Unknown));
+                        }
+                    }
+                }
+                out.push(Command::Note { subject: n, message: "daemon restarted: resources there are probed again".into() });
+            }
             Event::NodeDown(n) => {
-                if let Some(ns) = self.state.nodes.get_mut(&n) {
+                if let Some(ns) = self.state.observations.nodes.get_mut(&n) {
                     ns.up = false;
                 }
+                // Operations in flight stay recorded: the node may still carry them out.
                 let mut had_any = false;
-                for r in self.state.resources.values_mut() {
+                for (name, r) in self.state.observations.resources.iter_mut() {
                     if let Some(a) = r.on.get_mut(&n) {
                         *a = Activity::Unknown;
-                        had_any = true;
+                        had_any |= !self.model.resources[name].unmanaged;
                     }
                 }
                 if had_any {
@@ -410,32 +771,56 @@ impl Scheduler {
                 }
             }
             Event::Fenced(n) => {
-                self.fencing.remove(&n);
-                for r in self.state.resources.values_mut() {
+                self.forget_node_ops(&n);
+                for r in self.state.observations.resources.values_mut() {
                     r.on.remove(&n);
+                    r.may_have_run.remove(&n);
+                    r.monitor_timeouts.remove(&n);
                 }
-                if let Some(ns) = self.state.nodes.get_mut(&n) {
+                if let Some(ns) = self.state.decisions.nodes.get_mut(&n) {
                     ns.needs_fence = false;
+                    ns.fence_requested = false;
+                    ns.last_fenced = Some(now);
                 }
                 out.push(Command::Note { subject: n, message: "fenced: nothing runs there any more".into() });
             }
-            Event::Probe { resource, node, outcome } => {
-                let a = match &outcome {
-                    MonitorOutcome::Running | MonitorOutcome::Degraded(_) => Some(Activity::Running),
-                    MonitorOutcome::Stopped => None,
-                    // We cannot tell: assume it may be partly running, so it gets a stop.
-                    MonitorOutcome::Failed(_) | MonitorOutcome::Timeout | MonitorOutcome::Error(_) => Some(Activity::Failed),
-                };
-                if matches!(self.state.resources.get(&resource).and_then(|r| r.on.get(&node)), Some(Activity::Probing)) {
-                    self.set(&resource, &node, a);
+            Event::Probe { resource, node, op, outcome } => self.on_probe(now, resource, node, op, outcome, out),
+            Event::Monitor { resource, node, epoch, outcome } => self.on_monitor(now, resource, node, epoch, outcome, out),
+            Event::ActionDone { resource, node, op, action, result } => self.on_action(now, resource, node, op, action, result, out),
+            Event::Operator(cmd) => self.on_operator(now, cmd, out),
+        }
+    }
+
+    fn on_tick(&mut self, now: Millis, out: &mut Vec<Command>) {
+        let groups: Vec<std::sync::Arc<GroupModel>> = self.model.groups.values().cloned().collect();
+        for g in &groups {
+            let window = g.restart_window;
+            for r in &g.members {
+                let o = self.obs(r);
+                for times in o.restarts.values_mut() {
+                    times.retain(|t| now.saturating_sub(*t) < window);
                 }
-                if let Some(r) = self.state.resources.get_mut(&resource) {
-                    r.last_monitor = Some(MonitorRecord { at: now, node, outcome });
+                o.restarts.retain(|_, v| !v.is_empty());
+            }
+            let gs = self.state.decisions.groups.get_mut(&g.name).unwrap();
+            let expired: Vec<String> =
+                gs.failed_on.iter().filter(|(_, f)| now.saturating_sub(f.at) >= window).map(|(n, _)| n.clone()).collect();
+            for n in expired {
+                gs.failed_on.remove(&n);
+                out.push(Command::Note { subject: g.name.clone(), message: format!("failure on {n} expired (restart window passed)") });
+            }
+        }
+        // Resources whose state is unsure on a reachable node are asked again.
+        let mut again = Vec::new();
+        for (r, o) in &self.state.observations.resources {
+            for (n, a) in &o.on {
+                if *a == Activity::Unsure && self.up(n) && o.in_flight.get(n).is_none_or(|v| v.is_empty()) {
+                    again.push((r.clone(), n.clone()));
                 }
             }
-            Event::Monitor { resource, node, outcome } => self.on_monitor(now, resource, node, outcome, out),
-            Event::ActionDone { resource, node, action, result } => self.on_action(now, resource, node, action, result, out),
-            Event::Operator(cmd) => self.on_operator(cmd, out),
+        }
+        for (r, n) in again {
+            self.issue(OpKind::Probe, &r, &n, out);
         }
     }
 
@@ -443,119 +828,250 @@ impl Scheduler {
         self.model.nodes.iter().any(|n| n.name == node && n.role == Role::Node)
     }
 
-    fn on_monitor(&mut self, now: Millis, resource: String, node: String, outcome: MonitorOutcome, out: &mut Vec<Command>) {
+    fn block(&mut self, resource: &str, node: &str, why: &str, out: &mut Vec<Command>) {
+        if self.model.resources[resource].unmanaged {
+            return;
+        }
+        let d = self.state.decisions.resources.get_mut(resource).unwrap();
+        if d.blocked.is_none() {
+            d.blocked = Some(format!("on {node}: {why}"));
+            out.push(Command::Note {
+                subject: resource.to_string(),
+                message: format!("invalid config on {node} ({why}): blocked, its group is frozen until cleanup"),
+            });
+        }
+        self.obs(resource).last_failure = Some(format!("invalid config: {why}"));
+    }
+
+    fn mark_ineligible(&mut self, resource: &str, node: &str, why: &str, out: &mut Vec<Command>) {
+        let d = self.state.decisions.resources.get_mut(resource).unwrap();
+        if d.ineligible.insert(node.to_string(), why.to_string()).is_none() {
+            out.push(Command::Note {
+                subject: resource.to_string(),
+                message: format!("not installed on {node} ({why}): that node cannot run its group until cleanup"),
+            });
+        }
+    }
+
+    fn on_probe(&mut self, now: Millis, resource: String, node: String, op: u64, outcome: MonitorOutcome, out: &mut Vec<Command>) {
+        let Some(last) = self.take_op(&resource, &node, op, OpKind::Probe) else { return };
+        if !last {
+            // A later probe is in flight there: its answer decides.
+            return;
+        }
+        let may_have_run = self.state.observations.resources[&resource].may_have_run.contains(&node);
+        let a = match &outcome {
+            MonitorOutcome::Running | MonitorOutcome::Degraded(_) => Some(Activity::Running),
+            MonitorOutcome::Stopped => None,
+            MonitorOutcome::Error(Failure::NotInstalled(why)) => {
+                self.mark_ineligible(&resource, &node, why, out);
+                None
+            }
+            MonitorOutcome::Error(Failure::InvalidConfig(why)) => {
+                self.block(&resource, &node, why, out);
+                if may_have_run {
+                    Some(Activity::Failed)
+                } else {
+                    None
+                }
+            }
+            // We cannot tell: possibly active, asked again on the next tick.
+            MonitorOutcome::Error(Failure::Timeout | Failure::HostFault(_)) => Some(Activity::Unsure),
+            // The agent says it is broken: it may be partly running, so it gets a stop.
+            MonitorOutcome::Failed(_) | MonitorOutcome::Error(Failure::Failed(_) | Failure::AccessDenied(_) | Failure::Unsupported(_)) => {
+                Some(Activity::Failed)
+            }
+        };
+        if matches!(a, Some(Activity::Running | Activity::Failed)) {
+            self.obs(&resource).may_have_run.insert(node.clone());
+        }
+        self.set(&resource, &node, a);
+        self.obs(&resource).last_monitor = Some(MonitorRecord { at: now, node, outcome });
+    }
+
+    fn on_monitor(&mut self, now: Millis, resource: String, node: String, epoch: u64, outcome: MonitorOutcome, out: &mut Vec<Command>) {
         let Some(rm) = self.model.resources.get(&resource).cloned() else { return };
         let gm = std::sync::Arc::clone(&self.model.groups[&rm.group]);
-        if let Some(r) = self.state.resources.get_mut(&resource) {
-            r.last_monitor = Some(MonitorRecord { at: now, node: node.clone(), outcome: outcome.clone() });
+        // Stale: from an older placement, or about a resource an action is working on (the
+        // action's result decides).
+        if epoch < self.state.decisions.groups[&gm.name].epoch || self.has_in_flight(&resource, &node) {
+            return;
         }
-        let current = self.state.resources[&resource].on.get(&node).cloned();
+        self.obs(&resource).last_monitor = Some(MonitorRecord { at: now, node: node.clone(), outcome: outcome.clone() });
+        let current = self.activity(&resource, &node).cloned();
         if rm.unmanaged {
             // Only reported; never acted on.
             let a = match outcome {
                 MonitorOutcome::Running | MonitorOutcome::Degraded(_) => Some(Activity::Running),
                 MonitorOutcome::Stopped => None,
-                MonitorOutcome::Failed(_) | MonitorOutcome::Error(_) => Some(Activity::Failed),
-                MonitorOutcome::Timeout => current,
+                MonitorOutcome::Failed(_) | MonitorOutcome::Error(Failure::Failed(_)) => Some(Activity::Failed),
+                MonitorOutcome::Error(_) => current,
             };
             self.set(&resource, &node, a);
             return;
         }
-        // A result about a resource in transition is stale: the action's result decides.
-        if current.as_ref().is_some_and(Activity::in_flight) {
-            return;
-        }
         let failure = match &outcome {
             MonitorOutcome::Running | MonitorOutcome::Degraded(_) => {
-                self.state.resources.get_mut(&resource).unwrap().monitor_timeouts = 0;
+                self.obs(&resource).monitor_timeouts.remove(&node);
                 if current.is_none() {
                     // Running where we thought it stopped: it is active, so it counts (and will be
                     // stopped if this is not the group's node).
                     self.set(&resource, &node, Some(Activity::Running));
+                    self.obs(&resource).may_have_run.insert(node.clone());
                 }
                 None
             }
-            MonitorOutcome::Timeout => {
-                let r = self.state.resources.get_mut(&resource).unwrap();
-                r.monitor_timeouts += 1;
-                if r.monitor_timeouts >= gm.monitor_timeouts_to_fail {
-                    Some(format!("{} monitor timeouts in a row", r.monitor_timeouts))
-                } else {
-                    None
-                }
+            MonitorOutcome::Error(Failure::Timeout) => {
+                let n = {
+                    let c = self.obs(&resource).monitor_timeouts.entry(node.clone()).or_default();
+                    *c = c.saturating_add(1);
+                    *c
+                };
+                (n >= gm.monitor_timeouts_to_fail).then(|| format!("{n} monitor timeouts in a row"))
             }
-            MonitorOutcome::Stopped => match current {
-                Some(Activity::Running) => Some("stopped unexpectedly".to_string()),
-                _ => {
-                    self.set(&resource, &node, None);
-                    None
+            MonitorOutcome::Error(Failure::HostFault(why)) => {
+                // The engine could not ask: not the resource's fault. Ask again.
+                if current == Some(Activity::Running) {
+                    self.obs(&resource).last_failure = Some(format!("monitor host fault: {why}"));
+                    self.issue(OpKind::Probe, &resource, &node, out);
                 }
-            },
+                None
+            }
+            MonitorOutcome::Error(Failure::InvalidConfig(why)) => {
+                if current.is_some() {
+                    self.block(&resource, &node, why, out);
+                }
+                None
+            }
+            // A monitor never proves a resource stopped (it may be older than a late start):
+            // only a probe, a stop or a fence does. A stopped resource we thought running failed.
+            MonitorOutcome::Stopped => (current == Some(Activity::Running)).then(|| "stopped unexpectedly".to_string()),
             MonitorOutcome::Failed(reason) => Some(reason.clone()),
-            MonitorOutcome::Error(reason) => Some(format!("monitor error: {reason}")),
+            MonitorOutcome::Error(Failure::NotInstalled(why)) => {
+                if current.is_some() {
+                    self.mark_ineligible(&resource, &node, why, out);
+                }
+                Some(format!("not installed: {why}"))
+            }
+            MonitorOutcome::Error(e) => Some(format!("monitor error: {e}")),
         };
         let Some(reason) = failure else { return };
         if current != Some(Activity::Running) {
             return;
         }
-        let r = self.state.resources.get_mut(&resource).unwrap();
-        r.monitor_timeouts = 0;
+        let blocked = self.blocked_member(&gm).is_some();
+        let window = gm.restart_window;
+        let r = self.obs(&resource);
+        r.monitor_timeouts.remove(&node);
         r.last_failure = Some(reason.clone());
-        r.restarts.retain(|t| now.saturating_sub(*t) < gm.restart_window);
-        let owner = self.state.groups[&gm.name].owner.clone();
-        if rm.local_recovery && owner.as_deref() == Some(node.as_str()) && (r.restarts.len() as u32) < gm.max_restarts {
-            r.restarts.push(now);
-            let n = r.restarts.len();
-            self.set(&resource, &node, Some(Activity::Recovering));
-            let epoch = self.state.groups[&gm.name].epoch;
+        let times = r.restarts.entry(node.clone()).or_default();
+        times.retain(|t| now.saturating_sub(*t) < window);
+        let used = times.len() as u32;
+        let owner = self.state.decisions.groups[&gm.name].owner.clone();
+        if rm.local_recovery && !blocked && owner.as_deref() == Some(node.as_str()) && used < gm.max_restarts {
+            self.obs(&resource).restarts.entry(node.clone()).or_default().push(now);
             out.push(Command::Note {
                 subject: resource.clone(),
-                message: format!("monitor failed; local recovery {n} of {}", gm.max_restarts),
+                message: format!("monitor failed ({reason}); local recovery {} of {}", used + 1, gm.max_restarts),
             });
-            out.push(Command::Recover { resource, node, epoch });
+            self.issue(OpKind::Recover, &resource, &node, out);
         } else {
             self.set(&resource, &node, Some(Activity::Failed));
-            self.fail_group_on(&gm.name, &node, &format!("resource `{resource}` failed ({reason}) and local recovery is exhausted"), out);
+            self.obs(&resource).may_have_run.insert(node.clone());
+            self.fail_group_on(
+                now,
+                &gm.name,
+                &node,
+                &format!("resource `{resource}` failed ({reason}) and local recovery is exhausted"),
+                out,
+            );
         }
     }
 
-    fn fail_group_on(&mut self, group: &str, node: &str, why: &str, out: &mut Vec<Command>) {
-        let g = self.state.groups.get_mut(group).unwrap();
-        if g.failed_on.insert(node.to_string()) {
+    fn fail_group_on(&mut self, now: Millis, group: &str, node: &str, why: &str, out: &mut Vec<Command>) {
+        let g = self.state.decisions.groups.get_mut(group).unwrap();
+        if !g.failed_on.contains_key(node) {
+            g.failed_on.insert(node.to_string(), FailedOn { at: now, reason: why.to_string() });
             out.push(Command::Note { subject: group.to_string(), message: format!("group failed on {node}: {why}") });
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_action(
         &mut self,
         now: Millis,
         resource: String,
         node: String,
+        op: u64,
         action: ActionKind,
-        result: Result<(), String>,
+        result: Result<(), Failure>,
         out: &mut Vec<Command>,
     ) {
         let Some(group) = self.group_of(&resource).map(|g| g.name.clone()) else { return };
-        let _ = now;
+        let Some(last) = self.take_op(&resource, &node, op, action.op_kind()) else { return };
+        if !last {
+            // A later operation (a probe) is in flight there: its answer decides.
+            if let Err(e) = &result {
+                self.obs(&resource).last_failure = Some(format!("{action:?} failed: {e}"));
+            }
+            return;
+        }
+        let may_have_run = self.state.observations.resources[&resource].may_have_run.contains(&node);
         match (action, result) {
+            (_, Err(Failure::HostFault(why))) => {
+                // The engine could not run it: we do not know what happened. Ask.
+                self.obs(&resource).last_failure = Some(format!("{action:?}: host fault: {why}"));
+                if self.up(&node) {
+                    self.issue(OpKind::Probe, &resource, &node, out);
+                } else {
+                    self.set(&resource, &node, Some(Activity::Unknown));
+                }
+            }
             (ActionKind::Start | ActionKind::Recover, Ok(())) => {
                 self.set(&resource, &node, Some(Activity::Running));
-                let r = self.state.resources.get_mut(&resource).unwrap();
-                r.monitor_timeouts = 0;
+                let r = self.obs(&resource);
+                r.monitor_timeouts.remove(&node);
                 // The last monitor described the resource before this action; the next one tells.
                 r.last_monitor = None;
+            }
+            (ActionKind::Start, Err(Failure::NotInstalled(why))) => {
+                self.set(&resource, &node, None);
+                self.mark_ineligible(&resource, &node, &why, out);
+            }
+            (ActionKind::Start, Err(Failure::InvalidConfig(why))) => {
+                // The agent refused to start it, and a start is only issued where the resource
+                // is known stopped: nothing runs there. No fencing.
+                self.block(&resource, &node, &why, out);
+                self.set(&resource, &node, None);
+            }
+            (ActionKind::Recover, Err(Failure::InvalidConfig(why))) => {
+                self.block(&resource, &node, &why, out);
+                self.set(&resource, &node, Some(Activity::Failed));
             }
             (ActionKind::Start | ActionKind::Recover, Err(e)) => {
                 let verb = if action == ActionKind::Start { "start" } else { "recover" };
                 self.set(&resource, &node, Some(Activity::Failed));
-                self.state.resources.get_mut(&resource).unwrap().last_failure = Some(format!("{verb} failed: {e}"));
-                self.fail_group_on(&group, &node, &format!("{verb} of `{resource}` failed: {e}"), out);
+                self.obs(&resource).last_failure = Some(format!("{verb} failed: {e}"));
+                self.fail_group_on(now, &group, &node, &format!("{verb} of `{resource}` failed: {e}"), out);
             }
             (ActionKind::Stop, Ok(())) => self.set(&resource, &node, None),
+            (ActionKind::Stop, Err(Failure::NotInstalled(why))) => {
+                self.set(&resource, &node, None);
+                self.mark_ineligible(&resource, &node, &why, out);
+            }
+            (ActionKind::Stop, Err(Failure::InvalidConfig(why))) if !may_have_run => {
+                // Nothing could have started it there: known stopped, no fencing.
+                self.block(&resource, &node, &why, out);
+                self.set(&resource, &node, None);
+            }
             (ActionKind::Stop, Err(e)) => {
+                if let Failure::InvalidConfig(why) = &e {
+                    self.block(&resource, &node, why, out);
+                }
                 self.set(&resource, &node, Some(Activity::StopFailed));
-                self.state.resources.get_mut(&resource).unwrap().last_failure = Some(format!("stop failed: {e}"));
+                self.obs(&resource).last_failure = Some(format!("stop failed: {e}"));
                 self.fail_group_on(
+                    now,
                     &group,
                     &node,
                     &format!("stop of `{resource}` failed ({e}); the node must be fenced before the group runs elsewhere"),
@@ -565,14 +1081,15 @@ impl Scheduler {
         }
     }
 
-    fn on_operator(&mut self, cmd: OperatorCommand, out: &mut Vec<Command>) {
+    fn on_operator(&mut self, now: Millis, cmd: OperatorCommand, out: &mut Vec<Command>) {
         if self.check_operator(&cmd).is_err() {
             return;
         }
+        let _ = now;
         match cmd {
             OperatorCommand::MoveGroup { group, to } => {
                 let target = to.or_else(|| self.next_node(&self.model.groups[&group]));
-                let g = self.state.groups.get_mut(&group).unwrap();
+                let g = self.state.decisions.groups.get_mut(&group).unwrap();
                 // The operator asks for this node: forget an old failure there, once. A new
                 // failure there counts again (no endless retry on a node that keeps failing).
                 if let Some(t) = &target {
@@ -582,55 +1099,63 @@ impl Scheduler {
                 g.target = Target::Started;
             }
             OperatorCommand::StartGroup { group } => {
-                let g = self.state.groups.get_mut(&group).unwrap();
-                g.target = Target::Started;
+                self.state.decisions.groups.get_mut(&group).unwrap().target = Target::Started;
             }
             OperatorCommand::StopGroup { group } => {
-                let g = self.state.groups.get_mut(&group).unwrap();
+                let g = self.state.decisions.groups.get_mut(&group).unwrap();
                 g.target = Target::Stopped;
                 g.move_to = None;
             }
             OperatorCommand::Cleanup { resource } => {
                 let group = self.model.resources[&resource].group.clone();
-                let r = self.state.resources.get_mut(&resource).unwrap();
+                let r = self.obs(&resource);
                 r.restarts.clear();
-                r.monitor_timeouts = 0;
+                r.monitor_timeouts.clear();
                 r.last_failure = None;
-                let failed_nodes: Vec<String> =
-                    r.on.iter().filter(|(_, a)| matches!(a, Activity::Failed | Activity::StopFailed)).map(|(n, _)| n.clone()).collect();
-                self.state.groups.get_mut(&group).unwrap().failed_on.clear();
-                for n in failed_nodes {
-                    if self.state.nodes.get(&n).is_some_and(|s| s.up) {
-                        // Learn the truth again instead of trusting the old failure.
-                        self.set(&resource, &n, Some(Activity::Probing));
-                        out.push(Command::Probe { resource: resource.clone(), node: n.clone() });
-                    }
+                let d = self.state.decisions.resources.get_mut(&resource).unwrap();
+                d.blocked = None;
+                d.ineligible.clear();
+                self.state.decisions.groups.get_mut(&group).unwrap().failed_on.clear();
+                // Learn the truth again instead of trusting old failures (or an invalid-config
+                // probe that took the resource for stopped).
+                let nodes: Vec<String> =
+                    self.model.nodes.iter().filter(|n| n.role == Role::Node && self.up(&n.name)).map(|n| n.name.clone()).collect();
+                for n in nodes {
+                    // Also where something is in flight: this probe answers after it, and an
+                    // older answer (say, from before the config was fixed) no longer decides.
+                    self.issue(OpKind::Probe, &resource, &n, out);
                 }
                 out.push(Command::Note { subject: resource, message: "failures cleaned up by the operator".into() });
             }
-            OperatorCommand::Standby { node } => self.state.nodes.get_mut(&node).unwrap().standby = true,
-            OperatorCommand::Online { node } => self.state.nodes.get_mut(&node).unwrap().standby = false,
+            OperatorCommand::Standby { node } => self.state.decisions.nodes.get_mut(&node).unwrap().standby = true,
+            OperatorCommand::Online { node } => self.state.decisions.nodes.get_mut(&node).unwrap().standby = false,
         }
+    }
+
+    /// A managed member of `g` blocked by an invalid config.
+    fn blocked_member(&self, g: &GroupModel) -> Option<String> {
+        g.members.iter().find(|r| self.state.decisions.resources[*r].blocked.is_some()).cloned()
     }
 
     /// Can `node` run group `g`? `ignore_failed` is for checking an explicit operator move.
     fn eligible(&self, g: &GroupModel, node: &str, ignore_failed: bool) -> bool {
-        let Some(ns) = self.state.nodes.get(node) else { return false };
-        ns.up
+        let Some(ns) = self.state.decisions.nodes.get(node) else { return false };
+        self.up(node)
             && !ns.standby
             && !ns.needs_fence
             && self.is_runner(node)
             && g.priority.iter().any(|p| p == node)
-            && (ignore_failed || !self.state.groups[&g.name].failed_on.contains(node))
+            && g.members.iter().all(|r| !self.state.decisions.resources[r].ineligible.contains_key(node))
+            && (ignore_failed || !self.state.decisions.groups[&g.name].failed_on.contains_key(node))
     }
 
     fn next_node(&self, g: &GroupModel) -> Option<String> {
-        let owner = self.state.groups[&g.name].owner.clone();
+        let owner = self.state.decisions.groups[&g.name].owner.clone();
         g.priority.iter().find(|n| Some(n.as_str()) != owner.as_deref() && self.eligible(g, n, false)).cloned()
     }
 
     fn desired_owner(&self, g: &GroupModel) -> Option<String> {
-        let gs = &self.state.groups[&g.name];
+        let gs = &self.state.decisions.groups[&g.name];
         if gs.target == Target::Stopped || self.shutting_down {
             return None;
         }
@@ -652,16 +1177,32 @@ impl Scheduler {
     fn reconcile(&mut self, _now: Millis, out: &mut Vec<Command>) {
         let groups: Vec<std::sync::Arc<GroupModel>> = self.model.groups.values().cloned().collect();
         for g in &groups {
+            if self.blocked_member(g).is_some() {
+                // Frozen until the operator cleans up: not started, moved or stopped.
+                continue;
+            }
             let desired = self.desired_owner(g);
-            let gs = self.state.groups.get_mut(&g.name).unwrap();
+            let gs = self.state.decisions.groups.get_mut(&g.name).unwrap();
             if gs.owner != desired {
                 if let Some(d) = &desired {
-                    gs.epoch += 1;
-                    out.push(Command::Note { subject: g.name.clone(), message: format!("placed on {d} (epoch {})", gs.epoch) });
+                    let base = gs.epoch.max(self.epoch_floor);
+                    match base.checked_add(1).filter(|e| *e <= MAX_EPOCH) {
+                        Some(e) => {
+                            gs.epoch = e;
+                            out.push(Command::Note { subject: g.name.clone(), message: format!("placed on {d} (epoch {e})") });
+                        }
+                        None => {
+                            out.push(Command::Note {
+                                subject: g.name.clone(),
+                                message: format!("not moved to {d}: its epoch is exhausted ({})", gs.epoch),
+                            });
+                            continue;
+                        }
+                    }
                 }
                 gs.owner = desired.clone();
             }
-            let nodes: BTreeSet<String> = g.members.iter().flat_map(|r| self.state.resources[r].on.keys().cloned()).collect();
+            let nodes: BTreeSet<String> = g.members.iter().flat_map(|r| self.state.observations.resources[r].on.keys().cloned()).collect();
             let mut clear_elsewhere = true;
             for n in &nodes {
                 if Some(n) == desired.as_ref() {
@@ -671,10 +1212,8 @@ impl Scheduler {
                     clear_elsewhere = false;
                 }
             }
-            // On the owner: a failed resource that will not be recovered is stopped there too
-            // when the group cannot stay (handled above, since owner moved). Start bottom-up.
             if let Some(d) = &desired {
-                if clear_elsewhere && self.state.nodes.get(d).is_some_and(|n| n.up) {
+                if clear_elsewhere && self.up(d) {
                     self.start_group_on(g, d, out);
                 }
             }
@@ -682,84 +1221,77 @@ impl Scheduler {
             // it simply stays. With automatic switchback the move holds (else the group would
             // bounce straight back) until the operator moves or stops the group again.
             let arrived = {
-                let gs = &self.state.groups[&g.name];
+                let gs = &self.state.decisions.groups[&g.name];
                 g.switchback == Switchback::Intelligent
                     && gs.move_to.is_some()
                     && gs.owner == gs.move_to
                     && self.group_running_on(g, gs.move_to.as_deref())
             };
             if arrived {
-                self.state.groups.get_mut(&g.name).unwrap().move_to = None;
+                self.state.decisions.groups.get_mut(&g.name).unwrap().move_to = None;
             }
         }
         // A node needs fencing while something may run there that we cannot stop: a failed stop,
         // or anything at all on a node we lost. (Derived every time, so a node that comes back
         // and answers its probes is cleared.)
-        let names: Vec<String> = self.state.nodes.keys().cloned().collect();
-        for n in names {
-            let up = self.state.nodes[&n].up;
-            let stuck = self.state.resources.iter().any(|(r, st)| {
-                !self.model.resources[r].unmanaged
-                    && st
-                        .on
-                        .get(&n)
-                        .is_some_and(|a| *a == Activity::StopFailed || (!up && *a != Activity::Probing) || *a == Activity::Unknown)
-            });
-            self.state.nodes.get_mut(&n).unwrap().needs_fence = stuck;
-            if !stuck {
-                self.fencing.remove(&n);
+        let mut stuck: BTreeSet<&str> = BTreeSet::new();
+        for (r, st) in &self.state.observations.resources {
+            if self.model.resources[r].unmanaged {
+                continue;
+            }
+            for (n, a) in &st.on {
+                if *a == Activity::StopFailed || !self.up(n) {
+                    stuck.insert(n.as_str());
+                }
             }
         }
-        // Ask for fencing of nodes that need it and hold something possibly active.
-        let need: Vec<String> = self
-            .state
-            .nodes
-            .iter()
-            .filter(|(_, s)| s.needs_fence)
-            .map(|(n, _)| n.clone())
-            .filter(|n| self.model.nodes.iter().any(|m| &m.name == n && m.fenceable))
-            .collect();
-        for n in need {
-            if self.fencing.insert(n.clone()) {
-                out.push(Command::Fence { node: n });
+        let stuck: BTreeSet<String> = stuck.into_iter().map(str::to_string).collect();
+        for m in &self.model.nodes {
+            let stuck = stuck.contains(&m.name);
+            let Some(nd) = self.state.decisions.nodes.get_mut(&m.name) else { continue };
+            nd.needs_fence = stuck;
+            if !stuck {
+                nd.fence_requested = false;
+            } else if m.fenceable && !nd.fence_requested {
+                nd.fence_requested = true;
+                out.push(Command::Fence { node: m.name.clone() });
             }
         }
     }
 
     fn group_running_on(&self, g: &GroupModel, node: Option<&str>) -> bool {
         let Some(node) = node else { return false };
-        g.members.iter().all(|r| self.state.resources[r].on.get(node) == Some(&Activity::Running))
+        g.members.iter().all(|r| self.activity(r, node) == Some(&Activity::Running))
+    }
+
+    fn dependents_active(&self, g: &GroupModel, r: &str, node: &str) -> bool {
+        g.dependents
+            .get(r)
+            .into_iter()
+            .flatten()
+            .any(|d| !self.model.resources[d].unmanaged && self.state.observations.resources[d].on.contains_key(node))
     }
 
     /// Stop every managed member on `node`, top-down. True when nothing is possibly active there.
     fn stop_group_on(&mut self, g: &GroupModel, node: &str, out: &mut Vec<Command>) -> bool {
-        let up = self.state.nodes.get(node).is_some_and(|n| n.up);
+        let up = self.up(node);
         let mut clear = true;
         for r in g.members.iter().rev() {
-            let Some(a) = self.state.resources[r].on.get(node).cloned() else { continue };
+            let Some(a) = self.activity(r, node).cloned() else { continue };
             if self.model.resources[r].unmanaged {
                 // Never acted on, and does not hold the group back.
                 continue;
             }
             clear = false;
-            match a {
-                Activity::Running | Activity::Failed if up => {
-                    let dependents_active = g
-                        .dependents
-                        .get(r)
-                        .into_iter()
-                        .flatten()
-                        .any(|d| !self.model.resources[d].unmanaged && self.state.resources[d].on.contains_key(node));
-                    if !dependents_active {
-                        self.set(r, node, Some(Activity::Stopping));
-                        out.push(Command::Stop { resource: r.clone(), node: node.to_string() });
-                    }
-                }
-                Activity::Unknown | Activity::StopFailed | Activity::Running | Activity::Failed => {
-                    // Possibly active where we cannot act: fencing (or the node's return) decides.
-                }
-                Activity::Probing | Activity::Starting | Activity::Stopping | Activity::Recovering => {}
+            if matches!(a, Activity::Running | Activity::Failed)
+                && up
+                && !self.has_in_flight(r, node)
+                && !self.dependents_active(g, r, node)
+            {
+                self.issue(OpKind::Stop, r, node, out);
             }
+            // Otherwise possibly active where we cannot act now (lost, stop failed, unsure, in
+            // flight): fencing, a probe or the action's result decides.
         }
         clear
     }
@@ -771,7 +1303,7 @@ impl Scheduler {
         let failed: Vec<String> = g
             .members
             .iter()
-            .filter(|r| !self.model.resources[*r].unmanaged && self.state.resources[*r].on.get(node) == Some(&Activity::Failed))
+            .filter(|r| !self.model.resources[*r].unmanaged && self.activity(r, node) == Some(&Activity::Failed))
             .cloned()
             .collect();
         if !failed.is_empty() {
@@ -786,31 +1318,25 @@ impl Scheduler {
                 if self.model.resources[r].unmanaged {
                     continue;
                 }
-                let active_dependents = g
-                    .dependents
-                    .get(r)
-                    .into_iter()
-                    .flatten()
-                    .any(|d| !self.model.resources[d].unmanaged && self.state.resources[d].on.contains_key(node));
-                if matches!(self.state.resources[r].on.get(node), Some(Activity::Running | Activity::Failed)) && !active_dependents {
-                    self.set(r, node, Some(Activity::Stopping));
-                    out.push(Command::Stop { resource: r.clone(), node: node.to_string() });
+                if matches!(self.activity(r, node), Some(Activity::Running | Activity::Failed))
+                    && !self.has_in_flight(r, node)
+                    && !self.dependents_active(g, r, node)
+                {
+                    self.issue(OpKind::Stop, r, node, out);
                 }
             }
             return;
         }
-        let epoch = self.state.groups[&g.name].epoch;
         for r in &g.members {
             if self.model.resources[r].unmanaged {
                 continue;
             }
-            if self.state.resources[r].on.contains_key(node) {
-                continue; // running, in flight, or failed (recovery or a stop decides)
+            if self.state.observations.resources[r].on.contains_key(node) || self.has_in_flight(r, node) {
+                continue; // running, in flight, unsure or failed (recovery, a probe or a stop decides)
             }
-            let deps_ok = g.deps.get(r).into_iter().flatten().all(|d| self.state.resources[d].on.get(node) == Some(&Activity::Running));
+            let deps_ok = g.deps.get(r).into_iter().flatten().all(|d| self.activity(d, node) == Some(&Activity::Running));
             if deps_ok {
-                self.set(r, node, Some(Activity::Starting));
-                out.push(Command::Start { resource: r.clone(), node: node.to_string(), epoch });
+                self.issue(OpKind::Start, r, node, out);
             }
         }
     }
@@ -818,13 +1344,16 @@ impl Scheduler {
     /// For status: a one-word state of a group.
     pub fn group_status(&self, group: &str) -> &'static str {
         let g = &self.model.groups[group];
-        let gs = &self.state.groups[group];
-        let active: Vec<&Activity> = g.members.iter().flat_map(|r| self.state.resources[r].on.values()).collect();
-        let managed_all_running = |n: &str| {
-            g.members.iter().all(|r| self.model.resources[r].unmanaged || self.state.resources[r].on.get(n) == Some(&Activity::Running))
-        };
+        let gs = &self.state.decisions.groups[group];
+        let res = &self.state.observations.resources;
+        let active: Vec<&Activity> = g.members.iter().flat_map(|r| res[r].on.values()).collect();
+        let managed_all_running =
+            |n: &str| g.members.iter().all(|r| self.model.resources[r].unmanaged || res[r].on.get(n) == Some(&Activity::Running));
         if active.iter().any(|a| **a == Activity::StopFailed) {
             return "stop-failed";
+        }
+        if self.blocked_member(g).is_some() {
+            return "blocked";
         }
         match (&gs.target, &gs.owner) {
             (Target::Stopped, _) if active.is_empty() => "stopped",
@@ -844,17 +1373,27 @@ impl Scheduler {
     }
 
     fn group_nodes(&self, g: &GroupModel) -> BTreeSet<String> {
-        g.members.iter().filter(|r| !self.model.resources[*r].unmanaged).flat_map(|r| self.state.resources[r].on.keys().cloned()).collect()
+        g.members
+            .iter()
+            .filter(|r| !self.model.resources[*r].unmanaged)
+            .flat_map(|r| self.state.observations.resources[r].on.keys().cloned())
+            .collect()
     }
 
-    /// Resources to monitor on `node`: managed ones running there, and every unmanaged one.
+    /// Resources to monitor on `node`: managed ones running there with nothing in flight, and
+    /// every unmanaged one. Run each monitor with the group's current epoch ([`Scheduler::epoch`]).
     pub fn monitored_on(&self, node: &str) -> Vec<String> {
         self.model
             .resources
             .values()
-            .filter(|r| r.unmanaged || matches!(self.state.resources[&r.name].on.get(node), Some(Activity::Running)))
+            .filter(|r| r.unmanaged || (self.activity(&r.name, node) == Some(&Activity::Running) && !self.has_in_flight(&r.name, node)))
             .map(|r| r.name.clone())
             .collect()
+    }
+
+    /// The current placement epoch of `resource`'s group (0 for an unknown resource).
+    pub fn epoch(&self, resource: &str) -> u64 {
+        self.epoch_of(resource)
     }
 
     /// Managed resources possibly active on `node` (reported when a shutdown ends).
@@ -862,7 +1401,7 @@ impl Scheduler {
         self.model
             .resources
             .values()
-            .filter(|r| !r.unmanaged && self.state.resources[&r.name].on.contains_key(node))
+            .filter(|r| !r.unmanaged && self.state.observations.resources[&r.name].on.contains_key(node))
             .map(|r| r.name.clone())
             .collect()
     }
@@ -872,8 +1411,23 @@ impl Scheduler {
         self.model
             .resources
             .values()
-            .filter(|r| self.state.resources[&r.name].on.get(node) == Some(&Activity::StopFailed))
+            .filter(|r| self.activity(&r.name, node) == Some(&Activity::StopFailed))
             .map(|r| r.name.clone())
+            .collect()
+    }
+
+    /// Blocked resources (invalid config) and why.
+    pub fn blocked(&self) -> BTreeMap<String, String> {
+        self.state.decisions.resources.iter().filter_map(|(r, d)| d.blocked.clone().map(|b| (r.clone(), b))).collect()
+    }
+
+    /// (resource, node) pairs where the resource cannot run (not installed), and why.
+    pub fn ineligible(&self) -> BTreeMap<(String, String), String> {
+        self.state
+            .decisions
+            .resources
+            .iter()
+            .flat_map(|(r, d)| d.ineligible.iter().map(move |(n, why)| ((r.clone(), n.clone()), why.clone())))
             .collect()
     }
 
@@ -881,7 +1435,12 @@ impl Scheduler {
     pub fn stop_all(&mut self, now: Millis) -> Vec<Command> {
         self.shutting_down = true;
         let mut out = Vec::new();
+        let before = self.state.decisions.clone();
         self.reconcile(now, &mut out);
+        self.decisions_changed = before != self.state.decisions;
+        if self.decisions_changed {
+            self.generation += 1;
+        }
         out
     }
 }
