@@ -87,6 +87,12 @@ pub struct ResourceStatus {
     pub last_monitor: Option<MonitorStatus>,
     pub restarts: usize,
     pub last_failure: Option<String>,
+    /// The agent said `invalid-config`: not retried; its group is frozen until `resource cleanup`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
+    /// Nodes that cannot run it (`not-installed` there), with the agent's reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ineligible: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

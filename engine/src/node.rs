@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::api::{self, GroupStatus, MonitorStatus, NodeStatus, Request, ResourceStatus, Response, StatusReport};
 use crate::config::{ClusterConfig, ConfigErrors, Role};
 use crate::plugin::{signing, HostOptions, Limits, Plugin, PluginError, PluginHost, SignatureStatus};
-use crate::scheduler::{ActionKind, Activity, Command, Event, Millis, MonitorOutcome, Scheduler, State};
+use crate::scheduler::{ActionKind, Activity, Command, Event, Failure, Millis, MonitorOutcome, Scheduler};
 use history::{unix_ms, EventRecord, History};
 use worker::{Job, JobKind, JobOutcome, JobResult, Timeouts, Worker};
 
@@ -74,31 +74,22 @@ pub struct NodeOptions {
 }
 
 /// The state file format this Warden reads and writes.
-const STATE_VERSION: u32 = 1;
+/// Version 2: decisions and observations split (version 1 files are set aside; the node then
+/// re-learns by probing and continues epochs from the clock).
+const STATE_VERSION: u32 = 2;
 
 /// Epochs above this are damage (they start from unix milliseconds at worst, ~2^41).
 const MAX_EPOCH: u64 = 1 << 62;
 
-/// The state file: what must survive a restart (never what resources are doing).
+/// The state file: what must survive a restart, the decision core's decisions and restart
+/// counters (never what resources are doing: that is re-learned by probing).
 #[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Persisted {
     version: u32,
     cluster: String,
     node: String,
-    state: State,
-}
-
-fn durable(state: &State) -> State {
-    let mut s = state.clone();
-    for r in s.resources.values_mut() {
-        r.last_monitor = None;
-        r.monitor_timeouts = 0;
-        r.on.retain(|_, a| matches!(a, Activity::Running | Activity::Failed | Activity::StopFailed));
-    }
-    for n in s.nodes.values_mut() {
-        n.up = false;
-    }
-    s
+    state: crate::scheduler::Persisted,
 }
 
 /// A loaded, validated node, ready to run.
@@ -272,7 +263,7 @@ impl Node {
             if p.cluster != cluster || p.node != node {
                 return Err(format!("state of node `{}` in cluster `{}` (this is `{node}` in `{cluster}`)", p.node, p.cluster));
             }
-            if let Some((g, e)) = p.state.groups.iter().map(|(g, s)| (g, s.epoch)).find(|(_, e)| *e > MAX_EPOCH) {
+            if let Some((g, e)) = p.state.decisions.groups.iter().map(|(g, s)| (g, s.epoch)).find(|(_, e)| *e > MAX_EPOCH) {
                 return Err(format!("group `{g}` has epoch {e}, beyond the valid range"));
             }
             Ok(())
@@ -290,18 +281,15 @@ impl Node {
                 if loaded.used == warden_store::Generation::Previous {
                     note(&mut history, "node", &self.name, "using the previous generation of the state file".into());
                 }
-                sched.restore(&p.state);
+                sched.restore(&p.state, 0);
             }
             None => {
                 // Nothing durable survived (first start, or every generation damaged). Epochs must
                 // still never go backwards (agents use them as fencing tokens): start them from
                 // the wall clock in milliseconds, above anything counted up one move at a time.
                 let floor = unix_ms(SystemTime::now()).min(MAX_EPOCH);
-                let mut fresh = sched.state().clone();
-                for g in fresh.groups.values_mut() {
-                    g.epoch = floor;
-                }
-                sched.restore(&fresh);
+                let fresh = sched.persisted();
+                sched.restore(&fresh, floor);
                 if !loaded.problems.is_empty() {
                     note(
                         &mut history,
@@ -461,7 +449,15 @@ impl Node {
             note(&mut history, "node", &self.name, msg);
         }
         tracing::info!(node = %self.name, socket = %self.socket.display(), "node running");
-        let mut pending = sched.handle(now_ms(), Event::NodeUp(self.name.clone()));
+        let mut pending = Vec::new();
+        if self.single_node {
+            // --single-node is the operator's word that the other nodes run nothing of ours
+            // (they do not run Warden): a manual fence confirmation for each.
+            for other in self.cfg.nodes.iter().map(|n| n.name.get_ref()).filter(|n| **n != self.name) {
+                pending.extend(sched.handle(now_ms(), Event::Fenced(other.clone())));
+            }
+        }
+        pending.extend(sched.handle(now_ms(), Event::NodeUp(self.name.clone())));
 
         // Propose, persist, act: a command is carried out only once the decision behind it is
         // durable. The writer thread does the disk work, so a hung disk stalls only decisions
@@ -473,7 +469,7 @@ impl Node {
         // The generation that holds the latest change of decisions (targets, placements, epochs,
         // failures, standby); commands wait for it.
         let mut decision_gen = 0u64;
-        let mut last_submitted: Option<State> = None;
+        let mut last_submitted: Option<crate::scheduler::Persisted> = None;
         let mut held: std::collections::VecDeque<(u64, Command)> = std::collections::VecDeque::new();
         let mut waiting_replies: Vec<(u64, oneshot::Sender<Response>, String)> = Vec::new();
         let mut new_reply: Option<(oneshot::Sender<Response>, String)> = None;
@@ -485,10 +481,12 @@ impl Node {
             // Routine healthy monitors change nothing durable: skip the O(n) work for them.
             let routine = !sched.changed() && pending.is_empty();
             if !routine {
-                let d = durable(sched.state());
+                let d = sched.persisted();
                 if last_submitted.as_ref() != Some(&d) {
                     submitted_gen += 1;
-                    if last_submitted.as_ref().is_none_or(|l| decisions_differ(l, &d)) {
+                    // Only a change of decisions holds commands back; restart counters alone
+                    // are written lazily (local recovery never waits on a disk).
+                    if last_submitted.as_ref().is_none_or(|l| l.decisions != d.decisions) {
                         decision_gen = submitted_gen;
                     }
                     let p = Persisted {
@@ -577,7 +575,7 @@ impl Node {
                         if busy.contains(&r) {
                             continue; // an action is running; its result decides, monitoring resumes after
                         }
-                        dispatch(&workers, &mut busy, &results_tx, &r, JobKind::Monitor, sched.state().groups.get(&sched.model().resources[&r].group).map_or(0, |g| g.epoch));
+                        dispatch(&workers, &mut busy, &results_tx, &r, Job { kind: JobKind::Monitor, op: 0, epoch: sched.epoch(&r) });
                     }
                 }
                 Some(ack) = ack_rx.recv() => match ack.result {
@@ -629,7 +627,7 @@ impl Node {
                     let _ = reply.send(resp);
                 }
                 Some(reply) = metrics_rx.recv() => {
-                    let states: Vec<(String, String)> = sched.state().resources.iter().map(|(r, s)| {
+                    let states: Vec<(String, String)> = sched.state().observations.resources.iter().map(|(r, s)| {
                         let st = s.on.get(&self.name).map_or("stopped".to_string(), |a| serde_json::to_value(a).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default());
                         (r.clone(), st)
                     }).collect();
@@ -733,13 +731,13 @@ impl Node {
                 .nodes
                 .iter()
                 .map(|n| {
-                    let s = &st.nodes[&n.name];
+                    let d = &st.decisions.nodes[&n.name];
                     NodeStatus {
                         name: n.name.clone(),
                         role: format!("{:?}", n.role).to_lowercase(),
-                        up: s.up,
-                        standby: s.standby,
-                        needs_fence: s.needs_fence,
+                        up: st.observations.nodes.get(&n.name).is_some_and(|o| o.up),
+                        standby: d.standby,
+                        needs_fence: d.needs_fence,
                     }
                 })
                 .collect(),
@@ -747,14 +745,14 @@ impl Node {
                 .groups
                 .values()
                 .map(|g| {
-                    let gs = &st.groups[&g.name];
+                    let gs = &st.decisions.groups[&g.name];
                     GroupStatus {
                         name: g.name.clone(),
                         state: sched.group_status(&g.name).into(),
                         target: format!("{:?}", gs.target).to_lowercase(),
                         owner: gs.owner.clone(),
                         epoch: gs.epoch,
-                        failed_on: gs.failed_on.iter().cloned().collect(),
+                        failed_on: gs.failed_on.keys().cloned().collect(),
                         resources: g.members.clone(),
                     }
                 })
@@ -764,7 +762,8 @@ impl Node {
                 .values()
                 .flat_map(|g| g.members.iter())
                 .map(|r| {
-                    let rs = &st.resources[r];
+                    let rs = &st.observations.resources[r];
+                    let rd = &st.decisions.resources[r];
                     let rm = &model.resources[r];
                     ResourceStatus {
                         name: r.clone(),
@@ -776,8 +775,10 @@ impl Node {
                             let (result, reason) = outcome_parts(&m.outcome);
                             MonitorStatus { at_ms: m.at, result, reason }
                         }),
-                        restarts: rs.restarts.len(),
+                        restarts: rs.restarts.get(&self.name).map_or(0, Vec::len),
                         last_failure: rs.last_failure.clone(),
+                        blocked: rd.blocked.clone(),
+                        ineligible: rd.ineligible.iter().map(|(n, why)| (n.clone(), why.clone())).collect(),
                     }
                 })
                 .collect(),
@@ -796,15 +797,10 @@ fn outcome_parts(o: &MonitorOutcome) -> (String, Option<String>) {
         MonitorOutcome::Degraded(r) => ("degraded".into(), Some(r.clone())),
         MonitorOutcome::Stopped => ("stopped".into(), None),
         MonitorOutcome::Failed(r) => ("failed".into(), Some(r.clone())),
-        MonitorOutcome::Timeout => ("timeout".into(), None),
-        MonitorOutcome::Error(r) => ("error".into(), Some(r.clone())),
+        MonitorOutcome::Error(Failure::Timeout) => ("timeout".into(), None),
+        MonitorOutcome::Error(Failure::HostFault(r)) => ("host-fault".into(), Some(r.clone())),
+        MonitorOutcome::Error(f) => ("error".into(), Some(f.to_string())),
     }
-}
-
-/// Whether two persisted states differ in what was decided (targets, placements, epochs,
-/// failures, standby), not merely in counters: only decisions hold commands back.
-fn decisions_differ(a: &State, b: &State) -> bool {
-    a.groups != b.groups || a.nodes.iter().map(|(n, s)| (n, s.standby)).ne(b.nodes.iter().map(|(n, s)| (n, s.standby)))
 }
 
 fn command_resource(c: &Command) -> Option<&str> {
@@ -832,10 +828,12 @@ fn carry_out(
         }
     }
     match c {
-        Command::Probe { resource, .. } => dispatch(workers, busy, results, &resource, JobKind::Probe, 0),
-        Command::Start { resource, epoch, .. } => dispatch(workers, busy, results, &resource, JobKind::Start, epoch),
-        Command::Stop { resource, .. } => dispatch(workers, busy, results, &resource, JobKind::Stop, 0),
-        Command::Recover { resource, epoch, .. } => dispatch(workers, busy, results, &resource, JobKind::Recover, epoch),
+        Command::Probe { resource, op, epoch, .. } => dispatch(workers, busy, results, &resource, Job { kind: JobKind::Probe, op, epoch }),
+        Command::Start { resource, op, epoch, .. } => dispatch(workers, busy, results, &resource, Job { kind: JobKind::Start, op, epoch }),
+        Command::Stop { resource, op, epoch, .. } => dispatch(workers, busy, results, &resource, Job { kind: JobKind::Stop, op, epoch }),
+        Command::Recover { resource, op, epoch, .. } => {
+            dispatch(workers, busy, results, &resource, Job { kind: JobKind::Recover, op, epoch })
+        }
         Command::Fence { node } => history.record(EventRecord {
             seq: 0,
             at_ms: unix_ms(SystemTime::now()),
@@ -900,19 +898,28 @@ fn dispatch(
     busy: &mut Busy,
     results: &mpsc::UnboundedSender<JobResult>,
     resource: &str,
-    kind: JobKind,
-    epoch: u64,
+    job: Job,
 ) {
-    let sent = workers.get(resource).is_some_and(|w| w.try_send(Job { kind, epoch }).is_ok());
+    let (kind, op, epoch) = (job.kind, job.op, job.epoch);
+    let sent = workers.get(resource).is_some_and(|w| w.try_send(job).is_ok());
     *busy.0.entry(resource.to_string()).or_default() += 1;
     if !sent {
         tracing::error!(resource, action = kind.as_str(), "the resource's worker is gone or its queue is full; the action fails");
+        // The engine's own fault: the resource is probed again, never failed for it.
+        let why = Failure::HostFault("the resource's worker is not answering".into());
         let outcome = match kind {
-            JobKind::Probe | JobKind::Monitor => JobOutcome::Health(MonitorOutcome::Error("the resource's worker is not answering".into())),
-            _ => JobOutcome::Done(Err("the resource's worker is not answering".into())),
+            JobKind::Probe | JobKind::Monitor => JobOutcome::Health(MonitorOutcome::Error(why)),
+            _ => JobOutcome::Done(Err(why)),
         };
-        let _ =
-            results.send(JobResult { resource: resource.to_string(), kind, started: Instant::now(), duration: Duration::ZERO, outcome });
+        let _ = results.send(JobResult {
+            resource: resource.to_string(),
+            kind,
+            op,
+            epoch,
+            started: Instant::now(),
+            duration: Duration::ZERO,
+            outcome,
+        });
     }
 }
 
@@ -947,14 +954,19 @@ fn job_event(node: &str, r: &JobResult, plugin: &str, metrics: &mut api::metrics
                 history.record(rec);
             }
             if is_probe {
-                Event::Probe { resource: r.resource.clone(), node: node.into(), outcome: o.clone() }
+                Event::Probe { resource: r.resource.clone(), node: node.into(), op: r.op, outcome: o.clone() }
             } else {
-                Event::Monitor { resource: r.resource.clone(), node: node.into(), outcome: o.clone() }
+                Event::Monitor { resource: r.resource.clone(), node: node.into(), epoch: r.epoch, outcome: o.clone() }
             }
         }
         JobOutcome::Done(res) => {
-            rec.result = if res.is_ok() { "ok".into() } else { "failed".into() };
-            rec.message = res.as_ref().err().cloned().unwrap_or_default();
+            rec.result = match res {
+                Ok(()) => "ok".into(),
+                Err(Failure::Timeout) => "timeout".into(),
+                Err(Failure::HostFault(_)) => "host-fault".into(),
+                Err(_) => "failed".into(),
+            };
+            rec.message = res.as_ref().err().map(|f| f.to_string()).unwrap_or_default();
             metrics.action(plugin, r.kind.as_str(), &rec.result, r.duration);
             history.record(rec);
             let action = match r.kind {
@@ -962,7 +974,7 @@ fn job_event(node: &str, r: &JobResult, plugin: &str, metrics: &mut api::metrics
                 JobKind::Stop => ActionKind::Stop,
                 _ => ActionKind::Recover,
             };
-            Event::ActionDone { resource: r.resource.clone(), node: node.into(), action, result: res.clone() }
+            Event::ActionDone { resource: r.resource.clone(), node: node.into(), op: r.op, action, result: res.clone() }
         }
     }
 }

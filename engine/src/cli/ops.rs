@@ -332,6 +332,13 @@ pub fn render_status(r: &StatusReport) -> String {
         if let Some(f) = &res.last_failure {
             let _ = writeln!(s, "  {:<16} last failure: {f}", "");
         }
+        if let Some(b) = &res.blocked {
+            let _ =
+                writeln!(s, "  {:<16} BLOCKED (invalid config, not retried; fix it, then `warden resource cleanup {}`): {b}", "", res.name);
+        }
+        for (node, why) in &res.ineligible {
+            let _ = writeln!(s, "  {:<16} cannot run on {node}: {why}", "");
+        }
     }
     if !r.recent.is_empty() {
         let _ = writeln!(s, "\nRecent events:");

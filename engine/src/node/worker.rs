@@ -14,7 +14,7 @@ use crate::plugin::{AgentFailure, CallContext, CallError, Health, Limits, Plugin
 
 /// How long a start, stop or recover waits for its record in the state directory.
 const JOURNAL_TIMEOUT: Duration = Duration::from_secs(5);
-use crate::scheduler::MonitorOutcome;
+use crate::scheduler::{Failure, MonitorOutcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobKind {
@@ -40,6 +40,9 @@ impl JobKind {
 #[derive(Debug)]
 pub struct Job {
     pub kind: JobKind,
+    /// The scheduler's operation id (0 for recurring monitors, which the engine schedules).
+    pub op: u64,
+    /// The placement epoch: the agent's fencing token.
     pub epoch: u64,
 }
 
@@ -48,6 +51,8 @@ pub struct Job {
 pub struct JobResult {
     pub resource: String,
     pub kind: JobKind,
+    pub op: u64,
+    pub epoch: u64,
     pub started: Instant,
     pub duration: Duration,
     pub outcome: JobOutcome,
@@ -56,7 +61,30 @@ pub struct JobResult {
 #[derive(Debug, Clone)]
 pub enum JobOutcome {
     Health(MonitorOutcome),
-    Done(Result<(), String>),
+    Done(Result<(), Failure>),
+}
+
+/// The agent's typed error as the decision core sees it. A failed call after the host itself
+/// could not carry out a host call (spawn failure, a lost blocking task) is a host fault: the
+/// resource is probed again, never recovered, failed over or fenced for it.
+pub fn failure(e: &CallError, host_faults: u32, prefix: &str) -> Failure {
+    let text = format!("{prefix}{e}");
+    if host_faults > 0 && !matches!(e, CallError::Timeout { .. }) {
+        return Failure::HostFault(text);
+    }
+    match e {
+        CallError::Timeout { .. } => Failure::Timeout,
+        CallError::Agent { error, .. } => match error {
+            AgentFailure::InvalidConfig(_) => Failure::InvalidConfig(text),
+            AgentFailure::NotInstalled(_) => Failure::NotInstalled(text),
+            AgentFailure::AccessDenied(_) => Failure::AccessDenied(text),
+            AgentFailure::Unsupported(_) => Failure::Unsupported(text),
+            AgentFailure::Failed(_) => Failure::Failed(text),
+        },
+        // Parameters are checked at config load; if they are still wrong, it is configuration.
+        CallError::Params { .. } | CallError::NoSuchAction { .. } => Failure::InvalidConfig(text),
+        CallError::OutOfMemory { .. } | CallError::Trap { .. } | CallError::Instantiate { .. } => Failure::Failed(text),
+    }
 }
 
 /// Per-action timeouts for one resource (config overrides applied over agent defaults).
@@ -133,9 +161,9 @@ impl Worker {
         let write = tokio::task::spawn_blocking(move || warden_store::state::replace_durably(&path, &bytes));
         match tokio::time::timeout(JOURNAL_TIMEOUT, write).await {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(format!("host fault: cannot record the action in the state directory: {e}")),
-            Ok(Err(e)) => Err(format!("host fault: {e}")),
-            Err(_) => Err(format!("host fault: the state directory did not answer within {JOURNAL_TIMEOUT:?}")),
+            Ok(Ok(Err(e))) => Err(format!("cannot record the action in the state directory: {e}")),
+            Ok(Err(e)) => Err(format!("cannot record the action: {e}")),
+            Err(_) => Err(format!("the state directory did not answer within {JOURNAL_TIMEOUT:?}")),
         }
     }
 
@@ -166,10 +194,26 @@ impl Worker {
             let started = Instant::now();
             // If this task panics mid-job, the guard still answers, so the node never waits
             // forever for this job (later jobs fail at once: the queue is gone with the task).
-            let mut guard = PanicAnswer { results: &results, resource: self.resource.clone(), kind: job.kind, started, armed: true };
+            let mut guard = PanicAnswer {
+                results: &results,
+                resource: self.resource.clone(),
+                kind: job.kind,
+                op: job.op,
+                epoch: job.epoch,
+                started,
+                armed: true,
+            };
             let outcome = self.execute(&job).await;
             guard.armed = false;
-            let r = JobResult { resource: self.resource.clone(), kind: job.kind, started, duration: started.elapsed(), outcome };
+            let r = JobResult {
+                resource: self.resource.clone(),
+                kind: job.kind,
+                op: job.op,
+                epoch: job.epoch,
+                started,
+                duration: started.elapsed(),
+                outcome,
+            };
             if results.send(r).is_err() {
                 break;
             }
@@ -189,8 +233,7 @@ impl Worker {
                 Ok(Health::Stopped) => MonitorOutcome::Stopped,
                 Ok(Health::Degraded(r)) => MonitorOutcome::Degraded(r),
                 Ok(Health::Failed(r)) => MonitorOutcome::Failed(r),
-                Err(CallError::Timeout { .. }) => MonitorOutcome::Timeout,
-                Err(e) => MonitorOutcome::Error(e.to_string()),
+                Err(e) => MonitorOutcome::Error(failure(&e, self.instance.last_stats().host_faults, "")),
             }),
             JobKind::Start | JobKind::Stop | JobKind::Recover => {
                 let timeout = match job.kind {
@@ -199,7 +242,7 @@ impl Worker {
                     _ => t.recover,
                 };
                 if let Err(e) = self.record(job.kind, job.epoch, timeout).await {
-                    return JobOutcome::Done(Err(e));
+                    return JobOutcome::Done(Err(Failure::HostFault(e)));
                 }
                 let out = self.act(job, &ctx).await;
                 let timed_out = matches!(&out, Err((CallError::Timeout { .. }, _)));
@@ -212,7 +255,8 @@ impl Worker {
                     _ => {}
                 }
                 self.forget().await;
-                JobOutcome::Done(out.map_err(|(e, prefix)| describe(&e, prefix)))
+                let host_faults = self.instance.last_stats().host_faults;
+                JobOutcome::Done(out.map_err(|(e, prefix)| failure(&e, host_faults, prefix)))
             }
         }
     }
@@ -235,19 +279,12 @@ impl Worker {
     }
 }
 
-fn describe(e: &CallError, prefix: &str) -> String {
-    match e {
-        // "No local recovery" (a LifeKeeper resource without a recover script): the recovery
-        // fails and the scheduler fails the group over.
-        CallError::Agent { error: AgentFailure::Unsupported(m), .. } => format!("no local recovery for this resource ({m})"),
-        e => format!("{prefix}{e}"),
-    }
-}
-
 struct PanicAnswer<'a> {
     results: &'a mpsc::UnboundedSender<JobResult>,
     resource: String,
     kind: JobKind,
+    op: u64,
+    epoch: u64,
     started: Instant,
     armed: bool,
 }
@@ -255,7 +292,7 @@ struct PanicAnswer<'a> {
 impl Drop for PanicAnswer<'_> {
     fn drop(&mut self) {
         if self.armed {
-            let why = "the resource's worker crashed during this action".to_string();
+            let why = Failure::HostFault("the resource's worker crashed during this action".to_string());
             let outcome = match self.kind {
                 JobKind::Probe | JobKind::Monitor => JobOutcome::Health(MonitorOutcome::Error(why)),
                 _ => JobOutcome::Done(Err(why)),
@@ -263,6 +300,8 @@ impl Drop for PanicAnswer<'_> {
             let _ = self.results.send(JobResult {
                 resource: std::mem::take(&mut self.resource),
                 kind: self.kind,
+                op: self.op,
+                epoch: self.epoch,
                 started: self.started,
                 duration: self.started.elapsed(),
                 outcome,

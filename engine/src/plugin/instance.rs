@@ -35,6 +35,10 @@ pub struct CallStats {
     pub denials: u32,
     /// A fresh instance was created for this call (none was warm).
     pub fresh_instance: bool,
+    /// The host could not carry out a host call (a program could not be spawned: EMFILE, EAGAIN,
+    /// ENOMEM, the cgroup could not be joined; a blocking-pool task was lost). A call that fails
+    /// after one is the engine's fault, not the resource's.
+    pub host_faults: u32,
 }
 
 /// Caps linear memory; remembers that the cap was hit so the error can say so.
@@ -105,7 +109,10 @@ impl HostState {
         match super::stall::timeout(remaining, job).await {
             Ok(Ok(Ok(r))) => r.map_err(types::AgentError::Failed),
             Ok(Ok(Err(denied))) => Err(self.deny(import, denied)),
-            Ok(Err(e)) => Err(types::AgentError::Failed(format!("{import}: {e}"))),
+            Ok(Err(e)) => {
+                self.stats.host_faults += 1;
+                Err(types::AgentError::Failed(format!("{import}: {e}")))
+            }
             Err(_) => Err(types::AgentError::Failed(format!("{import}: the filesystem did not answer before the action's deadline"))),
         }
     }
@@ -150,7 +157,11 @@ impl host::Host for HostState {
                 stderr_truncated: r.stderr.truncated,
             }),
             Err(e @ exec::ExecError::NotFound(_)) => Err(types::AgentError::NotInstalled(e.to_string())),
-            Err(e) => Err(types::AgentError::Failed(e.to_string())),
+            Err(e) => {
+                self.stats.host_faults += 1;
+                tracing::warn!(error = %e, "host fault: cannot start a program for the agent");
+                Err(types::AgentError::Failed(e.to_string()))
+            }
         }
     }
 

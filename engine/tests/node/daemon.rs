@@ -306,3 +306,68 @@ resources = ["lk"]
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("resource `lk` (plugin `generic`): validate failed") && err.contains("no-such-restore does not exist"), "{err}");
 }
+
+/// The agents' typed errors are honoured (wit/agent.wit): `invalid-config` blocks the resource
+/// with a clear status and is not retried, `not-installed` makes the node ineligible; neither
+/// leads to "needs fencing" when nothing could have started, and an unrelated group runs on.
+#[test]
+fn invalid_config_blocks_and_not_installed_makes_the_node_ineligible() {
+    let mut n = TestNode::new(|d| {
+        let generic = root().join("target/plugins/generic.wasm");
+        format!(
+            r#"
+[[plugins]]
+name = "generic"
+path = "{generic}"
+{a}
+[[resources]]
+name = "typo"
+plugin = "generic"
+params = {{ style = "lifekeepr", restore = "/bin/true", remove = "/bin/true" }}
+grants = {{ read = ["/**"], exec = [{{ program = "/bin/true" }}] }}
+monitor_interval = "300ms"
+
+[[resources]]
+name = "absent"
+plugin = "generic"
+params = {{ style = "lifekeeper", restore = "{d}/restore", remove = "{d}/remove", quickcheck = "{d}/no-such-quickcheck" }}
+grants = {{ read = ["/**"], exec = [{{ program = "{d}/*" }}] }}
+monitor_interval = "300ms"
+
+[[groups]]
+name = "good"
+resources = ["a"]
+
+[[groups]]
+name = "bad"
+resources = ["typo"]
+
+[[groups]]
+name = "missing"
+resources = ["absent"]
+"#,
+            generic = generic.display(),
+            a = pid_resource(d, "a", "300ms"),
+            d = d.display()
+        )
+    });
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("good") == "started"), "{}", n.log());
+    assert!(n.wait(LONG, |n| n.resource("typo")["blocked"].as_str().is_some_and(|b| b.contains("lifekeepr"))), "{:?}", n.status());
+    assert_eq!(n.group_state("bad"), "blocked");
+    assert!(
+        n.wait(LONG, |n| n.resource("absent")["ineligible"].as_array().is_some_and(|v| !v.is_empty())),
+        "not-installed makes n1 ineligible: {:?}",
+        n.resource("absent")
+    );
+    let st = n.status().unwrap();
+    let n1 = st["nodes"].as_array().unwrap().iter().find(|x| x["name"] == "n1").unwrap().clone();
+    assert_eq!(n1["needs_fence"], false, "nothing could have started: no fencing\n{st}");
+    let text = String::from_utf8_lossy(&n.cli(&["status"]).stdout).into_owned();
+    assert!(text.contains("BLOCKED (invalid config") && text.contains("cannot run on n1"), "{text}");
+    assert!(!text.contains("NEEDS FENCING"), "{text}");
+    // Not retried: no start of the blocked resource, however long we wait.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!n.actions().iter().any(|(s, a, _)| s == "typo" && a == "start"), "{:?}", n.actions());
+    assert!(n.alive("a"), "the unrelated group runs on");
+}
