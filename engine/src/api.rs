@@ -50,6 +50,9 @@ pub struct StatusReport {
     /// Set while the state file cannot be written: decisions are held until it is durable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_error: Option<String>,
+    /// Where `/metrics` is served (as bound: a configured port 0 shows the port picked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<String>,
     pub nodes: Vec<NodeStatus>,
     pub groups: Vec<GroupStatus>,
     pub resources: Vec<ResourceStatus>,

@@ -412,12 +412,15 @@ impl Node {
         }
 
         let (metrics_tx, mut metrics_rx) = mpsc::channel::<oneshot::Sender<String>>(8);
+        let mut metrics_bound: Option<String> = None;
         if let Some(addr) = &self.cfg.daemon.metrics_addr {
             let l = tokio::net::TcpListener::bind(addr.get_ref().as_str()).await.map_err(|source| NodeError::Io {
                 what: "cannot listen for metrics on",
                 path: addr.get_ref().into(),
                 source,
             })?;
+            // The address really bound (port 0 in the config picks a free one): shown in status.
+            metrics_bound = l.local_addr().ok().map(|a| a.to_string());
             let (cancel, tracker) = (cancel.clone(), tasks.clone());
             tasks.spawn(async move {
                 cancel.run_until_cancelled(api::listen::serve_metrics(l, metrics_tx, tracker)).await;
@@ -608,6 +611,7 @@ impl Node {
                         Request::Status => {
                             let mut st = self.status(&sched, &history, shutting_down);
                             st.state_error = state_error.clone();
+                            st.metrics_addr = metrics_bound.clone();
                             Response::Status { status: Box::new(st) }
                         }
                         Request::Events { since, .. } => Response::Events { events: history.since(since) },
@@ -727,6 +731,7 @@ impl Node {
             now_ms: unix_ms(SystemTime::now()),
             shutting_down,
             state_error: None,
+            metrics_addr: None,
             nodes: model
                 .nodes
                 .iter()

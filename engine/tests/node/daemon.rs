@@ -211,17 +211,18 @@ fn corrupt_state_file_is_set_aside_and_nothing_is_lost() {
 
 #[test]
 fn metrics_endpoint_counts_actions() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Port 0: the daemon picks a free port and shows it in status (no port race between tests).
     let mut n = TestNode::new(|d| {
         format!(
-            "{}\n[[groups]]\nname = \"app\"\nresources = [\"a\"]\n\n[daemon]\nmetrics_addr = \"127.0.0.1:{port}\"\n",
+            "{}\n[[groups]]\nname = \"app\"\nresources = [\"a\"]\n\n[daemon]\nmetrics_addr = \"127.0.0.1:0\"\n",
             pid_resource(d, "a", "300ms")
         )
     });
     n.start(&[]);
     assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
+    let addr = n.status().unwrap()["metrics_addr"].as_str().unwrap().to_string();
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut s = std::net::TcpStream::connect(addr.as_str()).unwrap();
     s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
