@@ -89,7 +89,44 @@ struct Persisted {
     version: u32,
     cluster: String,
     node: String,
+    /// The boot the core's times (restart counters, `failed_on`) were taken in.
+    #[serde(default)]
+    boot_id: String,
     state: crate::scheduler::Persisted,
+}
+
+/// The decision core's clock: milliseconds since this machine booted, counted from the kernel's
+/// uptime at start plus a monotonic clock. Timers (restart windows, `failed_on` expiry) never jump
+/// with the wall clock (NTP steps, an operator's `date -s`), and stay meaningful across a daemon
+/// restart within one boot; the wall clock is only for display.
+#[derive(Clone, Copy)]
+struct SchedClock {
+    start: Instant,
+    uptime_at_start: Millis,
+}
+
+impl SchedClock {
+    fn new() -> Self {
+        let uptime = std::fs::read_to_string("/proc/uptime")
+            .ok()
+            .and_then(|t| t.split_whitespace().next().and_then(|s| s.parse::<f64>().ok()))
+            .map_or(0, |secs| (secs * 1000.0) as Millis);
+        Self { start: Instant::now(), uptime_at_start: uptime }
+    }
+
+    fn now(&self) -> Millis {
+        self.uptime_at_start + self.start.elapsed().as_millis() as Millis
+    }
+
+    /// A core timestamp as wall-clock unix milliseconds, for display.
+    fn to_wall(self, t: Millis) -> u64 {
+        unix_ms(SystemTime::now()).saturating_sub(self.now().saturating_sub(t))
+    }
+}
+
+/// This boot's id: core times from another boot mean nothing in this one.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 /// A loaded, validated node, ready to run.
@@ -276,8 +313,20 @@ impl Node {
             tracing::warn!("event history: {problem}");
             note(&mut history, "node", &self.name, format!("event history: {problem}"));
         }
+        let clock = SchedClock::new();
+        let this_boot = boot_id();
         match loaded.value {
-            Some(p) => {
+            Some(mut p) => {
+                if p.boot_id != this_boot {
+                    // Restart times from another boot cannot be compared with this boot's clock:
+                    // forget them, and let failures count from now (a full window from now).
+                    p.state.restarts.clear();
+                    for g in p.state.decisions.groups.values_mut() {
+                        for f in g.failed_on.values_mut() {
+                            f.at = clock.now();
+                        }
+                    }
+                }
                 if loaded.used == warden_store::Generation::Previous {
                     note(&mut history, "node", &self.name, "using the previous generation of the state file".into());
                 }
@@ -429,9 +478,9 @@ impl Node {
         let mut metrics = api::metrics::Metrics::default();
 
         let mut signals = Box::pin(stop);
-        // Scheduler time is wall-clock milliseconds, so persisted restart times stay meaningful
-        // across a daemon restart.
-        let now_ms = || unix_ms(SystemTime::now()) as Millis;
+        // The core's time is the boot clock (see SchedClock): monotonic, and meaningful across a
+        // daemon restart within one boot.
+        let now_ms = || clock.now();
         // Jobs queued or running per resource (a count: a stop can be queued behind a monitor).
         let mut busy = Busy::default();
         let mut next_monitor: HashMap<String, Instant> = HashMap::new();
@@ -496,6 +545,7 @@ impl Node {
                         version: STATE_VERSION,
                         cluster: self.cfg.cluster.name.clone(),
                         node: self.name.clone(),
+                        boot_id: this_boot.clone(),
                         state: d.clone(),
                     };
                     if let Err(e) = writer.submit(submitted_gen, &p) {
@@ -609,7 +659,7 @@ impl Node {
                 Some((req, reply)) = api_rx.recv() => {
                     let resp = match req {
                         Request::Status => {
-                            let mut st = self.status(&sched, &history, shutting_down);
+                            let mut st = self.status(&sched, &history, shutting_down, clock);
                             st.state_error = state_error.clone();
                             st.metrics_addr = metrics_bound.clone();
                             Response::Status { status: Box::new(st) }
@@ -722,7 +772,7 @@ impl Node {
         }
     }
 
-    fn status(&self, sched: &Scheduler, history: &History, shutting_down: bool) -> StatusReport {
+    fn status(&self, sched: &Scheduler, history: &History, shutting_down: bool, clock: SchedClock) -> StatusReport {
         let st = sched.state();
         let model = sched.model();
         StatusReport {
@@ -778,7 +828,7 @@ impl Node {
                         on: rs.on.iter().map(|(n, a)| (n.clone(), activity_name(a))).collect(),
                         last_monitor: rs.last_monitor.as_ref().map(|m| {
                             let (result, reason) = outcome_parts(&m.outcome);
-                            MonitorStatus { at_ms: m.at, result, reason }
+                            MonitorStatus { at_ms: clock.to_wall(m.at), result, reason }
                         }),
                         restarts: rs.restarts.get(&self.name).map_or(0, Vec::len),
                         last_failure: rs.last_failure.clone(),

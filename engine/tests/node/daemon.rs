@@ -372,3 +372,29 @@ resources = ["absent"]
     assert!(!n.actions().iter().any(|(s, a, _)| s == "typo" && a == "start"), "{:?}", n.actions());
     assert!(n.alive("a"), "the unrelated group runs on");
 }
+
+/// Restart counters are kept on the boot clock: a daemon restart in the same boot keeps them;
+/// a state written in another boot has its times dropped (they mean nothing on this clock).
+#[test]
+fn restart_counts_survive_a_daemon_restart_and_not_a_reboot() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    n.kill_service("b");
+    assert!(n.wait(LONG, |n| n.resource("b")["restarts"] == 1 && n.alive("b")), "{}", n.log());
+    n.signal("-KILL");
+    n.wait_exit(LONG).unwrap();
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    assert_eq!(n.resource("b")["restarts"], 1, "same boot: the count is kept");
+    n.signal("-KILL");
+    n.wait_exit(LONG).unwrap();
+    let path = n.state.join("state.json");
+    let mut st: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(!st["boot_id"].as_str().unwrap().is_empty());
+    st["boot_id"] = "another-boot".into();
+    std::fs::write(&path, serde_json::to_vec(&st).unwrap()).unwrap();
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    assert_eq!(n.resource("b")["restarts"], 0, "another boot: its times are dropped");
+}
