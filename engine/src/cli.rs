@@ -112,6 +112,11 @@ pub enum AgentCommand {
 }
 
 impl Cli {
+    /// `node run`: the long-running daemon (everything else is a short command).
+    pub fn is_daemon(&self) -> bool {
+        matches!(&self.command, Command::Node { command: ops::NodeCommand::Run { .. } }) || matches!(&self.command, Command::Demo(_))
+    }
+
     fn host_options(&self) -> anyhow::Result<HostOptions> {
         let cache_dir = if self.no_cache { None } else { Some(self.cache_dir.clone().unwrap_or_else(ComponentCache::default_dir)) };
         let trusted_keys = self.trusted_keys.iter().map(|p| crate::plugin::signing::read_public_key(p)).collect::<Result<Vec<_>, _>>()?;

@@ -6,6 +6,11 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = warden::cli::Cli::parse();
+    // A reader that goes away (`warden status --watch | head`) ends the command quietly, as for
+    // any Unix tool; only the daemon, which writes to sockets clients may close, ignores SIGPIPE.
+    if !cli.is_daemon() {
+        warden::node::rlimit::default_sigpipe();
+    }
     warden::cli::init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,

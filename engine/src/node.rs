@@ -669,7 +669,7 @@ impl Node {
                             Err(message) => Response::Error { message },
                             Ok(()) if shutting_down => Response::Error { message: "the node is shutting down".into() },
                             Ok(()) => {
-                                let text = serde_json::to_string(&command).unwrap_or_default();
+                                let text = operator_text(&command);
                                 note(&mut history, "operator", "operator", text.clone());
                                 pending = sched.handle(now_ms(), Event::Operator(command));
                                 // Answered once the decision is durable (top of the loop).
@@ -855,6 +855,20 @@ fn outcome_parts(o: &MonitorOutcome) -> (String, Option<String>) {
         MonitorOutcome::Error(Failure::Timeout) => ("timeout".into(), None),
         MonitorOutcome::Error(Failure::HostFault(r)) => ("host-fault".into(), Some(r.clone())),
         MonitorOutcome::Error(f) => ("error".into(), Some(f.to_string())),
+    }
+}
+
+/// An operator command in words, for its answer and the event history.
+fn operator_text(c: &crate::scheduler::OperatorCommand) -> String {
+    use crate::scheduler::OperatorCommand as O;
+    match c {
+        O::MoveGroup { group, to: Some(to) } => format!("move group `{group}` to {to}"),
+        O::MoveGroup { group, to: None } => format!("move group `{group}` to the next eligible node"),
+        O::StartGroup { group } => format!("start group `{group}`"),
+        O::StopGroup { group } => format!("stop group `{group}`"),
+        O::Cleanup { resource } => format!("clean up resource `{resource}`"),
+        O::Standby { node } => format!("put node `{node}` in standby"),
+        O::Online { node } => format!("bring node `{node}` online"),
     }
 }
 

@@ -1099,7 +1099,20 @@ impl Scheduler {
                 g.target = Target::Started;
             }
             OperatorCommand::StartGroup { group } => {
-                self.state.decisions.groups.get_mut(&group).unwrap().target = Target::Started;
+                // Starting a FAILED group is the operator saying "try again": its failures are
+                // forgotten (not a blocked member's invalid config: that needs a cleanup).
+                let g = self.state.decisions.groups.get_mut(&group).unwrap();
+                g.target = Target::Started;
+                let was_failed = !g.failed_on.is_empty();
+                g.failed_on.clear();
+                if was_failed {
+                    for r in self.model.groups[&group].members.clone() {
+                        let o = self.obs(&r);
+                        o.restarts.clear();
+                        o.monitor_timeouts.clear();
+                    }
+                    out.push(Command::Note { subject: group, message: "failures cleared by `group start`".into() });
+                }
             }
             OperatorCommand::StopGroup { group } => {
                 let g = self.state.decisions.groups.get_mut(&group).unwrap();

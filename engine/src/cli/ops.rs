@@ -70,22 +70,39 @@ pub enum GroupCommand {
     Start {
         group: String,
         #[command(flatten)]
+        wait: WaitArg,
+        #[command(flatten)]
         socket: SocketArg,
     },
     /// Stop GROUP, top-down, and keep it stopped.
     Stop {
         group: String,
         #[command(flatten)]
+        wait: WaitArg,
+        #[command(flatten)]
         socket: SocketArg,
     },
     /// Move GROUP to NODE (or the next eligible node).
     Move {
         group: String,
+        /// The node to move to (default: the next eligible node by priority).
         #[arg(long)]
         to: Option<String>,
         #[command(flatten)]
+        wait: WaitArg,
+        #[command(flatten)]
         socket: SocketArg,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WaitArg {
+    /// Wait until the group has got there (or failed) and say what happened; exit 1 if it failed.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, in seconds.
+    #[arg(long, default_value_t = 120, requires = "wait")]
+    pub timeout: u64,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -158,10 +175,26 @@ pub async fn node(cmd: &NodeCommand, cli: &crate::cli::Cli) -> anyhow::Result<Ex
 
 pub async fn group(cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        GroupCommand::Start { group, socket } => operator(&socket.socket, OperatorCommand::StartGroup { group: group.clone() }).await,
-        GroupCommand::Stop { group, socket } => operator(&socket.socket, OperatorCommand::StopGroup { group: group.clone() }).await,
-        GroupCommand::Move { group, to, socket } => {
-            operator(&socket.socket, OperatorCommand::MoveGroup { group: group.clone(), to: to.clone() }).await
+        GroupCommand::Start { group, wait, socket } => {
+            let code = operator(&socket.socket, OperatorCommand::StartGroup { group: group.clone() }).await?;
+            if code != ExitCode::SUCCESS || !wait.wait {
+                return Ok(code);
+            }
+            wait_for_group(&socket.socket, group, Goal::Started(None), wait.timeout).await
+        }
+        GroupCommand::Stop { group, wait, socket } => {
+            let code = operator(&socket.socket, OperatorCommand::StopGroup { group: group.clone() }).await?;
+            if code != ExitCode::SUCCESS || !wait.wait {
+                return Ok(code);
+            }
+            wait_for_group(&socket.socket, group, Goal::Stopped, wait.timeout).await
+        }
+        GroupCommand::Move { group, to, wait, socket } => {
+            let code = operator(&socket.socket, OperatorCommand::MoveGroup { group: group.clone(), to: to.clone() }).await?;
+            if code != ExitCode::SUCCESS || !wait.wait {
+                return Ok(code);
+            }
+            wait_for_group(&socket.socket, group, Goal::Started(to.clone()), wait.timeout).await
         }
     }
 }
@@ -185,6 +218,53 @@ async fn operator(socket: &std::path::Path, command: OperatorCommand) -> anyhow:
             Ok(ExitCode::from(1))
         }
         other => anyhow::bail!("unexpected answer: {other:?}"),
+    }
+}
+
+/// Where `--wait` waits for a group to get.
+enum Goal {
+    /// Started (on this node, if named).
+    Started(Option<String>),
+    Stopped,
+}
+
+/// Poll status until the group reaches the goal or fails; say which, like `pcs resource ... --wait`.
+async fn wait_for_group(socket: &std::path::Path, group: &str, goal: Goal, timeout: u64) -> anyhow::Result<ExitCode> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+    loop {
+        let report = match Client::call(socket, Request::Status).await? {
+            Response::Status { status } => status,
+            Response::Error { message } => anyhow::bail!("{message}"),
+            other => anyhow::bail!("unexpected answer: {other:?}"),
+        };
+        let g = report.groups.iter().find(|g| g.name == group).ok_or_else(|| anyhow::anyhow!("no group named `{group}`"))?;
+        let reasons = || {
+            report
+                .resources
+                .iter()
+                .filter(|r| r.group == group)
+                .filter_map(|r| r.blocked.as_ref().or(r.last_failure.as_ref()).map(|why| format!("\n  {}: {why}", r.name)))
+                .collect::<String>()
+        };
+        match (&goal, g.state.as_str()) {
+            (Goal::Started(to), "started") if to.as_ref().is_none_or(|t| g.owner.as_ref() == Some(t)) => {
+                println!("group `{group}` started on {} (epoch {})", g.owner.as_deref().unwrap_or("?"), g.epoch);
+                return Ok(ExitCode::SUCCESS);
+            }
+            (Goal::Stopped, "stopped") => {
+                println!("group `{group}` stopped");
+                return Ok(ExitCode::SUCCESS);
+            }
+            (_, state @ ("failed" | "stop-failed" | "blocked")) => {
+                eprintln!("group `{group}` is {}:{}", state.to_uppercase(), reasons());
+                return Ok(ExitCode::from(1));
+            }
+            (_, state) if std::time::Instant::now() >= deadline => {
+                eprintln!("group `{group}` is still {state} after {timeout} s{}", reasons());
+                return Ok(ExitCode::from(1));
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
     }
 }
 

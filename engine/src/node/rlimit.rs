@@ -1,3 +1,5 @@
+//! Process-wide settings made through libc: the open-file limit and SIGPIPE.
+//!
 //! Raise the open-file limit at start: the daemon holds a socket per client, a pipe pair per
 //! running program and files per agent call, and the default soft limit (1024) is what a
 //! connection flood or a thousand resources run into first.
@@ -20,4 +22,14 @@ pub fn raise_nofile() -> std::io::Result<(u64, u64)> {
         }
     }
     Ok((before, lim.rlim_cur))
+}
+
+/// Restore SIGPIPE's default action (terminate), which Rust's runtime sets to "ignore": a CLI
+/// whose output pipe closes should end, not panic in `println!`.
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal disposition to SIG_DFL at startup, before any thread that could
+    // rely on it exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }

@@ -398,3 +398,50 @@ fn restart_counts_survive_a_daemon_restart_and_not_a_reboot() {
     assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
     assert_eq!(n.resource("b")["restarts"], 0, "another boot: its times are dropped");
 }
+
+/// `--wait` says what happened and exits non-zero when the action failed; answers are words,
+/// not JSON; `group start` on a FAILED group clears the failure, as its help says.
+#[test]
+fn group_commands_wait_and_say_what_happened() {
+    let mut n = TestNode::new(|d| {
+        let bad = d.join("bad-start.sh");
+        std::fs::write(&bad, "#!/bin/sh\necho 'cannot bind port 8080' >&2\nexit 3\n").unwrap();
+        std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let pid = d.join("bad.pid");
+        format!(
+            r#"{chain}
+[[resources]]
+name = "broken"
+plugin = "example-rust"
+params = {{ pidfile = "{pid}", start = "{bad}", start_args = "{pid}" }}
+grants = {{ exec = [{{ program = "{bad}" }}, {{ program = "/bin/kill", args = ["-*", "*"] }}], read = ["{pid}", "/proc/*/stat"] }}
+
+[[groups]]
+name = "other"
+resources = ["broken"]
+autostart = false
+"#,
+            chain = chain3(d, 3),
+            pid = pid.display(),
+            bad = bad.display()
+        )
+    });
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    let o = n.cli(&["group", "stop", "app", "--wait"]);
+    assert!(o.status.success(), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("accepted: stop group `app`") && out.contains("group `app` stopped"), "{out}");
+    assert!(!out.contains('{'), "no raw JSON: {out}");
+    assert!(!n.alive("a"));
+    let o = n.cli(&["group", "start", "app", "--wait"]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("group `app` started on n1"), "{o:?}");
+    let o = n.cli(&["group", "start", "other", "--wait", "--timeout", "60"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("group `other` is FAILED") && err.contains("broken"), "{err}");
+    // Starting the FAILED group again clears the failure and tries again (and fails again).
+    let o = n.cli(&["group", "start", "other"]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(n.wait(LONG, |n| n.events().iter().any(|e| e["message"].as_str().unwrap_or("").contains("failures cleared by `group start`"))));
+}

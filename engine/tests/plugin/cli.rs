@@ -204,3 +204,21 @@ async fn cache_is_used_and_survives_corruption() {
     let mut inst = third.instance("r", Default::default(), Default::default());
     assert_eq!(inst.monitor(&ctx(&[]), None).await.unwrap(), warden::plugin::Health::Running);
 }
+
+/// A reader that goes away (`warden plugin inspect --json | head -1`) ends the command quietly:
+/// no panic message.
+#[test]
+fn a_closed_output_pipe_is_not_a_panic() {
+    let plugin = built_plugin("example-rust");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["--no-cache", "plugin", "inspect", "--json"])
+        .arg(&plugin)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before anything is written
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -287,6 +287,21 @@ fn monitor_failure_recovers_locally_then_fails_the_group() {
 }
 
 #[test]
+fn group_start_on_a_failed_group_clears_its_failures() {
+    let mut s = Scheduler::new(model(&["a"], &[("g", &["ip", "app"])], false));
+    settle(&mut s, 0, Event::NodeUp("a".into()));
+    for i in 1..=3 {
+        let e = monitor(&s, "app", "a", MonitorOutcome::Failed("process gone".into()));
+        settle(&mut s, i * 1000, e);
+    }
+    assert_eq!(s.group_status("g"), "failed");
+    let cmds = settle(&mut s, 4000, Event::Operator(OperatorCommand::StartGroup { group: "g".into() }));
+    assert_eq!(starts(&cmds), vec![rn("ip", "a"), rn("app", "a")]);
+    assert_eq!(s.group_status("g"), "started");
+    assert!(s.state().observations.resources["app"].restarts.values().all(|v| v.is_empty()), "restart counts forgotten");
+}
+
+#[test]
 fn restart_window_forgets_old_failures() {
     let mut s = Scheduler::new(model(&["a"], &[("g", &["app"])], false));
     settle(&mut s, 0, Event::NodeUp("a".into()));
