@@ -87,9 +87,15 @@ pub enum Command {
         follow: bool,
         #[arg(long)]
         json: bool,
-        /// Only events after this sequence number.
-        #[arg(long, default_value_t = 0)]
-        since: u64,
+        /// Only events after this sequence number (`1234`), or from this long ago (`10m`, `2h`, `1d`).
+        #[arg(long, default_value = "0")]
+        since: String,
+        /// Only events about this resource.
+        #[arg(long)]
+        resource: Option<String>,
+        /// Only events about this group or its resources.
+        #[arg(long)]
+        group: Option<String>,
         #[command(flatten)]
         socket: ops::SocketArg,
     },
@@ -150,7 +156,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run_demo(&cli, args).await,
         Command::Node { command } => ops::node(command, &cli).await,
         Command::Status { json, watch, socket } => ops::status(&socket.socket, *json, *watch).await,
-        Command::Events { follow, json, since, socket } => ops::events(&socket.socket, *follow, *json, *since).await,
+        Command::Events { follow, json, since, resource, group, socket } => {
+            let filter = ops::EventFilter::new(since, resource.clone(), group.clone())?;
+            ops::events(&socket.socket, *follow, *json, filter).await
+        }
         Command::Group { command } => ops::group(command).await,
         Command::Resource { command } => ops::resource(command).await,
     }

@@ -107,9 +107,14 @@ pub struct WaitArg {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ResourceCommand {
-    /// Forget RESOURCE's failures (restart counts, failed state) and re-probe it.
+    /// Forget RESOURCE's failures (restart counts, failed state, invalid-config block) and re-probe it.
     Cleanup {
-        resource: String,
+        /// The resource (or --all).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        resource: Option<String>,
+        /// Clean up every resource that has something to forget (failures, blocks, restarts).
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -131,6 +136,14 @@ pub async fn node(cmd: &NodeCommand, cli: &crate::cli::Cli) -> anyhow::Result<Ex
                 cache: cache.clone(),
             };
             let n = Node::load(&opts).await?;
+            // SIGHUP must never kill the daemon silently (its default action): config reload is
+            // not supported yet, so say so and go on.
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("install SIGHUP handler");
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::warn!("SIGHUP ignored: reloading the config is not supported yet; restart the daemon (SIGTERM, then `warden node run`) to apply a new config");
+                }
+            });
             let stop = async {
                 use tokio::signal::unix::{signal, SignalKind};
                 let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
@@ -201,8 +214,32 @@ pub async fn group(cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
 
 pub async fn resource(cmd: &ResourceCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        ResourceCommand::Cleanup { resource, socket } => {
+        ResourceCommand::Cleanup { resource: Some(resource), socket, .. } => {
             operator(&socket.socket, OperatorCommand::Cleanup { resource: resource.clone() }).await
+        }
+        ResourceCommand::Cleanup { resource: None, socket, .. } => {
+            let report = match Client::call(&socket.socket, Request::Status).await? {
+                Response::Status { status } => status,
+                Response::Error { message } => anyhow::bail!("{message}"),
+                other => anyhow::bail!("unexpected answer: {other:?}"),
+            };
+            let dirty: Vec<String> = report
+                .resources
+                .iter()
+                .filter(|r| r.last_failure.is_some() || r.blocked.is_some() || !r.ineligible.is_empty() || r.restarts > 0)
+                .map(|r| r.name.clone())
+                .collect();
+            if dirty.is_empty() {
+                println!("nothing to clean up");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut code = ExitCode::SUCCESS;
+            for r in dirty {
+                if operator(&socket.socket, OperatorCommand::Cleanup { resource: r }).await? != ExitCode::SUCCESS {
+                    code = ExitCode::from(1);
+                }
+            }
+            Ok(code)
         }
     }
 }
@@ -290,20 +327,62 @@ pub async fn status(socket: &std::path::Path, json: bool, watch: bool) -> anyhow
     }
 }
 
-pub async fn events(socket: &std::path::Path, follow: bool, json: bool, since: u64) -> anyhow::Result<ExitCode> {
+/// Which events `warden events` shows.
+pub struct EventFilter {
+    since_seq: u64,
+    since_ms: u64,
+    resource: Option<String>,
+    group: Option<String>,
+    /// The group's resources (filled from the node's status).
+    members: Vec<String>,
+}
+
+impl EventFilter {
+    pub fn new(since: &str, resource: Option<String>, group: Option<String>) -> anyhow::Result<Self> {
+        let (since_seq, since_ms) = match since.parse::<u64>() {
+            Ok(seq) => (seq, 0),
+            Err(_) => {
+                let ago = crate::config::duration::parse(since)
+                    .map_err(|e| anyhow::anyhow!("--since {since}: {e} (a sequence number, or a duration like 10m, 2h, 1d)"))?;
+                let now = crate::node::history::unix_ms(std::time::SystemTime::now());
+                (0, now.saturating_sub(ago.as_millis() as u64))
+            }
+        };
+        Ok(Self { since_seq, since_ms, resource, group, members: Vec::new() })
+    }
+
+    fn keep(&self, e: &EventRecord) -> bool {
+        e.seq > self.since_seq
+            && e.at_ms >= self.since_ms
+            && self.resource.as_ref().is_none_or(|r| &e.subject == r)
+            && self.group.as_ref().is_none_or(|g| &e.subject == g || self.members.contains(&e.subject))
+    }
+}
+
+pub async fn events(socket: &std::path::Path, follow: bool, json: bool, mut filter: EventFilter) -> anyhow::Result<ExitCode> {
+    if let Some(g) = &filter.group {
+        if let Response::Status { status } = Client::call(socket, Request::Status).await? {
+            let group = status.groups.iter().find(|x| &x.name == g).ok_or_else(|| anyhow::anyhow!("no group named `{g}`"))?;
+            filter.members = group.resources.clone();
+        }
+    }
     let mut c = Client::connect(socket).await?;
-    c.send(Request::Events { since, follow }).await?;
+    c.send(Request::Events { since: filter.since_seq, follow }).await?;
     while let Some(resp) = c.recv().await? {
         match resp {
-            Response::Events { events } => {
-                for e in events {
-                    print_event(&e, json)?;
+            Response::Events { mut events } => {
+                // Records are written when an action ends, stamped with when it started: show
+                // them in the order things started.
+                events.sort_by_key(|e| (e.at_ms, e.seq));
+                for e in events.iter().filter(|e| filter.keep(e)) {
+                    print_event(e, json)?;
                 }
                 if !follow {
                     break;
                 }
             }
-            Response::Event { event } => print_event(&event, json)?,
+            Response::Event { event } if filter.keep(&event) => print_event(&event, json)?,
+            Response::Event { .. } => {}
             Response::Error { message } => eprintln!("warning: {message}"),
             other => anyhow::bail!("unexpected answer: {other:?}"),
         }
@@ -324,7 +403,7 @@ fn print_event(e: &EventRecord, json: bool) -> anyhow::Result<()> {
 }
 
 pub fn event_line(e: &EventRecord) -> String {
-    let mut s = format!("{}  {:<8} {:<14}", clock(e.at_ms), e.kind, e.subject);
+    let mut s = format!("{:>6}  {}  {:<8} {:<14}", e.seq, clock(e.at_ms), e.kind, e.subject);
     if let Some(a) = &e.action {
         s.push_str(&format!(" {a:<8}"));
     }

@@ -63,9 +63,13 @@ fn restart_limit_exhausted_fails_the_group_and_cleanup_restores_it() {
     let acts = n.actions();
     let stops: Vec<&String> = acts.iter().filter(|(_, a, r)| a == "stop" && r == "ok").map(|(s, _, _)| s).collect();
     assert_eq!(stops, vec!["c", "b", "a"], "stopped top-down");
-    let o = n.cli(&["resource", "cleanup", "b"]);
+    let o = n.cli(&["resource", "cleanup", "--all"]);
     assert!(o.status.success(), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("accepted: clean up resource `b`"), "{o:?}");
     assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    let o = n.cli(&["resource", "cleanup", "--all"]);
+    assert!(n.wait(LONG, |n| n.resource("b")["restarts"] == 0));
+    let _ = o;
 }
 
 #[test]
@@ -444,4 +448,36 @@ autostart = false
     let o = n.cli(&["group", "start", "other"]);
     assert!(o.status.success(), "{o:?}");
     assert!(n.wait(LONG, |n| n.events().iter().any(|e| e["message"].as_str().unwrap_or("").contains("failures cleared by `group start`"))));
+}
+
+/// SIGHUP never kills the daemon silently: it says it ignores it and keeps serving.
+#[test]
+fn sighup_is_refused_with_a_log_line() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    n.signal("-HUP");
+    assert!(n.wait(LONG, |n| n.log().contains("SIGHUP ignored")), "{}", n.log());
+    assert_eq!(n.group_state("app"), "started");
+    assert!(n.alive("a"));
+}
+
+/// `events` filters by resource, by group and by time, shows sequence numbers, and lists
+/// actions in the order they started.
+#[test]
+fn events_filters_and_order() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    let text = |args: &[&str]| String::from_utf8_lossy(&n.cli(args).stdout).into_owned();
+    let b = text(&["events", "--resource", "b"]);
+    assert!(b.lines().count() >= 2 && b.lines().all(|l| l.contains(" b ")), "{b}");
+    let g = text(&["events", "--group", "app"]);
+    assert!(g.contains(" a ") && g.contains(" b ") && g.contains(" c ") && g.contains(" app "), "{g}");
+    assert!(text(&["events", "--since", "1h"]).lines().count() >= 6);
+    let all = text(&["events"]);
+    let first = all.lines().next().unwrap();
+    assert!(first.trim_start().starts_with('1'), "sequence numbers are shown: {first}");
+    let o = n.cli(&["events", "--since", "yesterday"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--since yesterday"), "{o:?}");
 }
