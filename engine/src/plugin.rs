@@ -44,8 +44,8 @@ use instance::HostState;
 /// The WIT package this host implements.
 pub const WIT_PACKAGE: &str = "warden:agent@0.1.0";
 
-/// Granularity of deadlines: the epoch ticker's period.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Granularity of deadlines: the epoch ticker's period (25 ms: 40 wake-ups a second when idle).
+const EPOCH_TICK: Duration = Duration::from_millis(25);
 
 /// Time allowed for `metadata()` when a plugin is loaded.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);

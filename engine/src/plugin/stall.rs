@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-const BEAT: Duration = Duration::from_millis(20);
+const BEAT: Duration = Duration::from_millis(50);
 /// A gap longer than this (beyond one beat) counts as a stall.
 const STALL: Duration = Duration::from_millis(250);
 
