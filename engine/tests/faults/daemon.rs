@@ -24,32 +24,9 @@ fn copies(marker: &str) -> usize {
 fn daemon_killed_during_a_start_never_leaves_two_copies() {
     let marker = format!("77{}", std::process::id());
     let mut n = TestNode::new(|d| {
-        let script = d.join("slow-start.sh");
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\ntouch {began}\nsleep 2\nsetsid sleep {marker} </dev/null >/dev/null 2>&1 &\necho $! > \"$1\"\n",
-                began = d.join("start-began").display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let pid = d.join("svc.pid");
         format!(
-            r#"
-[[resources]]
-name = "svc"
-plugin = "example-rust"
-params = {{ pidfile = "{pid}", start = "{script}", start_args = "{pid}", stop_grace_ms = "1000" }}
-grants = {{ exec = [{{ program = "{script}" }}, {{ program = "/bin/kill", args = ["-*", "*"] }}], read = ["{pid}", "/proc/*/stat"] }}
-monitor_interval = "300ms"
-
-[[groups]]
-name = "app"
-resources = ["svc"]
-"#,
-            pid = pid.display(),
-            script = script.display()
+            "{}\n[[groups]]\nname = \"app\"\nresources = [\"svc\"]\n",
+            script_resource(d, "svc", &slow_start(d, 2, &marker), "monitor_interval = \"300ms\"")
         )
     });
     n.start(&[]);
@@ -254,33 +231,9 @@ fn a_connection_flood_does_not_starve_the_node() {
 #[test]
 fn a_stalled_daemon_does_not_turn_a_successful_start_into_a_timeout() {
     let mut n = TestNode::new(|d| {
-        let script = d.join("start.sh");
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\ntouch {began}\nsleep 1\nsetsid sleep 100000 </dev/null >/dev/null 2>&1 &\necho $! > \"$1\"\n",
-                began = d.join("start-began").display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let pid = d.join("svc.pid");
         format!(
-            r#"
-[[resources]]
-name = "svc"
-plugin = "example-rust"
-params = {{ pidfile = "{pid}", start = "{script}", start_args = "{pid}", stop_grace_ms = "1000" }}
-grants = {{ exec = [{{ program = "{script}" }}, {{ program = "/bin/kill", args = ["-*", "*"] }}], read = ["{pid}", "/proc/*/stat"] }}
-monitor_interval = "300ms"
-timeouts = {{ start = "3s" }}
-
-[[groups]]
-name = "app"
-resources = ["svc"]
-"#,
-            pid = pid.display(),
-            script = script.display()
+            "{}\n[[groups]]\nname = \"app\"\nresources = [\"svc\"]\n",
+            script_resource(d, "svc", &slow_start(d, 1, "100000"), "monitor_interval = \"300ms\"\ntimeouts = { start = \"3s\" }")
         )
     });
     n.start(&[]);

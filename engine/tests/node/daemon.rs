@@ -408,26 +408,10 @@ fn restart_counts_survive_a_daemon_restart_and_not_a_reboot() {
 #[test]
 fn group_commands_wait_and_say_what_happened() {
     let mut n = TestNode::new(|d| {
-        let bad = d.join("bad-start.sh");
-        std::fs::write(&bad, "#!/bin/sh\necho 'cannot bind port 8080' >&2\nexit 3\n").unwrap();
-        std::fs::set_permissions(&bad, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let pid = d.join("bad.pid");
         format!(
-            r#"{chain}
-[[resources]]
-name = "broken"
-plugin = "example-rust"
-params = {{ pidfile = "{pid}", start = "{bad}", start_args = "{pid}" }}
-grants = {{ exec = [{{ program = "{bad}" }}, {{ program = "/bin/kill", args = ["-*", "*"] }}], read = ["{pid}", "/proc/*/stat"] }}
-
-[[groups]]
-name = "other"
-resources = ["broken"]
-autostart = false
-"#,
-            chain = chain3(d, 3),
-            pid = pid.display(),
-            bad = bad.display()
+            "{}{}\n[[groups]]\nname = \"other\"\nresources = [\"broken\"]\nautostart = false\n",
+            chain3(d, 3),
+            script_resource(d, "broken", "echo 'cannot bind port 8080' >&2\nexit 3\n", "")
         )
     });
     n.start(&[]);

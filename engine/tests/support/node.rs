@@ -34,21 +34,44 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-/// One pid-file resource for the example Rust agent, as TOML.
-pub fn pid_resource(dir: &Path, name: &str, interval: &str) -> String {
-    let daemon = root().join("examples/agents/demo-daemon.sh");
-    let pidfile = dir.join(format!("{name}.pid"));
+/// A resource of the example Rust (pid-file) agent started by `program`, as TOML, with `extra`
+/// TOML lines for the resource.
+fn pid_file_resource(dir: &Path, name: &str, program: &Path, extra: &str) -> String {
+    let pid = dir.join(format!("{name}.pid"));
     format!(
         r#"
 [[resources]]
 name = "{name}"
 plugin = "example-rust"
-params = {{ pidfile = "{pid}", start = "{daemon}", start_args = "{pid}", stop_grace_ms = "1000" }}
-grants = {{ exec = [{{ program = "{daemon}" }}, {{ program = "/bin/kill", args = ["-*", "*"] }}], read = ["{pid}", "/proc/*/stat"] }}
-monitor_interval = "{interval}"
+params = {{ pidfile = "{pid}", start = "{program}", start_args = "{pid}", stop_grace_ms = "1000" }}
+grants = {{ exec = [{{ program = "{program}" }}, {{ program = "/bin/kill", args = ["-*", "*"] }}], read = ["{pid}", "/proc/*/stat"] }}
+{extra}
 "#,
-        pid = pidfile.display(),
-        daemon = daemon.display()
+        pid = pid.display(),
+        program = program.display()
+    )
+}
+
+/// One pid-file resource for the example Rust agent (the demo daemon), as TOML.
+pub fn pid_resource(dir: &Path, name: &str, interval: &str) -> String {
+    pid_file_resource(dir, name, &root().join("examples/agents/demo-daemon.sh"), &format!("monitor_interval = \"{interval}\""))
+}
+
+/// A pid-file resource `name` whose start program is a shell script with `body` (it gets the pid
+/// file as `$1`), plus `extra` TOML lines for the resource. The script is written under `dir`.
+pub fn script_resource(dir: &Path, name: &str, body: &str, extra: &str) -> String {
+    let script = dir.join(format!("{name}-start.sh"));
+    std::fs::write(&script, format!("#!/bin/sh\n{body}")).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    pid_file_resource(dir, name, &script, extra)
+}
+
+/// A script body that marks when it began (`<dir>/start-began`), waits `secs`, then starts a
+/// detached `sleep <marker>` and writes its pid: a slow start with a countable service.
+pub fn slow_start(dir: &Path, secs: u32, marker: &str) -> String {
+    format!(
+        "touch {began}\nsleep {secs}\nsetsid sleep {marker} </dev/null >/dev/null 2>&1 &\necho $! > \"$1\"\n",
+        began = dir.join("start-began").display()
     )
 }
 
