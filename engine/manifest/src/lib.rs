@@ -31,7 +31,7 @@ pub enum ManifestError {
     #[error("not a WebAssembly component: {0}")]
     NotWasm(String),
     #[error(
-        "the component has no `{SECTION_NAME}` section; build it with `cargo xtask plugins` or add one with `warden plugin embed-manifest`"
+        "the component has no `{SECTION_NAME}` section; build it with `cargo xtask plugins` or add one with `warden plugin package COMPONENT --manifest warden.toml -o PLUGIN.wasm`"
     )]
     Missing,
     #[error("the component has more than one `{SECTION_NAME}` section")]

@@ -20,7 +20,7 @@ async fn pid_file_agent_lifecycle(plugin_name: &str) {
     let granted = caps(&format!(
         r#"
 exec = [{{ program = "{daemon}" }}, {{ program = "/bin/kill", args = ["-*", "*"] }}]
-read = ["{pidfile}", "/proc/*/stat"]
+read = ["{pidfile}", "/proc/*/stat", "{daemon}"]
 "#
     ));
     let mut inst = plugin.instance("svc", granted, Limits::default());
@@ -50,6 +50,12 @@ read = ["{pidfile}", "/proc/*/stat"]
     inst.start(&c, T).await.unwrap();
     let pid2: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
     assert_ne!(pid2 as i32, pid);
+    // Every action of the example: validate, and recover (stop + start: a new daemon).
+    inst.validate(&c, T).await.unwrap();
+    inst.recover(&c, T).await.expect("recover restarts the daemon");
+    let pid3: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    assert_ne!(pid3, pid2, "recover made a new daemon");
+    assert_eq!(inst.monitor(&c, T).await.unwrap(), Health::Running);
     inst.stop(&c, T).await.unwrap();
     assert_eq!(inst.monitor(&c, T).await.unwrap(), Health::Stopped);
     inst.stop(&c, T).await.expect("stopping a stopped resource succeeds");
@@ -109,6 +115,8 @@ connect = ["127.0.0.1:{port}"]
     inst.start(&c, T).await.unwrap();
     assert_eq!(inst.monitor(&c, T).await.unwrap(), Health::Running);
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    inst.recover(&c, T).await.expect("recover restarts the service");
+    assert_eq!(inst.monitor(&c, T).await.unwrap(), Health::Running);
     inst.stop(&c, T).await.unwrap();
     assert_eq!(inst.monitor(&c, T).await.unwrap(), Health::Stopped);
 

@@ -84,8 +84,9 @@ export const agent = {
     return livePid(ctx) !== null ? { tag: 'running' } : { tag: 'stopped' };
   },
 
+  // The host calls exports as plain functions (`this` is undefined), so name the object.
   recover(ctx) {
-    this.stop(ctx);
-    this.start(ctx);
+    agent.stop(ctx);
+    agent.start(ctx);
   },
 };

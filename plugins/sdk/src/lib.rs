@@ -30,6 +30,7 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_resource_agent",
         default_bindings_module: "warden_sdk::bindings",
+        additional_derives: [PartialEq],
     });
 }
 
