@@ -155,10 +155,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin { command } => plugin_cmd::run(&cli, command).await,
         Command::Demo(args) => demo::run_demo(&cli, args).await,
         Command::Node { command } => ops::node(command, &cli).await,
-        Command::Status { json, watch, socket } => ops::status(&socket.socket, *json, *watch).await,
+        Command::Status { json, watch, socket } => ops::status(&socket.path()?, *json, *watch).await,
         Command::Events { follow, json, since, resource, group, socket } => {
             let filter = ops::EventFilter::new(since, resource.clone(), group.clone())?;
-            ops::events(&socket.socket, *follow, *json, filter).await
+            ops::events(&socket.path()?, *follow, *json, filter).await
         }
         Command::Group { command } => ops::group(command).await,
         Command::Resource { command } => ops::resource(command).await,

@@ -12,12 +12,34 @@ use crate::node::history::EventRecord;
 use crate::node::{Node, NodeOptions};
 use crate::scheduler::OperatorCommand;
 
-/// Where the CLI finds the node: --socket, else $WARDEN_SOCKET, else the default.
+/// Where the CLI finds the node: --socket, else `daemon.control_socket` of --config (or
+/// $WARDEN_CONFIG), else $WARDEN_SOCKET, else the default.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SocketArg {
-    /// The node's control socket.
-    #[arg(long, env = "WARDEN_SOCKET", default_value = crate::node::DEFAULT_SOCKET)]
-    pub socket: PathBuf,
+    /// The node's control socket [default: $WARDEN_SOCKET, else /run/warden/warden.sock].
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// The cluster config: its `daemon.control_socket` names the socket.
+    #[arg(long = "config", env = "WARDEN_CONFIG", conflicts_with = "socket")]
+    pub config: Option<PathBuf>,
+}
+
+impl SocketArg {
+    pub fn path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        if let Some(c) = &self.config {
+            let cfg = crate::config::ClusterConfig::load(c)?;
+            return Ok(cfg
+                .daemon
+                .control_socket
+                .clone()
+                .map(|p| cfg.resolve_path(&p))
+                .unwrap_or_else(|| PathBuf::from(crate::node::DEFAULT_SOCKET)));
+        }
+        Ok(std::env::var_os("WARDEN_SOCKET").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(crate::node::DEFAULT_SOCKET)))
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -181,33 +203,33 @@ pub async fn node(cmd: &NodeCommand, cli: &crate::cli::Cli) -> anyhow::Result<Ex
             println!("{}: ok (config, plugins, and every resource's and fence device's validate)", config.display());
             Ok(ExitCode::SUCCESS)
         }
-        NodeCommand::Standby { node, socket } => operator(&socket.socket, OperatorCommand::Standby { node: node.clone() }).await,
-        NodeCommand::Online { node, socket } => operator(&socket.socket, OperatorCommand::Online { node: node.clone() }).await,
+        NodeCommand::Standby { node, socket } => operator(&socket.path()?, OperatorCommand::Standby { node: node.clone() }).await,
+        NodeCommand::Online { node, socket } => operator(&socket.path()?, OperatorCommand::Online { node: node.clone() }).await,
     }
 }
 
 pub async fn group(cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         GroupCommand::Start { group, wait, socket } => {
-            let code = operator(&socket.socket, OperatorCommand::StartGroup { group: group.clone() }).await?;
+            let code = operator(&socket.path()?, OperatorCommand::StartGroup { group: group.clone() }).await?;
             if code != ExitCode::SUCCESS || !wait.wait {
                 return Ok(code);
             }
-            wait_for_group(&socket.socket, group, Goal::Started(None), wait.timeout).await
+            wait_for_group(&socket.path()?, group, Goal::Started(None), wait.timeout).await
         }
         GroupCommand::Stop { group, wait, socket } => {
-            let code = operator(&socket.socket, OperatorCommand::StopGroup { group: group.clone() }).await?;
+            let code = operator(&socket.path()?, OperatorCommand::StopGroup { group: group.clone() }).await?;
             if code != ExitCode::SUCCESS || !wait.wait {
                 return Ok(code);
             }
-            wait_for_group(&socket.socket, group, Goal::Stopped, wait.timeout).await
+            wait_for_group(&socket.path()?, group, Goal::Stopped, wait.timeout).await
         }
         GroupCommand::Move { group, to, wait, socket } => {
-            let code = operator(&socket.socket, OperatorCommand::MoveGroup { group: group.clone(), to: to.clone() }).await?;
+            let code = operator(&socket.path()?, OperatorCommand::MoveGroup { group: group.clone(), to: to.clone() }).await?;
             if code != ExitCode::SUCCESS || !wait.wait {
                 return Ok(code);
             }
-            wait_for_group(&socket.socket, group, Goal::Started(to.clone()), wait.timeout).await
+            wait_for_group(&socket.path()?, group, Goal::Started(to.clone()), wait.timeout).await
         }
     }
 }
@@ -215,10 +237,10 @@ pub async fn group(cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
 pub async fn resource(cmd: &ResourceCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ResourceCommand::Cleanup { resource: Some(resource), socket, .. } => {
-            operator(&socket.socket, OperatorCommand::Cleanup { resource: resource.clone() }).await
+            operator(&socket.path()?, OperatorCommand::Cleanup { resource: resource.clone() }).await
         }
         ResourceCommand::Cleanup { resource: None, socket, .. } => {
-            let report = match Client::call(&socket.socket, Request::Status).await? {
+            let report = match Client::call(&socket.path()?, Request::Status).await? {
                 Response::Status { status } => status,
                 Response::Error { message } => anyhow::bail!("{message}"),
                 other => anyhow::bail!("unexpected answer: {other:?}"),
@@ -235,7 +257,7 @@ pub async fn resource(cmd: &ResourceCommand) -> anyhow::Result<ExitCode> {
             }
             let mut code = ExitCode::SUCCESS;
             for r in dirty {
-                if operator(&socket.socket, OperatorCommand::Cleanup { resource: r }).await? != ExitCode::SUCCESS {
+                if operator(&socket.path()?, OperatorCommand::Cleanup { resource: r }).await? != ExitCode::SUCCESS {
                     code = ExitCode::from(1);
                 }
             }

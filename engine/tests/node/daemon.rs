@@ -465,3 +465,19 @@ fn events_filters_and_order() {
     let o = n.cli(&["events", "--since", "yesterday"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--since yesterday"), "{o:?}");
 }
+
+/// The CLI finds the socket named in the config (`--config`), as the daemon does.
+#[test]
+fn the_cli_finds_the_socket_named_in_the_config() {
+    let mut n = TestNode::new(|d| format!("{}\n[daemon]\ncontrol_socket = \"{}\"\n", chain3(d, 3), d.join("w.sock").display()));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    let o = std::process::Command::new(warden_bin())
+        .args(["status", "--json", "--config"])
+        .arg(&n.config)
+        .env_remove("WARDEN_SOCKET")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("\"cluster\":\"t\""));
+}
