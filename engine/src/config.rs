@@ -180,6 +180,10 @@ pub struct GroupConfig {
     pub max_restarts: u32,
     #[serde(default = "default_restart_window")]
     pub restart_window: HumanDuration,
+    /// After this long a failure no longer keeps the group off a node (Pacemaker's
+    /// `failure-timeout`); default: until `warden resource cleanup` or `group start`.
+    #[serde(default)]
+    pub failure_timeout: Option<HumanDuration>,
     #[serde(default = "default_monitor_timeouts_to_fail")]
     pub monitor_timeouts_to_fail: u32,
     /// Start the group when the cluster starts (default true).
@@ -644,6 +648,7 @@ impl ClusterConfig {
                     switchback: g.switchback,
                     max_restarts: g.max_restarts,
                     restart_window: g.restart_window.get().as_millis() as Millis,
+                    failure_timeout: g.failure_timeout.map(|d| d.get().as_millis() as Millis),
                     monitor_timeouts_to_fail: g.monitor_timeouts_to_fail.max(1),
                     autostart: g.autostart,
                 }),

@@ -74,7 +74,7 @@
 //!   for c in cmds { carry out c; later feed back Event::Probe/ActionDone with c's op }
 //! ```
 //! Feed [`Event::Tick`] periodically (restart windows age, `failed_on` entries expire after
-//! `restart_window`, unsure resources are probed again). Run recurring monitors for
+//! the group's `failure_timeout` when it has one, unsure resources are probed again). Run recurring monitors for
 //! [`Scheduler::monitored_on`] with [`Scheduler::epoch`] of the resource and feed the answers as
 //! [`Event::Monitor`]. After losing state, build a new scheduler, [`Scheduler::restore`] the
 //! persisted form with an epoch floor (e.g. wall-clock ms), then feed `NodeUp` for the nodes.
@@ -126,6 +126,10 @@ pub struct GroupModel {
     pub switchback: Switchback,
     pub max_restarts: u32,
     pub restart_window: Millis,
+    /// How long after a failure the node is eligible again by itself (Pacemaker's
+    /// `failure-timeout`). None: until the operator's cleanup or `group start` (the default, as
+    /// in LifeKeeper and Pacemaker).
+    pub failure_timeout: Option<Millis>,
     pub monitor_timeouts_to_fail: u32,
     pub autostart: bool,
 }
@@ -802,12 +806,13 @@ impl Scheduler {
                 }
                 o.restarts.retain(|_, v| !v.is_empty());
             }
+            let Some(timeout) = g.failure_timeout else { continue };
             let gs = self.state.decisions.groups.get_mut(&g.name).unwrap();
             let expired: Vec<String> =
-                gs.failed_on.iter().filter(|(_, f)| now.saturating_sub(f.at) >= window).map(|(n, _)| n.clone()).collect();
+                gs.failed_on.iter().filter(|(_, f)| now.saturating_sub(f.at) >= timeout).map(|(n, _)| n.clone()).collect();
             for n in expired {
                 gs.failed_on.remove(&n);
-                out.push(Command::Note { subject: g.name.clone(), message: format!("failure on {n} expired (restart window passed)") });
+                out.push(Command::Note { subject: g.name.clone(), message: format!("failure on {n} expired (failure_timeout passed)") });
             }
         }
         // Resources whose state is unsure on a reachable node are asked again.

@@ -50,6 +50,7 @@ fn model(nodes: &[&str], groups: &[(&str, &[&str])], fenceable: bool) -> Model {
                 switchback: Switchback::Intelligent,
                 max_restarts: 2,
                 restart_window: 60_000,
+                failure_timeout: None,
                 monitor_timeouts_to_fail: 2,
                 autostart: true,
             }),
@@ -330,9 +331,28 @@ fn tick_ages_restart_counters_and_failures() {
     let cmds = settle(&mut s, 30_000, Event::Tick);
     assert!(starts(&cmds).is_empty());
     assert!(!s.decisions_changed());
-    // Past the window: the counters are dropped and the failure expires; the group runs again.
+    // Past the window: the counters are dropped, but the failure stays (no failure_timeout):
+    // a FAILED group waits for the operator, as in LifeKeeper and Pacemaker.
     let cmds = settle(&mut s, 64_000, Event::Tick);
     assert!(s.state().observations.resources["app"].restarts.is_empty());
+    assert!(starts(&cmds).is_empty());
+    assert_eq!(s.group_status("g"), "failed");
+}
+
+#[test]
+fn a_failure_timeout_lets_the_group_run_again() {
+    let mut m = model(&["a"], &[("g", &["app"])], false);
+    let g = std::sync::Arc::make_mut(m.groups.get_mut("g").unwrap());
+    g.failure_timeout = Some(60_000);
+    let mut s = Scheduler::new(m);
+    settle(&mut s, 0, Event::NodeUp("a".into()));
+    for t in [1_000, 2_000, 3_000] {
+        let e = monitor(&s, "app", "a", MonitorOutcome::Failed("x".into()));
+        settle(&mut s, t, e);
+    }
+    assert_eq!(s.group_status("g"), "failed");
+    assert!(starts(&settle(&mut s, 30_000, Event::Tick)).is_empty());
+    let cmds = settle(&mut s, 64_000, Event::Tick);
     assert!(s.state().decisions.groups["g"].failed_on.is_empty());
     assert_eq!(starts(&cmds), vec![rn("app", "a")]);
     assert_eq!(s.group_status("g"), "started");
@@ -814,6 +834,8 @@ fn sim_model(fenceable: bool) -> Model {
                 switchback,
                 max_restarts: 2,
                 restart_window: 20_000,
+                // The simulation heals without an operator: failures expire.
+                failure_timeout: Some(20_000),
                 monitor_timeouts_to_fail: 2,
                 autostart: true,
             }),
