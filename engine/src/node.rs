@@ -30,6 +30,10 @@ use crate::scheduler::{ActionKind, Activity, Command, Event, Failure, Millis, Mo
 use history::{unix_ms, EventRecord, History};
 use worker::{Job, JobKind, JobOutcome, JobResult, Timeouts, Worker};
 
+/// How long an operator command waits for its decision to be durable before it is told the disk
+/// does not answer.
+const REPLY_WAIT: Duration = Duration::from_secs(10);
+
 /// How often the scheduler re-evaluates time-based rules even when nothing happens.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -327,10 +331,15 @@ impl Node {
                         }
                     }
                 }
-                if loaded.used == warden_store::Generation::Previous {
+                // The previous generation may predate epochs already handed out (the current file
+                // was damaged, not missing): continue them from the clock as when state is lost.
+                let floor = if loaded.used == warden_store::Generation::Previous {
                     note(&mut history, "node", &self.name, "using the previous generation of the state file".into());
-                }
-                sched.restore(&p.state, 0);
+                    unix_ms(SystemTime::now()).min(MAX_EPOCH)
+                } else {
+                    0
+                };
+                sched.restore(&p.state, floor);
             }
             None => {
                 // Nothing durable survived (first start, or every generation damaged). Epochs must
@@ -427,7 +436,16 @@ impl Node {
 
         // Control socket. We hold its lock, so whatever is at the path is a leftover of a dead
         // daemon (or a daemon of an older version that took no lock: refuse if it answers).
-        if self.socket.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(&self.socket) {
+            use std::os::unix::fs::FileTypeExt;
+            // Never delete what is not a socket (a mistyped control_socket naming a file).
+            if !meta.file_type().is_socket() {
+                return Err(NodeError::Io {
+                    what: "the control socket path exists and is not a socket",
+                    path: self.socket.clone(),
+                    source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+                });
+            }
             if tokio::net::UnixStream::connect(&self.socket).await.is_ok() {
                 return Err(NodeError::AlreadyRunning(self.socket.clone()));
             }
@@ -523,7 +541,9 @@ impl Node {
         let mut decision_gen = 0u64;
         let mut last_submitted: Option<crate::scheduler::Persisted> = None;
         let mut held: std::collections::VecDeque<(u64, Command)> = std::collections::VecDeque::new();
-        let mut waiting_replies: Vec<(u64, oneshot::Sender<Response>, String)> = Vec::new();
+        // (generation, reply, command text, since): answered once durable, with an error after a
+        // failed write of that generation, or after REPLY_WAIT without any answer from the disk.
+        let mut waiting_replies: Vec<(u64, oneshot::Sender<Response>, String, Instant)> = Vec::new();
         let mut new_reply: Option<(oneshot::Sender<Response>, String)> = None;
         let mut state_error: Option<String> = None;
 
@@ -556,7 +576,7 @@ impl Node {
             }
             if let Some((reply, text)) = new_reply.take() {
                 if decision_gen > durable_gen {
-                    waiting_replies.push((decision_gen, reply, text));
+                    waiting_replies.push((decision_gen, reply, text, Instant::now()));
                 } else {
                     let _ = reply.send(Response::Ok { message: format!("accepted: {text}") });
                 }
@@ -568,7 +588,9 @@ impl Node {
                         tracing::info!(subject = %subject, "{message}");
                         note(&mut history, "decision", &subject, message);
                     }
-                    c if decision_gen > durable_gen || !held.is_empty() => {
+                    // At shutdown nothing waits on the disk: stopping must finish even when the
+                    // state cannot be written (shutdown stops change no decision).
+                    c if !shutting_down && (decision_gen > durable_gen || !held.is_empty()) => {
                         if let Some(r) = command_resource(&c) {
                             *busy.0.entry(r.to_string()).or_default() += 1;
                         }
@@ -637,9 +659,9 @@ impl Node {
                         if state_error.take().is_some() {
                             note(&mut history, "node", &self.name, "the state file is durable again; held commands go ahead".into());
                         }
-                        let (done, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut waiting_replies).into_iter().partition(|(g, _, _)| *g <= durable_gen);
+                        let (done, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut waiting_replies).into_iter().partition(|(g, ..)| *g <= durable_gen);
                         waiting_replies = wait;
-                        for (_, reply, text) in done {
+                        for (_, reply, text, _) in done {
                             let _ = reply.send(Response::Ok { message: format!("accepted: {text}") });
                         }
                     }
@@ -649,7 +671,10 @@ impl Node {
                             tracing::error!(error = %e, "cannot write the state file; decisions are held until it is durable");
                             note(&mut history, "node", &self.name, format!("cannot write the state file ({e}); new decisions are held until it is durable (retrying)"));
                         }
-                        for (_, reply, text) in waiting_replies.drain(..) {
+                        // Only what waited for this generation (or an older one) failed with it.
+                        let (failed, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut waiting_replies).into_iter().partition(|(g, ..)| *g <= ack.generation);
+                        waiting_replies = wait;
+                        for (_, reply, text, _) in failed {
                             let message = format!("not acknowledged: the state could not be made durable ({e}); Warden keeps retrying and carries out `{text}` only once it is written");
                             let _ = reply.send(Response::Error { message });
                         }
@@ -689,6 +714,14 @@ impl Node {
                 }
                 _ = tick.tick() => {
                     pending = sched.handle(now_ms(), Event::Tick);
+                    // A disk that does not answer at all (hung, frozen): tell the operator rather
+                    // than keep the connection (and a control slot) forever.
+                    let (late, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut waiting_replies).into_iter().partition(|(.., since)| since.elapsed() >= REPLY_WAIT);
+                    waiting_replies = wait;
+                    for (_, reply, text, _) in late {
+                        let message = format!("not acknowledged yet: the state directory has not confirmed the write within {REPLY_WAIT:?} (hung disk?); Warden carries out `{text}` once it is written");
+                        let _ = reply.send(Response::Error { message });
+                    }
                 }
                 _ = &mut signals, if !shutting_down => {
                     if self.leave_running {
@@ -697,6 +730,26 @@ impl Node {
                     }
                     shutting_down = true;
                     note(&mut history, "node", &self.name, "shutting down: stopping every group top-down".into());
+                    // Held commands were never carried out: probes and stops go now; starts and
+                    // recoveries are answered as host faults (nothing ran), so nothing waits on
+                    // a disk that may never answer.
+                    for (_, c) in std::mem::take(&mut held) {
+                        let kind = if matches!(c, Command::Start { .. }) { JobKind::Start } else { JobKind::Recover };
+                        match c {
+                            Command::Start { resource, op, epoch, .. } | Command::Recover { resource, op, epoch, .. } => {
+                                let _ = results_tx.send(JobResult {
+                                    resource,
+                                    kind,
+                                    op,
+                                    epoch,
+                                    started: Instant::now(),
+                                    duration: Duration::ZERO,
+                                    outcome: JobOutcome::Done(Err(Failure::HostFault("not carried out: the node is shutting down and the decision was never durable".into()))),
+                                });
+                            }
+                            c => carry_out(c, &workers, &mut busy, &results_tx, &mut history, true),
+                        }
+                    }
                     pending = sched.stop_all(now_ms());
                 }
             }

@@ -108,6 +108,8 @@ pub struct Worker {
     journal: Option<PathBuf>,
     /// The resource's cgroup: killed as a whole at a start/recover timeout and after a stop.
     cgroup: Option<ResourceCgroup>,
+    /// A journal write or removal that overran its timeout and still runs.
+    journal_pending: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A start, stop or recover in flight, written durably (`<state_dir>/actions/<resource>.json`)
@@ -141,12 +143,23 @@ impl Worker {
         let Setup { params, grants, timeouts, limits, journal, cgroup } = setup;
         let mut instance = plugin.instance(resource, grants, limits);
         instance.set_cgroup(cgroup.as_ref().map(|c| c.path()));
-        Self { resource: resource.into(), node: node.into(), params, timeouts, instance, validated: false, journal, cgroup }
+        Self {
+            resource: resource.into(),
+            node: node.into(),
+            params,
+            timeouts,
+            instance,
+            validated: false,
+            journal,
+            cgroup,
+            journal_pending: None,
+        }
     }
 
     /// Record the action durably before it runs; an action that cannot be recorded does not run.
     async fn record(&mut self, kind: JobKind, epoch: u64, timeout: Duration) -> Result<(), String> {
         let Some(path) = self.journal.clone() else { return Ok(()) };
+        self.journal_settled()?;
         let now = super::history::unix_ms(std::time::SystemTime::now());
         let rec = ActionRecord {
             resource: self.resource.clone(),
@@ -158,20 +171,47 @@ impl Worker {
         let bytes = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
         // On the blocking pool, bounded: a hung state disk stalls this resource only, and the
         // action is refused (a host fault, probed again) rather than run unrecorded.
-        let write = tokio::task::spawn_blocking(move || warden_store::state::replace_durably(&path, &bytes));
-        match tokio::time::timeout(JOURNAL_TIMEOUT, write).await {
+        let target = path.clone();
+        let mut write = tokio::task::spawn_blocking(move || warden_store::state::replace_durably(&target, &bytes));
+        match tokio::time::timeout(JOURNAL_TIMEOUT, &mut write).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(format!("cannot record the action in the state directory: {e}")),
             Ok(Err(e)) => Err(format!("cannot record the action: {e}")),
-            Err(_) => Err(format!("the state directory did not answer within {JOURNAL_TIMEOUT:?}")),
+            Err(_) => {
+                // The write goes on in the background; if it lands, it records an action that was
+                // refused, so take the record back once it has, and refuse further actions until
+                // then (two journal operations must never race on one file).
+                self.journal_pending = Some(tokio::spawn(async move {
+                    let _ = write.await;
+                    let _ = tokio::task::spawn_blocking(move || warden_store::state::remove_durably(&path)).await;
+                }));
+                Err(format!("the state directory did not answer within {JOURNAL_TIMEOUT:?}"))
+            }
+        }
+    }
+
+    /// A journal operation that overran its timeout must finish before the next one starts.
+    fn journal_settled(&mut self) -> Result<(), String> {
+        match &self.journal_pending {
+            Some(h) if !h.is_finished() => Err("an earlier write to the state directory has not finished (hung disk?)".into()),
+            _ => {
+                self.journal_pending = None;
+                Ok(())
+            }
         }
     }
 
     async fn forget(&mut self) {
         let Some(path) = self.journal.clone() else { return };
-        let remove = tokio::task::spawn_blocking(move || warden_store::state::remove_durably(&path));
-        match tokio::time::timeout(JOURNAL_TIMEOUT, remove).await {
+        let mut remove = tokio::task::spawn_blocking(move || warden_store::state::remove_durably(&path));
+        match tokio::time::timeout(JOURNAL_TIMEOUT, &mut remove).await {
             Ok(Ok(Ok(()))) => {}
+            Err(_) => {
+                tracing::error!(resource = %self.resource, "clearing the action record is slow (hung disk?); new actions wait for it");
+                self.journal_pending = Some(tokio::spawn(async move {
+                    let _ = remove.await;
+                }));
+            }
             other => {
                 tracing::error!(resource = %self.resource, ?other, "cannot clear the action record; the next daemon start will kill this resource's processes before probing")
             }
@@ -192,10 +232,12 @@ impl Worker {
     pub async fn run(mut self, mut jobs: mpsc::Receiver<Job>, results: mpsc::UnboundedSender<JobResult>) {
         while let Some(job) = jobs.recv().await {
             let started = Instant::now();
-            // If this task panics mid-job, the guard still answers, so the node never waits
-            // forever for this job (later jobs fail at once: the queue is gone with the task).
+            // If this task panics mid-job, the guard still answers this job and every job queued
+            // behind it, so the node never waits forever (later jobs fail at once: the queue is
+            // gone with the task).
             let mut guard = PanicAnswer {
                 results: &results,
+                queued: &mut jobs,
                 resource: self.resource.clone(),
                 kind: job.kind,
                 op: job.op,
@@ -281,6 +323,7 @@ impl Worker {
 
 struct PanicAnswer<'a> {
     results: &'a mpsc::UnboundedSender<JobResult>,
+    queued: &'a mut mpsc::Receiver<Job>,
     resource: String,
     kind: JobKind,
     op: u64,
@@ -291,21 +334,29 @@ struct PanicAnswer<'a> {
 
 impl Drop for PanicAnswer<'_> {
     fn drop(&mut self) {
-        if self.armed {
-            let why = Failure::HostFault("the resource's worker crashed during this action".to_string());
-            let outcome = match self.kind {
+        if !self.armed {
+            return;
+        }
+        let answer = |kind: JobKind, op: u64, epoch: u64, why: &str| {
+            let why = Failure::HostFault(why.to_string());
+            let outcome = match kind {
                 JobKind::Probe | JobKind::Monitor => JobOutcome::Health(MonitorOutcome::Error(why)),
                 _ => JobOutcome::Done(Err(why)),
             };
             let _ = self.results.send(JobResult {
-                resource: std::mem::take(&mut self.resource),
-                kind: self.kind,
-                op: self.op,
-                epoch: self.epoch,
+                resource: self.resource.clone(),
+                kind,
+                op,
+                epoch,
                 started: self.started,
                 duration: self.started.elapsed(),
                 outcome,
             });
+        };
+        answer(self.kind, self.op, self.epoch, "the resource's worker crashed during this action");
+        self.queued.close();
+        while let Ok(j) = self.queued.try_recv() {
+            answer(j.kind, j.op, j.epoch, "the resource's worker crashed before this action ran");
         }
     }
 }

@@ -13,9 +13,13 @@ use std::time::{Duration, Instant};
 const BEAT: Duration = Duration::from_millis(50);
 /// A gap longer than this (beyond one beat) counts as a stall.
 const STALL: Duration = Duration::from_millis(250);
+/// The most a stall can extend one deadline.
+const MAX_EXTENSION: Duration = Duration::from_secs(60);
 
 struct Clock {
     anchor: Instant,
+    /// The sampler thread runs; without it nothing is counted as a stall (deadlines stay plain).
+    alive: std::sync::atomic::AtomicBool,
     /// Milliseconds since `anchor` of the last beat, and the stalled total so far.
     state: Mutex<(u64, u64)>,
 }
@@ -23,8 +27,12 @@ struct Clock {
 fn clock() -> &'static Clock {
     static CLOCK: OnceLock<&'static Clock> = OnceLock::new();
     CLOCK.get_or_init(|| {
-        let c: &'static Clock = Box::leak(Box::new(Clock { anchor: Instant::now(), state: Mutex::new((0, 0)) }));
-        let _ = std::thread::Builder::new().name("warden-stall".into()).spawn(move || loop {
+        let c: &'static Clock = Box::leak(Box::new(Clock {
+            anchor: Instant::now(),
+            alive: std::sync::atomic::AtomicBool::new(false),
+            state: Mutex::new((0, 0)),
+        }));
+        let spawned = std::thread::Builder::new().name("warden-stall".into()).spawn(move || loop {
             std::thread::sleep(BEAT);
             let now = c.anchor.elapsed().as_millis() as u64;
             let mut s = c.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -34,6 +42,10 @@ fn clock() -> &'static Clock {
             }
             s.0 = now;
         });
+        match spawned {
+            Ok(_) => c.alive.store(true, std::sync::atomic::Ordering::Release),
+            Err(e) => tracing::error!(error = %e, "cannot start the stall sampler; host stalls will count against action deadlines"),
+        }
         c
     })
 }
@@ -42,6 +54,9 @@ fn clock() -> &'static Clock {
 /// still being noticed.
 pub fn stalled_ms() -> u64 {
     let c = clock();
+    if !c.alive.load(std::sync::atomic::Ordering::Acquire) {
+        return 0;
+    }
     let now = c.anchor.elapsed().as_millis() as u64;
     let s = c.state.lock().unwrap_or_else(|e| e.into_inner());
     let overdue = now.saturating_sub(s.0);
@@ -54,15 +69,18 @@ pub fn stalled_ms() -> u64 {
 pub struct Deadline {
     at: Instant,
     stalled_at_start: u64,
+    cap: Duration,
 }
 
 impl Deadline {
     pub fn after(d: Duration) -> Self {
-        Self { at: Instant::now() + d, stalled_at_start: stalled_ms() }
+        Self { at: Instant::now() + d, stalled_at_start: stalled_ms(), cap: d.min(MAX_EXTENSION) }
     }
 
+    /// The stall since the deadline was set, capped: at most the deadline's own length, and at
+    /// most a minute, so nothing (a runaway child starving the sampler) can lift a deadline.
     fn extra(&self) -> Duration {
-        Duration::from_millis(stalled_ms().saturating_sub(self.stalled_at_start))
+        Duration::from_millis(stalled_ms().saturating_sub(self.stalled_at_start)).min(self.cap)
     }
 
     pub fn passed(&self) -> bool {

@@ -246,3 +246,20 @@ fn a_stalled_daemon_does_not_turn_a_successful_start_into_a_timeout() {
     let starts: Vec<_> = n.actions().into_iter().filter(|(s, a, _)| s == "svc" && a == "start").collect();
     assert_eq!(starts, vec![("svc".to_string(), "start".to_string(), "ok".to_string())], "{}", n.log());
 }
+
+/// A state disk that cannot be written never keeps the daemon from stopping: a held operator
+/// command and SIGTERM still end with everything stopped and the daemon gone.
+#[test]
+fn shutdown_finishes_while_the_state_cannot_be_written() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    std::fs::create_dir(n.state.join("state.json.tmp")).unwrap();
+    let o = n.cli(&["group", "stop", "app"]);
+    assert!(!o.status.success(), "{o:?}");
+    n.signal("-TERM");
+    assert!(n.wait_exit(LONG).is_some(), "the daemon exits: {}", n.log());
+    for r in ["a", "b", "c"] {
+        assert!(!n.alive(r), "{r} was stopped at shutdown");
+    }
+}
