@@ -30,6 +30,9 @@ use crate::scheduler::{ActionKind, Activity, Command, Event, Failure, Millis, Mo
 use history::{unix_ms, EventRecord, History};
 use worker::{Job, JobKind, JobOutcome, JobResult, Timeouts, Worker};
 
+/// The longest a restart waits out one interrupted action when there are no cgroups.
+const MAX_SETTLE_WAIT_MS: u64 = 10 * 60 * 1000;
+
 /// How long an operator command waits for its decision to be durable before it is told the disk
 /// does not answer.
 const REPLY_WAIT: Duration = Duration::from_secs(10);
@@ -361,10 +364,22 @@ impl Node {
 
         // Each resource's processes live in their own cgroup; where there is none, say so.
         let cgroups = match cgroup::Cgroups::detect(&self.cfg.cluster.name, &self.state_dir) {
-            Ok(c) => {
-                tracing::info!(base = %c.base().display(), "each resource's processes run in their own cgroup");
-                Some(c)
-            }
+            Ok(c) => match c.check_joinable().await {
+                Ok(()) => {
+                    tracing::info!(base = %c.base().display(), "each resource's processes run in their own cgroup");
+                    Some(c)
+                }
+                Err(e) => {
+                    let msg = format!(
+                        "the cgroup tree {} cannot take processes ({e}): falling back to process groups; a process that leaves its \
+                         process group escapes the kill at a timeout or stop, and after a crash interrupted actions are waited out, not killed",
+                        c.base().display()
+                    );
+                    tracing::warn!("{msg}");
+                    note(&mut history, "node", &self.name, msg);
+                    None
+                }
+            },
             Err(e) => {
                 let msg = format!(
                     "no usable cgroup2 hierarchy ({e}): falling back to process groups; a process that leaves its \
@@ -417,7 +432,8 @@ impl Node {
                 }
                 None => None,
             };
-            let journal = Some(journal_dir.join(format!("{}.json", rc.name.get_ref())));
+            // One file per resource; a name never leads out of the directory.
+            let journal = Some(journal_dir.join(format!("{}.json", rc.name.get_ref().replace('/', "_"))));
             let setup = worker::Setup { params, grants: rc.grants.get_ref().clone(), timeouts, limits, journal, cgroup: cg };
             let w = Worker::new(plugin, rc.name.get_ref(), &self.name, setup);
             let (tx, rx) = mpsc::channel(64);
@@ -789,7 +805,9 @@ impl Node {
                 .map(|r| r.resource.clone())
                 .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
             let action = rec.as_ref().map_or("an action".to_string(), |r| format!("`{}` (epoch {})", r.action, r.epoch));
-            let message = match (cgroups.map(|c| c.resource(&resource)), &rec) {
+            // An action that ran without a cgroup left nothing in one: wait it out instead.
+            let had_cgroup = rec.as_ref().is_none_or(|r| r.cgroup);
+            let message = match (cgroups.filter(|_| had_cgroup).map(|c| c.resource(&resource)), &rec) {
                 (Some(Ok(cg)), _) => {
                     let n = cg.kill_all(Duration::from_secs(10)).await;
                     format!("the previous daemon died during {action}; killed the {n} process(es) it left in the resource's cgroup before probing")
@@ -798,7 +816,8 @@ impl Node {
                     let now = unix_ms(SystemTime::now());
                     // Without cgroups nothing can find the orphans: wait until the interrupted
                     // action's own timeout has passed, at most that timeout from now.
-                    let wait = r.deadline_ms.saturating_sub(now).min(r.deadline_ms.saturating_sub(r.started_ms));
+                    // Bounded whatever the record says (a damaged one must not stall the start).
+                    let wait = r.deadline_ms.saturating_sub(now).min(r.deadline_ms.saturating_sub(r.started_ms)).min(MAX_SETTLE_WAIT_MS);
                     tokio::time::sleep(Duration::from_millis(wait)).await;
                     format!(
                         "the previous daemon died during {action}; waited {wait} ms for its timeout to pass before probing (no cgroups)"

@@ -68,10 +68,33 @@ impl Cgroups {
         &self.base
     }
 
+    /// Check that a process can really be put into the tree (delegation or permissions can allow
+    /// creating cgroups but not joining them): run `/bin/true` in a probe cgroup the way agents'
+    /// programs are run.
+    pub async fn check_joinable(&self) -> Result<(), String> {
+        let probe = self.resource(".join-probe").map_err(|e| e.to_string())?;
+        let req = crate::plugin::exec::ExecRequest {
+            program: "/bin/true".into(),
+            args: vec![],
+            env: vec![],
+            stdin: None,
+            cwd: None,
+            timeout: Duration::from_secs(10),
+            cgroup: Some(std::sync::Arc::from(probe.path())),
+        };
+        let r = crate::plugin::exec::run(req).await.map_err(|e| e.to_string());
+        let _ = std::fs::remove_dir(probe.path());
+        match r? {
+            r if r.exit_code == Some(0) => Ok(()),
+            r => Err(format!("a probe process ended with {:?}", r.exit_code)),
+        }
+    }
+
     /// The resource's cgroup, created if missing.
     pub fn resource(&self, resource: &str) -> Result<ResourceCgroup, CgroupError> {
         // Resource names are validated identifiers in the config; never let one climb out.
-        let name: String = resource.chars().map(|c| if c == '/' || c == '.' { '_' } else { c }).collect();
+        let name: String = resource.chars().map(|c| if c == '/' { '_' } else { c }).collect();
+        let name = if name.chars().all(|c| c == '.') { format!("_{name}") } else { name };
         let path = self.base.join(name);
         std::fs::create_dir_all(&path).map_err(|source| CgroupError::Create { path: path.clone(), source })?;
         Ok(ResourceCgroup { path })

@@ -125,6 +125,13 @@ pub struct ActionRecord {
     /// Unix milliseconds when the action started and when its timeout ends.
     pub started_ms: u64,
     pub deadline_ms: u64,
+    /// The action's programs ran in the resource's cgroup (else the next start waits it out).
+    #[serde(default = "yes")]
+    pub cgroup: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// How a worker runs its resource: the config resolved against the plugin, and where its
@@ -167,6 +174,7 @@ impl Worker {
             epoch,
             started_ms: now,
             deadline_ms: now.saturating_add(timeout.as_millis() as u64),
+            cgroup: self.cgroup.is_some(),
         };
         let bytes = serde_json::to_vec(&rec).map_err(|e| e.to_string())?;
         // On the blocking pool, bounded: a hung state disk stalls this resource only, and the
