@@ -55,6 +55,13 @@ pub enum Command {
     /// A real node protecting a simulated JP1 logical host: start, kill -9 a daemon, watch the
     /// monitor catch it and local recovery bring it back, then stop top-down.
     Demo(demo::DemoArgs),
+    /// Print shell completions (e.g. `warden completions bash > /etc/bash_completion.d/warden`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `warden man > /usr/local/share/man/man8/warden.8`.
+    Man,
     /// Run agents outside any cluster (like Pacemaker's ocf-tester).
     Agent {
         #[command(subcommand)]
@@ -154,6 +161,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent { command: AgentCommand::Exec(args) } => agent_exec::run(&cli, args).await,
         Command::Plugin { command } => plugin_cmd::run(&cli, command).await,
         Command::Demo(args) => demo::run_demo(&cli, args).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(*shell, &mut Cli::command(), "warden", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Node { command } => ops::node(command, &cli).await,
         Command::Status { json, watch, socket } => ops::status(&socket.path()?, *json, *watch).await,
         Command::Events { follow, json, since, resource, group, socket } => {

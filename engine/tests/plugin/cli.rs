@@ -222,3 +222,15 @@ fn a_closed_output_pipe_is_not_a_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Shell completions and the man page come from the command definitions.
+#[test]
+fn completions_and_man_page_are_generated() {
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_warden")).args(args).output().unwrap();
+    let bash = run(&["completions", "bash"]);
+    assert!(bash.status.success() && String::from_utf8_lossy(&bash.stdout).contains("_warden()"), "{bash:?}");
+    let man = run(&["man"]);
+    assert!(man.status.success(), "{man:?}");
+    let text = String::from_utf8_lossy(&man.stdout);
+    assert!(text.contains(".TH warden") && text.contains("node"), "{text}");
+}
