@@ -283,18 +283,6 @@ impl Node {
         }
         let mut sched = Scheduler::new(model);
         let mut history = History::open(self.state_dir.join("events.jsonl"));
-        let note = |h: &mut History, kind: &str, subject: &str, message: String| {
-            h.record(EventRecord {
-                seq: 0,
-                at_ms: unix_ms(SystemTime::now()),
-                kind: kind.into(),
-                subject: subject.into(),
-                action: None,
-                duration_ms: None,
-                result: String::new(),
-                message,
-            });
-        };
         // Load the last durable state (or the generation before it), validated: a state file
         // of another node or cluster, of an unknown version, or with epochs out of range is
         // damage, set aside for a post-mortem, never used.
@@ -828,16 +816,7 @@ impl Node {
                 }
             };
             tracing::warn!(resource = %resource, "{message}");
-            history.record(EventRecord {
-                seq: 0,
-                at_ms: unix_ms(SystemTime::now()),
-                kind: "node".into(),
-                subject: resource.clone(),
-                action: None,
-                duration_ms: None,
-                result: String::new(),
-                message,
-            });
+            note(history, "node", &resource, message);
             if let Err(e) = warden_store::state::remove_durably(&path) {
                 tracing::error!(path = %path.display(), error = %e, "cannot remove the action record");
             }
@@ -954,6 +933,20 @@ fn command_resource(c: &Command) -> Option<&str> {
     }
 }
 
+/// Record a node event or decision (no action) in the history.
+fn note(history: &mut History, kind: &str, subject: &str, message: String) {
+    history.record(EventRecord {
+        seq: 0,
+        at_ms: unix_ms(SystemTime::now()),
+        kind: kind.into(),
+        subject: subject.into(),
+        action: None,
+        duration_ms: None,
+        result: String::new(),
+        message,
+    });
+}
+
 /// Hand a command to its resource's worker. `counted`: its busy count was taken when it was held.
 fn carry_out(
     c: Command,
@@ -975,26 +968,10 @@ fn carry_out(
         Command::Recover { resource, op, epoch, .. } => {
             dispatch(workers, busy, results, &resource, Job { kind: JobKind::Recover, op, epoch })
         }
-        Command::Fence { node } => history.record(EventRecord {
-            seq: 0,
-            at_ms: unix_ms(SystemTime::now()),
-            kind: "decision".into(),
-            subject: node,
-            action: None,
-            duration_ms: None,
-            result: String::new(),
-            message: "fencing needed, but no fence device is configured for this node: confirm by hand".into(),
-        }),
-        Command::Note { subject, message } => history.record(EventRecord {
-            seq: 0,
-            at_ms: unix_ms(SystemTime::now()),
-            kind: "decision".into(),
-            subject,
-            action: None,
-            duration_ms: None,
-            result: String::new(),
-            message,
-        }),
+        Command::Fence { node } => {
+            note(history, "decision", &node, "fencing needed, but no fence device is configured for this node: confirm by hand".into())
+        }
+        Command::Note { subject, message } => note(history, "decision", &subject, message),
     }
 }
 

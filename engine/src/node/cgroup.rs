@@ -128,16 +128,16 @@ impl ResourceCgroup {
         }
         let kill_file = self.path.join("cgroup.kill");
         if std::fs::write(&kill_file, b"1").is_err() {
-            // Kernels before 5.14 have no cgroup.kill: signal each process, repeatedly, since
-            // a forking process can add members between the read and the kill.
-            for _ in 0..10 {
-                let pids = self.pids();
-                if pids.is_empty() {
-                    break;
-                }
-                for pid in pids {
-                    let _ = kill9(pid);
-                }
+            // Kernels before 5.14 have no cgroup.kill: freeze the cgroup (frozen processes
+            // cannot fork or exit, so no pid is reused between the read and the signal), signal
+            // every member, thaw so the signals are delivered.
+            let freeze = self.path.join("cgroup.freeze");
+            let frozen = std::fs::write(&freeze, b"1").is_ok();
+            for pid in self.pids() {
+                kill9(pid);
+            }
+            if frozen {
+                let _ = std::fs::write(&freeze, b"0");
             }
         }
         let until = Instant::now() + wait;
@@ -148,11 +148,13 @@ impl ResourceCgroup {
     }
 }
 
-fn kill9(pid: i32) -> std::io::Result<()> {
-    let status = std::process::Command::new("/bin/kill").args(["-9", &pid.to_string()]).status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(std::io::Error::other("kill failed"))
+#[allow(unsafe_code)] // kill(2) through libc
+fn kill9(pid: i32) {
+    if pid > 0 {
+        // SAFETY: kill only sends a signal; the pid was read from the frozen cgroup, so it is
+        // still that member's.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
     }
 }

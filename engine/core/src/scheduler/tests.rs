@@ -1454,7 +1454,7 @@ fn random_schedules_keep_s1_and_order_without_fencing() {
 /// Print the event log of one seed: `WARDEN_SIM_SEED=17 WARDEN_SIM_FENCE=1 cargo test -p
 /// warden-core sim_log -- --ignored --nocapture`.
 #[test]
-#[ignore]
+#[ignore = "a debugging aid, not a check: prints one seed's log when run by hand"]
 fn sim_log() {
     let seed = std::env::var("WARDEN_SIM_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let fence = std::env::var("WARDEN_SIM_FENCE").is_ok_and(|v| v == "1");
