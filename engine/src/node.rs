@@ -396,6 +396,8 @@ impl Node {
 
         // Workers.
         let (results_tx, mut results_rx) = mpsc::unbounded_channel::<JobResult>();
+        // Exits of the processes agents name with `watch`: each brings the resource's monitor forward.
+        let (watch_tx, mut watch_rx) = mpsc::unbounded_channel::<worker::WatchFired>();
         let mut workers: HashMap<String, mpsc::Sender<Job>> = HashMap::new();
         let mut intervals: HashMap<String, Duration> = HashMap::new();
         let mut plugin_of: HashMap<String, String> = HashMap::new();
@@ -422,7 +424,15 @@ impl Node {
             };
             // One file per resource; a name never leads out of the directory.
             let journal = Some(journal_dir.join(format!("{}.json", rc.name.get_ref().replace('/', "_"))));
-            let setup = worker::Setup { params, grants: rc.grants.get_ref().clone(), timeouts, limits, journal, cgroup: cg };
+            let setup = worker::Setup {
+                params,
+                grants: rc.grants.get_ref().clone(),
+                timeouts,
+                limits,
+                journal,
+                cgroup: cg,
+                watch: Some(watch_tx.clone()),
+            };
             let w = Worker::new(plugin, rc.name.get_ref(), &self.name, setup);
             let (tx, rx) = mpsc::channel(64);
             tasks.spawn(w.run(rx, results_tx.clone()));
@@ -506,6 +516,8 @@ impl Node {
         // Jobs queued or running per resource (a count: a stop can be queued behind a monitor).
         let mut busy = Busy::default();
         let mut next_monitor: HashMap<String, Instant> = HashMap::new();
+        // Resources whose watched process exited while a call ran: monitored when it returns.
+        let mut watch_due: HashSet<String> = HashSet::new();
         let mut rng = unix_ms(SystemTime::now()) | 1;
         let mut shutting_down = false;
         let mut tick = tokio::time::interval(TICK);
@@ -642,9 +654,27 @@ impl Node {
                     let plugin = plugin_of[&r.resource].clone();
                     let event = job_event(&self.name, &r, &plugin, &mut metrics, &mut history);
                     if matches!(r.kind, JobKind::Monitor) {
-                        next_monitor.insert(r.resource.clone(), Instant::now() + jitter(intervals[&r.resource], &mut rng));
+                        // A watched process that exited while this monitor ran: monitor again now.
+                        let at = if watch_due.remove(&r.resource) { Instant::now() } else { Instant::now() + jitter(intervals[&r.resource], &mut rng) };
+                        next_monitor.insert(r.resource.clone(), at);
+                    } else {
+                        watch_due.remove(&r.resource);
                     }
                     pending = sched.handle(now_ms(), event);
+                }
+                Some(f) = watch_rx.recv() => {
+                    // Only a resource monitored here has a current watch; an exit reported by a
+                    // watch being replaced is ignored the same way.
+                    let what = if f.name.is_empty() { format!("process {}", f.pid) } else { format!("process {} ({})", f.pid, f.name) };
+                    if next_monitor.contains_key(&f.resource) && !shutting_down {
+                        next_monitor.insert(f.resource.clone(), Instant::now());
+                        metrics.watch_fired(&f.resource);
+                        note(&mut history, "watch", &f.resource, format!("{what} exited; monitoring now"));
+                    } else if busy.contains(&f.resource) && !shutting_down && sched.monitored_on(&self.name).contains(&f.resource) {
+                        watch_due.insert(f.resource.clone());
+                        metrics.watch_fired(&f.resource);
+                        note(&mut history, "watch", &f.resource, format!("{what} exited; monitoring after the running call"));
+                    }
                 }
                 _ = sleep_until(due) => {
                     let now = Instant::now();

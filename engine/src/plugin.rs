@@ -18,6 +18,7 @@
 
 mod bindings;
 pub mod cache;
+mod compat;
 pub mod exec;
 pub mod grants;
 mod instance;
@@ -36,13 +37,46 @@ use wasmtime::{Config, Engine};
 
 pub use cache::{CacheOutcome, ComponentCache};
 pub use grants::{Denied, Grants};
-pub use instance::{CallStats, PluginInstance, LOG_BURST};
+pub use instance::{CallStats, PluginInstance, WatchSet, LOG_BURST, MAX_WATCH_TARGETS};
 pub use signing::SignatureStatus;
 
 use instance::HostState;
 
-/// The WIT package this host implements.
-pub const WIT_PACKAGE: &str = "warden:agent@0.1.0";
+/// The newest WIT package this host implements (`wit/agent.wit`); it also loads every version
+/// in [`WitVersion`].
+pub const WIT_PACKAGE: &str = "warden:agent@0.2.0";
+
+/// A released version of the agent interface a plugin was built for. The host dispatches by the
+/// version a component exports; older versions are served by converting to the newest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum WitVersion {
+    /// `warden:agent@0.1.0` (`wit/v0.1.0/agent.wit`): no `watch`.
+    V0_1,
+    /// `warden:agent@0.2.0` (`wit/agent.wit`): adds `host.watch`.
+    V0_2,
+}
+
+impl WitVersion {
+    pub fn package(self) -> &'static str {
+        match self {
+            WitVersion::V0_1 => "warden:agent@0.1.0",
+            WitVersion::V0_2 => "warden:agent@0.2.0",
+        }
+    }
+
+    /// The version whose export (`warden:agent/agent@X` or `warden:agent/fence@X`) a component
+    /// has; `None` when it exports neither world of a known version.
+    pub fn of_exports(exports: &[String]) -> Option<Self> {
+        let has = |v: &str| exports.iter().any(|e| e == &format!("warden:agent/agent@{v}") || e == &format!("warden:agent/fence@{v}"));
+        if has("0.2.0") {
+            Some(WitVersion::V0_2)
+        } else if has("0.1.0") {
+            Some(WitVersion::V0_1)
+        } else {
+            None
+        }
+    }
+}
 
 /// Granularity of deadlines: the epoch ticker's period (25 ms: 40 wake-ups a second when idle).
 const EPOCH_TICK: Duration = Duration::from_millis(25);
@@ -63,7 +97,7 @@ pub enum PluginError {
     Compile { path: PathBuf, reason: String },
     #[error("plugin {path} cannot be linked: {reason}")]
     Link { path: PathBuf, reason: String },
-    #[error("plugin {path} does not implement the {world} world of {WIT_PACKAGE}: {reason}")]
+    #[error("plugin {path} does not implement the {world} world of warden:agent@0.2.0 or @0.1.0: {reason}")]
     WrongWorld { path: PathBuf, world: World, reason: String },
     #[error("plugin {path}: metadata() failed: {source}")]
     Metadata { path: PathBuf, source: Box<CallError> },
@@ -345,6 +379,8 @@ pub struct LoadStats {
 enum PreBindings {
     Resource(bindings::resource::ResourceAgentPre<HostState>),
     Fence(bindings::fence::FenceAgentPre<HostState>),
+    ResourceV0_1(bindings::v0_1::resource::ResourceAgentPre<HostState>),
+    FenceV0_1(bindings::v0_1::fence::FenceAgentPre<HostState>),
 }
 
 /// A loaded plugin: compiled, linked, its metadata known. Cheap to share.
@@ -353,8 +389,10 @@ pub struct Plugin {
     pub manifest: Manifest,
     pub metadata: PluginMetadata,
     pub signature: SignatureStatus,
-    /// The interfaces the component exports, e.g. `warden:agent/agent@0.1.0`.
+    /// The interfaces the component exports, e.g. `warden:agent/agent@0.2.0`.
     pub exports: Vec<String>,
+    /// The agent-interface version the plugin was built for.
+    pub wit: WitVersion,
     pub load_stats: LoadStats,
     pre: PreBindings,
     engine: Engine,
@@ -374,6 +412,8 @@ impl PluginHost {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         bindings::host::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        bindings::v0_1::host::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         spawn_epoch_ticker(&engine);
         Ok(Self { engine, linker, cache: ComponentCache::new(opts.cache_dir), trusted_keys: opts.trusted_keys })
@@ -404,13 +444,20 @@ impl PluginHost {
             .map_err(|e| PluginError::Compile { path: path.clone(), reason: format!("{e:#}") })?;
         let compile_or_load = compile_started.elapsed();
 
-        let exports = component.component_type().exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let exports: Vec<String> = component.component_type().exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        // Dispatch by the version the component declares; one with neither gets the newest's
+        // binding error, which names what is missing.
+        let wit = WitVersion::of_exports(&exports).unwrap_or(WitVersion::V0_2);
         let pre: InstancePre<HostState> =
             self.linker.instantiate_pre(&component).map_err(|e| PluginError::Link { path: path.clone(), reason: format!("{e:#}") })?;
         let wrong = |e: wasmtime::Error| PluginError::WrongWorld { path: path.clone(), world: manifest.world, reason: format!("{e:#}") };
-        let pre = match manifest.world {
-            World::ResourceAgent => PreBindings::Resource(bindings::resource::ResourceAgentPre::new(pre).map_err(wrong)?),
-            World::FenceAgent => PreBindings::Fence(bindings::fence::FenceAgentPre::new(pre).map_err(wrong)?),
+        let pre = match (manifest.world, wit) {
+            (World::ResourceAgent, WitVersion::V0_2) => PreBindings::Resource(bindings::resource::ResourceAgentPre::new(pre).map_err(wrong)?),
+            (World::FenceAgent, WitVersion::V0_2) => PreBindings::Fence(bindings::fence::FenceAgentPre::new(pre).map_err(wrong)?),
+            (World::ResourceAgent, WitVersion::V0_1) => {
+                PreBindings::ResourceV0_1(bindings::v0_1::resource::ResourceAgentPre::new(pre).map_err(wrong)?)
+            }
+            (World::FenceAgent, WitVersion::V0_1) => PreBindings::FenceV0_1(bindings::v0_1::fence::FenceAgentPre::new(pre).map_err(wrong)?),
         };
 
         let mut plugin = Plugin {
@@ -419,6 +466,7 @@ impl PluginHost {
             manifest,
             signature,
             exports,
+            wit,
             load_stats: LoadStats { cache: outcome, compile_or_load, total: Duration::ZERO },
             pre,
             engine: self.engine.clone(),

@@ -99,7 +99,8 @@ struct PluginSource {
 
 fn discover(root: &Path) -> Result<Vec<PluginSource>> {
     let mut out = Vec::new();
-    for base in ["plugins", "examples/agents"] {
+    // tests/agents: plugins the tests need that are not examples (a 0.1.0-built agent).
+    for base in ["plugins", "examples/agents", "tests/agents"] {
         let Ok(entries) = std::fs::read_dir(root.join(base)) else { continue };
         let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         dirs.sort();

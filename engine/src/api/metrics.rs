@@ -15,6 +15,8 @@ pub struct Metrics {
     monitor_failures: BTreeMap<String, u64>,
     /// Failed attempts to write the state file.
     state_write_failures: u64,
+    /// resource → exits of watched processes that brought a monitor forward
+    watch_fired: BTreeMap<String, u64>,
 }
 
 impl Metrics {
@@ -27,6 +29,10 @@ impl Metrics {
         let d = self.durations.entry((plugin.into(), action.into())).or_default();
         d.0 += took.as_secs_f64();
         d.1 += 1;
+    }
+
+    pub fn watch_fired(&mut self, resource: &str) {
+        *self.watch_fired.entry(resource.into()).or_default() += 1;
     }
 
     pub fn monitor_failure(&mut self, resource: &str) {
@@ -59,6 +65,13 @@ impl Metrics {
         );
         for (r, n) in &self.monitor_failures {
             let _ = writeln!(s, "warden_monitor_failures_total{{resource=\"{r}\"}} {n}");
+        }
+        let _ = writeln!(
+            s,
+            "# HELP warden_watch_exits_total Exits of watched processes (agent `watch`) that brought a monitor forward.\n# TYPE warden_watch_exits_total counter"
+        );
+        for (r, n) in &self.watch_fired {
+            let _ = writeln!(s, "warden_watch_exits_total{{resource=\"{r}\"}} {n}");
         }
         let _ = writeln!(
             s,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 
 use super::Cli;
-use crate::plugin::{humantime, signing, Plugin, SignatureStatus, WIT_PACKAGE};
+use crate::plugin::{humantime, signing, Plugin, SignatureStatus};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum PluginCommand {
@@ -123,7 +123,7 @@ fn inspect_json(p: &Plugin) -> serde_json::Value {
     let o = v.as_object_mut().expect("object");
     o.insert("path".into(), p.path.display().to_string().into());
     o.insert("world".into(), p.world().to_string().into());
-    o.insert("wit".into(), WIT_PACKAGE.into());
+    o.insert("wit".into(), p.wit.package().into());
     o.insert("exports".into(), p.exports.clone().into());
     o.insert("capabilities".into(), serde_json::to_value(&p.manifest.capabilities).unwrap_or_default());
     o.insert("signature".into(), p.signature.to_string().into());
@@ -138,7 +138,7 @@ fn inspect_text(p: &Plugin) -> String {
     let _ = writeln!(s, "plugin:      {} {}", m.name, m.version);
     let _ = writeln!(s, "description: {}", m.description);
     let _ = writeln!(s, "file:        {}", p.path.display());
-    let _ = writeln!(s, "world:       {} ({WIT_PACKAGE})", p.world());
+    let _ = writeln!(s, "world:       {} ({})", p.world(), p.wit.package());
     let _ = writeln!(s, "exports:     {}", p.exports.join(", "));
     let _ = writeln!(s, "signature:   {}", p.signature);
     let _ = writeln!(s, "loaded in:   {} ({:?})", humantime(p.load_stats.total), p.load_stats.cache);

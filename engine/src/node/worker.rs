@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use std::path::PathBuf;
 
 use super::cgroup::ResourceCgroup;
-use crate::plugin::{AgentFailure, CallContext, CallError, Health, Limits, Plugin, PluginInstance};
+use crate::plugin::{AgentFailure, CallContext, CallError, Health, Limits, Plugin, PluginInstance, WatchSet};
 
 /// How long a start, stop or recover waits for its record in the state directory.
 const JOURNAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -87,6 +87,16 @@ pub fn failure(e: &CallError, host_faults: u32, prefix: &str) -> Failure {
     }
 }
 
+/// A watched process of a resource exited (warden:agent@0.2.0 `watch`): the node runs a
+/// monitor at once.
+#[derive(Debug, Clone)]
+pub struct WatchFired {
+    pub resource: String,
+    pub pid: u32,
+    /// The process's name when the watch began (`/proc/<pid>/comm`), for the operator.
+    pub name: String,
+}
+
 /// Per-action timeouts for one resource (config overrides applied over agent defaults).
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -110,6 +120,12 @@ pub struct Worker {
     cgroup: Option<ResourceCgroup>,
     /// A journal write or removal that overran its timeout and still runs.
     journal_pending: Option<tokio::task::JoinHandle<()>>,
+    /// Where a watched process's exit is reported (None: watches are not used).
+    watch_tx: Option<mpsc::UnboundedSender<WatchFired>>,
+    /// The pids watched now (sorted) and one task per pid waiting on its pidfd. Replacing the
+    /// set drops the tasks (a `JoinSet` aborts its tasks when dropped), so nothing is detached.
+    watching: Vec<u32>,
+    watchers: tokio::task::JoinSet<()>,
 }
 
 /// A start, stop or recover in flight, written durably (`<state_dir>/actions/<resource>.json`)
@@ -143,11 +159,13 @@ pub struct Setup {
     pub limits: Limits,
     pub journal: Option<PathBuf>,
     pub cgroup: Option<ResourceCgroup>,
+    /// Where the exits of the processes the agent names with `watch` are reported.
+    pub watch: Option<mpsc::UnboundedSender<WatchFired>>,
 }
 
 impl Worker {
     pub fn new(plugin: &Arc<Plugin>, resource: &str, node: &str, setup: Setup) -> Self {
-        let Setup { params, grants, timeouts, limits, journal, cgroup } = setup;
+        let Setup { params, grants, timeouts, limits, journal, cgroup, watch } = setup;
         let mut instance = plugin.instance(resource, grants, limits);
         instance.set_cgroup(cgroup.as_ref().map(|c| c.path()));
         Self {
@@ -160,7 +178,58 @@ impl Worker {
             journal,
             cgroup,
             journal_pending: None,
+            watch_tx: watch,
+            watching: Vec::new(),
+            watchers: tokio::task::JoinSet::new(),
         }
+    }
+
+    /// Make what the agent named with `watch` current, as the call's outcome allows: a
+    /// successful start or recover replaces the set (none named: nothing is watched, the old
+    /// processes are gone); a healthy monitor or probe replaces it only when it named one; any
+    /// other outcome ends the watch (local recovery or a stop follows).
+    fn update_watch(&mut self, kind: JobKind, outcome: &JobOutcome) {
+        let named = self.instance.take_watch();
+        let next = match (kind, outcome) {
+            (JobKind::Start | JobKind::Recover, JobOutcome::Done(Ok(()))) => Some(named.unwrap_or_default()),
+            (JobKind::Probe | JobKind::Monitor, JobOutcome::Health(MonitorOutcome::Running | MonitorOutcome::Degraded(_))) => named,
+            _ => Some(WatchSet::default()),
+        };
+        if let Some(set) = next {
+            self.set_watch(set);
+        }
+    }
+
+    fn set_watch(&mut self, set: WatchSet) {
+        let Some(tx) = &self.watch_tx else { return };
+        let pids = set.pids();
+        if pids == self.watching {
+            // The same processes: keep the pidfds opened first (a pid reused since cannot be
+            // mistaken for them); the new ones close here.
+            return;
+        }
+        self.watchers = tokio::task::JoinSet::new();
+        for (pid, fd) in set.processes {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|s| s.trim().to_string()).unwrap_or_default();
+            let (tx, resource) = (tx.clone(), self.resource.clone());
+            self.watchers.spawn(async move {
+                // A pidfd becomes readable when its process exits: epoll, no polling.
+                match register_pidfd(fd) {
+                    Ok(afd) => {
+                        let _ = afd.readable().await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(resource, pid, error = %e, "cannot watch the process; its failures are seen at the next monitor");
+                        return;
+                    }
+                }
+                let _ = tx.send(WatchFired { resource, pid, name });
+            });
+        }
+        if !pids.is_empty() || !self.watching.is_empty() {
+            tracing::debug!(resource = %self.resource, ?pids, "watching the resource's processes");
+        }
+        self.watching = pids;
     }
 
     /// Record the action durably before it runs; an action that cannot be recorded does not run.
@@ -253,8 +322,13 @@ impl Worker {
                 started,
                 armed: true,
             };
+            if job.kind == JobKind::Stop {
+                // The processes are about to exit on purpose.
+                self.set_watch(WatchSet::default());
+            }
             let outcome = self.execute(&job).await;
             guard.armed = false;
+            self.update_watch(job.kind, &outcome);
             let r = JobResult {
                 resource: self.resource.clone(),
                 kind: job.kind,
@@ -327,6 +401,14 @@ impl Worker {
             JobKind::Recover => self.instance.recover(ctx, Some(t.recover)).await.map_err(|e| (e, "")),
         }
     }
+}
+
+/// Register a pidfd with the runtime's reactor (it becomes readable when the process exits).
+#[allow(unsafe_code)] // AsyncFd::register_with_interest: its safety rule is about the descriptor's ownership
+fn register_pidfd(fd: std::os::fd::OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: the AsyncFd takes the OwnedFd itself: the descriptor stays open and refers to the
+    // same pidfd until the AsyncFd is dropped, and nothing else can close or replace it.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.map_err(|e| e.into())
 }
 
 struct PanicAnswer<'a> {

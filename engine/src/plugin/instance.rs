@@ -17,6 +17,9 @@ use super::{
 };
 use warden_manifest::World;
 
+mod watch;
+pub use watch::{WatchSet, MAX_TARGETS as MAX_WATCH_TARGETS};
+
 /// Log lines a guest may write per call before the rest are only counted.
 pub const LOG_BURST: u32 = 200;
 /// Longest log line kept from a guest.
@@ -74,6 +77,8 @@ pub struct HostState {
     stats: CallStats,
     stdout: CapturedOutput,
     stderr: CapturedOutput,
+    /// What the guest named with `watch` during this call (warden:agent@0.2.0).
+    watch: Option<WatchSet>,
 }
 
 impl WasiView for HostState {
@@ -255,11 +260,17 @@ impl host::Host for HostState {
     async fn sleep(&mut self, ms: u32) {
         tokio::time::sleep(Duration::from_millis(ms.into())).await;
     }
+
+    async fn watch(&mut self, targets: Vec<host::WatchTarget>) -> Result<(), types::AgentError> {
+        self.watch_call(targets).await
+    }
 }
 
 enum Bindings {
     Resource(bindings::resource::ResourceAgent),
     Fence(bindings::fence::FenceAgent),
+    ResourceV0_1(bindings::v0_1::resource::ResourceAgent),
+    FenceV0_1(bindings::v0_1::fence::FenceAgent),
 }
 
 struct Warm {
@@ -268,7 +279,7 @@ struct Warm {
 }
 
 /// A request to the guest (one per action).
-enum Request {
+pub(super) enum Request {
     Metadata,
     Validate(types::Context),
     Start(types::Context),
@@ -279,7 +290,7 @@ enum Request {
     Status(types::Context, String),
 }
 
-enum Response {
+pub(super) enum Response {
     AgentMetadata(bindings::resource::exports::warden::agent::agent::AgentMetadata),
     FenceMetadata(bindings::fence::exports::warden::agent::fence::FenceMetadata),
     Unit(Result<(), types::AgentError>),
@@ -299,6 +310,8 @@ pub struct PluginInstance {
     cgroup: Option<Arc<std::path::Path>>,
     warm: Option<Warm>,
     last_stats: CallStats,
+    /// What the last call named with `watch`, until taken.
+    last_watch: Option<WatchSet>,
 }
 
 impl PluginInstance {
@@ -320,6 +333,7 @@ impl PluginInstance {
             cgroup: None,
             warm: None,
             last_stats: CallStats::default(),
+            last_watch: None,
         }
     }
 
@@ -331,6 +345,13 @@ impl PluginInstance {
     pub fn set_cgroup(&mut self, dir: Option<&std::path::Path>) {
         self.cgroup = dir.map(Arc::from);
         self.warm = None;
+    }
+
+    /// What the last call named with `watch` (warden:agent@0.2.0), if it did: the processes
+    /// that make up the running resource. The caller decides whether the call's outcome makes
+    /// them current (a successful start, recover or healthy monitor).
+    pub fn take_watch(&mut self) -> Option<WatchSet> {
+        self.last_watch.take()
     }
 
     /// Counters of the last call.
@@ -495,12 +516,15 @@ impl PluginInstance {
                 let s = warm.store.data_mut();
                 s.deadline = super::stall::Deadline::after(timeout);
                 s.stats = CallStats { fresh_instance: fresh, ..CallStats::default() };
+                s.watch = None;
             }
+            self.last_watch = None;
             warm.store.set_epoch_deadline(YIELD_TICKS);
 
             // Time the host was stalled (SIGSTOP, a frozen VM) does not count against the action.
             let outcome = super::stall::timeout(timeout, dispatch(&warm.bindings, &mut warm.store, req, self.world)).await;
             self.last_stats = warm.store.data().stats;
+            self.last_watch = warm.store.data_mut().watch.take();
             let stderr_tail = self.forward_stdio(&warm.store);
             if self.last_stats.logs_suppressed > 0 {
                 tracing::warn!(suppressed = self.last_stats.logs_suppressed, "guest log rate limit reached; messages dropped");
@@ -592,6 +616,7 @@ impl PluginInstance {
             stats: CallStats::default(),
             stdout,
             stderr,
+            watch: None,
         };
         let mut store = Store::new(&plugin.engine, state);
         store.limiter(|s| &mut s.memory);
@@ -607,19 +632,21 @@ impl PluginInstance {
         store.set_epoch_deadline(YIELD_TICKS);
         let err =
             |e: wasmtime::Error| CallError::Instantiate { plugin: self.name.to_string(), action, message: first_line(&format!("{e:#}")) };
+        macro_rules! instantiate {
+            ($variant:ident, $pre:expr) => {
+                Bindings::$variant(
+                    tokio::time::timeout(timeout, $pre.instantiate_async(&mut store))
+                        .await
+                        .map_err(|_| self.timeout_err(action, timeout))?
+                        .map_err(err)?,
+                )
+            };
+        }
         let bindings = match &plugin.pre {
-            PreBindings::Resource(pre) => Bindings::Resource(
-                tokio::time::timeout(timeout, pre.instantiate_async(&mut store))
-                    .await
-                    .map_err(|_| self.timeout_err(action, timeout))?
-                    .map_err(err)?,
-            ),
-            PreBindings::Fence(pre) => Bindings::Fence(
-                tokio::time::timeout(timeout, pre.instantiate_async(&mut store))
-                    .await
-                    .map_err(|_| self.timeout_err(action, timeout))?
-                    .map_err(err)?,
-            ),
+            PreBindings::Resource(pre) => instantiate!(Resource, pre),
+            PreBindings::Fence(pre) => instantiate!(Fence, pre),
+            PreBindings::ResourceV0_1(pre) => instantiate!(ResourceV0_1, pre),
+            PreBindings::FenceV0_1(pre) => instantiate!(FenceV0_1, pre),
         };
         Ok(Warm { store, bindings })
     }
@@ -654,6 +681,14 @@ async fn dispatch(b: &Bindings, store: &mut Store<HostState>, req: Request, worl
                 _ => return Ok(Err(world)),
             }
         }
+        (Bindings::ResourceV0_1(b), req) => match super::compat::dispatch_resource(b, store, req).await? {
+            Some(r) => r,
+            None => return Ok(Err(world)),
+        },
+        (Bindings::FenceV0_1(b), req) => match super::compat::dispatch_fence(b, store, req).await? {
+            Some(r) => r,
+            None => return Ok(Err(world)),
+        },
     }))
 }
 

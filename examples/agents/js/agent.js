@@ -1,9 +1,10 @@
 // Example Warden agent in JavaScript: a daemon tracked by its pid file (the same check as the
-// Rust example). Build: npm run build (or `cargo xtask plugins`, which also embeds warden.toml).
+// Rust example, and like it, it names the daemon's pid with `watch` so the engine sees it die at
+// once). Build: npm run build (or `cargo xtask plugins`, which also embeds warden.toml).
 //
 // Host imports that fail throw an error whose `payload` is the agent-error; letting it escape an
 // action returns that error to the engine. Throwing { tag, val } returns our own agent-error.
-import { exec, log, stat, readFile, sleep } from 'warden:agent/host@0.1.0';
+import { exec, log, stat, readFile, sleep, watch } from 'warden:agent/host@0.2.0';
 
 const param = (ctx, name) => (ctx.params.find(([k]) => k === name) || [])[1];
 const require = (ctx, name) => {
@@ -37,13 +38,23 @@ function waitUntil(ms, ok) {
   return ok();
 }
 
+// Name the daemon's process (warden:agent@0.2.0): the engine monitors the moment it exits. A
+// refusal only means interval monitoring.
+function watchPid(pid) {
+  try {
+    watch([{ tag: 'pid', val: pid }]);
+  } catch (e) {
+    log('debug', `no process watch (${JSON.stringify(e.payload)}); failures are seen at the next monitor`);
+  }
+}
+
 const run = (program, args) => exec(program, args, { env: [], stdin: undefined, timeoutMs: undefined, cwd: undefined });
 
 export const agent = {
   metadata() {
     return {
       name: 'example-js',
-      version: '0.1.0',
+      version: '0.2.0',
       description: 'A daemon tracked by its pid file (example agent in JavaScript)',
       parameters: [
         { name: 'pidfile', description: "Absolute path of the daemon's pid file", required: true, default: undefined },
@@ -62,12 +73,17 @@ export const agent = {
   },
 
   start(ctx) {
-    if (livePid(ctx) !== null) return;
+    const running = livePid(ctx);
+    if (running !== null) {
+      watchPid(running);
+      return;
+    }
     const args = (param(ctx, 'start_args') || '').split(/\s+/).filter((a) => a);
     const out = run(require(ctx, 'start'), args);
     if (out.exitCode !== 0) throw fail(`start program failed (exit ${out.exitCode}): ${out.stderr.trim()}`);
     if (!waitUntil(10000, () => livePid(ctx) !== null)) throw fail(`no live process in ${param(ctx, 'pidfile')} after start`);
     log('info', 'daemon started');
+    watchPid(livePid(ctx));
   },
 
   stop(ctx) {
@@ -81,7 +97,10 @@ export const agent = {
   },
 
   monitor(ctx) {
-    return livePid(ctx) !== null ? { tag: 'running' } : { tag: 'stopped' };
+    const pid = livePid(ctx);
+    if (pid === null) return { tag: 'stopped' };
+    watchPid(pid); // also after an engine restart: its first monitor is the probe
+    return { tag: 'running' };
   },
 
   // The host calls exports as plain functions (`this` is undefined), so name the object.

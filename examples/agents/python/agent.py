@@ -4,6 +4,9 @@ monitor: a TCP connect to host:port (through the host's tcp-probe import).
 start:   runs the `start` program (which must start the service in the background and return),
          then waits until the port answers.
 stop:    runs the `stop` program, then waits until the port is closed.
+watch:   after a start, and in every monitor that finds the service up, the agent names the
+         service's processes (`own-processes`: what the start program left running in the
+         resource's cgroup), so the engine monitors the moment one of them exits (0.2.0).
 
 Build: componentize-py -d ../../../wit -w resource-agent componentize -p . agent -o example-python.wasm
 (`cargo xtask plugins` does this and embeds warden.toml).
@@ -44,6 +47,14 @@ def run(p: dict, which: str) -> None:
         raise Err(types.AgentError_Failed(f"{which} program {program} failed ({status}): {out.stderr.strip()}"))
 
 
+def watch_own_processes() -> None:
+    """Name the service's processes; a refusal (no cgroup here) only means interval monitoring."""
+    try:
+        host.watch([host.WatchTarget_OwnProcesses()])
+    except Err as e:
+        host.log(host.Level.DEBUG, f"no process watch ({e.value}); failures are seen at the next monitor")
+
+
 def wait_for(p: dict, up: bool) -> bool:
     waited = 0
     limit = int(p.get("wait_ms", "10000"))
@@ -60,7 +71,7 @@ class Agent(wit_world.exports.Agent):
         P = types.Parameter
         return agent_types.AgentMetadata(
             name="example-python",
-            version="0.1.0",
+            version="0.2.0",
             description="A TCP service: up when host:port accepts connections (example agent in Python)",
             parameters=[
                 P("port", "TCP port the service listens on", True, None),
@@ -91,6 +102,7 @@ class Agent(wit_world.exports.Agent):
         if not wait_for(p, True):
             raise Err(types.AgentError_Failed(f"port {port_of(p)} did not open after start"))
         host.log(host.Level.INFO, f"service up on port {port_of(p)}")
+        watch_own_processes()
 
     def stop(self, ctx: types.Context) -> None:
         p = params(ctx)
@@ -101,7 +113,10 @@ class Agent(wit_world.exports.Agent):
             raise Err(types.AgentError_Failed(f"port {port_of(p)} still open after stop"))
 
     def monitor(self, ctx: types.Context) -> types.Health:
-        return types.Health_Running() if is_up(params(ctx)) else types.Health_Stopped()
+        if not is_up(params(ctx)):
+            return types.Health_Stopped()
+        watch_own_processes()  # also after an engine restart: its first monitor is the probe
+        return types.Health_Running()
 
     def recover(self, ctx: types.Context) -> None:
         self.stop(ctx)

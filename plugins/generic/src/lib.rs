@@ -68,6 +68,7 @@ impl Agent for Generic {
     }
 
     fn validate(ctx: &Context) -> Result<(), AgentError> {
+        watch_mode(ctx)?;
         match style(ctx)? {
             Style::LifeKeeper => lifekeeper::validate(ctx),
             Style::Ocf => ocf::validate(ctx),
@@ -78,7 +79,9 @@ impl Agent for Generic {
         match style(ctx)? {
             Style::LifeKeeper => lifekeeper::start(ctx),
             Style::Ocf => ocf::start(ctx),
-        }
+        }?;
+        watch_app(ctx);
+        Ok(())
     }
 
     fn stop(ctx: &Context) -> Result<(), AgentError> {
@@ -89,17 +92,46 @@ impl Agent for Generic {
     }
 
     fn monitor(ctx: &Context) -> Result<Health, AgentError> {
-        match style(ctx)? {
+        let health = match style(ctx)? {
             Style::LifeKeeper => lifekeeper::monitor(ctx),
             Style::Ocf => ocf::monitor(ctx),
+        }?;
+        // Also after an engine restart: its first monitor is the probe.
+        if matches!(health, Health::Running | Health::Degraded(_)) {
+            watch_app(ctx);
         }
+        Ok(health)
     }
 
     fn recover(ctx: &Context) -> Result<(), AgentError> {
         match style(ctx)? {
             Style::LifeKeeper => lifekeeper::recover(ctx),
             Style::Ocf => ocf::recover(ctx),
-        }
+        }?;
+        watch_app(ctx);
+        Ok(())
+    }
+}
+
+/// Name the application's processes (warden:agent@0.2.0 `watch`), so the engine monitors the
+/// moment one exits. `watch = "none"` opts out; a watch the host refuses only means interval
+/// monitoring (logged at debug level).
+/// The action itself has succeeded by then: nothing here fails it (`validate` checks the
+/// parameters).
+fn watch_app(ctx: &Context) {
+    let Ok(Some(pidfile)) = watch_mode(ctx) else { return };
+    watch::try_watch(match pidfile {
+        "" => watch::own_processes(),
+        file => watch::pid_file(file),
+    });
+}
+
+/// `None`: no watch; `Some("")`: the resource's own processes; `Some(path)`: a pid file.
+fn watch_mode(ctx: &Context) -> Result<Option<&str>, AgentError> {
+    match params::value(ctx, "watch").unwrap_or("auto") {
+        "none" => Ok(None),
+        "auto" => Ok(Some(params::path(ctx, "watch_pidfile")?.unwrap_or(""))),
+        other => Err(AgentError::InvalidConfig(format!("parameter `watch` must be `auto` or `none`, got `{other}`"))),
     }
 }
 

@@ -17,6 +17,8 @@ pub(crate) const OWN: &[&str] = &[
     "app_info_flag",
     "quickcheck_timeout_ms",
     "env",
+    "watch",
+    "watch_pidfile",
 ];
 
 /// Parameters only a `lifekeeper` resource may set (none has a default, so "given" is visible).
@@ -83,6 +85,18 @@ pub(crate) fn describe(m: AgentMetadata) -> AgentMetadata {
         "env",
         "extra environment for the scripts or agent: `NAME=VALUE;NAME=VALUE` (e.g. \
          `LKROOT=/opt/LifeKeeper`)",
+    ))
+    .param(Param::optional(
+        "watch",
+        "auto",
+        "which processes the engine watches so a death is seen at once instead of at the next \
+         monitor: `auto` (the process in `watch_pidfile` when it is set, else the processes the \
+         scripts left running in the resource's cgroup) or `none` (interval monitoring only)",
+    ))
+    .param(Param::optional_unset(
+        "watch_pidfile",
+        "the application's pid file (needs a read grant): its process is watched after a \
+         successful start, recover or monitor",
     ))
     .param(Param::optional_unset(
         "*",

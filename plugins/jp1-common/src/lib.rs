@@ -346,7 +346,23 @@ fn wait_stopped(cfg: &Config, limit: Duration) -> Result<Option<String>, AgentEr
 
 /// `start`: status first; running → done; partly running → killall (this logical host only),
 /// verify; start; then poll status until healthy (the start command's exit code is no proof).
+/// Once up, the logical host's processes are watched (see [`watch_processes`]).
 pub fn start(kind: Kind, ctx: &Context) -> Result<(), AgentError> {
+    start_unwatched(kind, ctx)?;
+    watch_processes();
+    Ok(())
+}
+
+/// Name the JP1 processes the start left running (the process manager and its children, all
+/// in this resource's cgroup) with `watch` (warden:agent@0.2.0): the engine runs a monitor the
+/// moment any of them exits (a killed `jajs_hstd` is seen at once, not at the next monitor),
+/// and the monitor, JP1's own status commands, stays the judge. Where the node has no cgroup
+/// for the resource the watch is refused and monitoring stays on its interval.
+pub fn watch_processes() {
+    warden_sdk::watch::try_watch(warden_sdk::watch::own_processes());
+}
+
+fn start_unwatched(kind: Kind, ctx: &Context) -> Result<(), AgentError> {
     let cfg = Config::from_ctx(kind, ctx)?;
     check_shared(&cfg)?;
     let began = Instant::now();
@@ -467,7 +483,12 @@ pub fn stop(kind: Kind, ctx: &Context) -> Result<(), AgentError> {
 /// `monitor`: changes nothing.
 pub fn monitor(kind: Kind, ctx: &Context) -> Result<Health, AgentError> {
     let cfg = Config::from_ctx(kind, ctx)?;
-    Ok(state(&cfg, cfg.retries)?.health())
+    let health = state(&cfg, cfg.retries)?.health();
+    // Also after an engine restart: its first monitor is the probe.
+    if matches!(health, Health::Running | Health::Degraded(_)) {
+        watch_processes();
+    }
+    Ok(health)
 }
 
 /// `recover`: stop → killall → start, as Hitachi prescribes for a restart driven by the cluster.

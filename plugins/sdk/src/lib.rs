@@ -44,8 +44,8 @@ pub mod fence_bindings {
         path: "../../wit",
         world: "fence-agent",
         with: {
-            "warden:agent/types@0.1.0": crate::bindings::warden::agent::types,
-            "warden:agent/host@0.1.0": crate::bindings::warden::agent::host,
+            "warden:agent/types@0.2.0": crate::bindings::warden::agent::types,
+            "warden:agent/host@0.2.0": crate::bindings::warden::agent::host,
         },
         pub_export_macro: true,
         export_macro_name: "__export_fence_agent",
@@ -76,10 +76,11 @@ mod context;
 pub mod fs;
 pub mod log;
 pub mod net;
+pub mod watch;
 
 pub use command::Command;
 pub use context::Param;
-pub use wit::host::{ExecOutput, FileKind};
+pub use wit::host::{ExecOutput, FileKind, WatchTarget};
 pub use wit::types::{AgentError, Context, Health, Parameter, Timeouts};
 
 #[cfg(feature = "resource-agent")]

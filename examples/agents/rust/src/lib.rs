@@ -1,6 +1,8 @@
 //! Example agent: a daemon tracked by its pid file. Monitor reads the pid file and checks the
 //! process in /proc (a zombie counts as dead); start runs `start` and waits for the pid file;
-//! stop sends TERM, then KILL after `stop_grace_ms`.
+//! stop sends TERM, then KILL after `stop_grace_ms`. Start and monitor name the daemon's pid
+//! with `watch` (warden:agent@0.2.0), so the engine sees it die at once instead of at the next
+//! monitor.
 use std::time::Duration;
 use warden_sdk::*;
 
@@ -30,7 +32,7 @@ fn wait_until(ms: u64, ok: impl Fn() -> Result<bool, AgentError>) -> Result<bool
 
 impl Agent for PidFile {
     fn metadata() -> AgentMetadata {
-        AgentMetadata::new("example-rust", "0.1.0", "A daemon tracked by its pid file (example agent in Rust)")
+        AgentMetadata::new("example-rust", "0.2.0", "A daemon tracked by its pid file (example agent in Rust)")
             .param(Param::required("pidfile", "Absolute path of the daemon's pid file"))
             .param(Param::required("start", "Absolute path of a program that starts the daemon and writes the pid file"))
             .param(Param::optional("start_args", "", "Arguments for `start`, separated by spaces"))
@@ -43,6 +45,10 @@ impl Agent for PidFile {
             if !out.success() || !wait_until(10_000, || Ok(pid(ctx)?.is_some()))? {
                 return Err(fail!("start failed ({}): {}", out.status_text(), out.output_text()));
             }
+        }
+        // The daemon's final pid (from its pid file, after any forking): its exit is seen at once.
+        if let Some(p) = pid(ctx)? {
+            watch::try_watch(watch::pids(&[p]));
         }
         Ok(())
     }
@@ -59,7 +65,14 @@ impl Agent for PidFile {
     }
 
     fn monitor(ctx: &Context) -> Result<Health, AgentError> {
-        Ok(if pid(ctx)?.is_some() { Health::Running } else { Health::Stopped })
+        Ok(match pid(ctx)? {
+            Some(p) => {
+                // Also after an engine restart (its first monitor is the probe).
+                watch::try_watch(watch::pids(&[p]));
+                Health::Running
+            }
+            None => Health::Stopped,
+        })
     }
 }
 
