@@ -8,3 +8,4 @@ mod node;
 mod config_snapshots;
 mod daemon;
 mod in_process;
+mod watch;
