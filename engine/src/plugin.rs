@@ -452,7 +452,9 @@ impl PluginHost {
             self.linker.instantiate_pre(&component).map_err(|e| PluginError::Link { path: path.clone(), reason: format!("{e:#}") })?;
         let wrong = |e: wasmtime::Error| PluginError::WrongWorld { path: path.clone(), world: manifest.world, reason: format!("{e:#}") };
         let pre = match (manifest.world, wit) {
-            (World::ResourceAgent, WitVersion::V0_2) => PreBindings::Resource(bindings::resource::ResourceAgentPre::new(pre).map_err(wrong)?),
+            (World::ResourceAgent, WitVersion::V0_2) => {
+                PreBindings::Resource(bindings::resource::ResourceAgentPre::new(pre).map_err(wrong)?)
+            }
             (World::FenceAgent, WitVersion::V0_2) => PreBindings::Fence(bindings::fence::FenceAgentPre::new(pre).map_err(wrong)?),
             (World::ResourceAgent, WitVersion::V0_1) => {
                 PreBindings::ResourceV0_1(bindings::v0_1::resource::ResourceAgentPre::new(pre).map_err(wrong)?)

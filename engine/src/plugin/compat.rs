@@ -44,12 +44,7 @@ fn parameter_up(p: v0_1::types::Parameter) -> types::Parameter {
 impl v0_1::types::Host for HostState {}
 
 impl v0_1::host::Host for HostState {
-    async fn exec(
-        &mut self,
-        program: String,
-        args: Vec<String>,
-        o: v0_1::host::ExecOptions,
-    ) -> Result<v0_1::host::ExecOutput, OldError> {
+    async fn exec(&mut self, program: String, args: Vec<String>, o: v0_1::host::ExecOptions) -> Result<v0_1::host::ExecOutput, OldError> {
         let opts = host::ExecOptions { env: o.env, stdin: o.stdin, timeout_ms: o.timeout_ms, cwd: o.cwd };
         host::Host::exec(self, program, args, opts)
             .await

@@ -110,8 +110,8 @@ fn inspect_reports_everything_an_operator_needs() {
     assert!(o.status.success(), "{:?}", text(&o));
     let v: serde_json::Value = serde_json::from_str(&text(&o).0).unwrap();
     assert_eq!(v["name"], "example-rust");
-    assert_eq!(v["version"], "0.1.0");
-    assert_eq!(v["wit"], "warden:agent@0.1.0");
+    assert_eq!(v["version"], "0.2.0");
+    assert_eq!(v["wit"], "warden:agent@0.2.0");
     assert_eq!(v["world"], "resource-agent");
     assert_eq!(v["signature"], "unsigned");
     assert_eq!(v["parameters"][0]["name"], "pidfile");
@@ -121,7 +121,12 @@ fn inspect_reports_everything_an_operator_needs() {
     assert_eq!(v["capabilities"]["exec"][0]["program"], "/**");
     let o = warden(&cache(), &["plugin", "inspect", plugin.to_str().unwrap()]);
     let out = text(&o).0;
-    assert!(out.contains("capabilities requested:") && out.contains("pidfile") && out.contains("warden:agent@0.1.0"), "{out}");
+    assert!(out.contains("capabilities requested:") && out.contains("pidfile") && out.contains("warden:agent@0.2.0"), "{out}");
+    // A plugin built for the frozen 0.1.0 says so.
+    let legacy = built_plugin("legacy-v0-1");
+    let o = warden(&cache(), &["plugin", "inspect", legacy.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&text(&o).0).unwrap();
+    assert_eq!(v["wit"], "warden:agent@0.1.0");
 }
 
 #[test]

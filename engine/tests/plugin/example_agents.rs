@@ -137,6 +137,7 @@ async fn every_example_reports_its_metadata() {
         let p = load(&host, &built_plugin(name)).await;
         assert_eq!(p.metadata.name, name);
         assert!(!p.metadata.parameters.is_empty(), "{name} documents its parameters");
-        assert!(p.exports.iter().any(|e| e == "warden:agent/agent@0.1.0"), "{name}: {:?}", p.exports);
+        assert!(p.exports.iter().any(|e| e == "warden:agent/agent@0.2.0"), "{name}: {:?}", p.exports);
+        assert_eq!(p.wit, warden::plugin::WitVersion::V0_2, "{name}");
     }
 }

@@ -51,7 +51,8 @@ fn run(program: &str, args: &[String]) -> Result<host::ExecOutput, AgentError> {
 
 impl Guest for Legacy {
     fn metadata() -> AgentMetadata {
-        let p = |name: &str, description: &str| Parameter { name: name.into(), description: description.into(), required: true, default: None };
+        let p =
+            |name: &str, description: &str| Parameter { name: name.into(), description: description.into(), required: true, default: None };
         AgentMetadata {
             name: "legacy-v0-1".into(),
             version: "0.1.0".into(),

@@ -23,8 +23,11 @@ fn targets(spec: &str) -> Vec<WatchTarget> {
 
 impl Agent for WatchProbe {
     fn metadata() -> AgentMetadata {
-        AgentMetadata::new("watch-probe", "0.2.0", "calls watch with the targets it is given (tests only)")
-            .param(Param::optional("targets", "", "pid:N, pidfile:PATH, own, many:N separated by commas"))
+        AgentMetadata::new("watch-probe", "0.2.0", "calls watch with the targets it is given (tests only)").param(Param::optional(
+            "targets",
+            "",
+            "pid:N, pidfile:PATH, own, many:N separated by commas",
+        ))
     }
 
     fn start(_: &Context) -> Result<(), AgentError> {
