@@ -437,7 +437,7 @@ restart_window = "10m"
     };
     let new_pid = daemon_pid(&shared, "jajs_hstd");
     println!(
-        "\n    failure detected {:.2} s after the kill (monitor every 1 s); service healthy again {:.2} s after the kill (new jajs_hstd pid {})",
+        "\n    failure detected {:.2} s after the kill (the agent watches the JP1 processes; monitor every 1 s otherwise); service healthy again {:.2} s after the kill (new jajs_hstd pid {})",
         detected.unwrap_or_default().as_secs_f64(),
         recovered.as_secs_f64(),
         new_pid.map_or("?".into(), |p| p.to_string())
