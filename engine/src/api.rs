@@ -4,6 +4,7 @@
 
 pub mod listen;
 pub mod metrics;
+pub mod users;
 
 use std::path::Path;
 

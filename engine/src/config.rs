@@ -92,6 +92,9 @@ pub struct ClusterConfig {
     pub fencing: Vec<FenceDeviceConfig>,
     #[serde(default)]
     pub daemon: DaemonConfig,
+    /// Programs run on events, like Pacemaker's alert agents.
+    #[serde(default)]
+    pub alerts: Vec<AlertConfig>,
     /// Where this file was read from (not part of the TOML).
     #[serde(skip)]
     pub source: PathBuf,
@@ -223,6 +226,42 @@ pub struct FenceDeviceConfig {
     pub nodes: Vec<Spanned<String>>,
 }
 
+/// Event kinds an alert can select (the `kind` of the event history).
+pub const ALERT_KINDS: &[&str] = &["action", "monitor", "decision", "operator", "node", "watch"];
+
+/// `[[alerts]]`: a program the node runs for each event of the history it selects (like a
+/// Pacemaker alert agent), with the event's fields in its environment. The operator names the
+/// program here, which is its grant: it runs outside any sandbox, as the daemon's user.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    /// A label for logs and metrics (default: the program's file name).
+    pub name: Option<String>,
+    /// Absolute path of the program.
+    pub program: Spanned<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Which kinds of event (`action`, `monitor`, `decision`, `operator`, `node`, `watch`);
+    /// default all.
+    #[serde(default)]
+    pub kinds: Vec<Spanned<String>>,
+    /// Only events about these resources, groups or nodes (default all).
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    /// Kill the program (and its process group) after this long (default 30 s).
+    pub timeout: Option<HumanDuration>,
+}
+
+impl AlertConfig {
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            Path::new(self.program.get_ref())
+                .file_name()
+                .map_or_else(|| self.program.get_ref().clone(), |f| f.to_string_lossy().into_owned())
+        })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DaemonConfig {
@@ -234,6 +273,9 @@ pub struct DaemonConfig {
     pub metrics_addr: Option<Spanned<String>>,
     /// Precompiled-plugin cache (default <state_dir>/cache).
     pub cache_dir: Option<PathBuf>,
+    /// A Unix group whose members may read `status` and `events` (read-only) through the
+    /// control socket; operator commands stay root-only. Default: root only.
+    pub status_group: Option<String>,
 }
 
 /// Line and column (1-based) of a byte offset.
@@ -456,6 +498,16 @@ impl ClusterConfig {
                     Some("metrics are served on loopback only, e.g. \"127.0.0.1:9464\""),
                 ),
                 Err(_) => err(m.span(), format!("metrics_addr `{}` is not IP:PORT", m.get_ref()), None),
+            }
+        }
+        for a in &self.alerts {
+            if !a.program.get_ref().starts_with('/') {
+                err(a.program.span(), format!("alert program `{}` is not an absolute path", a.program.get_ref()), None);
+            }
+            for k in &a.kinds {
+                if !ALERT_KINDS.contains(&k.get_ref().as_str()) {
+                    err(k.span(), format!("unknown event kind `{}`", k.get_ref()), Some(&format!("one of {}", ALERT_KINDS.join(", "))));
+                }
             }
         }
         errs

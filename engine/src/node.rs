@@ -10,6 +10,7 @@
 //!   job results ────┘        └──────────────────────────────────────────────┘   per resource)
 //! ```
 
+pub mod alerts;
 pub mod cgroup;
 pub mod rlimit;
 pub mod worker;
@@ -60,6 +61,8 @@ pub enum NodeError {
     AlreadyRunning(PathBuf),
     #[error("{0}")]
     Store(#[from] warden_store::StoreError),
+    #[error("{0}")]
+    Setup(String),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -251,6 +254,20 @@ impl Node {
             let ctx = crate::plugin::CallContext { resource: f.name.get_ref().clone(), node: self.name.clone(), epoch: 0, params };
             if let Err(e) = inst.validate(&ctx, Some(plugin.metadata.timeouts.validate)).await {
                 failures.push(format!("fence device `{}` (plugin `{}`): validate failed: {e}", f.name.get_ref(), f.plugin.get_ref()));
+            }
+        }
+        for a in &self.cfg.alerts {
+            use std::os::unix::fs::PermissionsExt;
+            let program = a.program.get_ref();
+            match std::fs::metadata(program) {
+                Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {}
+                Ok(_) => failures.push(format!("alert `{}`: {program} is not an executable file", a.label())),
+                Err(e) => failures.push(format!("alert `{}`: {program}: {e}", a.label())),
+            }
+        }
+        if let Some(g) = &self.cfg.daemon.status_group {
+            if let Err(e) = api::users::group_id(g) {
+                failures.push(format!("daemon.status_group: {e}"));
             }
         }
         failures
@@ -480,7 +497,23 @@ impl Node {
                 source,
             })?;
         }
-        let (api_tx, mut api_rx) = mpsc::channel::<(Request, oneshot::Sender<Response>)>(64);
+        // A read-only status group: the socket is group-readable and -writable for it.
+        let status_gid = match &self.cfg.daemon.status_group {
+            None => None,
+            Some(g) => {
+                let gid = api::users::group_id(g).map_err(|e| NodeError::Setup(format!("daemon.status_group: {e}")))?;
+                use std::os::unix::fs::PermissionsExt;
+                std::os::unix::fs::chown(&self.socket, None, Some(gid))
+                    .and_then(|()| std::fs::set_permissions(&self.socket, std::fs::Permissions::from_mode(0o660)))
+                    .map_err(|source| NodeError::Io {
+                        what: "cannot give the status group access to the control socket",
+                        path: self.socket.clone(),
+                        source,
+                    })?;
+                Some(gid)
+            }
+        };
+        let (api_tx, mut api_rx) = mpsc::channel::<(Request, api::users::Caller, oneshot::Sender<Response>)>(64);
         let owner_uid = {
             use std::os::unix::fs::MetadataExt;
             std::fs::metadata(&self.socket).map(|m| m.uid()).unwrap_or(0)
@@ -488,7 +521,7 @@ impl Node {
         {
             let (cancel, tracker, feed) = (cancel.clone(), tasks.clone(), history.feed.clone());
             tasks.spawn(async move {
-                cancel.run_until_cancelled(api::listen::serve_control(listener, owner_uid, api_tx, feed, tracker)).await;
+                cancel.run_until_cancelled(api::listen::serve_control(listener, owner_uid, status_gid, api_tx, feed, tracker)).await;
             });
         }
 
@@ -508,6 +541,13 @@ impl Node {
             });
         }
         let mut metrics = api::metrics::Metrics::default();
+        // Alerts read the history's feed from here on (the "node started" event included).
+        for a in &self.cfg.alerts {
+            let alert = alerts::Alert::from_config(a);
+            tracing::info!(alert = %alert.label, program = %alert.program, "alert configured");
+            let run = alerts::run(alert, self.cfg.cluster.name.clone(), self.name.clone(), history.feed.subscribe(), cancel.clone());
+            tasks.spawn(run);
+        }
 
         let mut signals = Box::pin(stop);
         // The core's time is the boot clock (see SchedClock): monotonic, and meaningful across a
@@ -715,7 +755,7 @@ impl Node {
                         state_error = Some(e);
                     }
                 },
-                Some((req, reply)) = api_rx.recv() => {
+                Some((req, caller, reply)) = api_rx.recv() => {
                     let resp = match req {
                         Request::Status => {
                             let mut st = self.status(&sched, &history, shutting_down, clock);
@@ -729,7 +769,8 @@ impl Node {
                             Ok(()) if shutting_down => Response::Error { message: "the node is shutting down".into() },
                             Ok(()) => {
                                 let text = operator_text(&command);
-                                note(&mut history, "operator", "operator", text.clone());
+                                // Who asked, as LifeKeeper's and Pacemaker's logs say.
+                                note(&mut history, "operator", "operator", format!("{text} (by {}, uid {})", caller.user, caller.uid));
                                 pending = sched.handle(now_ms(), Event::Operator(command));
                                 // Answered once the decision is durable (top of the loop).
                                 new_reply = Some((reply, text));

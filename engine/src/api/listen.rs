@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::task::TaskTracker;
 
+use crate::api::users::{self, Caller};
 use crate::api::{self, Request, Response};
 use crate::node::history::EventRecord;
 
@@ -49,11 +50,13 @@ async fn refuse(stream: tokio::net::UnixStream, message: String) {
 }
 
 /// Accept control connections; each request is answered by the node loop. Only root (or the
-/// daemon's own user) may talk to it; connections are capped, requests bounded and timed.
+/// daemon's own user) may talk to it, and members of `status_gid` may read status and events;
+/// connections are capped, requests bounded and timed.
 pub async fn serve_control(
     listener: tokio::net::UnixListener,
     owner_uid: u32,
-    to_loop: mpsc::Sender<(Request, oneshot::Sender<Response>)>,
+    status_gid: Option<u32>,
+    to_loop: mpsc::Sender<(Request, Caller, oneshot::Sender<Response>)>,
     feed: tokio::sync::broadcast::Sender<EventRecord>,
     tasks: TaskTracker,
 ) {
@@ -70,12 +73,24 @@ pub async fn serve_control(
                 continue;
             }
         };
-        let peer = stream.peer_cred().map(|c| c.uid());
-        if !matches!(peer, Ok(uid) if uid == 0 || uid == owner_uid) {
-            tracing::warn!(?peer, "control connection refused: only root may use the control socket");
-            tasks.spawn(refuse(stream, "permission denied: only root may use the control socket".into()));
+        let caller = match stream.peer_cred() {
+            Ok(c) if c.uid() == 0 || c.uid() == owner_uid => {
+                Some(Caller { uid: c.uid(), user: users::user_name(c.uid()), read_only: false })
+            }
+            Ok(c) if status_gid.is_some_and(|g| users::process_in_group(c.pid(), c.gid(), g)) => {
+                Some(Caller { uid: c.uid(), user: users::user_name(c.uid()), read_only: true })
+            }
+            _ => None,
+        };
+        let Some(caller) = caller else {
+            let peer = stream.peer_cred().map(|c| c.uid());
+            tracing::warn!(?peer, "control connection refused: not root and not in the status group");
+            tasks.spawn(refuse(
+                stream,
+                "permission denied: only root (or the configured daemon.status_group, read-only) may use the control socket".into(),
+            ));
             continue;
-        }
+        };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(limit = CONTROL_CONNECTIONS, "control connection refused: too many open connections");
             tasks.spawn(refuse(stream, format!("busy: {CONTROL_CONNECTIONS} control connections are open; try again")));
@@ -103,11 +118,20 @@ pub async fn serve_control(
                     return;
                 }
             };
+            if caller.read_only && matches!(req, Request::Operator { .. }) {
+                tracing::warn!(user = %caller.user, "operator command refused: read-only status group");
+                let message = format!(
+                    "permission denied: {} may read status and events (daemon.status_group) but operator commands need root",
+                    caller.user
+                );
+                let _ = api::write_response(&mut w, Response::Error { message }).await;
+                return;
+            }
             let follow = matches!(req, Request::Events { follow: true, .. });
             // Subscribe before asking for the backlog, so nothing falls between the two.
             let mut sub = feed.subscribe();
             let (tx, rx) = oneshot::channel();
-            if to_loop.send((req, tx)).await.is_err() {
+            if to_loop.send((req, caller, tx)).await.is_err() {
                 return;
             }
             let Ok(resp) = rx.await else { return };

@@ -328,25 +328,67 @@ async fn wait_for_group(socket: &std::path::Path, group: &str, goal: Goal, timeo
 }
 
 pub async fn status(socket: &std::path::Path, json: bool, watch: bool) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
     loop {
-        let report = match Client::call(socket, Request::Status).await? {
-            Response::Status { status } => status,
-            Response::Error { message } => anyhow::bail!("{message}"),
-            other => anyhow::bail!("unexpected answer: {other:?}"),
-        };
-        if json {
-            println!("{}", serde_json::to_string(&report)?);
-        } else {
-            if watch {
-                print!("\x1b[2J\x1b[H");
+        let answer = Client::call(socket, Request::Status).await;
+        let report = match answer {
+            Ok(Response::Status { status }) => status,
+            Ok(Response::Error { message }) => anyhow::bail!("{message}"),
+            Ok(other) => anyhow::bail!("unexpected answer: {other:?}"),
+            // --watch outlives a daemon restart: say so and keep trying.
+            Err(e) if watch => {
+                if !json {
+                    print!("\x1b[2J\x1b[H");
+                }
+                let mut out = std::io::stdout().lock();
+                let line = format!("{}: the node is not answering ({e}); retrying every second", socket.display());
+                writeln!(out, "{}", if json { line } else { fit(&line, terminal_width()) }).context("stdout")?;
+                out.flush().context("stdout")?;
+                drop(out);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
             }
-            print!("{}", render_status(&report));
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = std::io::stdout().lock();
+        if json {
+            writeln!(out, "{}", serde_json::to_string(&report)?).context("stdout")?;
+        } else if watch {
+            // Redraw in place, each line cut to the terminal's width (no wrapping mess).
+            let width = terminal_width();
+            let text = render_status(&report);
+            write!(out, "\x1b[2J\x1b[H").context("stdout")?;
+            for line in text.lines() {
+                writeln!(out, "{}", fit(line, width)).context("stdout")?;
+            }
+        } else {
+            write!(out, "{}", render_status(&report)).context("stdout")?;
         }
+        out.flush().context("stdout")?;
+        drop(out);
         if !watch {
             return Ok(ExitCode::SUCCESS);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Columns of the terminal on stdout ($COLUMNS, else the tty's size, else 120).
+fn terminal_width() -> usize {
+    if let Some(c) = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).filter(|c: &usize| *c > 0) {
+        return c;
+    }
+    rustix::termios::tcgetwinsize(std::io::stdout()).ok().map(|w| w.ws_col as usize).filter(|c| *c > 0).unwrap_or(120)
+}
+
+/// `line` cut to `width` characters (an ellipsis marks the cut).
+fn fit(line: &str, width: usize) -> String {
+    if line.chars().count() <= width || width < 2 {
+        return line.to_string();
+    }
+    let mut s: String = line.chars().take(width - 1).collect();
+    s.push('…');
+    s
 }
 
 /// Which events `warden events` shows.
@@ -388,28 +430,68 @@ pub async fn events(socket: &std::path::Path, follow: bool, json: bool, mut filt
             filter.members = group.resources.clone();
         }
     }
-    let mut c = Client::connect(socket).await?;
-    c.send(Request::Events { since: filter.since_seq, follow }).await?;
-    while let Some(resp) = c.recv().await? {
-        match resp {
-            Response::Events { mut events } => {
-                // Records are written when an action ends, stamped with when it started: show
-                // them in the order things started.
-                events.sort_by_key(|e| (e.at_ms, e.seq));
-                for e in events.iter().filter(|e| filter.keep(e)) {
-                    print_event(e, json)?;
-                }
-                if !follow {
-                    break;
+    // The highest sequence number seen: a reconnect after a daemon restart asks for what came
+    // after it (numbering continues across restarts), so nothing is shown twice or lost.
+    let mut seen = filter.since_seq;
+    let mut first = true;
+    loop {
+        let session = async {
+            let mut c = Client::connect(socket).await?;
+            c.send(Request::Events { since: seen, follow }).await?;
+            while let Some(resp) = c.recv().await? {
+                match resp {
+                    Response::Events { mut events } => {
+                        if !first {
+                            eprintln!("-- reconnected to the node --");
+                        }
+                        first = false;
+                        // Records are written when an action ends, stamped with when it
+                        // started: show them in the order things started.
+                        events.sort_by_key(|e| (e.at_ms, e.seq));
+                        for e in &events {
+                            seen = seen.max(e.seq);
+                            if filter.keep(e) {
+                                print_event(e, json)?;
+                            }
+                        }
+                        if !follow {
+                            return Ok(true);
+                        }
+                    }
+                    Response::Event { event } => {
+                        seen = seen.max(event.seq);
+                        if filter.keep(&event) {
+                            print_event(&event, json)?;
+                        }
+                    }
+                    Response::Error { message } => eprintln!("warning: {message}"),
+                    other => anyhow::bail!("unexpected answer: {other:?}"),
                 }
             }
-            Response::Event { event } if filter.keep(&event) => print_event(&event, json)?,
-            Response::Event { .. } => {}
-            Response::Error { message } => eprintln!("warning: {message}"),
-            other => anyhow::bail!("unexpected answer: {other:?}"),
+            Ok::<bool, anyhow::Error>(false)
+        };
+        match session.await {
+            Ok(true) => return Ok(ExitCode::SUCCESS),
+            // A closed pipe on our own stdout ends us quietly (`events -f | head`).
+            Err(e) if is_broken_pipe(&e) => return Ok(ExitCode::SUCCESS),
+            Err(e) if !follow || first => return Err(e),
+            Ok(false) | Err(_) if !follow => return Ok(ExitCode::SUCCESS),
+            Ok(false) | Err(_) => {
+                eprintln!("-- the node closed the connection (restarting?); reconnecting --");
+                first = false;
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if Client::connect(socket).await.is_ok() {
+                        break;
+                    }
+                }
+            }
         }
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 fn print_event(e: &EventRecord, json: bool) -> anyhow::Result<()> {

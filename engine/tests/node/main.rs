@@ -8,4 +8,5 @@ mod node;
 mod config_snapshots;
 mod daemon;
 mod in_process;
+mod operator;
 mod watch;

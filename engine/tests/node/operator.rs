@@ -1,0 +1,214 @@
+//! The operator's side of a node: alerts, who gave an operator command, a read-only status
+//! group, and `status --watch` / `events --follow` living through a daemon restart.
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::node::*;
+
+fn group(resources: &str) -> String {
+    format!("\n[[groups]]\nname = \"app\"\nresources = [{resources}]\nmax_restarts = 3\n")
+}
+
+/// An alert program that appends one line per event to `out`.
+fn alert_script(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+fn lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(String::from).collect()
+}
+
+#[test]
+fn alerts_run_their_program_with_the_event_fields() {
+    let mut n = TestNode::new(|d| {
+        let all = alert_script(
+            d,
+            "all.sh",
+            &format!(
+                "echo \"$WARDEN_ALERT_SEQ|$WARDEN_ALERT_KIND|$WARDEN_ALERT_SUBJECT|$WARDEN_ALERT_ACTION|$WARDEN_ALERT_RESULT|$WARDEN_ALERT_NODE|$CRM_alert_kind|$CRM_alert_rsc|$CRM_alert_task\" >> {}",
+                d.join("all.out").display()
+            ),
+        );
+        let nodes =
+            alert_script(d, "nodes.sh", &format!("echo \"$WARDEN_ALERT_KIND $WARDEN_ALERT_MESSAGE\" >> {}", d.join("nodes.out").display()));
+        // A hanging alert program is killed at its timeout and delays only its own alerts.
+        let hang = alert_script(d, "hang.sh", "sleep 1000");
+        format!(
+            "{}{}\n[[alerts]]\nprogram = \"{}\"\n\n[[alerts]]\nname = \"node-events\"\nprogram = \"{}\"\nkinds = [\"node\"]\n\n[[alerts]]\nprogram = \"{}\"\ntimeout = \"1s\"\n",
+            pid_resource(d, "svc", "300ms"),
+            group("\"svc\""),
+            all.display(),
+            nodes.display(),
+            hang.display()
+        )
+    });
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    let all = n.dir.path().join("all.out");
+    assert!(
+        n.wait(LONG, |_| lines(&all).iter().any(|l| l.contains("|action|svc|start|ok|n1|resource|svc|start"))),
+        "{:?}\n{}",
+        lines(&all),
+        n.log()
+    );
+    n.kill_service("svc");
+    assert!(n.wait(LONG, |_| lines(&all).iter().any(|l| l.contains("|action|svc|recover|ok|"))), "{:?}", lines(&all));
+    // In order, each event once.
+    let seqs: Vec<u64> = lines(&all).iter().map(|l| l.split('|').next().unwrap().parse().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    // The node-only alert saw node events and nothing else.
+    let nodes = n.dir.path().join("nodes.out");
+    assert!(n.wait(LONG, |_| !lines(&nodes).is_empty()));
+    assert!(lines(&nodes).iter().all(|l| l.starts_with("node ")), "{:?}", lines(&nodes));
+    // SIGTERM: the last events (the stops, "node stopped") are still delivered.
+    n.signal("-TERM");
+    n.wait_exit(LONG).unwrap();
+    assert!(lines(&all).iter().any(|l| l.contains("|action|svc|stop|ok|")), "{:?}", lines(&all));
+    assert!(lines(&nodes).iter().any(|l| l.contains("node stopped")), "{:?}", lines(&nodes));
+    assert!(n.log().contains("alert program failed"), "the hung alert is reported:\n{}", n.log());
+}
+
+#[test]
+fn a_bad_alert_is_refused_at_load_and_named_by_node_check() {
+    let n = TestNode::new(|d| {
+        format!("{}{}\n[[alerts]]\nprogram = \"relative/alert.sh\"\nkinds = [\"nodes\"]\n", pid_resource(d, "svc", "1s"), group("\"svc\""))
+    });
+    let o = n.run_refused(&[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("alert program `relative/alert.sh` is not an absolute path"), "{err}");
+    assert!(err.contains("unknown event kind `nodes`"), "{err}");
+    let n = TestNode::new(|d| {
+        format!("{}{}\n[[alerts]]\nprogram = \"/nonexistent/alert.sh\"\n", pid_resource(d, "svc", "1s"), group("\"svc\""))
+    });
+    let o = Command::new(warden_bin()).args(["node", "check", "--node", "n1", "--config"]).arg(&n.config).output().unwrap();
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(!o.status.success() && out.contains("alert `alert.sh`: /nonexistent/alert.sh"), "{out}");
+}
+
+/// Run the CLI as uid 65534 with primary group `gid` and no other groups.
+fn cli_as(n: &TestNode, gid: u32, args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", &format!("--regid={gid}"), "--clear-groups", warden_bin()])
+        .args(args)
+        .env("WARDEN_SOCKET", &n.socket)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_status_group_reads_status_and_events_but_gives_no_commands() {
+    let mut n = TestNode::new(|d| format!("{}{}\n[daemon]\nstatus_group = \"4242\"\n", pid_resource(d, "svc", "1s"), group("\"svc\"")));
+    // The test directory holds the socket: let others through it.
+    std::fs::set_permissions(n.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+
+    let o = cli_as(&n, 4242, &["status"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("STARTED"));
+    let o = cli_as(&n, 4242, &["events"]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("start"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = cli_as(&n, 4242, &["group", "stop", "app"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("operator commands need root"), "{err}");
+    assert_eq!(n.group_state("app"), "started");
+    // Not in the group: nothing at all (the socket's mode refuses the connection).
+    let o = cli_as(&n, 4243, &["status"]);
+    let err = String::from_utf8_lossy(&o.stderr).to_lowercase();
+    assert!(!o.status.success() && err.contains("permission denied"), "{err}");
+
+    // Root's commands say who gave them.
+    let o = n.cli(&["group", "stop", "app", "--wait"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ev = n.events();
+    let op = ev.iter().find(|e| e["kind"] == "operator").expect("operator event");
+    assert!(op["message"].as_str().unwrap().ends_with("(by root, uid 0)"), "{op}");
+}
+
+#[test]
+fn events_follow_and_status_watch_outlive_a_daemon_restart() {
+    let mut n = TestNode::new(|d| format!("{}{}", pid_resource(d, "svc", "1s"), group("\"svc\"")));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    let mut follow = Command::new(warden_bin())
+        .args(["events", "--follow", "--json"])
+        .env("WARDEN_SOCKET", &n.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut watch = Command::new(warden_bin())
+        .args(["status", "--watch"])
+        .env("WARDEN_SOCKET", &n.socket)
+        .env("COLUMNS", "40")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // What --watch printed so far.
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let (screen, out) = (screen.clone(), watch.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let mut s = screen.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+    }
+    let renders = |screen: &std::sync::Mutex<String>| screen.lock().unwrap().matches("Cluster t").count();
+    assert!(n.wait(LONG, |_| renders(&screen) > 0), "--watch shows the status");
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    let out = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let _ = tx.send(v["seq"].as_u64().unwrap());
+        }
+    });
+    let mut seen = Vec::new();
+    let mut drain = |until: &dyn Fn(&[u64]) -> bool| {
+        let deadline = std::time::Instant::now() + LONG;
+        while !until(&seen) && std::time::Instant::now() < deadline {
+            if let Ok(s) = rx.recv_timeout(Duration::from_millis(200)) {
+                seen.push(s);
+            }
+        }
+        seen.clone()
+    };
+    let before = drain(&|s| !s.is_empty());
+    let last_before = *before.last().unwrap();
+
+    n.signal("-KILL");
+    n.wait_exit(LONG).unwrap();
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    let renders_before = renders(&screen);
+    assert!(n.wait(LONG, |_| renders(&screen) > renders_before + 1), "--watch shows the restarted node");
+    let o = n.cli(&["group", "stop", "app", "--wait"]);
+    assert!(o.status.success());
+    let stop_seq = n.events().iter().filter(|e| e["kind"] == "operator").map(|e| e["seq"].as_u64().unwrap()).max().unwrap();
+    let after = drain(&|s| s.contains(&stop_seq));
+    assert!(after.contains(&stop_seq), "events --follow reconnected and showed the new events: {after:?}");
+    let mut sorted = after.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), after.len(), "no event shown twice: {after:?}");
+    assert!(after.iter().any(|s| *s > last_before));
+    assert!(follow.try_wait().unwrap().is_none(), "--follow is still running");
+    assert!(watch.try_wait().unwrap().is_none(), "--watch is still running after the restart");
+    let _ = follow.kill();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let _ = follow.wait();
+    let text = screen.lock().unwrap().clone();
+    // Every line fits the 40 columns it was given.
+    assert!(text.lines().all(|l| l.replace("\x1b[2J\x1b[H", "").chars().count() <= 40), "{text}");
+}
