@@ -28,8 +28,19 @@ pub struct Envelope<T> {
 #[serde(tag = "request", rename_all = "kebab-case")]
 pub enum Request {
     Status,
-    Events { since: u64, follow: bool },
-    Operator { command: OperatorCommand },
+    Events {
+        since: u64,
+        follow: bool,
+    },
+    Operator {
+        command: OperatorCommand,
+    },
+    /// Everything a resource runs with (`warden resource show`).
+    ResourceShow {
+        resource: String,
+    },
+    /// The config the node runs (`warden config show`).
+    ConfigShow,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +51,34 @@ pub enum Response {
     Event { event: EventRecord },
     Ok { message: String },
     Error { message: String },
+    Resource { details: Box<ResourceDetails> },
+    Config { path: String, text: String },
+}
+
+/// `warden resource show`: a resource as the node runs it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResourceDetails {
+    pub name: String,
+    pub group: String,
+    pub plugin: String,
+    pub plugin_path: String,
+    pub plugin_version: String,
+    /// The agent-interface version the plugin implements, e.g. `warden:agent@0.2.0`.
+    pub wit: String,
+    /// Parameters with the agent's defaults applied.
+    pub params: std::collections::BTreeMap<String, String>,
+    /// Per action, the config's override or the agent's default.
+    pub timeouts_ms: std::collections::BTreeMap<String, u64>,
+    pub monitor_interval_ms: u64,
+    pub memory_mib: u64,
+    pub unmanaged: bool,
+    /// What it needs running first, and what needs it (in its group).
+    pub depends_on: Vec<String>,
+    pub needed_by: Vec<String>,
+    /// The operator's grants (the second key; the plugin's manifest is the first).
+    pub grants: serde_json::Value,
+    pub max_restarts: u32,
+    pub restart_window_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +117,12 @@ pub struct GroupStatus {
     pub epoch: u64,
     pub failed_on: Vec<String>,
     pub resources: Vec<String>,
+    /// Why a group that should run is not running anywhere (state `waiting`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// resource → what it needs running first (the group's dependency graph).
+    #[serde(default)]
+    pub deps: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,7 +134,15 @@ pub struct ResourceStatus {
     /// What it is doing on each node where it is not known stopped.
     pub on: Vec<(String, String)>,
     pub last_monitor: Option<MonitorStatus>,
+    /// Local recoveries on this node within the group's window, of at most `max_restarts`.
     pub restarts: usize,
+    #[serde(default)]
+    pub max_restarts: u32,
+    #[serde(default)]
+    pub restart_window_ms: u64,
+    /// When the last local recovery (of those counted) began, unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restart_at_ms: Option<u64>,
     pub last_failure: Option<String>,
     /// The agent said `invalid-config`: not retried; its group is frozen until `resource cleanup`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -111,10 +111,15 @@ pub enum Command {
         #[command(subcommand)]
         command: ops::GroupCommand,
     },
-    /// Clean up a resource's failures.
+    /// Clean up a resource's failures, or show everything it runs with.
     Resource {
         #[command(subcommand)]
         command: ops::ResourceCommand,
+    },
+    /// Show the config the running node loaded.
+    Config {
+        #[command(subcommand)]
+        command: ops::ConfigCommand,
     },
 }
 
@@ -179,6 +184,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Group { command } => ops::group(command).await,
         Command::Resource { command } => ops::resource(command).await,
+        Command::Config { command } => ops::config(command).await,
     }
 }
 

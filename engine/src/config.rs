@@ -513,6 +513,11 @@ impl ClusterConfig {
         errs
     }
 
+    /// The config file's text as it was loaded.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
     /// Resolve a path from the config relative to the config file's directory.
     pub fn resolve_path(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {

@@ -83,6 +83,14 @@ pub struct NodeOptions {
     pub cache: Option<Option<PathBuf>>,
 }
 
+/// A resource's config resolved against its plugin (see [`Node::resolve`]).
+struct Resolved {
+    params: std::collections::BTreeMap<String, String>,
+    timeouts: Timeouts,
+    interval: Duration,
+    limits: Limits,
+}
+
 /// The state file format this Warden reads and writes.
 /// Version 2: decisions and observations split (version 1 files are set aside; the node then
 /// re-learns by probing and continues epochs from the clock).
@@ -229,6 +237,68 @@ impl Node {
         }
         cfg.check_plugins(&plugins)?;
         Ok(Self { cfg, name, state_dir, socket, plugins, leave_running: opts.leave_running, single_node: opts.single_node })
+    }
+
+    /// A resource's config resolved against its plugin: parameters with the agent's defaults,
+    /// timeouts and interval with the config's overrides, limits.
+    fn resolve(&self, rc: &crate::config::ResourceConfig) -> Resolved {
+        let m = &self.plugins[rc.plugin.get_ref()].metadata;
+        let t = &rc.timeouts;
+        Resolved {
+            params: m.resolve_params(rc.params.get_ref()).expect("checked by check_plugins"),
+            timeouts: Timeouts {
+                start: t.start.map_or(m.timeouts.start, |d| d.get()),
+                stop: t.stop.map_or(m.timeouts.stop, |d| d.get()),
+                monitor: t.monitor.map_or(m.timeouts.monitor, |d| d.get()),
+                recover: t.recover.map_or(m.timeouts.recover, |d| d.get()),
+                validate: t.validate.map_or(m.timeouts.validate, |d| d.get()),
+            },
+            interval: rc
+                .monitor_interval
+                .map(|d| d.get())
+                .or(m.monitor_interval)
+                .unwrap_or(Duration::from_secs(10))
+                .max(Duration::from_millis(50)),
+            limits: Limits { memory_bytes: rc.memory_mib.map_or(Limits::default().memory_bytes, |m| m << 20) },
+        }
+    }
+
+    /// `warden resource show`: everything the node runs a resource with.
+    fn resource_details(&self, sched: &Scheduler, name: &str) -> Option<api::ResourceDetails> {
+        let rc = self.cfg.resource(name)?;
+        let plugin = &self.plugins[rc.plugin.get_ref()];
+        let Resolved { params, timeouts, interval, limits } = self.resolve(rc);
+        let model = sched.model();
+        let group = model.resources.get(name)?.group.clone();
+        let g = &model.groups[&group];
+        let ms = |d: Duration| d.as_millis() as u64;
+        Some(api::ResourceDetails {
+            name: name.into(),
+            group: group.clone(),
+            plugin: rc.plugin.get_ref().clone(),
+            plugin_path: plugin.path.display().to_string(),
+            plugin_version: plugin.metadata.version.clone(),
+            wit: plugin.wit.package().into(),
+            params,
+            timeouts_ms: [
+                ("start", ms(timeouts.start)),
+                ("stop", ms(timeouts.stop)),
+                ("monitor", ms(timeouts.monitor)),
+                ("recover", ms(timeouts.recover)),
+                ("validate", ms(timeouts.validate)),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            monitor_interval_ms: ms(interval),
+            memory_mib: (limits.memory_bytes >> 20) as u64,
+            unmanaged: rc.unmanaged,
+            depends_on: g.deps.get(name).cloned().unwrap_or_default(),
+            needed_by: g.dependents.get(name).cloned().unwrap_or_default(),
+            grants: serde_json::to_value(rc.grants.get_ref()).unwrap_or_default(),
+            max_restarts: g.max_restarts,
+            restart_window_ms: g.restart_window,
+        })
     }
 
     /// Call every resource's and fence device's `validate` with its real parameters and grants,
@@ -420,17 +490,7 @@ impl Node {
         let mut plugin_of: HashMap<String, String> = HashMap::new();
         for rc in &self.cfg.resources {
             let plugin = &self.plugins[rc.plugin.get_ref()];
-            let m = &plugin.metadata;
-            let t = &rc.timeouts;
-            let timeouts = Timeouts {
-                start: t.start.map_or(m.timeouts.start, |d| d.get()),
-                stop: t.stop.map_or(m.timeouts.stop, |d| d.get()),
-                monitor: t.monitor.map_or(m.timeouts.monitor, |d| d.get()),
-                recover: t.recover.map_or(m.timeouts.recover, |d| d.get()),
-                validate: t.validate.map_or(m.timeouts.validate, |d| d.get()),
-            };
-            let params = m.resolve_params(rc.params.get_ref()).expect("checked by check_plugins");
-            let limits = Limits { memory_bytes: rc.memory_mib.map_or(Limits::default().memory_bytes, |m| m << 20) };
+            let Resolved { params, timeouts, interval, limits } = self.resolve(rc);
             let cg = match cgroups.as_ref().map(|c| c.resource(rc.name.get_ref())) {
                 Some(Ok(cg)) => Some(cg),
                 Some(Err(e)) => {
@@ -454,14 +514,7 @@ impl Node {
             let (tx, rx) = mpsc::channel(64);
             tasks.spawn(w.run(rx, results_tx.clone()));
             workers.insert(rc.name.get_ref().clone(), tx);
-            intervals.insert(
-                rc.name.get_ref().clone(),
-                rc.monitor_interval
-                    .map(|d| d.get())
-                    .or(m.monitor_interval)
-                    .unwrap_or(Duration::from_secs(10))
-                    .max(Duration::from_millis(50)),
-            );
+            intervals.insert(rc.name.get_ref().clone(), interval);
             plugin_of.insert(rc.name.get_ref().clone(), rc.plugin.get_ref().clone());
         }
 
@@ -764,6 +817,14 @@ impl Node {
                             Response::Status { status: Box::new(st) }
                         }
                         Request::Events { since, .. } => Response::Events { events: history.since(since) },
+                        Request::ResourceShow { resource } => match self.resource_details(&sched, &resource) {
+                            Some(details) => Response::Resource { details: Box::new(details) },
+                            None => Response::Error { message: format!("no resource named `{resource}`") },
+                        },
+                        Request::ConfigShow => Response::Config {
+                            path: self.cfg.source.display().to_string(),
+                            text: self.cfg.text().to_string(),
+                        },
                         Request::Operator { command } => match sched.check_operator(&command) {
                             Err(message) => Response::Error { message },
                             Ok(()) if shutting_down => Response::Error { message: "the node is shutting down".into() },
@@ -782,7 +843,12 @@ impl Node {
                 }
                 Some(reply) = metrics_rx.recv() => {
                     let states: Vec<(String, String)> = sched.state().observations.resources.iter().map(|(r, s)| {
-                        let st = s.on.get(&self.name).map_or("stopped".to_string(), |a| serde_json::to_value(a).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default());
+                        let st = match s.on.get(&self.name) {
+                            None => "stopped".to_string(),
+                            // Running but impaired: its own state, so alerting rules can see it.
+                            Some(Activity::Running) if s.last_monitor.as_ref().is_some_and(|m| matches!(m.outcome, MonitorOutcome::Degraded(_))) => "degraded".to_string(),
+                            Some(a) => activity_name(a),
+                        };
                         (r.clone(), st)
                     }).collect();
                     let _ = reply.send(metrics.render(&states));
@@ -931,6 +997,8 @@ impl Node {
                         epoch: gs.epoch,
                         failed_on: gs.failed_on.keys().cloned().collect(),
                         resources: g.members.clone(),
+                        waiting: None,
+                        deps: g.deps.iter().filter(|(_, d)| !d.is_empty()).map(|(r, d)| (r.clone(), d.clone())).collect(),
                     }
                 })
                 .collect(),
@@ -942,6 +1010,8 @@ impl Node {
                     let rs = &st.observations.resources[r];
                     let rd = &st.decisions.resources[r];
                     let rm = &model.resources[r];
+                    let g = &model.groups[&rm.group];
+                    let restarts = rs.restarts.get(&self.name);
                     ResourceStatus {
                         name: r.clone(),
                         group: rm.group.clone(),
@@ -952,7 +1022,10 @@ impl Node {
                             let (result, reason) = outcome_parts(&m.outcome);
                             MonitorStatus { at_ms: clock.to_wall(m.at), result, reason }
                         }),
-                        restarts: rs.restarts.get(&self.name).map_or(0, Vec::len),
+                        restarts: restarts.map_or(0, Vec::len),
+                        max_restarts: g.max_restarts,
+                        restart_window_ms: g.restart_window,
+                        last_restart_at_ms: restarts.and_then(|v| v.iter().max()).map(|t| clock.to_wall(*t)),
                         last_failure: rs.last_failure.clone(),
                         blocked: rd.blocked.clone(),
                         ineligible: rd.ineligible.iter().map(|(n, why)| (n.clone(), why.clone())).collect(),

@@ -140,6 +140,71 @@ pub enum ResourceCommand {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Everything RESOURCE runs with: plugin, parameters (defaults applied), timeouts, interval,
+    /// grants, dependencies, restart limit (like `crm_resource --query-xml` / `lkcli resource info`).
+    Show {
+        resource: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+/// `warden config ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Print the config the running node loaded (its path, then the file as it was read).
+    Show {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+pub async fn config(cmd: &ConfigCommand) -> anyhow::Result<ExitCode> {
+    let ConfigCommand::Show { json, socket } = cmd;
+    match Client::call(&socket.path()?, Request::ConfigShow).await? {
+        Response::Config { path, text } if *json => println!("{}", serde_json::json!({ "path": path, "text": text })),
+        Response::Config { path, text } => {
+            println!("# {path} (as loaded by the running node)");
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+        }
+        Response::Error { message } => anyhow::bail!("{message}"),
+        other => anyhow::bail!("unexpected answer: {other:?}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render_resource(d: &crate::api::ResourceDetails) -> String {
+    use std::fmt::Write;
+    let ms = |v: u64| humantime(Duration::from_millis(v));
+    let mut s = String::new();
+    let _ = writeln!(s, "resource:      {}{}", d.name, if d.unmanaged { "  (unmanaged: monitored, never acted on)" } else { "" });
+    let _ = writeln!(s, "group:         {}", d.group);
+    let _ = writeln!(s, "plugin:        {} {} ({}, {})", d.plugin, d.plugin_version, d.wit, d.plugin_path);
+    let list = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(", ") };
+    let _ = writeln!(s, "depends on:    {}", list(&d.depends_on));
+    let _ = writeln!(s, "needed by:     {}", list(&d.needed_by));
+    let _ = writeln!(s, "monitor:       every {}", ms(d.monitor_interval_ms));
+    let t: Vec<String> = d.timeouts_ms.iter().map(|(k, v)| format!("{k} {}", ms(*v))).collect();
+    let _ = writeln!(s, "timeouts:      {}", t.join(", "));
+    let _ = writeln!(s, "restarts:      at most {} in {}, then the group fails over", d.max_restarts, ms(d.restart_window_ms));
+    let _ = writeln!(s, "memory:        {} MiB", d.memory_mib);
+    let _ = writeln!(s, "parameters:");
+    for (k, v) in &d.params {
+        let _ = writeln!(s, "  {k} = {v:?}");
+    }
+    let _ = writeln!(s, "grants:        {}", serde_json::to_string(&d.grants).unwrap_or_default());
+    s
+}
+
+fn humantime(d: Duration) -> String {
+    crate::plugin::humantime(d)
 }
 
 pub async fn node(cmd: &NodeCommand, cli: &crate::cli::Cli) -> anyhow::Result<ExitCode> {
@@ -236,6 +301,15 @@ pub async fn group(cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
 
 pub async fn resource(cmd: &ResourceCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        ResourceCommand::Show { resource, json, socket } => {
+            match Client::call(&socket.path()?, Request::ResourceShow { resource: resource.clone() }).await? {
+                Response::Resource { details } if *json => println!("{}", serde_json::to_string(&details)?),
+                Response::Resource { details } => print!("{}", render_resource(&details)),
+                Response::Error { message } => anyhow::bail!("{message}"),
+                other => anyhow::bail!("unexpected answer: {other:?}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         ResourceCommand::Cleanup { resource: Some(resource), socket, .. } => {
             operator(&socket.path()?, OperatorCommand::Cleanup { resource: resource.clone() }).await
         }
@@ -540,6 +614,37 @@ pub fn clock(ms: u64) -> String {
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:03}", rem / 3600, rem % 3600 / 60, rem % 60, ms % 1000)
 }
 
+/// "10m", "1h", "90s", "500ms": as an operator writes it in the config.
+fn short_duration(ms: u64) -> String {
+    match ms {
+        0 => "0s".into(),
+        m if m % 3_600_000 == 0 => format!("{}h", m / 3_600_000),
+        m if m % 60_000 == 0 => format!("{}m", m / 60_000),
+        m if m % 1000 == 0 => format!("{}s", m / 1000),
+        m => format!("{m}ms"),
+    }
+}
+
+/// `members` drawn top-down: each resource, then (indented) what it needs.
+fn dependency_tree(members: &[String], deps: &std::collections::BTreeMap<String, Vec<String>>) -> Vec<String> {
+    let needed: std::collections::BTreeSet<&String> = deps.values().flatten().collect();
+    let mut out = Vec::new();
+    fn walk(r: &str, depth: usize, deps: &std::collections::BTreeMap<String, Vec<String>>, out: &mut Vec<String>) {
+        let mark = if depth == 0 { "" } else { "└─ " };
+        out.push(format!("{}{mark}{r}", "   ".repeat(depth.saturating_sub(1))));
+        if depth < 16 {
+            for d in deps.get(r).into_iter().flatten() {
+                walk(d, depth + 1, deps, out);
+            }
+        }
+    }
+    // Roots: what nothing in the group needs (the top of the stack).
+    for r in members.iter().filter(|m| !needed.contains(m)) {
+        walk(r, 0, deps, &mut out);
+    }
+    out
+}
+
 fn ago(now: u64, at: u64) -> String {
     let d = now.saturating_sub(at);
     if d < 1000 {
@@ -580,6 +685,15 @@ pub fn render_status(r: &StatusReport) -> String {
         let owner = g.owner.as_deref().map_or(String::new(), |o| format!("on {o} (epoch {})", g.epoch));
         let failed = if g.failed_on.is_empty() { String::new() } else { format!("  failed on: {}", g.failed_on.join(", ")) };
         let _ = writeln!(s, "  {:<16} {:<11} {owner}{failed}", g.name, g.state.to_uppercase());
+        if let Some(why) = &g.waiting {
+            let _ = writeln!(s, "  {:<16} waiting: {why}", "");
+        }
+        // The dependency tree, top-down: each resource under what it needs.
+        if !g.deps.is_empty() {
+            for line in dependency_tree(&g.resources, &g.deps) {
+                let _ = writeln!(s, "  {:<16} {line}", "");
+            }
+        }
     }
     let _ = writeln!(s, "\nResources:");
     let _ = writeln!(s, "  {:<16} {:<12} {:<18} {:<22} {:<28} RESTARTS", "RESOURCE", "GROUP", "PLUGIN", "STATE", "LAST MONITOR");
@@ -589,11 +703,25 @@ pub fn render_status(r: &StatusReport) -> String {
         } else {
             res.on.iter().map(|(n, a)| format!("{a}@{n}")).collect::<Vec<_>>().join(",")
         };
+        // Running but impaired is shown as what it is.
+        let degraded = res.last_monitor.as_ref().is_some_and(|m| m.result == "degraded");
+        let state = if degraded { state.replace("running@", "degraded@") } else { state };
         let state = if res.unmanaged { format!("{state} (unmanaged)") } else { state };
         let mon = res.last_monitor.as_ref().map_or("-".to_string(), |m| format!("{} {}", m.result, ago(r.now_ms, m.at_ms)));
-        let _ = writeln!(s, "  {:<16} {:<12} {:<18} {:<22} {:<28} {}", res.name, res.group, res.plugin, state, mon, res.restarts);
+        let restarts = if res.max_restarts > 0 {
+            format!("{}/{} in {}", res.restarts, res.max_restarts, short_duration(res.restart_window_ms))
+        } else {
+            res.restarts.to_string()
+        };
+        let _ = writeln!(s, "  {:<16} {:<12} {:<18} {:<22} {:<28} {}", res.name, res.group, res.plugin, state, mon, restarts);
         if let Some(f) = &res.last_failure {
-            let _ = writeln!(s, "  {:<16} last failure: {f}", "");
+            let when = res.last_restart_at_ms.map_or(String::new(), |t| format!(" ({}, {})", clock(t), ago(r.now_ms, t)));
+            let _ = writeln!(s, "  {:<16} last failure{when}: {f}", "");
+        }
+        if degraded {
+            if let Some(why) = res.last_monitor.as_ref().and_then(|m| m.reason.as_deref()) {
+                let _ = writeln!(s, "  {:<16} DEGRADED: {why}", "");
+            }
         }
         if let Some(b) = &res.blocked {
             let _ =

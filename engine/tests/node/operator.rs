@@ -212,3 +212,87 @@ fn events_follow_and_status_watch_outlive_a_daemon_restart() {
     // Every line fits the 40 columns it was given.
     assert!(text.lines().all(|l| l.replace("\x1b[2J\x1b[H", "").chars().count() <= 40), "{text}");
 }
+
+fn json(o: &std::process::Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn resource_show_config_show_and_status_details() {
+    let mut n = TestNode::new(|d| {
+        // A LifeKeeper-style generic resource whose quickCheck overruns its own limit: degraded.
+        let lk = d.join("lk");
+        std::fs::create_dir(&lk).unwrap();
+        for (name, body) in [("restore", "exit 0"), ("remove", "exit 0"), ("quickCheck", "sleep 5")] {
+            std::fs::write(lk.join(name), format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(lk.join(name), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        }
+        format!(
+            r#"{chain}
+[[plugins]]
+name = "generic"
+path = "{generic}"
+
+[[resources]]
+name = "lk"
+plugin = "generic"
+params = {{ style = "lifekeeper", restore = "{lk}/restore", remove = "{lk}/remove", quickcheck = "{lk}/quickCheck", quickcheck_timeout_ms = "200", watch = "none" }}
+grants = {{ exec = [{{ program = "{lk}/*" }}], read = ["{lk}/"] }}
+monitor_interval = "500ms"
+
+[[groups]]
+name = "lkg"
+resources = ["lk"]
+
+[daemon]
+metrics_addr = "127.0.0.1:0"
+"#,
+            chain = chain3(d, 3),
+            generic = root().join("target/plugins/generic.wasm").display(),
+            lk = lk.display()
+        )
+    });
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started" && n.group_state("lkg") == "started"), "{}", n.log());
+
+    let b = json(&n.cli(&["resource", "show", "b", "--json"]));
+    assert_eq!(b["group"], "app");
+    assert_eq!(b["plugin"], "example-rust");
+    assert_eq!(b["wit"], "warden:agent@0.2.0");
+    assert_eq!(b["depends_on"], serde_json::json!(["a"]));
+    assert_eq!(b["needed_by"], serde_json::json!(["c"]));
+    assert_eq!(b["monitor_interval_ms"], 300);
+    assert_eq!(b["params"]["stop_grace_ms"], "1000");
+    assert_eq!(b["timeouts_ms"]["monitor"], 20000, "the agent's default where the config sets none");
+    assert_eq!(b["max_restarts"], 3);
+    assert!(b["grants"]["exec"].as_array().unwrap().len() == 2, "{b}");
+    let text = String::from_utf8_lossy(&n.cli(&["resource", "show", "b"]).stdout).to_string();
+    assert!(text.contains("depends on:    a") && text.contains("needed by:     c") && text.contains("stop_grace_ms = \"1000\""), "{text}");
+    let o = n.cli(&["resource", "show", "nope"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no resource named `nope`"));
+
+    let cfg = json(&n.cli(&["config", "show", "--json"]));
+    assert_eq!(cfg["path"], n.config.display().to_string());
+    assert_eq!(cfg["text"], std::fs::read_to_string(&n.config).unwrap());
+
+    // Failures with their limit and time; the dependency tree; degraded as degraded.
+    n.kill_service("b");
+    assert!(n.wait(LONG, |n| n.resource("b")["restarts"] == 1 && n.group_state("app") == "started"), "{}", n.log());
+    assert!(n.wait(LONG, |n| n.resource("lk")["last_monitor"]["result"] == "degraded"), "{}", n.log());
+    let st = String::from_utf8_lossy(&n.cli(&["status"]).stdout).to_string();
+    let b_line = st.lines().find(|l| l.trim_start().starts_with("b ")).unwrap();
+    assert!(b_line.ends_with("1/3 in 10m"), "{b_line}");
+    assert!(st.contains("last failure (20"), "the failure's time is shown:\n{st}");
+    assert!(st.contains("c\n") && st.contains("└─ b") && st.contains("   └─ a"), "the dependency tree, top-down:\n{st}");
+    assert!(st.contains("degraded@n1") && st.contains("DEGRADED:"), "{st}");
+    let addr = n.status().unwrap()["metrics_addr"].as_str().unwrap().to_string();
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr.as_str()).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.contains("warden_resource_state{resource=\"lk\",state=\"degraded\"} 1"), "{body}");
+    // The kill of b came through its process watch.
+    assert!(body.contains("warden_watch_exits_total{resource=\"b\"} 1"), "{body}");
+}
