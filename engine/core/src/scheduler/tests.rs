@@ -1509,3 +1509,35 @@ fn cleanup_supersedes_an_older_invalid_config_answer() {
     assert_eq!(starts(&cmds), vec![rn("app", "a")]);
     assert_eq!(s.group_status("g"), "started");
 }
+
+/// The persisted form is the state file's body: typed ids must not change a byte of it (old
+/// state files load, new ones read the same). The literal was written by the String-keyed core.
+#[test]
+fn persisted_state_format_is_unchanged() {
+    let mut saved = Persisted::default();
+    let mut failed_on = BTreeMap::new();
+    failed_on.insert("b".into(), FailedOn { at: 7, reason: "start of `app` failed".into() });
+    saved.decisions.groups.insert(
+        "g".into(),
+        GroupState { target: Target::Started, owner: Some("a".into()), epoch: 3, failed_on, move_to: Some("a".into()) },
+    );
+    saved
+        .decisions
+        .nodes
+        .insert("a".into(), NodeDecision { standby: false, needs_fence: false, fence_requested: false, last_fenced: None });
+    saved
+        .decisions
+        .nodes
+        .insert("b".into(), NodeDecision { standby: true, needs_fence: true, fence_requested: true, last_fenced: Some(9) });
+    let mut ineligible = BTreeMap::new();
+    ineligible.insert("b".into(), "no binary".to_string());
+    saved.decisions.resources.insert("app".into(), ResourceDecision { blocked: Some("on a: bad port".into()), ineligible });
+    saved.decisions.resources.insert("ip".into(), ResourceDecision::default());
+    let mut per_node = BTreeMap::new();
+    per_node.insert("a".into(), vec![1, 2]);
+    saved.restarts.insert("app".into(), per_node);
+    let golden = r#"{"decisions":{"groups":{"g":{"target":"started","owner":"a","epoch":3,"failed_on":{"b":{"at":7,"reason":"start of `app` failed"}},"move_to":"a"}},"nodes":{"a":{"standby":false,"needs_fence":false,"fence_requested":false,"last_fenced":null},"b":{"standby":true,"needs_fence":true,"fence_requested":true,"last_fenced":9}},"resources":{"app":{"blocked":"on a: bad port","ineligible":{"b":"no binary"}},"ip":{"blocked":null,"ineligible":{}}}},"restarts":{"app":{"a":[1,2]}}}"#;
+    assert_eq!(serde_json::to_string(&saved).unwrap(), golden);
+    let back: Persisted = serde_json::from_str(golden).unwrap();
+    assert_eq!(back, saved);
+}
