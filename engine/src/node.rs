@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::api::{self, GroupStatus, MonitorStatus, NodeStatus, Request, ResourceStatus, Response, StatusReport};
 use crate::config::{ClusterConfig, ConfigErrors, Role};
 use crate::plugin::{signing, HostOptions, Limits, Plugin, PluginError, PluginHost, SignatureStatus};
-use crate::scheduler::{ActionKind, Activity, Command, Event, Failure, Millis, MonitorOutcome, Scheduler};
+use crate::scheduler::{ActionKind, Activity, Command, Event, Failure, Millis, MonitorOutcome, NodeId, ResourceId, Scheduler};
 use history::{unix_ms, EventRecord, History};
 use worker::{Job, JobKind, JobOutcome, JobResult, Timeouts, Worker};
 
@@ -503,9 +503,11 @@ impl Node {
         // The core's time is the boot clock (see SchedClock): monotonic, and meaningful across a
         // daemon restart within one boot.
         let now_ms = || clock.now();
+        // This node, as the core names it.
+        let me = NodeId::from(self.name.as_str());
         // Jobs queued or running per resource (a count: a stop can be queued behind a monitor).
         let mut busy = Busy::default();
-        let mut next_monitor: HashMap<String, Instant> = HashMap::new();
+        let mut next_monitor: HashMap<ResourceId, Instant> = HashMap::new();
         let mut rng = unix_ms(SystemTime::now()) | 1;
         let mut shutting_down = false;
         let mut tick = tokio::time::interval(TICK);
@@ -528,10 +530,10 @@ impl Node {
             // --single-node is the operator's word that the other nodes run nothing of ours
             // (they do not run Warden): a manual fence confirmation for each.
             for other in self.cfg.nodes.iter().map(|n| n.name.get_ref()).filter(|n| **n != self.name) {
-                pending.extend(sched.handle(now_ms(), Event::Fenced(other.clone())));
+                pending.extend(sched.handle(now_ms(), Event::Fenced(other.into())));
             }
         }
-        pending.extend(sched.handle(now_ms(), Event::NodeUp(self.name.clone())));
+        pending.extend(sched.handle(now_ms(), Event::NodeUp(me.clone())));
 
         // Propose, persist, act: a command is carried out only once the decision behind it is
         // durable. The writer thread does the disk work, so a hung disk stalls only decisions
@@ -609,11 +611,11 @@ impl Node {
             }
             // Monitor schedule follows what is running here.
             if !routine {
-                let monitored: HashSet<String> = sched.monitored_on(&self.name).into_iter().collect();
+                let monitored: HashSet<ResourceId> = sched.monitored_on(&me).into_iter().collect();
                 next_monitor.retain(|r, _| monitored.contains(r));
                 for r in &monitored {
                     if !next_monitor.contains_key(r) && !busy.contains(r) {
-                        next_monitor.insert(r.clone(), Instant::now() + jitter(intervals[r], &mut rng));
+                        next_monitor.insert(r.clone(), Instant::now() + jitter(intervals[r.as_str()], &mut rng));
                     }
                 }
             }
@@ -621,14 +623,14 @@ impl Node {
             // either everything stopped, or a failed stop blocks the rest (a dependency is never
             // stopped under a dependent that may still run).
             if shutting_down && busy.is_empty() {
-                let left = sched.active_on(&self.name);
+                let left = sched.active_on(&me);
                 let msg = if left.is_empty() {
                     "node stopped; all resources stopped".to_string()
                 } else {
                     format!(
                         "node stopped; could NOT stop {} (stop failed: {}); they may still run",
                         left.join(", "),
-                        sched.stop_failed_on(&self.name).join(", ")
+                        sched.stop_failed_on(&me).join(", ")
                     )
                 };
                 note(&mut history, "node", &self.name, msg);
@@ -640,15 +642,15 @@ impl Node {
                 Some(r) = results_rx.recv() => {
                     busy.done(&r.resource);
                     let plugin = plugin_of[&r.resource].clone();
-                    let event = job_event(&self.name, &r, &plugin, &mut metrics, &mut history);
+                    let event = job_event(&me, &r, &plugin, &mut metrics, &mut history);
                     if matches!(r.kind, JobKind::Monitor) {
-                        next_monitor.insert(r.resource.clone(), Instant::now() + jitter(intervals[&r.resource], &mut rng));
+                        next_monitor.insert(r.resource.as_str().into(), Instant::now() + jitter(intervals[&r.resource], &mut rng));
                     }
                     pending = sched.handle(now_ms(), event);
                 }
                 _ = sleep_until(due) => {
                     let now = Instant::now();
-                    let ready: Vec<String> = next_monitor.iter().filter(|(_, t)| **t <= now).map(|(r, _)| r.clone()).collect();
+                    let ready: Vec<ResourceId> = next_monitor.iter().filter(|(_, t)| **t <= now).map(|(r, _)| r.clone()).collect();
                     for r in ready {
                         next_monitor.remove(&r);
                         if busy.contains(&r) {
@@ -711,8 +713,8 @@ impl Node {
                 }
                 Some(reply) = metrics_rx.recv() => {
                     let states: Vec<(String, String)> = sched.state().observations.resources.iter().map(|(r, s)| {
-                        let st = s.on.get(&self.name).map_or("stopped".to_string(), |a| serde_json::to_value(a).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default());
-                        (r.clone(), st)
+                        let st = s.on.get(&me).map_or("stopped".to_string(), |a| serde_json::to_value(a).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default());
+                        (r.to_string(), st)
                     }).collect();
                     let _ = reply.send(metrics.render(&states));
                 }
@@ -742,7 +744,7 @@ impl Node {
                         match c {
                             Command::Start { resource, op, epoch, .. } | Command::Recover { resource, op, epoch, .. } => {
                                 let _ = results_tx.send(JobResult {
-                                    resource,
+                                    resource: resource.to_string(),
                                     kind,
                                     op,
                                     epoch,
@@ -839,7 +841,7 @@ impl Node {
                 .map(|n| {
                     let d = &st.decisions.nodes[&n.name];
                     NodeStatus {
-                        name: n.name.clone(),
+                        name: n.name.to_string(),
                         role: format!("{:?}", n.role).to_lowercase(),
                         up: st.observations.nodes.get(&n.name).is_some_and(|o| o.up),
                         standby: d.standby,
@@ -853,13 +855,13 @@ impl Node {
                 .map(|g| {
                     let gs = &st.decisions.groups[&g.name];
                     GroupStatus {
-                        name: g.name.clone(),
+                        name: g.name.to_string(),
                         state: sched.group_status(&g.name).into(),
                         target: format!("{:?}", gs.target).to_lowercase(),
-                        owner: gs.owner.clone(),
+                        owner: gs.owner.as_ref().map(NodeId::to_string),
                         epoch: gs.epoch,
-                        failed_on: gs.failed_on.keys().cloned().collect(),
-                        resources: g.members.clone(),
+                        failed_on: gs.failed_on.keys().map(NodeId::to_string).collect(),
+                        resources: g.members.iter().map(ResourceId::to_string).collect(),
                     }
                 })
                 .collect(),
@@ -872,19 +874,19 @@ impl Node {
                     let rd = &st.decisions.resources[r];
                     let rm = &model.resources[r];
                     ResourceStatus {
-                        name: r.clone(),
-                        group: rm.group.clone(),
+                        name: r.to_string(),
+                        group: rm.group.to_string(),
                         plugin: self.cfg.resource(r).map(|c| c.plugin.get_ref().clone()).unwrap_or_default(),
                         unmanaged: rm.unmanaged,
-                        on: rs.on.iter().map(|(n, a)| (n.clone(), activity_name(a))).collect(),
+                        on: rs.on.iter().map(|(n, a)| (n.to_string(), activity_name(a))).collect(),
                         last_monitor: rs.last_monitor.as_ref().map(|m| {
                             let (result, reason) = outcome_parts(&m.outcome);
                             MonitorStatus { at_ms: clock.to_wall(m.at), result, reason }
                         }),
-                        restarts: rs.restarts.get(&self.name).map_or(0, Vec::len),
+                        restarts: rs.restarts.get(self.name.as_str()).map_or(0, Vec::len),
                         last_failure: rs.last_failure.clone(),
                         blocked: rd.blocked.clone(),
-                        ineligible: rd.ineligible.iter().map(|(n, why)| (n.clone(), why.clone())).collect(),
+                        ineligible: rd.ineligible.iter().map(|(n, why)| (n.to_string(), why.clone())).collect(),
                     }
                 })
                 .collect(),
@@ -1042,7 +1044,7 @@ fn dispatch(
 }
 
 /// Turn a job result into a scheduler event, recording history and metrics on the way.
-fn job_event(node: &str, r: &JobResult, plugin: &str, metrics: &mut api::metrics::Metrics, history: &mut History) -> Event {
+fn job_event(node: &NodeId, r: &JobResult, plugin: &str, metrics: &mut api::metrics::Metrics, history: &mut History) -> Event {
     let at_ms = unix_ms(SystemTime::now() - r.duration);
     let mut rec = EventRecord {
         seq: 0,
@@ -1072,9 +1074,9 @@ fn job_event(node: &str, r: &JobResult, plugin: &str, metrics: &mut api::metrics
                 history.record(rec);
             }
             if is_probe {
-                Event::Probe { resource: r.resource.clone(), node: node.into(), op: r.op, outcome: o.clone() }
+                Event::Probe { resource: r.resource.as_str().into(), node: node.clone(), op: r.op, outcome: o.clone() }
             } else {
-                Event::Monitor { resource: r.resource.clone(), node: node.into(), epoch: r.epoch, outcome: o.clone() }
+                Event::Monitor { resource: r.resource.as_str().into(), node: node.clone(), epoch: r.epoch, outcome: o.clone() }
             }
         }
         JobOutcome::Done(res) => {
@@ -1092,7 +1094,7 @@ fn job_event(node: &str, r: &JobResult, plugin: &str, metrics: &mut api::metrics
                 JobKind::Stop => ActionKind::Stop,
                 _ => ActionKind::Recover,
             };
-            Event::ActionDone { resource: r.resource.clone(), node: node.into(), op: r.op, action, result: res.clone() }
+            Event::ActionDone { resource: r.resource.as_str().into(), node: node.clone(), op: r.op, action, result: res.clone() }
         }
     }
 }
