@@ -5,6 +5,20 @@
 //! reference count, not an allocation. They serialise as the plain string, so the persisted state
 //! and the control protocol are unchanged, and they borrow as `str`, so a map keyed by them can be
 //! looked up with a `&str`.
+//!
+//! ```
+//! # use warden_core::scheduler::{Model, Scheduler};
+//! # use warden_core::ResourceId;
+//! let s = Scheduler::new(Model { nodes: vec![], groups: Default::default(), resources: Default::default() });
+//! assert_eq!(s.epoch(&ResourceId::from("app")), 0);
+//! ```
+//! A group's name where a resource's is expected does not compile:
+//! ```compile_fail
+//! # use warden_core::scheduler::{Model, Scheduler};
+//! # use warden_core::GroupId;
+//! let s = Scheduler::new(Model { nodes: vec![], groups: Default::default(), resources: Default::default() });
+//! s.epoch(&GroupId::from("g"));
+//! ```
 
 use std::borrow::Borrow;
 use std::fmt;
