@@ -37,7 +37,7 @@ use toml::Spanned;
 use warden_manifest::Capabilities;
 
 pub use duration::HumanDuration;
-use warden_core::scheduler::{GroupModel, Millis, Model, NodeModel, ResourceModel};
+use warden_core::scheduler::{GroupModel, Millis, Model, NodeModel, ResourceId, ResourceModel};
 pub use warden_core::{topo_order, Role, Switchback};
 
 /// One problem in a config file, with its position and a hint.
@@ -667,7 +667,7 @@ impl ClusterConfig {
             .nodes
             .iter()
             .map(|n| NodeModel {
-                name: n.name.get_ref().clone(),
+                name: n.name.get_ref().into(),
                 role: n.role,
                 fenceable: fence_all || fenceable.contains(n.name.get_ref().as_str()),
             })
@@ -675,29 +675,32 @@ impl ClusterConfig {
         let mut groups = BTreeMap::new();
         let mut resources = BTreeMap::new();
         for g in &cfg.groups {
-            let names: Vec<String> = g.resources.iter().map(|r| r.get_ref().clone()).collect();
-            let deps = ClusterConfig::group_edges(g);
+            let names: Vec<ResourceId> = g.resources.iter().map(|r| r.get_ref().into()).collect();
+            let deps: BTreeMap<ResourceId, Vec<ResourceId>> = ClusterConfig::group_edges(g)
+                .into_iter()
+                .map(|(r, ds)| (r.into(), ds.into_iter().map(ResourceId::from).collect()))
+                .collect();
             let members = topo_order(&names, &deps).expect("validated: no cycles");
-            let mut dependents: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            let mut dependents: BTreeMap<ResourceId, Vec<ResourceId>> = BTreeMap::new();
             for (r, ds) in &deps {
                 for d in ds {
                     dependents.entry(d.clone()).or_default().push(r.clone());
                 }
             }
             let priority = if g.priority.is_empty() {
-                cfg.nodes.iter().filter(|n| n.role == Role::Node).map(|n| n.name.get_ref().clone()).collect()
+                cfg.nodes.iter().filter(|n| n.role == Role::Node).map(|n| n.name.get_ref().into()).collect()
             } else {
-                g.priority.iter().map(|p| p.get_ref().clone()).collect()
+                g.priority.iter().map(|p| p.get_ref().into()).collect()
             };
             for r in &names {
                 let unmanaged = cfg.resource(r).is_some_and(|rc| rc.unmanaged);
                 resources
-                    .insert(r.clone(), ResourceModel { name: r.clone(), group: g.name.get_ref().clone(), unmanaged, local_recovery: true });
+                    .insert(r.clone(), ResourceModel { name: r.clone(), group: g.name.get_ref().into(), unmanaged, local_recovery: true });
             }
             groups.insert(
-                g.name.get_ref().clone(),
+                g.name.get_ref().into(),
                 std::sync::Arc::new(GroupModel {
-                    name: g.name.get_ref().clone(),
+                    name: g.name.get_ref().into(),
                     members,
                     deps,
                     dependents,

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::api::{self, GroupStatus, MonitorStatus, NodeStatus, Request, ResourceStatus, Response, StatusReport};
 use crate::config::{ClusterConfig, ConfigErrors, Role};
 use crate::plugin::{signing, HostOptions, Limits, Plugin, PluginError, PluginHost, SignatureStatus};
-use crate::scheduler::{ActionKind, Activity, Command, Event, Failure, Millis, MonitorOutcome, Scheduler};
+use crate::scheduler::{ActionKind, Activity, Command, Event, Failure, Millis, MonitorOutcome, NodeId, ResourceId, Scheduler};
 use history::{unix_ms, EventRecord, History};
 use worker::{Job, JobKind, JobOutcome, JobResult, Timeouts, Worker};
 
@@ -274,7 +274,7 @@ impl Node {
         let ms = |d: Duration| d.as_millis() as u64;
         Some(api::ResourceDetails {
             name: name.into(),
-            group: group.clone(),
+            group: group.to_string(),
             plugin: rc.plugin.get_ref().clone(),
             plugin_path: plugin.path.display().to_string(),
             plugin_version: plugin.metadata.version.clone(),
@@ -293,8 +293,8 @@ impl Node {
             monitor_interval_ms: ms(interval),
             memory_mib: (limits.memory_bytes >> 20) as u64,
             unmanaged: rc.unmanaged,
-            depends_on: g.deps.get(name).cloned().unwrap_or_default(),
-            needed_by: g.dependents.get(name).cloned().unwrap_or_default(),
+            depends_on: g.deps.get(name).into_iter().flatten().map(ResourceId::to_string).collect(),
+            needed_by: g.dependents.get(name).into_iter().flatten().map(ResourceId::to_string).collect(),
             grants: serde_json::to_value(rc.grants.get_ref()).unwrap_or_default(),
             max_restarts: g.max_restarts,
             restart_window_ms: g.restart_window,
@@ -606,9 +606,11 @@ impl Node {
         // The core's time is the boot clock (see SchedClock): monotonic, and meaningful across a
         // daemon restart within one boot.
         let now_ms = || clock.now();
+        // This node, as the core names it.
+        let me = NodeId::from(self.name.as_str());
         // Jobs queued or running per resource (a count: a stop can be queued behind a monitor).
         let mut busy = Busy::default();
-        let mut next_monitor: HashMap<String, Instant> = HashMap::new();
+        let mut next_monitor: HashMap<ResourceId, Instant> = HashMap::new();
         // Resources whose watched process exited while a call ran: monitored when it returns.
         let mut watch_due: HashSet<String> = HashSet::new();
         let mut rng = unix_ms(SystemTime::now()) | 1;
@@ -633,10 +635,10 @@ impl Node {
             // --single-node is the operator's word that the other nodes run nothing of ours
             // (they do not run Warden): a manual fence confirmation for each.
             for other in self.cfg.nodes.iter().map(|n| n.name.get_ref()).filter(|n| **n != self.name) {
-                pending.extend(sched.handle(now_ms(), Event::Fenced(other.clone())));
+                pending.extend(sched.handle(now_ms(), Event::Fenced(other.into())));
             }
         }
-        pending.extend(sched.handle(now_ms(), Event::NodeUp(self.name.clone())));
+        pending.extend(sched.handle(now_ms(), Event::NodeUp(me.clone())));
 
         // Propose, persist, act: a command is carried out only once the decision behind it is
         // durable. The writer thread does the disk work, so a hung disk stalls only decisions
@@ -714,11 +716,11 @@ impl Node {
             }
             // Monitor schedule follows what is running here.
             if !routine {
-                let monitored: HashSet<String> = sched.monitored_on(&self.name).into_iter().collect();
+                let monitored: HashSet<ResourceId> = sched.monitored_on(&me).into_iter().collect();
                 next_monitor.retain(|r, _| monitored.contains(r));
                 for r in &monitored {
                     if !next_monitor.contains_key(r) && !busy.contains(r) {
-                        next_monitor.insert(r.clone(), Instant::now() + jitter(intervals[r], &mut rng));
+                        next_monitor.insert(r.clone(), Instant::now() + jitter(intervals[r.as_str()], &mut rng));
                     }
                 }
             }
@@ -726,14 +728,14 @@ impl Node {
             // either everything stopped, or a failed stop blocks the rest (a dependency is never
             // stopped under a dependent that may still run).
             if shutting_down && busy.is_empty() {
-                let left = sched.active_on(&self.name);
+                let left = sched.active_on(&me);
                 let msg = if left.is_empty() {
                     "node stopped; all resources stopped".to_string()
                 } else {
                     format!(
                         "node stopped; could NOT stop {} (stop failed: {}); they may still run",
                         left.join(", "),
-                        sched.stop_failed_on(&self.name).join(", ")
+                        sched.stop_failed_on(&me).join(", ")
                     )
                 };
                 note(&mut history, "node", &self.name, msg);
@@ -745,11 +747,11 @@ impl Node {
                 Some(r) = results_rx.recv() => {
                     busy.done(&r.resource);
                     let plugin = plugin_of[&r.resource].clone();
-                    let event = job_event(&self.name, &r, &plugin, &mut metrics, &mut history);
+                    let event = job_event(&me, &r, &plugin, &mut metrics, &mut history);
                     if matches!(r.kind, JobKind::Monitor) {
                         // A watched process that exited while this monitor ran: monitor again now.
                         let at = if watch_due.remove(&r.resource) { Instant::now() } else { Instant::now() + jitter(intervals[&r.resource], &mut rng) };
-                        next_monitor.insert(r.resource.clone(), at);
+                        next_monitor.insert(r.resource.as_str().into(), at);
                     } else {
                         watch_due.remove(&r.resource);
                     }
@@ -759,11 +761,11 @@ impl Node {
                     // Only a resource monitored here has a current watch; an exit reported by a
                     // watch being replaced is ignored the same way.
                     let what = if f.name.is_empty() { format!("process {}", f.pid) } else { format!("process {} ({})", f.pid, f.name) };
-                    if next_monitor.contains_key(&f.resource) && !shutting_down {
-                        next_monitor.insert(f.resource.clone(), Instant::now());
+                    if next_monitor.contains_key(f.resource.as_str()) && !shutting_down {
+                        next_monitor.insert(f.resource.as_str().into(), Instant::now());
                         metrics.watch_fired(&f.resource);
                         note(&mut history, "watch", &f.resource, format!("{what} exited; monitoring now"));
-                    } else if busy.contains(&f.resource) && !shutting_down && sched.monitored_on(&self.name).contains(&f.resource) {
+                    } else if busy.contains(&f.resource) && !shutting_down && sched.monitored_on(&me).iter().any(|r| r.as_str() == f.resource) {
                         watch_due.insert(f.resource.clone());
                         metrics.watch_fired(&f.resource);
                         note(&mut history, "watch", &f.resource, format!("{what} exited; monitoring after the running call"));
@@ -771,7 +773,7 @@ impl Node {
                 }
                 _ = sleep_until(due) => {
                     let now = Instant::now();
-                    let ready: Vec<String> = next_monitor.iter().filter(|(_, t)| **t <= now).map(|(r, _)| r.clone()).collect();
+                    let ready: Vec<ResourceId> = next_monitor.iter().filter(|(_, t)| **t <= now).map(|(r, _)| r.clone()).collect();
                     for r in ready {
                         next_monitor.remove(&r);
                         if busy.contains(&r) {
@@ -843,13 +845,13 @@ impl Node {
                 }
                 Some(reply) = metrics_rx.recv() => {
                     let states: Vec<(String, String)> = sched.state().observations.resources.iter().map(|(r, s)| {
-                        let st = match s.on.get(&self.name) {
+                        let st = match s.on.get(&me) {
                             None => "stopped".to_string(),
                             // Running but impaired: its own state, so alerting rules can see it.
                             Some(Activity::Running) if s.last_monitor.as_ref().is_some_and(|m| matches!(m.outcome, MonitorOutcome::Degraded(_))) => "degraded".to_string(),
                             Some(a) => activity_name(a),
                         };
-                        (r.clone(), st)
+                        (r.to_string(), st)
                     }).collect();
                     let _ = reply.send(metrics.render(&states));
                 }
@@ -879,7 +881,7 @@ impl Node {
                         match c {
                             Command::Start { resource, op, epoch, .. } | Command::Recover { resource, op, epoch, .. } => {
                                 let _ = results_tx.send(JobResult {
-                                    resource,
+                                    resource: resource.to_string(),
                                     kind,
                                     op,
                                     epoch,
@@ -976,7 +978,7 @@ impl Node {
                 .map(|n| {
                     let d = &st.decisions.nodes[&n.name];
                     NodeStatus {
-                        name: n.name.clone(),
+                        name: n.name.to_string(),
                         role: format!("{:?}", n.role).to_lowercase(),
                         up: st.observations.nodes.get(&n.name).is_some_and(|o| o.up),
                         standby: d.standby,
@@ -990,15 +992,20 @@ impl Node {
                 .map(|g| {
                     let gs = &st.decisions.groups[&g.name];
                     GroupStatus {
-                        name: g.name.clone(),
+                        name: g.name.to_string(),
                         state: sched.group_status(&g.name).into(),
                         target: format!("{:?}", gs.target).to_lowercase(),
-                        owner: gs.owner.clone(),
+                        owner: gs.owner.as_ref().map(NodeId::to_string),
                         epoch: gs.epoch,
-                        failed_on: gs.failed_on.keys().cloned().collect(),
-                        resources: g.members.clone(),
+                        failed_on: gs.failed_on.keys().map(NodeId::to_string).collect(),
+                        resources: g.members.iter().map(ResourceId::to_string).collect(),
                         waiting: None,
-                        deps: g.deps.iter().filter(|(_, d)| !d.is_empty()).map(|(r, d)| (r.clone(), d.clone())).collect(),
+                        deps: g
+                            .deps
+                            .iter()
+                            .filter(|(_, d)| !d.is_empty())
+                            .map(|(r, d)| (r.to_string(), d.iter().map(ResourceId::to_string).collect()))
+                            .collect(),
                     }
                 })
                 .collect(),
@@ -1011,13 +1018,13 @@ impl Node {
                     let rd = &st.decisions.resources[r];
                     let rm = &model.resources[r];
                     let g = &model.groups[&rm.group];
-                    let restarts = rs.restarts.get(&self.name);
+                    let restarts = rs.restarts.get(self.name.as_str());
                     ResourceStatus {
-                        name: r.clone(),
-                        group: rm.group.clone(),
+                        name: r.to_string(),
+                        group: rm.group.to_string(),
                         plugin: self.cfg.resource(r).map(|c| c.plugin.get_ref().clone()).unwrap_or_default(),
                         unmanaged: rm.unmanaged,
-                        on: rs.on.iter().map(|(n, a)| (n.clone(), activity_name(a))).collect(),
+                        on: rs.on.iter().map(|(n, a)| (n.to_string(), activity_name(a))).collect(),
                         last_monitor: rs.last_monitor.as_ref().map(|m| {
                             let (result, reason) = outcome_parts(&m.outcome);
                             MonitorStatus { at_ms: clock.to_wall(m.at), result, reason }
@@ -1028,7 +1035,7 @@ impl Node {
                         last_restart_at_ms: restarts.and_then(|v| v.iter().max()).map(|t| clock.to_wall(*t)),
                         last_failure: rs.last_failure.clone(),
                         blocked: rd.blocked.clone(),
-                        ineligible: rd.ineligible.iter().map(|(n, why)| (n.clone(), why.clone())).collect(),
+                        ineligible: rd.ineligible.iter().map(|(n, why)| (n.to_string(), why.clone())).collect(),
                     }
                 })
                 .collect(),
@@ -1186,7 +1193,7 @@ fn dispatch(
 }
 
 /// Turn a job result into a scheduler event, recording history and metrics on the way.
-fn job_event(node: &str, r: &JobResult, plugin: &str, metrics: &mut api::metrics::Metrics, history: &mut History) -> Event {
+fn job_event(node: &NodeId, r: &JobResult, plugin: &str, metrics: &mut api::metrics::Metrics, history: &mut History) -> Event {
     let at_ms = unix_ms(SystemTime::now() - r.duration);
     let mut rec = EventRecord {
         seq: 0,
@@ -1216,9 +1223,9 @@ fn job_event(node: &str, r: &JobResult, plugin: &str, metrics: &mut api::metrics
                 history.record(rec);
             }
             if is_probe {
-                Event::Probe { resource: r.resource.clone(), node: node.into(), op: r.op, outcome: o.clone() }
+                Event::Probe { resource: r.resource.as_str().into(), node: node.clone(), op: r.op, outcome: o.clone() }
             } else {
-                Event::Monitor { resource: r.resource.clone(), node: node.into(), epoch: r.epoch, outcome: o.clone() }
+                Event::Monitor { resource: r.resource.as_str().into(), node: node.clone(), epoch: r.epoch, outcome: o.clone() }
             }
         }
         JobOutcome::Done(res) => {
@@ -1236,7 +1243,7 @@ fn job_event(node: &str, r: &JobResult, plugin: &str, metrics: &mut api::metrics
                 JobKind::Stop => ActionKind::Stop,
                 _ => ActionKind::Recover,
             };
-            Event::ActionDone { resource: r.resource.clone(), node: node.into(), op: r.op, action, result: res.clone() }
+            Event::ActionDone { resource: r.resource.as_str().into(), node: node.clone(), op: r.op, action, result: res.clone() }
         }
     }
 }

@@ -23,38 +23,39 @@ pub enum Switchback {
 }
 
 /// Members in a start order (every resource after what it depends on), or the cycle found.
-pub fn topo_order(members: &[String], edges: &BTreeMap<String, Vec<String>>) -> Result<Vec<String>, Vec<String>> {
+/// Generic over the name type: the config checks its own strings, the model orders resource ids.
+pub fn topo_order<T: Ord + Clone>(members: &[T], edges: &BTreeMap<T, Vec<T>>) -> Result<Vec<T>, Vec<T>> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         New,
         Active,
         Done,
     }
-    fn visit(
-        n: &str,
-        edges: &BTreeMap<String, Vec<String>>,
-        marks: &mut BTreeMap<String, Mark>,
-        stack: &mut Vec<String>,
-        out: &mut Vec<String>,
-    ) -> Result<(), Vec<String>> {
+    fn visit<T: Ord + Clone>(
+        n: &T,
+        edges: &BTreeMap<T, Vec<T>>,
+        marks: &mut BTreeMap<T, Mark>,
+        stack: &mut Vec<T>,
+        out: &mut Vec<T>,
+    ) -> Result<(), Vec<T>> {
         match marks.get(n).copied().unwrap_or(Mark::New) {
             Mark::Done => return Ok(()),
             Mark::Active => {
                 let start = stack.iter().position(|s| s == n).unwrap_or(0);
                 let mut cycle = stack[start..].to_vec();
-                cycle.push(n.to_string());
+                cycle.push(n.clone());
                 return Err(cycle);
             }
             Mark::New => {}
         }
-        marks.insert(n.to_string(), Mark::Active);
-        stack.push(n.to_string());
+        marks.insert(n.clone(), Mark::Active);
+        stack.push(n.clone());
         for d in edges.get(n).into_iter().flatten() {
             visit(d, edges, marks, stack, out)?;
         }
         stack.pop();
-        marks.insert(n.to_string(), Mark::Done);
-        out.push(n.to_string());
+        marks.insert(n.clone(), Mark::Done);
+        out.push(n.clone());
         Ok(())
     }
     let mut marks = BTreeMap::new();

@@ -92,6 +92,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::id::{GroupId, NodeId, ResourceId};
 pub use crate::model::{Role, Switchback};
 
 pub type Millis = u64;
@@ -101,13 +102,13 @@ pub type Millis = u64;
 pub struct Model {
     pub nodes: Vec<NodeModel>,
     /// Shared so that the scheduler can walk groups while mutating its state, without copying.
-    pub groups: BTreeMap<String, std::sync::Arc<GroupModel>>,
-    pub resources: BTreeMap<String, ResourceModel>,
+    pub groups: BTreeMap<GroupId, std::sync::Arc<GroupModel>>,
+    pub resources: BTreeMap<ResourceId, ResourceModel>,
 }
 
 #[derive(Debug, Clone)]
 pub struct NodeModel {
-    pub name: String,
+    pub name: NodeId,
     pub role: Role,
     /// A fence device can power this node off.
     pub fenceable: bool,
@@ -115,14 +116,14 @@ pub struct NodeModel {
 
 #[derive(Debug, Clone)]
 pub struct GroupModel {
-    pub name: String,
+    pub name: GroupId,
     /// Members in start order.
-    pub members: Vec<String>,
+    pub members: Vec<ResourceId>,
     /// resource → what it needs first.
-    pub deps: BTreeMap<String, Vec<String>>,
+    pub deps: BTreeMap<ResourceId, Vec<ResourceId>>,
     /// resource → what needs it.
-    pub dependents: BTreeMap<String, Vec<String>>,
-    pub priority: Vec<String>,
+    pub dependents: BTreeMap<ResourceId, Vec<ResourceId>>,
+    pub priority: Vec<NodeId>,
     pub switchback: Switchback,
     pub max_restarts: u32,
     pub restart_window: Millis,
@@ -136,8 +137,8 @@ pub struct GroupModel {
 
 #[derive(Debug, Clone)]
 pub struct ResourceModel {
-    pub name: String,
-    pub group: String,
+    pub name: ResourceId,
+    pub group: GroupId,
     pub unmanaged: bool,
     /// The agent recovers locally (metadata `local-recovery`); otherwise a failure fails over.
     pub local_recovery: bool,
@@ -183,13 +184,13 @@ pub struct FailedOn {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupState {
     pub target: Target,
-    pub owner: Option<String>,
+    pub owner: Option<NodeId>,
     pub epoch: u64,
     /// Nodes where the group failed (recovery exhausted, start failed): not eligible until
     /// cleanup, or until `restart_window` has passed since the failure.
-    pub failed_on: BTreeMap<String, FailedOn>,
+    pub failed_on: BTreeMap<NodeId, FailedOn>,
     /// Operator's `group move --to`.
-    pub move_to: Option<String>,
+    pub move_to: Option<NodeId>,
 }
 
 /// Replicated decision about a node.
@@ -213,15 +214,15 @@ pub struct ResourceDecision {
     pub blocked: Option<String>,
     /// node → why this node cannot run the resource (`not-installed`); the group is not placed
     /// there until the operator's cleanup.
-    pub ineligible: BTreeMap<String, String>,
+    pub ineligible: BTreeMap<NodeId, String>,
 }
 
 /// What a cluster replicates and the engine persists before acting.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decisions {
-    pub groups: BTreeMap<String, GroupState>,
-    pub nodes: BTreeMap<String, NodeDecision>,
-    pub resources: BTreeMap<String, ResourceDecision>,
+    pub groups: BTreeMap<GroupId, GroupState>,
+    pub nodes: BTreeMap<NodeId, NodeDecision>,
+    pub resources: BTreeMap<ResourceId, ResourceDecision>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,7 +234,7 @@ pub struct NodeObservation {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MonitorRecord {
     pub at: Millis,
-    pub node: String,
+    pub node: NodeId,
     pub outcome: MonitorOutcome,
 }
 
@@ -257,16 +258,16 @@ pub struct InFlight {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourceObservation {
     /// node → activity. Absent = known stopped there.
-    pub on: BTreeMap<String, Activity>,
+    pub on: BTreeMap<NodeId, Activity>,
     /// node → operations issued and not answered, oldest first.
-    pub in_flight: BTreeMap<String, Vec<InFlight>>,
+    pub in_flight: BTreeMap<NodeId, Vec<InFlight>>,
     /// Nodes where a start or recover was issued since the resource was last known stopped
     /// there (or where we cannot know): an `invalid-config` there does not prove it stopped.
-    pub may_have_run: BTreeSet<String>,
+    pub may_have_run: BTreeSet<NodeId>,
     /// node → times of local recoveries there, for `max_restarts` within `restart_window`.
-    pub restarts: BTreeMap<String, Vec<Millis>>,
+    pub restarts: BTreeMap<NodeId, Vec<Millis>>,
     /// node → monitor timeouts in a row there.
-    pub monitor_timeouts: BTreeMap<String, u32>,
+    pub monitor_timeouts: BTreeMap<NodeId, u32>,
     pub last_monitor: Option<MonitorRecord>,
     /// Last failure reason, for status.
     pub last_failure: Option<String>,
@@ -274,8 +275,8 @@ pub struct ResourceObservation {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Observations {
-    pub nodes: BTreeMap<String, NodeObservation>,
-    pub resources: BTreeMap<String, ResourceObservation>,
+    pub nodes: BTreeMap<NodeId, NodeObservation>,
+    pub resources: BTreeMap<ResourceId, ResourceObservation>,
 }
 
 /// Everything that changes.
@@ -289,7 +290,7 @@ pub struct State {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Persisted {
     pub decisions: Decisions,
-    pub restarts: BTreeMap<String, BTreeMap<String, Vec<Millis>>>,
+    pub restarts: BTreeMap<ResourceId, BTreeMap<NodeId, Vec<Millis>>>,
 }
 
 /// Why a call did not succeed: the WIT `agent-error` variants, plus what the engine itself saw.
@@ -361,43 +362,43 @@ impl ActionKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum OperatorCommand {
-    MoveGroup { group: String, to: Option<String> },
-    StartGroup { group: String },
-    StopGroup { group: String },
-    Cleanup { resource: String },
-    Standby { node: String },
-    Online { node: String },
+    MoveGroup { group: GroupId, to: Option<NodeId> },
+    StartGroup { group: GroupId },
+    StopGroup { group: GroupId },
+    Cleanup { resource: ResourceId },
+    Standby { node: NodeId },
+    Online { node: NodeId },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Re-evaluate: restart windows and `failed_on` entries age, unsure resources are probed.
     Tick,
-    NodeUp(String),
-    NodeDown(String),
+    NodeUp(NodeId),
+    NodeDown(NodeId),
     /// The node's daemon restarted: its queue is gone (commands not yet begun never run), what
     /// we knew about its resources is forgotten and re-probed; its processes may still run.
-    NodeRestarted(String),
+    NodeRestarted(NodeId),
     /// A fence device confirmed `node` is off: nothing runs there.
-    Fenced(String),
+    Fenced(NodeId),
     /// Answer to `Command::Probe` with the same `op`.
     Probe {
-        resource: String,
-        node: String,
+        resource: ResourceId,
+        node: NodeId,
         op: u64,
         outcome: MonitorOutcome,
     },
     /// A recurring monitor run by the engine, with the group epoch it knew.
     Monitor {
-        resource: String,
-        node: String,
+        resource: ResourceId,
+        node: NodeId,
         epoch: u64,
         outcome: MonitorOutcome,
     },
     /// Answer to `Command::Start`/`Stop`/`Recover` with the same `op`.
     ActionDone {
-        resource: String,
-        node: String,
+        resource: ResourceId,
+        node: NodeId,
         op: u64,
         action: ActionKind,
         result: Result<(), Failure>,
@@ -409,31 +410,31 @@ pub enum Event {
 #[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum Command {
     Probe {
-        resource: String,
-        node: String,
+        resource: ResourceId,
+        node: NodeId,
         op: u64,
         epoch: u64,
     },
     Start {
-        resource: String,
-        node: String,
+        resource: ResourceId,
+        node: NodeId,
         op: u64,
         epoch: u64,
     },
     Stop {
-        resource: String,
-        node: String,
+        resource: ResourceId,
+        node: NodeId,
         op: u64,
         epoch: u64,
     },
     Recover {
-        resource: String,
-        node: String,
+        resource: ResourceId,
+        node: NodeId,
         op: u64,
         epoch: u64,
     },
     Fence {
-        node: String,
+        node: NodeId,
     },
     /// A decision worth recording in the event history.
     Note {
@@ -529,7 +530,7 @@ impl Scheduler {
         }
         // We ran before and do not know what still runs where: every resource is possibly
         // active on every node until that node answers its probes (or is fenced).
-        let runners: Vec<String> = self.model.nodes.iter().filter(|n| n.role == Role::Node).map(|n| n.name.clone()).collect();
+        let runners: Vec<NodeId> = self.model.nodes.iter().filter(|n| n.role == Role::Node).map(|n| n.name.clone()).collect();
         for r in self.state.observations.resources.values_mut() {
             for n in &runners {
                 r.may_have_run.insert(n.clone());
@@ -637,23 +638,23 @@ impl Scheduler {
         self.changed
     }
 
-    fn activity(&self, resource: &str, node: &str) -> Option<&Activity> {
+    fn activity(&self, resource: &ResourceId, node: &NodeId) -> Option<&Activity> {
         self.state.observations.resources.get(resource).and_then(|r| r.on.get(node))
     }
 
-    fn obs(&mut self, resource: &str) -> &mut ResourceObservation {
+    fn obs(&mut self, resource: &ResourceId) -> &mut ResourceObservation {
         self.state.observations.resources.get_mut(resource).expect("resource in the model")
     }
 
-    fn up(&self, node: &str) -> bool {
+    fn up(&self, node: &NodeId) -> bool {
         self.state.observations.nodes.get(node).is_some_and(|n| n.up)
     }
 
-    fn set(&mut self, resource: &str, node: &str, a: Option<Activity>) {
+    fn set(&mut self, resource: &ResourceId, node: &NodeId, a: Option<Activity>) {
         if let Some(r) = self.state.observations.resources.get_mut(resource) {
             match a {
                 Some(a) => {
-                    r.on.insert(node.to_string(), a);
+                    r.on.insert(node.clone(), a);
                 }
                 None => {
                     r.on.remove(node);
@@ -663,35 +664,35 @@ impl Scheduler {
         }
     }
 
-    fn group_of(&self, resource: &str) -> Option<&GroupModel> {
+    fn group_of(&self, resource: &ResourceId) -> Option<&GroupModel> {
         self.model.resources.get(resource).and_then(|r| self.model.groups.get(&r.group)).map(|g| &**g)
     }
 
-    fn epoch_of(&self, resource: &str) -> u64 {
+    fn epoch_of(&self, resource: &ResourceId) -> u64 {
         self.model.resources.get(resource).and_then(|r| self.state.decisions.groups.get(&r.group)).map_or(0, |g| g.epoch)
     }
 
-    fn has_in_flight(&self, resource: &str, node: &str) -> bool {
+    fn has_in_flight(&self, resource: &ResourceId, node: &NodeId) -> bool {
         self.state.observations.resources.get(resource).and_then(|r| r.in_flight.get(node)).is_some_and(|v| !v.is_empty())
     }
 
     /// Issue an operation: a new op id, recorded in flight, the activity it implies.
-    fn issue(&mut self, kind: OpKind, resource: &str, node: &str, out: &mut Vec<Command>) {
+    fn issue(&mut self, kind: OpKind, resource: &ResourceId, node: &NodeId, out: &mut Vec<Command>) {
         self.last_op = self.last_op.saturating_add(1);
         let op = self.last_op;
         let epoch = self.epoch_of(resource);
         let (activity, cmd) = match kind {
-            OpKind::Probe => (Activity::Probing, Command::Probe { resource: resource.into(), node: node.into(), op, epoch }),
-            OpKind::Start => (Activity::Starting, Command::Start { resource: resource.into(), node: node.into(), op, epoch }),
-            OpKind::Stop => (Activity::Stopping, Command::Stop { resource: resource.into(), node: node.into(), op, epoch }),
-            OpKind::Recover => (Activity::Recovering, Command::Recover { resource: resource.into(), node: node.into(), op, epoch }),
+            OpKind::Probe => (Activity::Probing, Command::Probe { resource: resource.clone(), node: node.clone(), op, epoch }),
+            OpKind::Start => (Activity::Starting, Command::Start { resource: resource.clone(), node: node.clone(), op, epoch }),
+            OpKind::Stop => (Activity::Stopping, Command::Stop { resource: resource.clone(), node: node.clone(), op, epoch }),
+            OpKind::Recover => (Activity::Recovering, Command::Recover { resource: resource.clone(), node: node.clone(), op, epoch }),
         };
         let r = self.obs(resource);
-        r.in_flight.entry(node.to_string()).or_default().push(InFlight { op, kind, epoch });
+        r.in_flight.entry(node.clone()).or_default().push(InFlight { op, kind, epoch });
         if matches!(kind, OpKind::Start | OpKind::Recover) {
-            r.may_have_run.insert(node.to_string());
+            r.may_have_run.insert(node.clone());
         }
-        r.on.insert(node.to_string(), activity);
+        r.on.insert(node.clone(), activity);
         out.push(cmd);
     }
 
@@ -699,7 +700,7 @@ impl Scheduler {
     /// (ignored). Otherwise the op and every earlier one there are done (the executor runs them
     /// in order), and the result says whether no later op is still in flight (this answer
     /// decides the activity).
-    fn take_op(&mut self, resource: &str, node: &str, op: u64, kind: OpKind) -> Option<bool> {
+    fn take_op(&mut self, resource: &ResourceId, node: &NodeId, op: u64, kind: OpKind) -> Option<bool> {
         let r = self.state.observations.resources.get_mut(resource)?;
         let list = r.in_flight.get_mut(node)?;
         list.iter().find(|f| f.op == op && f.kind == kind)?;
@@ -711,7 +712,7 @@ impl Scheduler {
         Some(last)
     }
 
-    fn forget_node_ops(&mut self, node: &str) {
+    fn forget_node_ops(&mut self, node: &NodeId) {
         for r in self.state.observations.resources.values_mut() {
             r.in_flight.remove(node);
         }
@@ -728,7 +729,7 @@ impl Scheduler {
                 // before (a restarted daemon, late commands) is adopted. A probe answers after
                 // every earlier command for that resource there.
                 if self.is_runner(&n) {
-                    let names: Vec<String> = self.model.resources.keys().cloned().collect();
+                    let names: Vec<ResourceId> = self.model.resources.keys().cloned().collect();
                     for r in names {
                         self.issue(OpKind::Probe, &r, &n, out);
                     }
@@ -744,7 +745,7 @@ impl Scheduler {
                 }
                 if self.is_runner(&n) {
                     let up = self.up(&n);
-                    let names: Vec<String> = self.model.resources.keys().cloned().collect();
+                    let names: Vec<ResourceId> = self.model.resources.keys().cloned().collect();
                     for r in names {
                         if up {
                             self.issue(OpKind::Probe, &r, &n, out);
@@ -753,7 +754,7 @@ impl Scheduler {
                         }
                     }
                 }
-                out.push(Command::Note { subject: n, message: "daemon restarted: resources there are probed again".into() });
+                out.push(Command::Note { subject: n.to_string(), message: "daemon restarted: resources there are probed again".into() });
             }
             Event::NodeDown(n) => {
                 if let Some(ns) = self.state.observations.nodes.get_mut(&n) {
@@ -769,7 +770,7 @@ impl Scheduler {
                 }
                 if had_any {
                     out.push(Command::Note {
-                        subject: n.clone(),
+                        subject: n.to_string(),
                         message: "node lost while running resources: fencing required before they run elsewhere".into(),
                     });
                 }
@@ -786,7 +787,7 @@ impl Scheduler {
                     ns.fence_requested = false;
                     ns.last_fenced = Some(now);
                 }
-                out.push(Command::Note { subject: n, message: "fenced: nothing runs there any more".into() });
+                out.push(Command::Note { subject: n.to_string(), message: "fenced: nothing runs there any more".into() });
             }
             Event::Probe { resource, node, op, outcome } => self.on_probe(now, resource, node, op, outcome, out),
             Event::Monitor { resource, node, epoch, outcome } => self.on_monitor(now, resource, node, epoch, outcome, out),
@@ -808,11 +809,14 @@ impl Scheduler {
             }
             let Some(timeout) = g.failure_timeout else { continue };
             let gs = self.state.decisions.groups.get_mut(&g.name).unwrap();
-            let expired: Vec<String> =
+            let expired: Vec<NodeId> =
                 gs.failed_on.iter().filter(|(_, f)| now.saturating_sub(f.at) >= timeout).map(|(n, _)| n.clone()).collect();
             for n in expired {
                 gs.failed_on.remove(&n);
-                out.push(Command::Note { subject: g.name.clone(), message: format!("failure on {n} expired (failure_timeout passed)") });
+                out.push(Command::Note {
+                    subject: g.name.to_string(),
+                    message: format!("failure on {n} expired (failure_timeout passed)"),
+                });
             }
         }
         // Resources whose state is unsure on a reachable node are asked again.
@@ -829,11 +833,11 @@ impl Scheduler {
         }
     }
 
-    fn is_runner(&self, node: &str) -> bool {
-        self.model.nodes.iter().any(|n| n.name == node && n.role == Role::Node)
+    fn is_runner(&self, node: &NodeId) -> bool {
+        self.model.nodes.iter().any(|n| n.name == *node && n.role == Role::Node)
     }
 
-    fn block(&mut self, resource: &str, node: &str, why: &str, out: &mut Vec<Command>) {
+    fn block(&mut self, resource: &ResourceId, node: &NodeId, why: &str, out: &mut Vec<Command>) {
         if self.model.resources[resource].unmanaged {
             return;
         }
@@ -848,9 +852,9 @@ impl Scheduler {
         self.obs(resource).last_failure = Some(format!("invalid config: {why}"));
     }
 
-    fn mark_ineligible(&mut self, resource: &str, node: &str, why: &str, out: &mut Vec<Command>) {
+    fn mark_ineligible(&mut self, resource: &ResourceId, node: &NodeId, why: &str, out: &mut Vec<Command>) {
         let d = self.state.decisions.resources.get_mut(resource).unwrap();
-        if d.ineligible.insert(node.to_string(), why.to_string()).is_none() {
+        if d.ineligible.insert(node.clone(), why.to_string()).is_none() {
             out.push(Command::Note {
                 subject: resource.to_string(),
                 message: format!("not installed on {node} ({why}): that node cannot run its group until cleanup"),
@@ -858,7 +862,7 @@ impl Scheduler {
         }
     }
 
-    fn on_probe(&mut self, now: Millis, resource: String, node: String, op: u64, outcome: MonitorOutcome, out: &mut Vec<Command>) {
+    fn on_probe(&mut self, now: Millis, resource: ResourceId, node: NodeId, op: u64, outcome: MonitorOutcome, out: &mut Vec<Command>) {
         let Some(last) = self.take_op(&resource, &node, op, OpKind::Probe) else { return };
         if !last {
             // A later probe is in flight there: its answer decides.
@@ -894,7 +898,7 @@ impl Scheduler {
         self.obs(&resource).last_monitor = Some(MonitorRecord { at: now, node, outcome });
     }
 
-    fn on_monitor(&mut self, now: Millis, resource: String, node: String, epoch: u64, outcome: MonitorOutcome, out: &mut Vec<Command>) {
+    fn on_monitor(&mut self, now: Millis, resource: ResourceId, node: NodeId, epoch: u64, outcome: MonitorOutcome, out: &mut Vec<Command>) {
         let Some(rm) = self.model.resources.get(&resource).cloned() else { return };
         let gm = std::sync::Arc::clone(&self.model.groups[&rm.group]);
         // Stale: from an older placement, or about a resource an action is working on (the
@@ -973,10 +977,10 @@ impl Scheduler {
         times.retain(|t| now.saturating_sub(*t) < window);
         let used = times.len() as u32;
         let owner = self.state.decisions.groups[&gm.name].owner.clone();
-        if rm.local_recovery && !blocked && owner.as_deref() == Some(node.as_str()) && used < gm.max_restarts {
+        if rm.local_recovery && !blocked && owner.as_ref() == Some(&node) && used < gm.max_restarts {
             self.obs(&resource).restarts.entry(node.clone()).or_default().push(now);
             out.push(Command::Note {
-                subject: resource.clone(),
+                subject: resource.to_string(),
                 message: format!("monitor failed ({reason}); local recovery {} of {}", used + 1, gm.max_restarts),
             });
             self.issue(OpKind::Recover, &resource, &node, out);
@@ -993,10 +997,10 @@ impl Scheduler {
         }
     }
 
-    fn fail_group_on(&mut self, now: Millis, group: &str, node: &str, why: &str, out: &mut Vec<Command>) {
+    fn fail_group_on(&mut self, now: Millis, group: &GroupId, node: &NodeId, why: &str, out: &mut Vec<Command>) {
         let g = self.state.decisions.groups.get_mut(group).unwrap();
         if !g.failed_on.contains_key(node) {
-            g.failed_on.insert(node.to_string(), FailedOn { at: now, reason: why.to_string() });
+            g.failed_on.insert(node.clone(), FailedOn { at: now, reason: why.to_string() });
             out.push(Command::Note { subject: group.to_string(), message: format!("group failed on {node}: {why}") });
         }
     }
@@ -1005,8 +1009,8 @@ impl Scheduler {
     fn on_action(
         &mut self,
         now: Millis,
-        resource: String,
-        node: String,
+        resource: ResourceId,
+        node: NodeId,
         op: u64,
         action: ActionKind,
         result: Result<(), Failure>,
@@ -1116,7 +1120,7 @@ impl Scheduler {
                         o.restarts.clear();
                         o.monitor_timeouts.clear();
                     }
-                    out.push(Command::Note { subject: group, message: "failures cleared by `group start`".into() });
+                    out.push(Command::Note { subject: group.to_string(), message: "failures cleared by `group start`".into() });
                 }
             }
             OperatorCommand::StopGroup { group } => {
@@ -1136,14 +1140,14 @@ impl Scheduler {
                 self.state.decisions.groups.get_mut(&group).unwrap().failed_on.clear();
                 // Learn the truth again instead of trusting old failures (or an invalid-config
                 // probe that took the resource for stopped).
-                let nodes: Vec<String> =
+                let nodes: Vec<NodeId> =
                     self.model.nodes.iter().filter(|n| n.role == Role::Node && self.up(&n.name)).map(|n| n.name.clone()).collect();
                 for n in nodes {
                     // Also where something is in flight: this probe answers after it, and an
                     // older answer (say, from before the config was fixed) no longer decides.
                     self.issue(OpKind::Probe, &resource, &n, out);
                 }
-                out.push(Command::Note { subject: resource, message: "failures cleaned up by the operator".into() });
+                out.push(Command::Note { subject: resource.to_string(), message: "failures cleaned up by the operator".into() });
             }
             OperatorCommand::Standby { node } => self.state.decisions.nodes.get_mut(&node).unwrap().standby = true,
             OperatorCommand::Online { node } => self.state.decisions.nodes.get_mut(&node).unwrap().standby = false,
@@ -1151,12 +1155,12 @@ impl Scheduler {
     }
 
     /// A managed member of `g` blocked by an invalid config.
-    fn blocked_member(&self, g: &GroupModel) -> Option<String> {
+    fn blocked_member(&self, g: &GroupModel) -> Option<ResourceId> {
         g.members.iter().find(|r| self.state.decisions.resources[*r].blocked.is_some()).cloned()
     }
 
     /// Can `node` run group `g`? `ignore_failed` is for checking an explicit operator move.
-    fn eligible(&self, g: &GroupModel, node: &str, ignore_failed: bool) -> bool {
+    fn eligible(&self, g: &GroupModel, node: &NodeId, ignore_failed: bool) -> bool {
         let Some(ns) = self.state.decisions.nodes.get(node) else { return false };
         self.up(node)
             && !ns.standby
@@ -1167,12 +1171,12 @@ impl Scheduler {
             && (ignore_failed || !self.state.decisions.groups[&g.name].failed_on.contains_key(node))
     }
 
-    fn next_node(&self, g: &GroupModel) -> Option<String> {
+    fn next_node(&self, g: &GroupModel) -> Option<NodeId> {
         let owner = self.state.decisions.groups[&g.name].owner.clone();
-        g.priority.iter().find(|n| Some(n.as_str()) != owner.as_deref() && self.eligible(g, n, false)).cloned()
+        g.priority.iter().find(|n| Some(*n) != owner.as_ref() && self.eligible(g, n, false)).cloned()
     }
 
-    fn desired_owner(&self, g: &GroupModel) -> Option<String> {
+    fn desired_owner(&self, g: &GroupModel) -> Option<NodeId> {
         let gs = &self.state.decisions.groups[&g.name];
         if gs.target == Target::Stopped || self.shutting_down {
             return None;
@@ -1207,11 +1211,11 @@ impl Scheduler {
                     match base.checked_add(1).filter(|e| *e <= MAX_EPOCH) {
                         Some(e) => {
                             gs.epoch = e;
-                            out.push(Command::Note { subject: g.name.clone(), message: format!("placed on {d} (epoch {e})") });
+                            out.push(Command::Note { subject: g.name.to_string(), message: format!("placed on {d} (epoch {e})") });
                         }
                         None => {
                             out.push(Command::Note {
-                                subject: g.name.clone(),
+                                subject: g.name.to_string(),
                                 message: format!("not moved to {d}: its epoch is exhausted ({})", gs.epoch),
                             });
                             continue;
@@ -1220,7 +1224,7 @@ impl Scheduler {
                 }
                 gs.owner = desired.clone();
             }
-            let nodes: BTreeSet<String> = g.members.iter().flat_map(|r| self.state.observations.resources[r].on.keys().cloned()).collect();
+            let nodes: BTreeSet<NodeId> = g.members.iter().flat_map(|r| self.state.observations.resources[r].on.keys().cloned()).collect();
             let mut clear_elsewhere = true;
             for n in &nodes {
                 if Some(n) == desired.as_ref() {
@@ -1243,7 +1247,7 @@ impl Scheduler {
                 g.switchback == Switchback::Intelligent
                     && gs.move_to.is_some()
                     && gs.owner == gs.move_to
-                    && self.group_running_on(g, gs.move_to.as_deref())
+                    && self.group_running_on(g, gs.move_to.as_ref())
             };
             if arrived {
                 self.state.decisions.groups.get_mut(&g.name).unwrap().move_to = None;
@@ -1252,18 +1256,18 @@ impl Scheduler {
         // A node needs fencing while something may run there that we cannot stop: a failed stop,
         // or anything at all on a node we lost. (Derived every time, so a node that comes back
         // and answers its probes is cleared.)
-        let mut stuck: BTreeSet<&str> = BTreeSet::new();
+        let mut stuck: BTreeSet<&NodeId> = BTreeSet::new();
         for (r, st) in &self.state.observations.resources {
             if self.model.resources[r].unmanaged {
                 continue;
             }
             for (n, a) in &st.on {
                 if *a == Activity::StopFailed || !self.up(n) {
-                    stuck.insert(n.as_str());
+                    stuck.insert(n);
                 }
             }
         }
-        let stuck: BTreeSet<String> = stuck.into_iter().map(str::to_string).collect();
+        let stuck: BTreeSet<NodeId> = stuck.into_iter().cloned().collect();
         for m in &self.model.nodes {
             let stuck = stuck.contains(&m.name);
             let Some(nd) = self.state.decisions.nodes.get_mut(&m.name) else { continue };
@@ -1277,12 +1281,12 @@ impl Scheduler {
         }
     }
 
-    fn group_running_on(&self, g: &GroupModel, node: Option<&str>) -> bool {
+    fn group_running_on(&self, g: &GroupModel, node: Option<&NodeId>) -> bool {
         let Some(node) = node else { return false };
         g.members.iter().all(|r| self.activity(r, node) == Some(&Activity::Running))
     }
 
-    fn dependents_active(&self, g: &GroupModel, r: &str, node: &str) -> bool {
+    fn dependents_active(&self, g: &GroupModel, r: &ResourceId, node: &NodeId) -> bool {
         g.dependents
             .get(r)
             .into_iter()
@@ -1291,7 +1295,7 @@ impl Scheduler {
     }
 
     /// Stop every managed member on `node`, top-down. True when nothing is possibly active there.
-    fn stop_group_on(&mut self, g: &GroupModel, node: &str, out: &mut Vec<Command>) -> bool {
+    fn stop_group_on(&mut self, g: &GroupModel, node: &NodeId, out: &mut Vec<Command>) -> bool {
         let up = self.up(node);
         let mut clear = true;
         for r in g.members.iter().rev() {
@@ -1317,15 +1321,15 @@ impl Scheduler {
     /// Start members on `node` bottom-up, each once everything it depends on runs there. A member
     /// that failed there without being recovered (a failed probe) is first stopped, with what
     /// depends on it, and then started again in order.
-    fn start_group_on(&mut self, g: &GroupModel, node: &str, out: &mut Vec<Command>) {
-        let failed: Vec<String> = g
+    fn start_group_on(&mut self, g: &GroupModel, node: &NodeId, out: &mut Vec<Command>) {
+        let failed: Vec<ResourceId> = g
             .members
             .iter()
             .filter(|r| !self.model.resources[*r].unmanaged && self.activity(r, node) == Some(&Activity::Failed))
             .cloned()
             .collect();
         if !failed.is_empty() {
-            let mut restart: BTreeSet<String> = BTreeSet::new();
+            let mut restart: BTreeSet<ResourceId> = BTreeSet::new();
             let mut todo = failed;
             while let Some(r) = todo.pop() {
                 if restart.insert(r.clone()) {
@@ -1360,13 +1364,13 @@ impl Scheduler {
     }
 
     /// For status: a one-word state of a group.
-    pub fn group_status(&self, group: &str) -> &'static str {
+    pub fn group_status(&self, group: &GroupId) -> &'static str {
         let g = &self.model.groups[group];
         let gs = &self.state.decisions.groups[group];
         let res = &self.state.observations.resources;
         let active: Vec<&Activity> = g.members.iter().flat_map(|r| res[r].on.values()).collect();
         let managed_all_running =
-            |n: &str| g.members.iter().all(|r| self.model.resources[r].unmanaged || res[r].on.get(n) == Some(&Activity::Running));
+            |n: &NodeId| g.members.iter().all(|r| self.model.resources[r].unmanaged || res[r].on.get(n) == Some(&Activity::Running));
         if active.iter().any(|a| **a == Activity::StopFailed) {
             return "stop-failed";
         }
@@ -1390,7 +1394,7 @@ impl Scheduler {
         }
     }
 
-    fn group_nodes(&self, g: &GroupModel) -> BTreeSet<String> {
+    fn group_nodes(&self, g: &GroupModel) -> BTreeSet<NodeId> {
         g.members
             .iter()
             .filter(|r| !self.model.resources[*r].unmanaged)
@@ -1400,7 +1404,7 @@ impl Scheduler {
 
     /// Resources to monitor on `node`: managed ones running there with nothing in flight, and
     /// every unmanaged one. Run each monitor with the group's current epoch ([`Scheduler::epoch`]).
-    pub fn monitored_on(&self, node: &str) -> Vec<String> {
+    pub fn monitored_on(&self, node: &NodeId) -> Vec<ResourceId> {
         self.model
             .resources
             .values()
@@ -1410,12 +1414,12 @@ impl Scheduler {
     }
 
     /// The current placement epoch of `resource`'s group (0 for an unknown resource).
-    pub fn epoch(&self, resource: &str) -> u64 {
+    pub fn epoch(&self, resource: &ResourceId) -> u64 {
         self.epoch_of(resource)
     }
 
     /// Managed resources possibly active on `node` (reported when a shutdown ends).
-    pub fn active_on(&self, node: &str) -> Vec<String> {
+    pub fn active_on(&self, node: &NodeId) -> Vec<ResourceId> {
         self.model
             .resources
             .values()
@@ -1425,7 +1429,7 @@ impl Scheduler {
     }
 
     /// Resources on `node` whose stop failed.
-    pub fn stop_failed_on(&self, node: &str) -> Vec<String> {
+    pub fn stop_failed_on(&self, node: &NodeId) -> Vec<ResourceId> {
         self.model
             .resources
             .values()
@@ -1435,12 +1439,12 @@ impl Scheduler {
     }
 
     /// Blocked resources (invalid config) and why.
-    pub fn blocked(&self) -> BTreeMap<String, String> {
+    pub fn blocked(&self) -> BTreeMap<ResourceId, String> {
         self.state.decisions.resources.iter().filter_map(|(r, d)| d.blocked.clone().map(|b| (r.clone(), b))).collect()
     }
 
     /// (resource, node) pairs where the resource cannot run (not installed), and why.
-    pub fn ineligible(&self) -> BTreeMap<(String, String), String> {
+    pub fn ineligible(&self) -> BTreeMap<(ResourceId, NodeId), String> {
         self.state
             .decisions
             .resources

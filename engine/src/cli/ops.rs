@@ -268,29 +268,30 @@ pub async fn node(cmd: &NodeCommand, cli: &crate::cli::Cli) -> anyhow::Result<Ex
             println!("{}: ok (config, plugins, and every resource's and fence device's validate)", config.display());
             Ok(ExitCode::SUCCESS)
         }
-        NodeCommand::Standby { node, socket } => operator(&socket.path()?, OperatorCommand::Standby { node: node.clone() }).await,
-        NodeCommand::Online { node, socket } => operator(&socket.path()?, OperatorCommand::Online { node: node.clone() }).await,
+        NodeCommand::Standby { node, socket } => operator(&socket.path()?, OperatorCommand::Standby { node: node.into() }).await,
+        NodeCommand::Online { node, socket } => operator(&socket.path()?, OperatorCommand::Online { node: node.into() }).await,
     }
 }
 
 pub async fn group(cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         GroupCommand::Start { group, wait, socket } => {
-            let code = operator(&socket.path()?, OperatorCommand::StartGroup { group: group.clone() }).await?;
+            let code = operator(&socket.path()?, OperatorCommand::StartGroup { group: group.into() }).await?;
             if code != ExitCode::SUCCESS || !wait.wait {
                 return Ok(code);
             }
             wait_for_group(&socket.path()?, group, Goal::Started(None), wait.timeout).await
         }
         GroupCommand::Stop { group, wait, socket } => {
-            let code = operator(&socket.path()?, OperatorCommand::StopGroup { group: group.clone() }).await?;
+            let code = operator(&socket.path()?, OperatorCommand::StopGroup { group: group.into() }).await?;
             if code != ExitCode::SUCCESS || !wait.wait {
                 return Ok(code);
             }
             wait_for_group(&socket.path()?, group, Goal::Stopped, wait.timeout).await
         }
         GroupCommand::Move { group, to, wait, socket } => {
-            let code = operator(&socket.path()?, OperatorCommand::MoveGroup { group: group.clone(), to: to.clone() }).await?;
+            let code =
+                operator(&socket.path()?, OperatorCommand::MoveGroup { group: group.into(), to: to.as_ref().map(Into::into) }).await?;
             if code != ExitCode::SUCCESS || !wait.wait {
                 return Ok(code);
             }
@@ -311,7 +312,7 @@ pub async fn resource(cmd: &ResourceCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ResourceCommand::Cleanup { resource: Some(resource), socket, .. } => {
-            operator(&socket.path()?, OperatorCommand::Cleanup { resource: resource.clone() }).await
+            operator(&socket.path()?, OperatorCommand::Cleanup { resource: resource.into() }).await
         }
         ResourceCommand::Cleanup { resource: None, socket, .. } => {
             let report = match Client::call(&socket.path()?, Request::Status).await? {
@@ -331,7 +332,7 @@ pub async fn resource(cmd: &ResourceCommand) -> anyhow::Result<ExitCode> {
             }
             let mut code = ExitCode::SUCCESS;
             for r in dirty {
-                if operator(&socket.path()?, OperatorCommand::Cleanup { resource: r }).await? != ExitCode::SUCCESS {
+                if operator(&socket.path()?, OperatorCommand::Cleanup { resource: r.into() }).await? != ExitCode::SUCCESS {
                     code = ExitCode::from(1);
                 }
             }

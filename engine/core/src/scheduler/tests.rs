@@ -29,20 +29,20 @@
 use super::*;
 
 fn model(nodes: &[&str], groups: &[(&str, &[&str])], fenceable: bool) -> Model {
-    let nodes = nodes.iter().map(|n| NodeModel { name: n.to_string(), role: Role::Node, fenceable }).collect::<Vec<_>>();
+    let nodes = nodes.iter().map(|n| NodeModel { name: (*n).into(), role: Role::Node, fenceable }).collect::<Vec<_>>();
     let mut gm = BTreeMap::new();
     let mut rm = BTreeMap::new();
     for (g, members) in groups {
-        let members: Vec<String> = members.iter().map(|s| s.to_string()).collect();
-        let deps: BTreeMap<String, Vec<String>> = members.windows(2).map(|w| (w[1].clone(), vec![w[0].clone()])).collect();
-        let dependents: BTreeMap<String, Vec<String>> = members.windows(2).map(|w| (w[0].clone(), vec![w[1].clone()])).collect();
+        let members: Vec<ResourceId> = members.iter().map(|s| (*s).into()).collect();
+        let deps: BTreeMap<ResourceId, Vec<ResourceId>> = members.windows(2).map(|w| (w[1].clone(), vec![w[0].clone()])).collect();
+        let dependents: BTreeMap<ResourceId, Vec<ResourceId>> = members.windows(2).map(|w| (w[0].clone(), vec![w[1].clone()])).collect();
         for m in &members {
-            rm.insert(m.clone(), ResourceModel { name: m.clone(), group: g.to_string(), unmanaged: false, local_recovery: true });
+            rm.insert(m.clone(), ResourceModel { name: m.clone(), group: (*g).into(), unmanaged: false, local_recovery: true });
         }
         gm.insert(
-            g.to_string(),
+            (*g).into(),
             std::sync::Arc::new(GroupModel {
-                name: g.to_string(),
+                name: (*g).into(),
                 members,
                 deps,
                 dependents,
@@ -86,18 +86,18 @@ fn settle(s: &mut Scheduler, now: Millis, event: Event) -> Vec<Command> {
     all
 }
 
-fn starts(cmds: &[Command]) -> Vec<(String, String)> {
+fn starts(cmds: &[Command]) -> Vec<(ResourceId, NodeId)> {
     cmds.iter()
         .filter_map(|c| if let Command::Start { resource, node, .. } = c { Some((resource.clone(), node.clone())) } else { None })
         .collect()
 }
-fn stops(cmds: &[Command]) -> Vec<(String, String)> {
+fn stops(cmds: &[Command]) -> Vec<(ResourceId, NodeId)> {
     cmds.iter()
         .filter_map(|c| if let Command::Stop { resource, node, .. } = c { Some((resource.clone(), node.clone())) } else { None })
         .collect()
 }
-fn rn(r: &str, n: &str) -> (String, String) {
-    (r.to_string(), n.to_string())
+fn rn(r: &str, n: &str) -> (ResourceId, NodeId) {
+    (r.into(), n.into())
 }
 /// The op of the first command of kind `kind` ("probe", "start", "stop", "recover") for (r, n).
 fn op_of(cmds: &[Command], kind: &str, r: &str, n: &str) -> u64 {
@@ -118,7 +118,7 @@ fn done(r: &str, n: &str, op: u64, action: ActionKind, result: Result<(), Failur
     Event::ActionDone { resource: r.into(), node: n.into(), op, action, result }
 }
 fn monitor(s: &Scheduler, r: &str, n: &str, outcome: MonitorOutcome) -> Event {
-    Event::Monitor { resource: r.into(), node: n.into(), epoch: s.epoch(r), outcome }
+    Event::Monitor { resource: r.into(), node: n.into(), epoch: s.epoch(&r.into()), outcome }
 }
 fn act<'a>(s: &'a Scheduler, r: &str, n: &str) -> Option<&'a Activity> {
     s.state().observations.resources[r].on.get(n)
@@ -142,7 +142,7 @@ fn probes_first_then_starts_bottom_up() {
     let mut s = Scheduler::new(model(&["a"], &[("g", &["ip", "fs", "app"])], false));
     let cmds = settle(&mut s, 0, Event::NodeUp("a".into()));
     assert_eq!(starts(&cmds), vec![rn("ip", "a"), rn("fs", "a"), rn("app", "a")]);
-    assert_eq!(s.group_status("g"), "started");
+    assert_eq!(s.group_status(&"g".into()), "started");
     assert_eq!(s.state().decisions.groups["g"].epoch, 1);
 }
 
@@ -181,7 +181,7 @@ fn probe_finding_resources_running_adopts_them() {
     let mut cmds = s.handle(1, probe("ip", "a", op_of(&probes, "probe", "ip", "a"), MonitorOutcome::Running));
     cmds.extend(s.handle(1, probe("app", "a", op_of(&probes, "probe", "app", "a"), MonitorOutcome::Running)));
     assert!(starts(&cmds).is_empty(), "adopted, not started again: {cmds:?}");
-    assert_eq!(s.group_status("g"), "started");
+    assert_eq!(s.group_status(&"g".into()), "started");
 }
 
 #[test]
@@ -231,7 +231,7 @@ fn duplicate_and_unknown_action_results_are_ignored() {
 #[test]
 fn monitor_results_during_an_action_or_from_an_old_epoch_are_ignored() {
     let mut s = two_nodes(true, &["app"]);
-    let old_epoch = s.epoch("app");
+    let old_epoch = s.epoch(&"app".into());
     // Recovery in flight: a monitor saying stopped is about the old process, not a new failure.
     let cmds = s.handle(1, monitor(&s, "app", "a", MonitorOutcome::Failed("gone".into())));
     let rec = op_of(&cmds, "recover", "app", "a");
@@ -259,7 +259,7 @@ fn monitor_results_during_an_action_or_from_an_old_epoch_are_ignored() {
     s.handle(3, done("app", "a", rec, ActionKind::Recover, Ok(())));
     // Move to b (epoch 2): a monitor from a's epoch that says "running on b" is old news.
     settle(&mut s, 4, Event::Operator(OperatorCommand::MoveGroup { group: "g".into(), to: Some("b".into()) }));
-    assert_eq!(s.epoch("app"), old_epoch + 1);
+    assert_eq!(s.epoch(&"app".into()), old_epoch + 1);
     let stale = Event::Monitor { resource: "app".into(), node: "b".into(), epoch: old_epoch, outcome: MonitorOutcome::Stopped };
     assert!(s.handle(5, stale).is_empty());
     assert_eq!(act(&s, "app", "b"), Some(&Activity::Running));
@@ -273,18 +273,18 @@ fn monitor_failure_recovers_locally_then_fails_the_group() {
         let e = monitor(&s, "app", "a", MonitorOutcome::Failed("process gone".into()));
         let cmds = settle(&mut s, i * 1000, e);
         assert!(cmds.iter().any(|c| matches!(c, Command::Recover { resource, .. } if resource == "app")), "recovery {i}: {cmds:?}");
-        assert_eq!(s.group_status("g"), "started");
+        assert_eq!(s.group_status(&"g".into()), "started");
     }
     // Third failure within the window: restarts exhausted; single node, so the group stops.
     let e = monitor(&s, "app", "a", MonitorOutcome::Failed("process gone".into()));
     let cmds = settle(&mut s, 3000, e);
     assert!(!cmds.iter().any(|c| matches!(c, Command::Recover { .. })));
     assert_eq!(stops(&cmds), vec![rn("app", "a"), rn("ip", "a")], "stopped top-down");
-    assert_eq!(s.group_status("g"), "failed");
+    assert_eq!(s.group_status(&"g".into()), "failed");
     // Cleanup forgets the failures and the group comes back.
     let cmds = settle(&mut s, 4000, Event::Operator(OperatorCommand::Cleanup { resource: "app".into() }));
     assert_eq!(starts(&cmds), vec![rn("ip", "a"), rn("app", "a")]);
-    assert_eq!(s.group_status("g"), "started");
+    assert_eq!(s.group_status(&"g".into()), "started");
 }
 
 #[test]
@@ -295,10 +295,10 @@ fn group_start_on_a_failed_group_clears_its_failures() {
         let e = monitor(&s, "app", "a", MonitorOutcome::Failed("process gone".into()));
         settle(&mut s, i * 1000, e);
     }
-    assert_eq!(s.group_status("g"), "failed");
+    assert_eq!(s.group_status(&"g".into()), "failed");
     let cmds = settle(&mut s, 4000, Event::Operator(OperatorCommand::StartGroup { group: "g".into() }));
     assert_eq!(starts(&cmds), vec![rn("ip", "a"), rn("app", "a")]);
-    assert_eq!(s.group_status("g"), "started");
+    assert_eq!(s.group_status(&"g".into()), "started");
     assert!(s.state().observations.resources["app"].restarts.values().all(|v| v.is_empty()), "restart counts forgotten");
 }
 
@@ -325,7 +325,7 @@ fn tick_ages_restart_counters_and_failures() {
         let e = monitor(&s, "app", "a", MonitorOutcome::Failed("x".into()));
         settle(&mut s, t, e);
     }
-    assert_eq!(s.group_status("g"), "failed");
+    assert_eq!(s.group_status(&"g".into()), "failed");
     assert_eq!(s.state().observations.resources["app"].restarts["a"].len(), 2);
     // Inside the window a tick changes nothing.
     let cmds = settle(&mut s, 30_000, Event::Tick);
@@ -336,7 +336,7 @@ fn tick_ages_restart_counters_and_failures() {
     let cmds = settle(&mut s, 64_000, Event::Tick);
     assert!(s.state().observations.resources["app"].restarts.is_empty());
     assert!(starts(&cmds).is_empty());
-    assert_eq!(s.group_status("g"), "failed");
+    assert_eq!(s.group_status(&"g".into()), "failed");
 }
 
 #[test]
@@ -350,12 +350,12 @@ fn a_failure_timeout_lets_the_group_run_again() {
         let e = monitor(&s, "app", "a", MonitorOutcome::Failed("x".into()));
         settle(&mut s, t, e);
     }
-    assert_eq!(s.group_status("g"), "failed");
+    assert_eq!(s.group_status(&"g".into()), "failed");
     assert!(starts(&settle(&mut s, 30_000, Event::Tick)).is_empty());
     let cmds = settle(&mut s, 64_000, Event::Tick);
     assert!(s.state().decisions.groups["g"].failed_on.is_empty());
     assert_eq!(starts(&cmds), vec![rn("app", "a")]);
-    assert_eq!(s.group_status("g"), "started");
+    assert_eq!(s.group_status(&"g".into()), "started");
 }
 
 #[test]
@@ -379,7 +379,7 @@ fn restart_counters_are_per_node() {
 fn monitor_timeouts_count_only_in_a_row() {
     let mut s = Scheduler::new(model(&["a"], &[("g", &["app"])], false));
     settle(&mut s, 0, Event::NodeUp("a".into()));
-    let epoch = s.epoch("app");
+    let epoch = s.epoch(&"app".into());
     let m = |o| Event::Monitor { resource: "app".into(), node: "a".into(), epoch, outcome: o };
     let t = || MonitorOutcome::Error(Failure::Timeout);
     assert!(settle(&mut s, 1, m(t())).iter().all(|c| !matches!(c, Command::Recover { .. })));
@@ -466,7 +466,7 @@ fn daemon_restart_forgets_ops_and_reprobes() {
     assert_eq!(act(&s, "app", "a"), Some(&Activity::Probing));
     let cmds = s.handle(4, probe("app", "a", p, MonitorOutcome::Running));
     assert!(starts(&cmds).is_empty() && stops(&cmds).is_empty(), "{cmds:?}");
-    assert_eq!(s.group_status("g"), "started");
+    assert_eq!(s.group_status(&"g".into()), "started");
     assert_eq!(s.state().observations.resources["app"].restarts["a"].len(), 1, "restart counters survive a daemon restart");
 }
 
@@ -513,7 +513,7 @@ fn host_faults_probe_again_and_never_fail_over_or_fence() {
     let p = op_of(&cmds, "probe", "app", "b");
     assert!(s.state().decisions.groups["g"].failed_on.is_empty());
     settle(&mut s, 7, probe("app", "b", p, MonitorOutcome::Running));
-    assert_eq!(s.group_status("g"), "started");
+    assert_eq!(s.group_status(&"g".into()), "started");
     assert_eq!(s.state().decisions.groups["g"].owner.as_deref(), Some("b"));
 }
 
@@ -549,7 +549,7 @@ fn invalid_config_blocks_the_group_until_cleanup() {
     s.handle(0, probe("ip", "b", op_of(&pb, "probe", "ip", "b"), MonitorOutcome::Stopped));
     let cmds = s.handle(0, probe("app", "b", op_of(&pb, "probe", "app", "b"), MonitorOutcome::Stopped));
     assert!(starts(&cmds).is_empty(), "a blocked group is not started: {cmds:?}");
-    assert_eq!(s.group_status("g"), "blocked");
+    assert_eq!(s.group_status(&"g".into()), "blocked");
     assert!(s.state().decisions.resources["app"].blocked.as_deref().unwrap().contains("port missing"));
     assert_eq!(s.blocked().len(), 1);
     assert!(s.check_operator(&OperatorCommand::MoveGroup { group: "g".into(), to: Some("b".into()) }).is_err());
@@ -630,14 +630,14 @@ fn epochs_never_panic_and_never_go_backwards() {
         GroupState { target: Target::Started, owner: Some("a".into()), epoch: 5, failed_on: BTreeMap::new(), move_to: None },
     );
     s.restore(&saved, 1_000);
-    assert_eq!(s.epoch("app"), 1_000);
+    assert_eq!(s.epoch(&"app".into()), 1_000);
     settle(&mut s, 0, Event::NodeUp("b".into()));
     assert_eq!(s.state().decisions.groups["g"].owner.as_deref(), Some("b"));
-    assert_eq!(s.epoch("app"), 1_001);
+    assert_eq!(s.epoch(&"app".into()), 1_001);
     // A floor below the restored epoch does not lower it.
     let mut s2 = Scheduler::new(model(&["a", "b"], &[("g", &["app"])], true));
     s2.restore(&s.persisted(), 10);
-    assert_eq!(s2.epoch("app"), 1_001);
+    assert_eq!(s2.epoch(&"app".into()), 1_001);
     let mut s3 = Scheduler::new(model(&["a", "b"], &[("g", &["app"])], true));
     s3.restore(&Persisted::default(), u64::MAX);
     settle(&mut s3, 0, Event::NodeUp("a".into()));
@@ -742,7 +742,7 @@ fn stop_and_start_group() {
     settle(&mut s, 0, Event::NodeUp("a".into()));
     let cmds = settle(&mut s, 1, Event::Operator(OperatorCommand::StopGroup { group: "g".into() }));
     assert_eq!(stops(&cmds), vec![rn("app", "a"), rn("ip", "a")]);
-    assert_eq!(s.group_status("g"), "stopped");
+    assert_eq!(s.group_status(&"g".into()), "stopped");
     let cmds = settle(&mut s, 2, Event::Operator(OperatorCommand::StartGroup { group: "g".into() }));
     assert_eq!(starts(&cmds), vec![rn("ip", "a"), rn("app", "a")]);
 }
@@ -757,8 +757,8 @@ fn shutdown_stops_everything_top_down_and_keeps_targets() {
     // A stop that fails does not hold the shutdown forever: nothing more can be done for it.
     let cmds = s.handle(2, done("app", "a", op_of(&first, "stop", "app", "a"), ActionKind::Stop, Err(Failure::Failed("busy".into()))));
     assert!(stops(&cmds).is_empty(), "fs must not stop under a possibly running app: {cmds:?}");
-    assert_eq!(s.stop_failed_on("a"), vec!["app".to_string()]);
-    assert_eq!(s.active_on("a"), vec!["app".to_string(), "fs".to_string(), "ip".to_string()]);
+    assert_eq!(s.stop_failed_on(&"a".into()), ["app"]);
+    assert_eq!(s.active_on(&"a".into()), ["app", "fs", "ip"]);
 }
 
 #[test]
@@ -806,31 +806,31 @@ const RUNNERS: [&str; 3] = ["a", "b", "c"];
 /// resource with automatic switchback, g3 a managed service on an unmanaged base that only runs
 /// on a and b.
 fn sim_model(fenceable: bool) -> Model {
-    let mut nodes: Vec<NodeModel> = RUNNERS.iter().map(|n| NodeModel { name: n.to_string(), role: Role::Node, fenceable }).collect();
+    let mut nodes: Vec<NodeModel> = RUNNERS.iter().map(|n| NodeModel { name: (*n).into(), role: Role::Node, fenceable }).collect();
     nodes.push(NodeModel { name: "w".into(), role: Role::Witness, fenceable: false });
     let mut groups = BTreeMap::new();
     let mut resources = BTreeMap::new();
     let mut add = |g: &str, members: &[(&str, &[&str], bool)], priority: &[&str], switchback: Switchback| {
         let mut deps = BTreeMap::new();
-        let mut dependents: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut dependents: BTreeMap<ResourceId, Vec<ResourceId>> = BTreeMap::new();
         for (r, ds, unmanaged) in members {
-            resources
-                .insert(r.to_string(), ResourceModel { name: r.to_string(), group: g.into(), unmanaged: *unmanaged, local_recovery: true });
-            deps.insert(r.to_string(), ds.iter().map(|d| d.to_string()).collect::<Vec<_>>());
+            let r = ResourceId::from(*r);
+            resources.insert(r.clone(), ResourceModel { name: r.clone(), group: g.into(), unmanaged: *unmanaged, local_recovery: true });
+            deps.insert(r.clone(), ds.iter().map(|d| ResourceId::from(*d)).collect::<Vec<_>>());
             for d in *ds {
-                dependents.entry(d.to_string()).or_default().push(r.to_string());
+                dependents.entry((*d).into()).or_default().push(r.clone());
             }
         }
-        let names: Vec<String> = members.iter().map(|m| m.0.to_string()).collect();
+        let names: Vec<ResourceId> = members.iter().map(|m| m.0.into()).collect();
         let members = crate::model::topo_order(&names, &deps).unwrap();
         groups.insert(
-            g.to_string(),
+            GroupId::from(g),
             std::sync::Arc::new(GroupModel {
                 name: g.into(),
                 members,
                 deps,
                 dependents,
-                priority: priority.iter().map(|p| p.to_string()).collect(),
+                priority: priority.iter().map(|p| NodeId::from(*p)).collect(),
                 switchback,
                 max_restarts: 2,
                 restart_window: 20_000,
@@ -863,16 +863,16 @@ struct SimNode {
 }
 
 struct World {
-    running: BTreeSet<(String, String)>,
+    running: BTreeSet<(ResourceId, NodeId)>,
     /// Started by an action (or there from the start) and not stopped by a stop or a fence:
     /// a dependency that merely crashed still counts for the order check.
-    started: BTreeSet<(String, String)>,
-    nodes: BTreeMap<String, SimNode>,
+    started: BTreeSet<(ResourceId, NodeId)>,
+    nodes: BTreeMap<NodeId, SimNode>,
     /// Results on their way to the scheduler: (from node, event).
-    transit: Vec<(String, Event)>,
-    fences: Vec<String>,
-    not_installed: BTreeSet<(String, String)>,
-    misconfigured: BTreeSet<String>,
+    transit: Vec<(NodeId, Event)>,
+    fences: Vec<NodeId>,
+    not_installed: BTreeSet<(ResourceId, NodeId)>,
+    misconfigured: BTreeSet<ResourceId>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -917,7 +917,7 @@ impl Sim {
         let mut w = World {
             running: BTreeSet::new(),
             started: BTreeSet::new(),
-            nodes: NODES.iter().map(|n| (n.to_string(), SimNode { connected: true, powered: true, ..Default::default() })).collect(),
+            nodes: NODES.iter().map(|n| (NodeId::from(*n), SimNode { connected: true, powered: true, ..Default::default() })).collect(),
             transit: Vec::new(),
             fences: Vec::new(),
             not_installed: BTreeSet::new(),
@@ -975,7 +975,7 @@ impl Sim {
 
     fn check_s1(&self) -> SimResult {
         for g in self.m.groups.values() {
-            let nodes: BTreeSet<&String> =
+            let nodes: BTreeSet<&NodeId> =
                 self.w.running.iter().filter(|(r, _)| g.members.contains(r) && !self.m.resources[r].unmanaged).map(|(_, n)| n).collect();
             if nodes.len() > 1 {
                 return self.fail(format!("S1: group {} really runs on {nodes:?}", g.name));
@@ -985,20 +985,20 @@ impl Sim {
     }
 
     /// Send a result back (maybe twice, maybe never).
-    fn reply(&mut self, node: &str, e: Event) {
+    fn reply(&mut self, node: &NodeId, e: Event) {
         if self.cfg.faults && self.rng.chance(3) {
             self.w.nodes.get_mut(node).unwrap().lost_result = true;
             self.note(|| format!("   (result lost: {e:?})"));
             return;
         }
         if self.cfg.faults && self.rng.chance(4) {
-            self.w.transit.push((node.to_string(), e.clone()));
+            self.w.transit.push((node.clone(), e.clone()));
         }
-        self.w.transit.push((node.to_string(), e));
+        self.w.transit.push((node.clone(), e));
     }
 
-    fn truth(&self, r: &str, n: &str) -> bool {
-        self.w.running.contains(&(r.to_string(), n.to_string()))
+    fn truth(&self, r: &ResourceId, n: &NodeId) -> bool {
+        self.w.running.contains(&(r.clone(), n.clone()))
     }
 
     /// The executor of `node` carries out the head of its queue.
@@ -1119,7 +1119,7 @@ impl Sim {
         self.feed(e)
     }
 
-    fn fence(&mut self, node: String, tally: &mut Tally) -> SimResult {
+    fn fence(&mut self, node: NodeId, tally: &mut Tally) -> SimResult {
         tally.fences += 1;
         // Power off: everything there dies, its queue and unsent results are gone.
         self.w.running.retain(|(_, n)| n != &node);
@@ -1148,8 +1148,9 @@ impl Sim {
     }
 
     fn monitor_round(&mut self, n: &str) {
-        for r in self.s.monitored_on(n) {
-            let running = self.truth(&r, n);
+        let n = NodeId::from(n);
+        for r in self.s.monitored_on(&n) {
+            let running = self.truth(&r, &n);
             let faults = self.cfg.faults;
             let outcome = match if faults { self.rng.below(100) } else { 99 } {
                 0..=3 => MonitorOutcome::Error(Failure::Timeout),
@@ -1160,7 +1161,7 @@ impl Sim {
                 _ => MonitorOutcome::Stopped,
             };
             let epoch = self.s.epoch(&r);
-            self.w.transit.push((n.to_string(), Event::Monitor { resource: r, node: n.to_string(), epoch, outcome }));
+            self.w.transit.push((n.clone(), Event::Monitor { resource: r, node: n.clone(), epoch, outcome }));
         }
     }
 
@@ -1202,7 +1203,7 @@ impl Sim {
             }
             73..=75 => {
                 // A node is cut off (its executor and processes keep going) or comes back.
-                let n = NODES[self.rng.below(4) as usize].to_string();
+                let n = NodeId::from(NODES[self.rng.below(4) as usize]);
                 let sn = self.w.nodes.get_mut(&n).unwrap();
                 if sn.connected {
                     sn.connected = false;
@@ -1216,7 +1217,7 @@ impl Sim {
             }
             76..=77 => {
                 // The daemon of a reachable node restarts: its queue is gone, processes stay.
-                let n = RUNNERS[self.rng.below(3) as usize].to_string();
+                let n = NodeId::from(RUNNERS[self.rng.below(3) as usize]);
                 if self.w.nodes[&n].connected {
                     tally.daemon_restarts += 1;
                     let sn = self.w.nodes.get_mut(&n).unwrap();
@@ -1236,7 +1237,7 @@ impl Sim {
                 if let Some(r) = self.w.misconfigured.pop_first() {
                     self.feed(Event::Operator(OperatorCommand::Cleanup { resource: r }))?;
                 } else {
-                    let r = ["ip", "app", "db", "svc"][self.rng.below(4) as usize].to_string();
+                    let r = ResourceId::from(["ip", "app", "db", "svc"][self.rng.below(4) as usize]);
                     self.w.misconfigured.insert(r);
                 }
             }
@@ -1270,7 +1271,7 @@ impl Sim {
             }
             _ => {
                 let groups = ["g1", "g2", "g3"];
-                let resources: Vec<String> = self.m.resources.keys().cloned().collect();
+                let resources: Vec<ResourceId> = self.m.resources.keys().cloned().collect();
                 let cmd = match self.rng.below(6) {
                     0 => OperatorCommand::MoveGroup {
                         group: groups[self.rng.below(3) as usize].into(),
@@ -1327,7 +1328,7 @@ impl Sim {
         for n in RUNNERS {
             self.feed(Event::Operator(OperatorCommand::Online { node: n.into() }))?;
         }
-        let resources: Vec<String> = self.m.resources.keys().cloned().collect();
+        let resources: Vec<ResourceId> = self.m.resources.keys().cloned().collect();
         for r in resources {
             self.feed(Event::Operator(OperatorCommand::Cleanup { resource: r }))?;
         }
@@ -1507,5 +1508,37 @@ fn cleanup_supersedes_an_older_invalid_config_answer() {
     assert!(s.blocked().is_empty());
     let cmds = settle(&mut s, 3, probe("app", "a", new, MonitorOutcome::Stopped));
     assert_eq!(starts(&cmds), vec![rn("app", "a")]);
-    assert_eq!(s.group_status("g"), "started");
+    assert_eq!(s.group_status(&"g".into()), "started");
+}
+
+/// The persisted form is the state file's body: typed ids must not change a byte of it (old
+/// state files load, new ones read the same). The literal was written by the String-keyed core.
+#[test]
+fn persisted_state_format_is_unchanged() {
+    let mut saved = Persisted::default();
+    let mut failed_on = BTreeMap::new();
+    failed_on.insert("b".into(), FailedOn { at: 7, reason: "start of `app` failed".into() });
+    saved.decisions.groups.insert(
+        "g".into(),
+        GroupState { target: Target::Started, owner: Some("a".into()), epoch: 3, failed_on, move_to: Some("a".into()) },
+    );
+    saved
+        .decisions
+        .nodes
+        .insert("a".into(), NodeDecision { standby: false, needs_fence: false, fence_requested: false, last_fenced: None });
+    saved
+        .decisions
+        .nodes
+        .insert("b".into(), NodeDecision { standby: true, needs_fence: true, fence_requested: true, last_fenced: Some(9) });
+    let mut ineligible = BTreeMap::new();
+    ineligible.insert("b".into(), "no binary".to_string());
+    saved.decisions.resources.insert("app".into(), ResourceDecision { blocked: Some("on a: bad port".into()), ineligible });
+    saved.decisions.resources.insert("ip".into(), ResourceDecision::default());
+    let mut per_node = BTreeMap::new();
+    per_node.insert("a".into(), vec![1, 2]);
+    saved.restarts.insert("app".into(), per_node);
+    let golden = r#"{"decisions":{"groups":{"g":{"target":"started","owner":"a","epoch":3,"failed_on":{"b":{"at":7,"reason":"start of `app` failed"}},"move_to":"a"}},"nodes":{"a":{"standby":false,"needs_fence":false,"fence_requested":false,"last_fenced":null},"b":{"standby":true,"needs_fence":true,"fence_requested":true,"last_fenced":9}},"resources":{"app":{"blocked":"on a: bad port","ineligible":{"b":"no binary"}},"ip":{"blocked":null,"ineligible":{}}}},"restarts":{"app":{"a":[1,2]}}}"#;
+    assert_eq!(serde_json::to_string(&saved).unwrap(), golden);
+    let back: Persisted = serde_json::from_str(golden).unwrap();
+    assert_eq!(back, saved);
 }
