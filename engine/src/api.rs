@@ -106,6 +106,9 @@ pub struct NodeStatus {
     pub up: bool,
     pub standby: bool,
     pub needs_fence: bool,
+    /// The operator's maintenance: what runs there is left alone.
+    #[serde(default)]
+    pub maintenance: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -147,6 +150,9 @@ pub struct ResourceStatus {
     /// The agent said `invalid-config`: not retried; its group is frozen until `resource cleanup`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
+    /// Stopped by the operator (`resource stop`), or held stopped because something it needs is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_stopped: Option<String>,
     /// Nodes that cannot run it (`not-installed` there), with the agent's reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ineligible: Vec<(String, String)>,

@@ -729,7 +729,9 @@ impl Node {
             // stopped under a dependent that may still run).
             if shutting_down && busy.is_empty() {
                 let left = sched.active_on(&me);
-                let msg = if left.is_empty() {
+                let msg = if sched.in_maintenance(&me) {
+                    "node stopped; in maintenance, so its resources were left as they were (adopted at the next start)".to_string()
+                } else if left.is_empty() {
                     "node stopped; all resources stopped".to_string()
                 } else {
                     format!(
@@ -983,6 +985,7 @@ impl Node {
                         up: st.observations.nodes.get(&n.name).is_some_and(|o| o.up),
                         standby: d.standby,
                         needs_fence: d.needs_fence,
+                        maintenance: d.maintenance,
                     }
                 })
                 .collect(),
@@ -999,7 +1002,7 @@ impl Node {
                         epoch: gs.epoch,
                         failed_on: gs.failed_on.keys().map(NodeId::to_string).collect(),
                         resources: g.members.iter().map(ResourceId::to_string).collect(),
-                        waiting: None,
+                        waiting: sched.why_waiting(&g.name),
                         deps: g
                             .deps
                             .iter()
@@ -1036,6 +1039,13 @@ impl Node {
                         last_failure: rs.last_failure.clone(),
                         blocked: rd.blocked.clone(),
                         ineligible: rd.ineligible.iter().map(|(n, why)| (n.to_string(), why.clone())).collect(),
+                        held_stopped: if rd.stopped {
+                            Some(format!("stopped by the operator (`warden resource start {r}` to start it)"))
+                        } else if sched.held_stopped(g, r) {
+                            Some("held stopped: something it needs was stopped by the operator".into())
+                        } else {
+                            None
+                        },
                     }
                 })
                 .collect(),
@@ -1071,6 +1081,12 @@ fn operator_text(c: &crate::scheduler::OperatorCommand) -> String {
         O::Cleanup { resource } => format!("clean up resource `{resource}`"),
         O::Standby { node } => format!("put node `{node}` in standby"),
         O::Online { node } => format!("bring node `{node}` online"),
+        O::StopResource { resource } => format!("stop resource `{resource}` (and what depends on it)"),
+        O::StartResource { resource } => format!("start resource `{resource}` again"),
+        O::SetManaged { resource, managed: true } => format!("manage resource `{resource}`"),
+        O::SetManaged { resource, managed: false } => format!("unmanage resource `{resource}` (monitor only)"),
+        O::Maintenance { node, on: true } => format!("put node `{node}` in maintenance (nothing is acted on)"),
+        O::Maintenance { node, on: false } => format!("end maintenance on node `{node}`"),
     }
 }
 

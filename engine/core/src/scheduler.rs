@@ -97,6 +97,21 @@ pub use crate::model::{Role, Switchback};
 
 pub type Millis = u64;
 
+/// A few words for what a resource is doing on a node (for operators).
+fn activity_word(a: &Activity) -> &'static str {
+    match a {
+        Activity::Probing => "being probed",
+        Activity::Unknown => "in an unknown state (its node is lost)",
+        Activity::Unsure => "in an unsure state (probing again)",
+        Activity::Starting => "starting",
+        Activity::Running => "running",
+        Activity::Stopping => "stopping",
+        Activity::Recovering => "recovering",
+        Activity::Failed => "failed",
+        Activity::StopFailed => "stop-failed",
+    }
+}
+
 /// Static description of the cluster, derived from the config.
 #[derive(Debug, Clone)]
 pub struct Model {
@@ -204,6 +219,14 @@ pub struct NodeDecision {
     pub fence_requested: bool,
     /// When the last fence confirmation arrived.
     pub last_fenced: Option<Millis>,
+    /// Maintenance (the operator's): what runs there stays as it is, monitored and reported but
+    /// never started, stopped, recovered or moved; nothing new is placed there.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub maintenance: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Replicated decision about a resource.
@@ -215,6 +238,14 @@ pub struct ResourceDecision {
     /// node → why this node cannot run the resource (`not-installed`); the group is not placed
     /// there until the operator's cleanup.
     pub ineligible: BTreeMap<NodeId, String>,
+    /// The operator stopped this resource (`resource stop`): it and what depends on it stay
+    /// stopped while the rest of its group runs, until `resource start`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stopped: bool,
+    /// The operator's `resource manage` (Some(true)) or `unmanage` (Some(false)), over the
+    /// config's `unmanaged`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<bool>,
 }
 
 /// What a cluster replicates and the engine persists before acting.
@@ -362,12 +393,43 @@ impl ActionKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum OperatorCommand {
-    MoveGroup { group: GroupId, to: Option<NodeId> },
-    StartGroup { group: GroupId },
-    StopGroup { group: GroupId },
-    Cleanup { resource: ResourceId },
-    Standby { node: NodeId },
-    Online { node: NodeId },
+    MoveGroup {
+        group: GroupId,
+        to: Option<NodeId>,
+    },
+    StartGroup {
+        group: GroupId,
+    },
+    StopGroup {
+        group: GroupId,
+    },
+    Cleanup {
+        resource: ResourceId,
+    },
+    Standby {
+        node: NodeId,
+    },
+    Online {
+        node: NodeId,
+    },
+    /// Stop one resource (and what depends on it in its group); the rest keeps running.
+    StopResource {
+        resource: ResourceId,
+    },
+    /// Undo `StopResource`.
+    StartResource {
+        resource: ResourceId,
+    },
+    /// Monitor and report only (`manage = false`) or act again (`true`), over the config.
+    SetManaged {
+        resource: ResourceId,
+        managed: bool,
+    },
+    /// Maintenance on `node` (`on`) or back to normal.
+    Maintenance {
+        node: NodeId,
+        on: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -461,6 +523,16 @@ pub struct Scheduler {
     epoch_floor: u64,
     /// The last operation id issued.
     last_op: u64,
+    /// Nodes in maintenance, and resources stopped or (un)managed by the operator: with none
+    /// (the usual case) the hot paths skip those checks. Recounted after every operator
+    /// command and restore.
+    overrides: Overrides,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Overrides {
+    maintenance: bool,
+    stopped: bool,
 }
 
 impl Scheduler {
@@ -492,7 +564,14 @@ impl Scheduler {
             generation: 0,
             epoch_floor: 0,
             last_op: 0,
+            overrides: Overrides::default(),
         }
+    }
+
+    fn recount_overrides(&mut self) {
+        let d = &self.state.decisions;
+        self.overrides =
+            Overrides { maintenance: d.nodes.values().any(|n| n.maintenance), stopped: d.resources.values().any(|r| r.stopped) };
     }
 
     /// Restore what was persisted (targets, owners, epochs, failures, blocks, standby, restart
@@ -520,6 +599,7 @@ impl Scheduler {
         for (name, n) in &saved.decisions.nodes {
             if let Some(cur) = d.nodes.get_mut(name) {
                 cur.standby = n.standby;
+                cur.maintenance = n.maintenance;
                 cur.last_fenced = n.last_fenced;
             }
         }
@@ -528,6 +608,7 @@ impl Scheduler {
                 cur.restarts = per_node.clone();
             }
         }
+        self.recount_overrides();
         // We ran before and do not know what still runs where: every resource is possibly
         // active on every node until that node answers its probes (or is fenced).
         let runners: Vec<NodeId> = self.model.nodes.iter().filter(|n| n.role == Role::Node).map(|n| n.name.clone()).collect();
@@ -600,7 +681,23 @@ impl Scheduler {
             OperatorCommand::Cleanup { resource } => {
                 self.model.resources.get(resource).map(|_| ()).ok_or_else(|| format!("no resource named `{resource}`"))
             }
-            OperatorCommand::Standby { node: n } | OperatorCommand::Online { node: n } => node(n),
+            OperatorCommand::Standby { node: n } | OperatorCommand::Online { node: n } | OperatorCommand::Maintenance { node: n, .. } => {
+                node(n)
+            }
+            OperatorCommand::StopResource { resource } => {
+                self.model.resources.get(resource).ok_or_else(|| format!("no resource named `{resource}`"))?;
+                if self.unmanaged(resource) {
+                    return Err(format!("resource `{resource}` is unmanaged (monitored only); `warden resource manage {resource}` first"));
+                }
+                Ok(())
+            }
+            // Always allowed: it only lifts an earlier stop (which also holds what needs it).
+            OperatorCommand::StartResource { resource } => {
+                self.model.resources.get(resource).map(|_| ()).ok_or_else(|| format!("no resource named `{resource}`"))
+            }
+            OperatorCommand::SetManaged { resource, .. } => {
+                self.model.resources.get(resource).map(|_| ()).ok_or_else(|| format!("no resource named `{resource}`"))
+            }
         }
     }
 
@@ -761,11 +858,10 @@ impl Scheduler {
                     ns.up = false;
                 }
                 // Operations in flight stay recorded: the node may still carry them out.
-                let mut had_any = false;
-                for (name, r) in self.state.observations.resources.iter_mut() {
+                let had_any = self.state.observations.resources.iter().any(|(name, r)| r.on.contains_key(&n) && !self.external(name));
+                for r in self.state.observations.resources.values_mut() {
                     if let Some(a) = r.on.get_mut(&n) {
                         *a = Activity::Unknown;
-                        had_any |= !self.model.resources[name].unmanaged;
                     }
                 }
                 if had_any {
@@ -792,7 +888,10 @@ impl Scheduler {
             Event::Probe { resource, node, op, outcome } => self.on_probe(now, resource, node, op, outcome, out),
             Event::Monitor { resource, node, epoch, outcome } => self.on_monitor(now, resource, node, epoch, outcome, out),
             Event::ActionDone { resource, node, op, action, result } => self.on_action(now, resource, node, op, action, result, out),
-            Event::Operator(cmd) => self.on_operator(now, cmd, out),
+            Event::Operator(cmd) => {
+                self.on_operator(now, cmd, out);
+                self.recount_overrides();
+            }
         }
     }
 
@@ -838,7 +937,7 @@ impl Scheduler {
     }
 
     fn block(&mut self, resource: &ResourceId, node: &NodeId, why: &str, out: &mut Vec<Command>) {
-        if self.model.resources[resource].unmanaged {
+        if self.unmanaged(resource) {
             return;
         }
         let d = self.state.decisions.resources.get_mut(resource).unwrap();
@@ -908,7 +1007,7 @@ impl Scheduler {
         }
         self.obs(&resource).last_monitor = Some(MonitorRecord { at: now, node: node.clone(), outcome: outcome.clone() });
         let current = self.activity(&resource, &node).cloned();
-        if rm.unmanaged {
+        if self.unmanaged(&resource) {
             // Only reported; never acted on.
             let a = match outcome {
                 MonitorOutcome::Running | MonitorOutcome::Degraded(_) => Some(Activity::Running),
@@ -1151,7 +1250,127 @@ impl Scheduler {
             }
             OperatorCommand::Standby { node } => self.state.decisions.nodes.get_mut(&node).unwrap().standby = true,
             OperatorCommand::Online { node } => self.state.decisions.nodes.get_mut(&node).unwrap().standby = false,
+            OperatorCommand::StopResource { resource } => self.state.decisions.resources.get_mut(&resource).unwrap().stopped = true,
+            OperatorCommand::StartResource { resource } => self.state.decisions.resources.get_mut(&resource).unwrap().stopped = false,
+            OperatorCommand::SetManaged { resource, managed } => {
+                let config = !self.model.resources[&resource].unmanaged;
+                // Back to what the config says is stored as no override.
+                self.state.decisions.resources.get_mut(&resource).unwrap().managed = (managed != config).then_some(managed);
+                if managed {
+                    // It was left alone: learn what it is doing before acting on it.
+                    let nodes: Vec<NodeId> =
+                        self.model.nodes.iter().filter(|n| n.role == Role::Node && self.up(&n.name)).map(|n| n.name.clone()).collect();
+                    for n in nodes {
+                        self.issue(OpKind::Probe, &resource, &n, out);
+                    }
+                }
+            }
+            OperatorCommand::Maintenance { node, on } => {
+                self.state.decisions.nodes.get_mut(&node).unwrap().maintenance = on;
+                if !on {
+                    // Things may have changed behind our back: probe what runs there.
+                    if self.up(&node) && self.is_runner(&node) {
+                        for r in self.model.resources.keys().cloned().collect::<Vec<_>>() {
+                            self.issue(OpKind::Probe, &r, &node, out);
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    /// Monitored and reported, never acted on: the config's `unmanaged` (or the operator's
+    /// override), or possibly active on (or owned by) a node in maintenance.
+    pub fn unmanaged(&self, r: &ResourceId) -> bool {
+        let rm = &self.model.resources[r];
+        let d = &self.state.decisions.resources[r];
+        if d.managed.map_or(rm.unmanaged, |m| !m) {
+            return true;
+        }
+        if !self.overrides.maintenance {
+            return false;
+        }
+        let owner = self.state.decisions.groups[&rm.group].owner.as_ref();
+        owner.is_some_and(|o| self.in_maintenance(o)) || self.state.observations.resources[r].on.keys().any(|n| self.in_maintenance(n))
+    }
+
+    /// Unmanaged by the config, with no operator override: something outside the cluster's
+    /// control (a service every node runs). It never holds its group back and never counts for
+    /// fencing. A resource the operator left alone (`unmanage`, maintenance) is not external:
+    /// it is not acted on, but where it may run it still counts.
+    pub fn external(&self, r: &ResourceId) -> bool {
+        self.model.resources[r].unmanaged && self.state.decisions.resources[r].managed.is_none()
+    }
+
+    /// The operator put `node` in maintenance.
+    pub fn in_maintenance(&self, node: &NodeId) -> bool {
+        self.state.decisions.nodes.get(node).is_some_and(|n| n.maintenance)
+    }
+
+    /// `r` is kept stopped by the operator: it or something it needs (in its group) was stopped
+    /// with `resource stop`.
+    pub fn held_stopped(&self, g: &GroupModel, r: &ResourceId) -> bool {
+        if !self.overrides.stopped {
+            return false;
+        }
+        let mut todo = vec![r];
+        let mut seen = BTreeSet::new();
+        while let Some(x) = todo.pop() {
+            if !seen.insert(x) {
+                continue;
+            }
+            if self.state.decisions.resources[x].stopped {
+                return true;
+            }
+            todo.extend(g.deps.get(x).into_iter().flatten());
+        }
+        false
+    }
+
+    /// Why a group that should run does not run anywhere (its state is `waiting`), in words.
+    pub fn why_waiting(&self, group: &GroupId) -> Option<String> {
+        let g = self.model.groups.get(group)?;
+        let gs = &self.state.decisions.groups[group];
+        if gs.target != Target::Started || gs.owner.is_some() {
+            return None;
+        }
+        let mut reasons = Vec::new();
+        for n in &g.priority {
+            let Some(ns) = self.state.decisions.nodes.get(n) else { continue };
+            let why = if !self.is_runner(n) {
+                "a witness".to_string()
+            } else if !self.up(n) {
+                "down".to_string()
+            } else if ns.standby {
+                "in standby".to_string()
+            } else if ns.maintenance {
+                "in maintenance".to_string()
+            } else if ns.needs_fence {
+                "needs fencing".to_string()
+            } else if let Some((r, why)) =
+                g.members.iter().find_map(|r| self.state.decisions.resources[r].ineligible.get(n).map(|w| (r, w)))
+            {
+                format!("cannot run `{r}` ({why})")
+            } else if gs.failed_on.contains_key(n) {
+                "the group failed there (`warden resource cleanup` or `group start` to retry)".to_string()
+            } else {
+                continue;
+            };
+            reasons.push(format!("{n}: {why}"));
+        }
+        // Possibly active elsewhere: nothing starts until that is settled.
+        let elsewhere: Vec<String> = g
+            .members
+            .iter()
+            .flat_map(|r| self.state.observations.resources[r].on.iter().map(move |(n, a)| format!("{r} is {} on {n}", activity_word(a))))
+            .collect();
+        if !elsewhere.is_empty() {
+            reasons.push(format!("waiting for {}", elsewhere.join(", ")));
+        }
+        if reasons.is_empty() {
+            reasons.push("no node in its priority list can run it".into());
+        }
+        Some(reasons.join("; "))
     }
 
     /// A managed member of `g` blocked by an invalid config.
@@ -1164,6 +1383,7 @@ impl Scheduler {
         let Some(ns) = self.state.decisions.nodes.get(node) else { return false };
         self.up(node)
             && !ns.standby
+            && !ns.maintenance
             && !ns.needs_fence
             && self.is_runner(node)
             && g.priority.iter().any(|p| p == node)
@@ -1178,6 +1398,11 @@ impl Scheduler {
 
     fn desired_owner(&self, g: &GroupModel) -> Option<NodeId> {
         let gs = &self.state.decisions.groups[&g.name];
+        // A group on a node in maintenance stays there, whatever else is asked: nothing of it is
+        // acted on until maintenance ends.
+        if let Some(o) = gs.owner.as_ref().filter(|o| self.in_maintenance(o)) {
+            return Some(o.clone());
+        }
         if gs.target == Target::Stopped || self.shutting_down {
             return None;
         }
@@ -1258,7 +1483,9 @@ impl Scheduler {
         // and answers its probes is cleared.)
         let mut stuck: BTreeSet<&NodeId> = BTreeSet::new();
         for (r, st) in &self.state.observations.resources {
-            if self.model.resources[r].unmanaged {
+            // A member left alone by the operator (unmanage, maintenance) still counts: it may
+            // run there and must not run twice.
+            if self.external(r) {
                 continue;
             }
             for (n, a) in &st.on {
@@ -1287,11 +1514,7 @@ impl Scheduler {
     }
 
     fn dependents_active(&self, g: &GroupModel, r: &ResourceId, node: &NodeId) -> bool {
-        g.dependents
-            .get(r)
-            .into_iter()
-            .flatten()
-            .any(|d| !self.model.resources[d].unmanaged && self.state.observations.resources[d].on.contains_key(node))
+        g.dependents.get(r).into_iter().flatten().any(|d| !self.external(d) && self.state.observations.resources[d].on.contains_key(node))
     }
 
     /// Stop every managed member on `node`, top-down. True when nothing is possibly active there.
@@ -1300,8 +1523,13 @@ impl Scheduler {
         let mut clear = true;
         for r in g.members.iter().rev() {
             let Some(a) = self.activity(r, node).cloned() else { continue };
-            if self.model.resources[r].unmanaged {
-                // Never acted on, and does not hold the group back.
+            if self.unmanaged(r) {
+                // Never acted on. An external one (unmanaged in the config) does not hold the
+                // group back; one the operator left alone (unmanage, maintenance) may still run
+                // here, so the group waits for it (it must not run twice).
+                if !self.external(r) {
+                    clear = false;
+                }
                 continue;
             }
             clear = false;
@@ -1322,12 +1550,8 @@ impl Scheduler {
     /// that failed there without being recovered (a failed probe) is first stopped, with what
     /// depends on it, and then started again in order.
     fn start_group_on(&mut self, g: &GroupModel, node: &NodeId, out: &mut Vec<Command>) {
-        let failed: Vec<ResourceId> = g
-            .members
-            .iter()
-            .filter(|r| !self.model.resources[*r].unmanaged && self.activity(r, node) == Some(&Activity::Failed))
-            .cloned()
-            .collect();
+        let failed: Vec<ResourceId> =
+            g.members.iter().filter(|r| !self.unmanaged(r) && self.activity(r, node) == Some(&Activity::Failed)).cloned().collect();
         if !failed.is_empty() {
             let mut restart: BTreeSet<ResourceId> = BTreeSet::new();
             let mut todo = failed;
@@ -1337,7 +1561,7 @@ impl Scheduler {
                 }
             }
             for r in g.members.iter().rev().filter(|r| restart.contains(*r)) {
-                if self.model.resources[r].unmanaged {
+                if self.unmanaged(r) {
                     continue;
                 }
                 if matches!(self.activity(r, node), Some(Activity::Running | Activity::Failed))
@@ -1349,8 +1573,20 @@ impl Scheduler {
             }
             return;
         }
+        // Members the operator stopped (and what needs them): stopped top-down, never started.
+        for r in g.members.iter().rev() {
+            if self.unmanaged(r) || !self.held_stopped(g, r) {
+                continue;
+            }
+            if matches!(self.activity(r, node), Some(Activity::Running | Activity::Failed))
+                && !self.has_in_flight(r, node)
+                && !self.dependents_active(g, r, node)
+            {
+                self.issue(OpKind::Stop, r, node, out);
+            }
+        }
         for r in &g.members {
-            if self.model.resources[r].unmanaged {
+            if self.unmanaged(r) || self.held_stopped(g, r) {
                 continue;
             }
             if self.state.observations.resources[r].on.contains_key(node) || self.has_in_flight(r, node) {
@@ -1369,13 +1605,17 @@ impl Scheduler {
         let gs = &self.state.decisions.groups[group];
         let res = &self.state.observations.resources;
         let active: Vec<&Activity> = g.members.iter().flat_map(|r| res[r].on.values()).collect();
-        let managed_all_running =
-            |n: &NodeId| g.members.iter().all(|r| self.model.resources[r].unmanaged || res[r].on.get(n) == Some(&Activity::Running));
+        let managed_all_running = |n: &NodeId| {
+            g.members.iter().all(|r| self.unmanaged(r) || self.held_stopped(g, r) || res[r].on.get(n) == Some(&Activity::Running))
+        };
         if active.iter().any(|a| **a == Activity::StopFailed) {
             return "stop-failed";
         }
         if self.blocked_member(g).is_some() {
             return "blocked";
+        }
+        if gs.owner.as_ref().is_some_and(|o| self.in_maintenance(o)) {
+            return "maintenance";
         }
         match (&gs.target, &gs.owner) {
             (Target::Stopped, _) if active.is_empty() => "stopped",
@@ -1395,11 +1635,7 @@ impl Scheduler {
     }
 
     fn group_nodes(&self, g: &GroupModel) -> BTreeSet<NodeId> {
-        g.members
-            .iter()
-            .filter(|r| !self.model.resources[*r].unmanaged)
-            .flat_map(|r| self.state.observations.resources[r].on.keys().cloned())
-            .collect()
+        g.members.iter().filter(|r| !self.unmanaged(r)).flat_map(|r| self.state.observations.resources[r].on.keys().cloned()).collect()
     }
 
     /// Resources to monitor on `node`: managed ones running there with nothing in flight, and
@@ -1408,7 +1644,9 @@ impl Scheduler {
         self.model
             .resources
             .values()
-            .filter(|r| r.unmanaged || (self.activity(&r.name, node) == Some(&Activity::Running) && !self.has_in_flight(&r.name, node)))
+            .filter(|r| {
+                self.unmanaged(&r.name) || (self.activity(&r.name, node) == Some(&Activity::Running) && !self.has_in_flight(&r.name, node))
+            })
             .map(|r| r.name.clone())
             .collect()
     }
@@ -1423,7 +1661,7 @@ impl Scheduler {
         self.model
             .resources
             .values()
-            .filter(|r| !r.unmanaged && self.state.observations.resources[&r.name].on.contains_key(node))
+            .filter(|r| !self.unmanaged(&r.name) && self.state.observations.resources[&r.name].on.contains_key(node))
             .map(|r| r.name.clone())
             .collect()
     }

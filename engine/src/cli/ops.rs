@@ -84,6 +84,16 @@ pub enum NodeCommand {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Maintenance on NODE (`on`) or off: what runs there is left alone (monitored and reported,
+    /// never started, stopped, recovered or moved, not even at the daemon's shutdown), and nothing
+    /// new is placed there. Ending it probes everything there first.
+    Maintenance {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        node: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -137,6 +147,45 @@ pub enum ResourceCommand {
         /// Clean up every resource that has something to forget (failures, blocks, restarts).
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Stop RESOURCE and what depends on it (top-down); the rest of its group keeps running.
+    /// It stays stopped until `resource start` (like `pcs resource disable`).
+    Stop {
+        resource: String,
+        #[command(flatten)]
+        wait: WaitArg,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Start RESOURCE again after `resource stop` (with what depends on it, bottom-up).
+    Start {
+        resource: String,
+        #[command(flatten)]
+        wait: WaitArg,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Stop RESOURCE (and what depends on it), wait until it is stopped, then start it again.
+    Restart {
+        resource: String,
+        /// How long each half waits, in seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Monitor RESOURCE and report it, but never start, stop or recover it (until `manage`).
+    Unmanage {
+        resource: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Act on RESOURCE again (after `unmanage`, or over `unmanaged = true` in the config); it is
+    /// probed first.
+    Manage {
+        resource: String,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -270,6 +319,9 @@ pub async fn node(cmd: &NodeCommand, cli: &crate::cli::Cli) -> anyhow::Result<Ex
         }
         NodeCommand::Standby { node, socket } => operator(&socket.path()?, OperatorCommand::Standby { node: node.into() }).await,
         NodeCommand::Online { node, socket } => operator(&socket.path()?, OperatorCommand::Online { node: node.into() }).await,
+        NodeCommand::Maintenance { state, node, socket } => {
+            operator(&socket.path()?, OperatorCommand::Maintenance { node: node.into(), on: state == "on" }).await
+        }
     }
 }
 
@@ -302,6 +354,40 @@ pub async fn group(cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
 
 pub async fn resource(cmd: &ResourceCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        ResourceCommand::Stop { resource, wait, socket } => {
+            let code = operator(&socket.path()?, OperatorCommand::StopResource { resource: resource.into() }).await?;
+            if code != ExitCode::SUCCESS || !wait.wait {
+                return Ok(code);
+            }
+            wait_for_resource(&socket.path()?, resource, false, wait.timeout).await
+        }
+        ResourceCommand::Start { resource, wait, socket } => {
+            let code = operator(&socket.path()?, OperatorCommand::StartResource { resource: resource.into() }).await?;
+            if code != ExitCode::SUCCESS || !wait.wait {
+                return Ok(code);
+            }
+            wait_for_resource(&socket.path()?, resource, true, wait.timeout).await
+        }
+        ResourceCommand::Restart { resource, timeout, socket } => {
+            let path = socket.path()?;
+            let code = operator(&path, OperatorCommand::StopResource { resource: resource.into() }).await?;
+            if code != ExitCode::SUCCESS {
+                return Ok(code);
+            }
+            let stopped = wait_for_resource(&path, resource, false, *timeout).await?;
+            // Start again whatever happened: a restart must not leave the resource stopped.
+            let code = operator(&path, OperatorCommand::StartResource { resource: resource.into() }).await?;
+            if stopped != ExitCode::SUCCESS || code != ExitCode::SUCCESS {
+                return Ok(ExitCode::from(1));
+            }
+            wait_for_resource(&path, resource, true, *timeout).await
+        }
+        ResourceCommand::Unmanage { resource, socket } => {
+            operator(&socket.path()?, OperatorCommand::SetManaged { resource: resource.into(), managed: false }).await
+        }
+        ResourceCommand::Manage { resource, socket } => {
+            operator(&socket.path()?, OperatorCommand::SetManaged { resource: resource.into(), managed: true }).await
+        }
         ResourceCommand::Show { resource, json, socket } => {
             match Client::call(&socket.path()?, Request::ResourceShow { resource: resource.clone() }).await? {
                 Response::Resource { details } if *json => println!("{}", serde_json::to_string(&details)?),
@@ -352,6 +438,49 @@ async fn operator(socket: &std::path::Path, command: OperatorCommand) -> anyhow:
             Ok(ExitCode::from(1))
         }
         other => anyhow::bail!("unexpected answer: {other:?}"),
+    }
+}
+
+/// Poll status until `resource` runs (`up`) or is stopped; say which, with the reason on failure.
+async fn wait_for_resource(socket: &std::path::Path, resource: &str, up: bool, timeout: u64) -> anyhow::Result<ExitCode> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+    loop {
+        let report = match Client::call(socket, Request::Status).await? {
+            Response::Status { status } => status,
+            Response::Error { message } => anyhow::bail!("{message}"),
+            other => anyhow::bail!("unexpected answer: {other:?}"),
+        };
+        let r = report.resources.iter().find(|r| r.name == resource).ok_or_else(|| anyhow::anyhow!("no resource named `{resource}`"))?;
+        let running: Vec<&str> = r.on.iter().filter(|(_, a)| a == "running").map(|(n, _)| n.as_str()).collect();
+        if up && !running.is_empty() {
+            println!("resource `{resource}` running on {}", running.join(", "));
+            return Ok(ExitCode::SUCCESS);
+        }
+        if !up && r.on.is_empty() {
+            println!("resource `{resource}` stopped");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some((n, a)) = r.on.iter().find(|(_, a)| a == "stop-failed" || (up && a == "failed")) {
+            eprintln!(
+                "resource `{resource}` is {} on {n}{}",
+                a.to_uppercase(),
+                r.last_failure.as_ref().map_or(String::new(), |f| format!(": {f}"))
+            );
+            return Ok(ExitCode::from(1));
+        }
+        if let Some(b) = &r.blocked {
+            eprintln!("resource `{resource}` is BLOCKED: {b}");
+            return Ok(ExitCode::from(1));
+        }
+        if std::time::Instant::now() >= deadline {
+            let now: Vec<String> = r.on.iter().map(|(n, a)| format!("{a}@{n}")).collect();
+            eprintln!(
+                "resource `{resource}` is still {} after {timeout} s",
+                if now.is_empty() { "stopped".into() } else { now.join(", ") }
+            );
+            return Ok(ExitCode::from(1));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -675,6 +804,7 @@ pub fn render_status(r: &StatusReport) -> String {
     for n in &r.nodes {
         let state = match (n.up, n.standby, n.needs_fence) {
             (_, _, true) => "NEEDS FENCING",
+            (true, _, _) if n.maintenance => "MAINTENANCE (resources left alone)",
             (true, true, _) => "standby",
             (true, false, _) => "online",
             (false, _, _) => "offline",
@@ -708,6 +838,7 @@ pub fn render_status(r: &StatusReport) -> String {
         let degraded = res.last_monitor.as_ref().is_some_and(|m| m.result == "degraded");
         let state = if degraded { state.replace("running@", "degraded@") } else { state };
         let state = if res.unmanaged { format!("{state} (unmanaged)") } else { state };
+        let state = if res.held_stopped.is_some() { format!("{state} (held)") } else { state };
         let mon = res.last_monitor.as_ref().map_or("-".to_string(), |m| format!("{} {}", m.result, ago(r.now_ms, m.at_ms)));
         let restarts = if res.max_restarts > 0 {
             format!("{}/{} in {}", res.restarts, res.max_restarts, short_duration(res.restart_window_ms))
@@ -723,6 +854,9 @@ pub fn render_status(r: &StatusReport) -> String {
             if let Some(why) = res.last_monitor.as_ref().and_then(|m| m.reason.as_deref()) {
                 let _ = writeln!(s, "  {:<16} DEGRADED: {why}", "");
             }
+        }
+        if let Some(h) = &res.held_stopped {
+            let _ = writeln!(s, "  {:<16} {h}", "");
         }
         if let Some(b) = &res.blocked {
             let _ =

@@ -296,3 +296,83 @@ metrics_addr = "127.0.0.1:0"
     // The kill of b came through its process watch.
     assert!(body.contains("warden_watch_exits_total{resource=\"b\"} 1"), "{body}");
 }
+
+fn ok(o: std::process::Output) -> String {
+    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+#[test]
+fn resource_stop_start_restart_manage_and_maintenance() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+
+    // Stop b: c (which needs it) goes first, a keeps running; it stays stopped.
+    let out = ok(n.cli(&["resource", "stop", "b", "--wait"]));
+    assert!(out.contains("resource `b` stopped"), "{out}");
+    assert!(n.alive("a") && !n.alive("b") && !n.alive("c"));
+    let acts = n.actions();
+    let pos = |r: &str, a: &str| acts.iter().rposition(|(s, x, _)| s == r && x == a).unwrap();
+    assert!(pos("c", "stop") < pos("b", "stop"), "top-down: {acts:?}");
+    let st = ok(n.cli(&["status"]));
+    assert!(st.contains("stopped by the operator") && st.contains("held stopped"), "{st}");
+    assert_eq!(n.group_state("app"), "started");
+    // Survives a daemon restart: a decision, persisted.
+    n.signal("-KILL");
+    n.wait_exit(LONG).unwrap();
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    assert!(!n.alive("b") && !n.alive("c"), "still stopped after the restart");
+    let out = ok(n.cli(&["resource", "start", "b", "--wait"]));
+    assert!(out.contains("resource `b` running on n1"), "{out}");
+    assert!(n.wait(LONG, |n| n.alive("c")), "c comes back after b");
+
+    // Restart: a new process, the same placement.
+    let old = n.daemon_pid("b").unwrap();
+    let out = ok(n.cli(&["resource", "restart", "b"]));
+    assert!(out.contains("stopped") && out.contains("running on n1"), "{out}");
+    assert!(n.wait(LONG, |n| n.alive("b") && n.alive("c") && n.daemon_pid("b") != Some(old)));
+
+    // Unmanage: a kill is reported, not recovered; manage probes and recovers.
+    ok(n.cli(&["resource", "unmanage", "a"]));
+    let o = n.cli(&["resource", "stop", "a"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("is unmanaged"), "{}", String::from_utf8_lossy(&o.stderr));
+    let pid = n.daemon_pid("a").unwrap();
+    n.kill_service("a");
+    assert!(
+        n.wait(LONG, |n| n.resource("a")["last_monitor"]["result"] == "stopped" || n.resource("a")["last_monitor"]["result"] == "failed")
+    );
+    assert!(!n.alive("a") && n.daemon_pid("a") == Some(pid), "unmanaged: not acted on");
+    ok(n.cli(&["resource", "manage", "a"]));
+    assert!(n.wait(LONG, |n| n.alive("a") && n.group_state("app") == "started"), "{}", n.log());
+
+    // Maintenance: nothing is acted on, not even at SIGTERM; the next start adopts.
+    ok(n.cli(&["node", "maintenance", "on", "n1"]));
+    assert!(n.wait(LONG, |n| n.group_state("app") == "maintenance"));
+    let st = ok(n.cli(&["status"]));
+    assert!(st.contains("MAINTENANCE"), "{st}");
+    let o = n.cli(&["group", "stop", "app", "--wait", "--timeout", "2"]);
+    assert!(!o.status.success(), "a group stop is not carried out in maintenance");
+    assert!(n.alive("a") && n.alive("b") && n.alive("c"));
+    n.signal("-TERM");
+    n.wait_exit(LONG).unwrap();
+    assert!(n.alive("a") && n.alive("b") && n.alive("c"), "maintenance: SIGTERM leaves them running");
+    assert!(n.events().iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains("in maintenance, so its resources were left"))));
+    n.start(&[]);
+    ok(n.cli(&["node", "maintenance", "off", "n1"]));
+    // The stop asked for during maintenance is carried out now.
+    assert!(n.wait(LONG, |n| n.group_state("app") == "stopped"), "{}", n.log());
+    assert!(!n.alive("a") && !n.alive("b") && !n.alive("c"));
+}
+
+#[test]
+fn a_waiting_group_says_why_in_status() {
+    let mut n = TestNode::new(|d| chain3(d, 3));
+    n.start(&[]);
+    assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
+    ok(n.cli(&["node", "standby", "n1"]));
+    assert!(n.wait(LONG, |n| n.group_state("app") == "waiting"), "{}", n.log());
+    let st = ok(n.cli(&["status"]));
+    assert!(st.contains("waiting: n1: in standby"), "{st}");
+}
