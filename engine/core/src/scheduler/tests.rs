@@ -1431,10 +1431,6 @@ impl Sim {
     }
 }
 
-fn run_seed(seed: u64, steps: usize, fenceable: bool, tally: &mut Tally, log: bool) -> (SimResult, Option<Vec<String>>) {
-    run_seed_with(seed, steps, fenceable, false, tally, log)
-}
-
 fn run_seed_with(seed: u64, steps: usize, fenceable: bool, extras: bool, tally: &mut Tally, log: bool) -> (SimResult, Option<Vec<String>>) {
     let mut sim = Sim::new(seed, fenceable, log, extras);
     let res = (|| {
