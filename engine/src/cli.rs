@@ -79,6 +79,7 @@ pub enum Command {
     },
     /// Nodes, groups and resources at a glance (like crm_mon / lcdstatus).
     Status {
+        /// Machine-readable output (one JSON document per line).
         #[arg(long)]
         json: bool,
         /// Redraw every second.
@@ -92,9 +93,11 @@ pub enum Command {
         /// Keep printing new events as they happen.
         #[arg(long, short)]
         follow: bool,
+        /// Machine-readable output (one JSON document per line).
         #[arg(long)]
         json: bool,
-        /// Only events after this sequence number (`1234`), or from this long ago (`10m`, `2h`, `1d`).
+        /// Only events after this sequence number (`1234`), from this long ago (`10m`, `2h`, `1d`),
+        /// or since this UTC time (`"2026-11-30 15:04"`, `15:04:05` today).
         #[arg(long, default_value = "0")]
         since: String,
         /// Only events about this resource.
@@ -191,4 +194,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// This machine's host name, the default node name.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command, subcommand, argument and option says what it is for (`--help`, the man
+    /// page and the shell completions are generated from these).
+    #[test]
+    fn every_command_and_option_has_help() {
+        use clap::CommandFactory;
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", c.get_name());
+            if c.get_about().is_none() && c.get_name() != "help" {
+                missing.push(format!("{path}: no about"));
+            }
+            for a in c.get_arguments() {
+                if a.is_hide_set() || ["help", "version"].contains(&a.get_id().as_str()) {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path}: argument `{}` has no help", a.get_id()));
+                }
+            }
+            for s in c.get_subcommands() {
+                walk(s, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
 }

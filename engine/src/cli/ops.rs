@@ -46,6 +46,7 @@ impl SocketArg {
 pub enum NodeCommand {
     /// Run this node: load the config and plugins, probe, then protect the groups.
     Run {
+        /// The cluster config (TOML).
         #[arg(long)]
         config: PathBuf,
         /// This node's name in the config (default: the host name).
@@ -67,19 +68,23 @@ pub enum NodeCommand {
     },
     /// Check a config file (and its plugins) without running anything.
     Check {
+        /// The cluster config (TOML).
         #[arg(long)]
         config: PathBuf,
+        /// Validate as this node would (default: the host name, or the first node).
         #[arg(long)]
         node: Option<String>,
     },
     /// Move every group away from NODE and keep it empty (maintenance).
     Standby {
+        /// The node, by its name in the config.
         node: String,
         #[command(flatten)]
         socket: SocketArg,
     },
     /// End standby: NODE may run groups again.
     Online {
+        /// The node, by its name in the config.
         node: String,
         #[command(flatten)]
         socket: SocketArg,
@@ -88,8 +93,10 @@ pub enum NodeCommand {
     /// never started, stopped, recovered or moved, not even at the daemon's shutdown), and nothing
     /// new is placed there. Ending it probes everything there first.
     Maintenance {
+        /// `on` or `off`.
         #[arg(value_parser = ["on", "off"])]
         state: String,
+        /// The node, by its name in the config.
         node: String,
         #[command(flatten)]
         socket: SocketArg,
@@ -100,6 +107,7 @@ pub enum NodeCommand {
 pub enum GroupCommand {
     /// Start GROUP (also clears a failed state).
     Start {
+        /// The group, by its name in the config.
         group: String,
         #[command(flatten)]
         wait: WaitArg,
@@ -108,6 +116,7 @@ pub enum GroupCommand {
     },
     /// Stop GROUP, top-down, and keep it stopped.
     Stop {
+        /// The group, by its name in the config.
         group: String,
         #[command(flatten)]
         wait: WaitArg,
@@ -116,6 +125,7 @@ pub enum GroupCommand {
     },
     /// Move GROUP to NODE (or the next eligible node).
     Move {
+        /// The group, by its name in the config.
         group: String,
         /// The node to move to (default: the next eligible node by priority).
         #[arg(long)]
@@ -153,6 +163,7 @@ pub enum ResourceCommand {
     /// Stop RESOURCE and what depends on it (top-down); the rest of its group keeps running.
     /// It stays stopped until `resource start` (like `pcs resource disable`).
     Stop {
+        /// The resource, by its name in the config.
         resource: String,
         #[command(flatten)]
         wait: WaitArg,
@@ -161,6 +172,7 @@ pub enum ResourceCommand {
     },
     /// Start RESOURCE again after `resource stop` (with what depends on it, bottom-up).
     Start {
+        /// The resource, by its name in the config.
         resource: String,
         #[command(flatten)]
         wait: WaitArg,
@@ -169,6 +181,7 @@ pub enum ResourceCommand {
     },
     /// Stop RESOURCE (and what depends on it), wait until it is stopped, then start it again.
     Restart {
+        /// The resource, by its name in the config.
         resource: String,
         /// How long each half waits, in seconds.
         #[arg(long, default_value_t = 120)]
@@ -178,6 +191,7 @@ pub enum ResourceCommand {
     },
     /// Monitor RESOURCE and report it, but never start, stop or recover it (until `manage`).
     Unmanage {
+        /// The resource, by its name in the config.
         resource: String,
         #[command(flatten)]
         socket: SocketArg,
@@ -185,6 +199,7 @@ pub enum ResourceCommand {
     /// Act on RESOURCE again (after `unmanage`, or over `unmanaged = true` in the config); it is
     /// probed first.
     Manage {
+        /// The resource, by its name in the config.
         resource: String,
         #[command(flatten)]
         socket: SocketArg,
@@ -192,7 +207,9 @@ pub enum ResourceCommand {
     /// Everything RESOURCE runs with: plugin, parameters (defaults applied), timeouts, interval,
     /// grants, dependencies, restart limit (like `crm_resource --query-xml` / `lkcli resource info`).
     Show {
+        /// The resource, by its name in the config.
         resource: String,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -205,6 +222,7 @@ pub enum ResourceCommand {
 pub enum ConfigCommand {
     /// Print the config the running node loaded (its path, then the file as it was read).
     Show {
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -607,14 +625,16 @@ pub struct EventFilter {
 
 impl EventFilter {
     pub fn new(since: &str, resource: Option<String>, group: Option<String>) -> anyhow::Result<Self> {
+        let now = crate::node::history::unix_ms(std::time::SystemTime::now());
         let (since_seq, since_ms) = match since.parse::<u64>() {
             Ok(seq) => (seq, 0),
-            Err(_) => {
-                let ago = crate::config::duration::parse(since)
-                    .map_err(|e| anyhow::anyhow!("--since {since}: {e} (a sequence number, or a duration like 10m, 2h, 1d)"))?;
-                let now = crate::node::history::unix_ms(std::time::SystemTime::now());
-                (0, now.saturating_sub(ago.as_millis() as u64))
-            }
+            Err(_) => match (crate::config::duration::parse(since), parse_utc(since, now)) {
+                (Ok(ago), _) => (0, now.saturating_sub(ago.as_millis() as u64)),
+                (_, Some(at)) => (0, at),
+                (Err(e), None) => anyhow::bail!(
+                    "--since {since}: not a sequence number, a duration ({e}) or a UTC time (\"2026-11-30 15:04\", \"15:04:05\")"
+                ),
+            },
         };
         Ok(Self { since_seq, since_ms, resource, group, members: Vec::new() })
     }
@@ -725,6 +745,44 @@ pub fn event_line(e: &EventRecord) -> String {
         s.push_str(&format!("  {}", e.message));
     }
     s
+}
+
+/// Unix ms of a UTC time as `clock` prints it: "2026-11-30 15:04[:05]" (or with a `T`), or
+/// "15:04[:05]" today.
+fn parse_utc(text: &str, now_ms: u64) -> Option<u64> {
+    let text = text.trim();
+    let (date, time) = match text.split_once([' ', 'T']) {
+        Some((d, t)) => (Some(d), t),
+        None => (None, text),
+    };
+    let mut hms = time.split(':').map(|x| x.parse::<u64>().ok());
+    let (h, m) = (hms.next()??, hms.next()??);
+    let sec = match hms.next() {
+        Some(v) => v?,
+        None => 0,
+    };
+    if hms.next().is_some() || h > 23 || m > 59 || sec > 59 {
+        return None;
+    }
+    let days = match date {
+        None => now_ms / 86_400_000,
+        Some(d) => {
+            let mut f = d.split('-').map(|x| x.parse::<i64>().ok());
+            let (y, mo, day) = (f.next()??, f.next()??, f.next()??);
+            if f.next().is_some() || !(1..=12).contains(&mo) || !(1..=31).contains(&day) {
+                return None;
+            }
+            // Days since 1970-01-01 from a civil date (Howard Hinnant's algorithm).
+            let y = if mo <= 2 { y - 1 } else { y };
+            let era = y.div_euclid(400);
+            let yoe = y - era * 400;
+            let mp = if mo > 2 { mo - 3 } else { mo + 9 };
+            let doy = (153 * mp + 2) / 5 + day - 1;
+            let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+            u64::try_from(era * 146_097 + doe - 719_468).ok()?
+        }
+    };
+    Some(days * 86_400_000 + (h * 3600 + m * 60 + sec) * 1000)
 }
 
 /// "2026-11-25 00:55:01.123" (UTC) from unix milliseconds.
@@ -878,6 +936,18 @@ pub fn render_status(r: &StatusReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_takes_utc_times_as_clock_prints_them() {
+        let at = 1_795_000_000_000; // 2026-11-18 11:06:40
+        assert_eq!(parse_utc("2026-11-18 11:06:40", 0), Some(at));
+        assert_eq!(parse_utc("2026-11-18T11:06", 0), Some(at - 40_000));
+        assert_eq!(parse_utc("11:06:40", at + 5_000), Some(at), "today");
+        assert_eq!(clock(parse_utc("2024-02-29 00:00", 0).unwrap()), "2024-02-29 00:00:00.000");
+        for bad in ["", "25:00", "11:60", "2026-13-01 00:00", "soon", "1:2:3:4"] {
+            assert_eq!(parse_utc(bad, at), None, "{bad}");
+        }
+    }
 
     #[test]
     fn clock_formats_utc() {

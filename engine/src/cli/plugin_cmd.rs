@@ -12,7 +12,9 @@ use crate::plugin::{humantime, signing, Plugin, SignatureStatus};
 pub enum PluginCommand {
     /// Show a plugin's name, version, WIT version, parameters, timeouts, capabilities and signature.
     Inspect {
+        /// The plugin component (e.g. target/plugins/jp1-base.wasm).
         plugin: PathBuf,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
@@ -29,16 +31,23 @@ pub enum PluginCommand {
         out: PathBuf,
     },
     /// Create an ed25519 key pair: STEM.key (secret, mode 0600) and STEM.pub.
-    Keygen { stem: PathBuf },
+    Keygen {
+        /// Path prefix of the key files: writes STEM.key (secret, mode 0600) and STEM.pub.
+        stem: PathBuf,
+    },
     /// Sign a plugin with a secret key, writing PLUGIN.sig next to it.
     Sign {
+        /// The plugin component to sign.
         plugin: PathBuf,
+        /// The secret key (from `plugin keygen`).
         #[arg(long, value_name = "SECRET_KEY_FILE")]
         key: PathBuf,
     },
     /// Check a plugin's signature against one or more public keys. Exit 0 when valid, 1 otherwise.
     Verify {
+        /// The plugin component (its signature is PLUGIN.sig).
         plugin: PathBuf,
+        /// A trusted public key (repeatable).
         #[arg(long = "key", value_name = "PUBKEY_FILE", required = true)]
         keys: Vec<PathBuf>,
     },

@@ -1,4 +1,4 @@
-//! Durations as operators write them: "30s", "500ms", "2m", "1h", or a bare number of seconds.
+//! Durations as operators write them: "30s", "500ms", "2m", "1h", "1d", or a bare number of seconds.
 
 use std::time::Duration;
 
@@ -23,7 +23,8 @@ pub fn parse(s: &str) -> Result<Duration, String> {
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("`{s}` has an unknown unit (use ms, s, m or h)")),
+        "d" => n * 86_400.0,
+        _ => return Err(format!("`{s}` has an unknown unit (use ms, s, m, h or d)")),
     };
     // Nothing in a cluster config needs more than a week; bigger values are typos (and would
     // overflow clock arithmetic).
