@@ -118,10 +118,12 @@ pub async fn serve_control(
                     return;
                 }
             };
-            if caller.read_only && matches!(req, Request::Operator { .. }) {
-                tracing::warn!(user = %caller.user, "operator command refused: read-only status group");
+            // The status group reads status and events only: operator commands change things,
+            // and the config and resource details can hold secrets (fence passwords).
+            if caller.read_only && !matches!(req, Request::Status | Request::Events { .. }) {
+                tracing::warn!(user = %caller.user, "request refused: read-only status group");
                 let message = format!(
-                    "permission denied: {} may read status and events (daemon.status_group) but operator commands need root",
+                    "permission denied: {} may read status and events (daemon.status_group) but operator commands and config details need root",
                     caller.user
                 );
                 let _ = api::write_response(&mut w, Response::Error { message }).await;

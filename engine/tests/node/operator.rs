@@ -118,6 +118,10 @@ fn a_status_group_reads_status_and_events_but_gives_no_commands() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("operator commands need root"), "{err}");
     assert_eq!(n.group_state("app"), "started");
+    for secret in [&["config", "show"][..], &["resource", "show", "svc"][..]] {
+        let o = cli_as(&n, 4242, secret);
+        assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("config details need root"), "{secret:?}");
+    }
     // Not in the group: nothing at all (the socket's mode refuses the connection).
     let o = cli_as(&n, 4243, &["status"]);
     let err = String::from_utf8_lossy(&o.stderr).to_lowercase();
