@@ -6,3 +6,4 @@ mod support;
 mod cli;
 mod example_agents;
 mod hostile_guests;
+mod sandbox_escapes;
