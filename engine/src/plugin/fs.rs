@@ -158,8 +158,13 @@ pub fn resolve(path: &str) -> std::io::Result<Resolved> {
                 return Ok(Resolved { path: join(&names), found: Some((dir, Some(c))) });
             }
             FileType::Directory => {
-                let fd = rustix::fs::openat(dir, c.as_os_str(), OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                    .map_err(io)?;
+                let fd = rustix::fs::openat(
+                    dir,
+                    c.as_os_str(),
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(io)?;
                 dirs.push(fd);
                 names.push(c);
             }

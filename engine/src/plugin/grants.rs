@@ -53,7 +53,10 @@ impl Grants {
             return Err(Denied::BadRequest { what: what(), reason: format!("the program path is longer than {MAX_REQUEST_LEN} bytes") });
         }
         if args.len() > MAX_ARGS || args.iter().map(String::len).sum::<usize>() > MAX_ARGS_BYTES {
-            return Err(Denied::BadRequest { what: what(), reason: format!("more than {MAX_ARGS} arguments or {MAX_ARGS_BYTES} bytes of them") });
+            return Err(Denied::BadRequest {
+                what: what(),
+                reason: format!("more than {MAX_ARGS} arguments or {MAX_ARGS_BYTES} bytes of them"),
+            });
         }
         if !program.starts_with('/') {
             return Err(Denied::BadRequest { what: what(), reason: "the program must be an absolute path".into() });
@@ -106,7 +109,10 @@ impl Grants {
     /// capability), and a few that make any program run other code are refused even then.
     pub fn check_env(&self, program: &str, env: &[(String, String)]) -> Result<(), Denied> {
         if env.len() > MAX_ENV {
-            return Err(Denied::BadRequest { what: format!("exec `{program}`"), reason: format!("more than {MAX_ENV} environment variables") });
+            return Err(Denied::BadRequest {
+                what: format!("exec `{program}`"),
+                reason: format!("more than {MAX_ENV} environment variables"),
+            });
         }
         for (k, _) in env {
             check_env_name(program, k)?;
@@ -130,7 +136,8 @@ impl Grants {
 }
 
 fn describe_exec(program: &str, args: &[String]) -> String {
-    shorten(&format!("exec `{}`", std::iter::once(program).chain(args.iter().map(String::as_str)).collect::<Vec<_>>().join(" "))).into_owned()
+    shorten(&format!("exec `{}`", std::iter::once(program).chain(args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ")))
+        .into_owned()
 }
 
 /// Text from a guest, cut to a length fit for a log line and an error message.

@@ -72,7 +72,10 @@ impl MemoryCap {
         let total = self.used.saturating_add(desired.saturating_sub(current));
         if total > self.limit {
             self.hit = true;
-            return Err(wasmtime::Error::msg(format!("memory limit of {} MiB reached (all memories and tables together)", self.limit >> 20)));
+            return Err(wasmtime::Error::msg(format!(
+                "memory limit of {} MiB reached (all memories and tables together)",
+                self.limit >> 20
+            )));
         }
         // Counted when granted; a growth that then fails still counts (the error is the cap's
         // friend: never under-counting is what matters).
@@ -214,7 +217,8 @@ impl host::Host for HostState {
             return Err(self.deny("exec", d));
         }
         if opts.stdin.as_ref().is_some_and(|s| s.len() > STDIN_CAP) {
-            let d = super::Denied::BadRequest { what: format!("exec `{program}`"), reason: format!("standard input over {STDIN_CAP} bytes") };
+            let d =
+                super::Denied::BadRequest { what: format!("exec `{program}`"), reason: format!("standard input over {STDIN_CAP} bytes") };
             return Err(self.deny("exec", d));
         }
         if let Some(cwd) = &opts.cwd {
@@ -237,13 +241,16 @@ impl host::Host for HostState {
                 let (dir, name) = real.found.as_ref().expect("found");
                 match super::fs::kind(dir, name.as_deref()) {
                     Ok(rustix::fs::FileType::RegularFile) => {}
-                    Ok(t) => return Ok(Err(types::AgentError::NotInstalled(format!("`{p}` is {}, not a program", super::fs::type_name(t))))),
+                    Ok(t) => {
+                        return Ok(Err(types::AgentError::NotInstalled(format!("`{p}` is {}, not a program", super::fs::type_name(t)))))
+                    }
                     Err(e) => return Ok(Err(types::AgentError::NotInstalled(format!("`{p}`: {e}")))),
                 }
                 let cwd = match cwd {
                     None => None,
                     Some(c) => {
-                        let r = super::fs::resolve(&c).map_err(|e| super::Denied::BadRequest { what: format!("exec in `{c}`"), reason: e.to_string() })?;
+                        let r = super::fs::resolve(&c)
+                            .map_err(|e| super::Denied::BadRequest { what: format!("exec in `{c}`"), reason: e.to_string() })?;
                         grants.check_read_resolved(&c, &r.path)?;
                         match &r.found {
                             Some((dir, name)) if matches!(super::fs::kind(dir, name.as_deref()), Ok(rustix::fs::FileType::Directory)) => {}
@@ -655,7 +662,11 @@ impl PluginInstance {
                 tracing::warn!(suppressed = self.last_stats.logs_suppressed, "guest log rate limit reached; messages dropped");
             }
             if self.last_stats.denials > DENIAL_LOG_BURST {
-                tracing::warn!(refused = self.last_stats.denials, logged = DENIAL_LOG_BURST, "more host calls were refused than are logged per call");
+                tracing::warn!(
+                    refused = self.last_stats.denials,
+                    logged = DENIAL_LOG_BURST,
+                    "more host calls were refused than are logged per call"
+                );
             }
             let result = match outcome {
                 Ok(Ok(Ok(resp))) => {
@@ -766,11 +777,15 @@ impl PluginInstance {
         };
         let bindings = match &plugin.pre {
             PreBindings::Resource(pre) => {
-                let r = tokio::time::timeout(timeout, pre.instantiate_async(&mut store)).await.map_err(|_| self.timeout_err(action, timeout))?;
+                let r = tokio::time::timeout(timeout, pre.instantiate_async(&mut store))
+                    .await
+                    .map_err(|_| self.timeout_err(action, timeout))?;
                 Bindings::Resource(r.map_err(|e| err(&store, e))?)
             }
             PreBindings::Fence(pre) => {
-                let r = tokio::time::timeout(timeout, pre.instantiate_async(&mut store)).await.map_err(|_| self.timeout_err(action, timeout))?;
+                let r = tokio::time::timeout(timeout, pre.instantiate_async(&mut store))
+                    .await
+                    .map_err(|_| self.timeout_err(action, timeout))?;
                 Bindings::Fence(r.map_err(|e| err(&store, e))?)
             }
         };
