@@ -98,7 +98,7 @@ async fn lifekeeper_scripts_receive_tag_id_and_app_info() {
         &format!("#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done > {d}/args\nenv > {d}/env\n"),
     );
     let remove = write_script(&dir.path().join("remove"), "#!/bin/sh\nexit 0\n");
-    let grants = caps(&format!("exec = [{{ program = \"{d}/*\" }}]\nread = [\"{d}/\"]"));
+    let grants = caps(&format!("exec = [{{ program = \"{d}/*\" }}]\nread = [\"{d}/\"]\nenv = [\"LK*\", \"LANG\"]"));
     let mut inst = plugin.instance("db", grants, Limits::default());
     let args = || std::fs::read_to_string(dir.path().join("args")).unwrap();
 
@@ -309,7 +309,7 @@ async fn ocf_missing_agent_is_not_installed() {
     let dir = tempfile::tempdir().unwrap();
     let agent = dir.path().join("resource.d/acme/NoSuchAgent").display().to_string();
     let d = dir.path().display();
-    let grants = caps(&format!("exec = [{{ program = \"{d}/**\" }}]\nread = [\"{d}/\"]"));
+    let grants = caps(&format!("exec = [{{ program = \"{d}/**\" }}]\nread = [\"{d}/\"]\nenv = [\"OCF_*\"]"));
     let mut inst = plugin.instance("gone", grants, Limits::default());
     let c = call_ctx(&plugin, "gone", &[("style", "ocf"), ("agent", &agent)]);
     for (action, err) in [
@@ -515,7 +515,7 @@ fn cli_agent_exec_runs_the_ocf_dummy() {
     let run = |action: &str, extra: &[&str]| {
         let mut args =
             vec!["agent", "exec", plugin, action, "--param", "style=ocf", "--param", "agent=ocf:heartbeat:Dummy", "--param", &state_param];
-        args.extend_from_slice(&["--allow-exec", agent, "--resource", "cli-dummy"]);
+        args.extend_from_slice(&["--allow-exec", agent, "--allow-env", "OCF_*", "--resource", "cli-dummy"]);
         args.extend_from_slice(extra);
         warden(&args)
     };
@@ -555,6 +555,8 @@ fn cli_agent_exec_runs_the_ocf_dummy() {
         agent,
         "--allow-read",
         agent,
+        "--allow-env",
+        "OCF_*",
     ]);
     assert_eq!(code, Some(1));
     let last = err.trim().lines().last().unwrap();
