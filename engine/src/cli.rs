@@ -140,8 +140,12 @@ impl Cli {
 
     fn host_options(&self) -> anyhow::Result<HostOptions> {
         let cache_dir = if self.no_cache { None } else { Some(self.cache_dir.clone().unwrap_or_else(ComponentCache::default_dir)) };
-        let trusted_keys = self.trusted_keys.iter().map(|p| crate::plugin::signing::read_public_key(p)).collect::<Result<Vec<_>, _>>()?;
-        Ok(HostOptions { cache_dir, trusted_keys })
+        Ok(HostOptions { cache_dir, trusted_keys: self.trusted_keys()? })
+    }
+
+    /// The keys of `--trusted-key`, read (every command that loads plugins honours them).
+    pub fn trusted_keys(&self) -> anyhow::Result<Vec<ed25519_dalek::VerifyingKey>> {
+        Ok(self.trusted_keys.iter().map(|p| crate::plugin::signing::read_public_key(p)).collect::<Result<Vec<_>, _>>()?)
     }
 
     pub fn host(&self) -> anyhow::Result<PluginHost> {

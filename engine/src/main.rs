@@ -23,13 +23,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(warden::cli::run(cli)) {
+    let code = match runtime.block_on(warden::cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", chain(&e));
             ExitCode::from(2)
         }
-    }
+    };
+    // Do not wait for blocking threads: one may be stuck in the kernel for good (a FIFO, a hung
+    // mount), and dropping the runtime would wait for it forever. The command is done; exit.
+    runtime.shutdown_background();
+    code
 }
 
 /// The error and its causes, skipping causes that the message already includes (many of our

@@ -81,6 +81,8 @@ pub struct NodeOptions {
     /// The compiled-component cache: `--cache-dir` (Some(Some)), `--no-cache` (Some(None)),
     /// else (None) `daemon.cache_dir` from the config or `<state_dir>/cache`.
     pub cache: Option<Option<PathBuf>>,
+    /// `--trusted-key`: only plugins signed by one of these keys load (none: no such rule).
+    pub trusted_keys: Vec<ed25519_dalek::VerifyingKey>,
 }
 
 /// A resource's config resolved against its plugin (see [`Node::resolve`]).
@@ -207,25 +209,29 @@ impl Node {
             Some(choice) => choice.clone(),
             None => Some(cfg.daemon.cache_dir.clone().map(|p| cfg.resolve_path(&p)).unwrap_or_else(|| state_dir.join("cache"))),
         };
-        let host = PluginHost::new(HostOptions { cache_dir: cache, trusted_keys: vec![] })?;
+        // The operator's --trusted-key applies to the node's plugins as to every other command.
+        let host = PluginHost::new(HostOptions { cache_dir: cache, trusted_keys: opts.trusted_keys.clone() })?;
         let mut plugins = BTreeMap::new();
         for p in &cfg.plugins {
             let path = cfg.resolve_path(p.path.get_ref());
-            if let Some(signer) = &p.signer {
-                let signer = cfg.resolve_path(signer.get_ref());
-                let key = signing::read_public_key(&signer).map_err(|e| NodeError::Io {
-                    what: "cannot read the signer key",
-                    path: signer.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
-                let bytes =
-                    std::fs::read(&path).map_err(|source| NodeError::Io { what: "cannot read plugin", path: path.clone(), source })?;
-                let status = signing::check(&path, &bytes, &[key]);
-                if !matches!(status, SignatureStatus::Trusted { .. }) {
-                    return Err(NodeError::Unsigned { name: p.name.get_ref().clone(), path, status, signer });
+            let signer_key = match &p.signer {
+                None => None,
+                Some(signer) => {
+                    let signer = cfg.resolve_path(signer.get_ref());
+                    let key = signing::read_public_key(&signer).map_err(|e| NodeError::Io {
+                        what: "cannot read the signer key",
+                        path: signer.clone(),
+                        source: std::io::Error::other(e.to_string()),
+                    })?;
+                    Some((key, signer))
                 }
+            };
+            // One read of the plugin: its signature is checked on the bytes that are loaded.
+            let loaded = host.load_signed(&path, signer_key.as_ref().map(|(k, _)| k)).await;
+            if let (Err(PluginError::Untrusted { status, .. }), Some((_, signer))) = (&loaded, &signer_key) {
+                return Err(NodeError::Unsigned { name: p.name.get_ref().clone(), path, status: status.clone(), signer: signer.clone() });
             }
-            let loaded = host.load(&path).await.map_err(|e| {
+            let loaded = loaded.map_err(|e| {
                 // Point at the config line as well as the plugin problem.
                 NodeError::Config(ConfigErrors(vec![cfg.error_at(
                     p.path.span(),

@@ -20,6 +20,7 @@ mod bindings;
 pub mod cache;
 mod compat;
 pub mod exec;
+pub mod fs;
 pub mod grants;
 mod instance;
 mod output;
@@ -339,7 +340,7 @@ impl PluginMetadata {
 /// Per-instance limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Cap on the linear memory of one instance.
+    /// Cap on the memory of one instance: all its linear memories and tables together.
     pub memory_bytes: usize,
 }
 
@@ -425,13 +426,31 @@ impl PluginHost {
 
     /// Load, verify, compile (or fetch from the cache) and introspect a plugin.
     pub async fn load(&self, path: &Path) -> Result<Arc<Plugin>, PluginError> {
+        self.load_signed(path, None).await
+    }
+
+    /// [`Self::load`], and the plugin must also be signed by `signer` (a config's `signer`).
+    ///
+    /// The file is read once: the signature is checked on, and the component compiled from, the
+    /// same bytes (a file that changes between two reads, or a FIFO serving signed bytes first,
+    /// cannot slip other bytes in). Only a regular file is read.
+    pub async fn load_signed(&self, path: &Path, signer: Option<&ed25519_dalek::VerifyingKey>) -> Result<Arc<Plugin>, PluginError> {
         let started = Instant::now();
         let path = path.to_path_buf();
-        let bytes = std::fs::read(&path).map_err(|source| PluginError::Read { path: path.clone(), source })?;
+        let bytes = signing::read_regular_file(&path).map_err(|source| PluginError::Read { path: path.clone(), source })?;
 
-        let signature = signing::check(&path, &bytes, &self.trusted_keys);
+        let mut signature = signing::check(&path, &bytes, &self.trusted_keys);
         if !self.trusted_keys.is_empty() && !matches!(signature, SignatureStatus::Trusted { .. }) {
             return Err(PluginError::Untrusted { path, status: signature });
+        }
+        if let Some(key) = signer {
+            let by_signer = signing::check(&path, &bytes, std::slice::from_ref(key));
+            if !matches!(by_signer, SignatureStatus::Trusted { .. }) {
+                return Err(PluginError::Untrusted { path, status: by_signer });
+            }
+            if !matches!(signature, SignatureStatus::Trusted { .. }) {
+                signature = by_signer;
+            }
         }
         let manifest = Manifest::from_component(&bytes).map_err(|source| PluginError::Manifest { path: path.clone(), source })?;
 

@@ -14,7 +14,7 @@ pub mod pattern;
 
 use serde::{Deserialize, Serialize};
 
-pub use pattern::{ArgsPattern, ConnectPattern, ExecRule, PathPattern, PatternError};
+pub use pattern::{ArgsPattern, ConnectPattern, EnvPattern, ExecRule, PathPattern, PatternError, MAX_REQUEST_LEN};
 
 /// Name of the custom section that holds the manifest TOML.
 pub const SECTION_NAME: &str = "warden-manifest";
@@ -82,11 +82,16 @@ pub struct Capabilities {
     pub read: Vec<PathPattern>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub connect: Vec<ConnectPattern>,
+    /// Environment variables the plugin may set for the programs it runs (names, `*` allowed).
+    /// Nothing else reaches a child: a variable like `PYTHONWARNINGS` or `BROWSER` can make a
+    /// granted program run other code, so the environment is a capability like any other.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvPattern>,
 }
 
 impl Capabilities {
     pub fn is_empty(&self) -> bool {
-        self.exec.is_empty() && self.read.is_empty() && self.connect.is_empty()
+        self.exec.is_empty() && self.read.is_empty() && self.connect.is_empty() && self.env.is_empty()
     }
 
     /// True when some exec rule allows `program` with `args`.
@@ -101,6 +106,16 @@ impl Capabilities {
 
     pub fn allows_connect(&self, host: &str, port: u16) -> bool {
         self.connect.iter().any(|p| p.matches(host, port))
+    }
+
+    /// True when some connect pattern allows this address (a literal or a resolved name).
+    pub fn allows_connect_addr(&self, ip: std::net::IpAddr, port: u16) -> bool {
+        self.connect.iter().any(|p| p.matches_addr(ip, port))
+    }
+
+    /// True when some env pattern allows setting the variable `name`.
+    pub fn allows_env(&self, name: &str) -> bool {
+        self.env.iter().any(|p| p.matches(name))
     }
 
     /// The grants in `self` that no declaration in `declared` covers. Used to refuse, at config
@@ -120,6 +135,11 @@ impl Capabilities {
         for g in &self.connect {
             if !declared.connect.iter().any(|d| d.covers(g)) {
                 out.push(format!("connect {g}"));
+            }
+        }
+        for g in &self.env {
+            if !declared.env.iter().any(|d| d.covers(g)) {
+                out.push(format!("env {g}"));
             }
         }
         out

@@ -9,7 +9,14 @@
 //! * **Arguments** (exec `args`) are a list matched element by element: `*` inside an element
 //!   matches any characters (including `/`), an element that is exactly `**` matches zero or more
 //!   arguments. No `args` at all means any arguments.
+//!   An argument that starts with `-` is matched only by a pattern element that starts with `-`
+//!   (so `*` never admits an option or a negative number; `**` still means any arguments).
 //! * **Connect** targets are `host:port`; the host may use `*`, the port is a number or `*`.
+//!   Address patterns (`127.0.0.*`, `[::1]`) match IP literals only, name patterns names only.
+//! * **Environment** names (exec `env`) are names with `*` for any run of characters.
+//!
+//! Every matcher runs in time linear in the pattern times the request (no backtracking over
+//! `**`), and requests longer than [`MAX_REQUEST_LEN`] never match.
 
 use std::fmt;
 
@@ -25,17 +32,22 @@ pub enum PatternError {
     BadConnect(String),
     #[error("exec pattern `{0}` must be PROGRAM or PROGRAM:ARG-PATTERNS, with an absolute PROGRAM")]
     BadExec(String),
+    #[error("environment pattern `{0}` must be a variable name made of letters, digits, `_` and `*`")]
+    BadEnv(String),
 }
 
-/// Glob match of one string: `*` matches any run of characters.
+/// Requests longer than this never match (the host refuses them before asking): bounds the work
+/// of one match whatever a guest sends.
+pub const MAX_REQUEST_LEN: usize = 4096;
+
+/// Glob match of one string: `*` matches any run of bytes. Iterative, remembering only the last
+/// star: O(len(pattern) × len(text)) at worst, never exponential.
 fn glob(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    // Classic iterative matcher with backtracking to the last star.
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
     let (mut pi, mut ti) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && p[pi] == '*' {
+        if pi < p.len() && p[pi] == b'*' {
             star = Some((pi, ti));
             pi += 1;
         } else if pi < p.len() && p[pi] == t[ti] {
@@ -49,7 +61,7 @@ fn glob(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    while pi < p.len() && p[pi] == '*' {
+    while pi < p.len() && p[pi] == b'*' {
         pi += 1;
     }
     pi == p.len()
@@ -57,15 +69,46 @@ fn glob(pattern: &str, text: &str) -> bool {
 
 /// Match a list of items against a list of patterns where an item `**` matches zero or more
 /// items and other items are matched by `one`.
+///
+/// Dynamic programming over "which prefixes of `items` the patterns so far can consume": each
+/// pattern is applied once to each item, so the cost is O(patterns × items) calls of `one`
+/// whatever the number of `**` (a backtracking matcher is exponential in them).
 fn match_seq<T: AsRef<str>>(pats: &[String], items: &[T], one: &dyn Fn(&str, &str) -> bool) -> bool {
-    match pats.split_first() {
-        None => items.is_empty(),
-        Some((p, rest)) if p == "**" => (0..=items.len()).any(|skip| match_seq(rest, &items[skip..], one)),
-        Some((p, rest)) => match items.split_first() {
-            Some((i, irest)) => one(p, i.as_ref()) && match_seq(rest, irest, one),
-            None => false,
-        },
+    let n = items.len();
+    // reach[j]: the patterns seen so far can match exactly items[..j].
+    let mut reach = vec![false; n + 1];
+    reach[0] = true;
+    for p in pats {
+        if p == "**" {
+            let mut seen = false;
+            for r in reach.iter_mut() {
+                seen |= *r;
+                *r = seen;
+            }
+        } else {
+            let mut next = vec![false; n + 1];
+            for j in 0..n {
+                if reach[j] && one(p, items[j].as_ref()) {
+                    next[j + 1] = true;
+                }
+            }
+            reach = next;
+        }
+        if !reach.contains(&true) {
+            return false;
+        }
     }
+    reach[n]
+}
+
+/// One argument against one argument pattern. An argument that starts with `-` (an option, or a
+/// negative number such as the `-1` of `kill -9 -1`, "every process") is matched only by a
+/// pattern that itself starts with `-`: a `*` meant for a value or a pid never admits one.
+fn arg_matches(pattern: &str, arg: &str) -> bool {
+    if arg.starts_with('-') && !pattern.starts_with('-') {
+        return false;
+    }
+    glob(pattern, arg)
 }
 
 /// An absolute path pattern (see the module docs).
@@ -95,7 +138,7 @@ impl PathPattern {
     /// Does the pattern cover `path`? `path` must already be absolute and free of `..`; callers
     /// (the host) refuse anything else before asking.
     pub fn matches(&self, path: &str) -> bool {
-        if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+        if path.len() > MAX_REQUEST_LEN || !path.starts_with('/') || path.split('/').any(|c| c == "..") {
             return false;
         }
         let items: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
@@ -133,7 +176,7 @@ pub struct ArgsPattern(pub Vec<String>);
 
 impl ArgsPattern {
     pub fn matches(&self, args: &[String]) -> bool {
-        match_seq(&self.0, args, &|p, a| glob(p, a))
+        match_seq(&self.0, args, &arg_matches)
     }
 }
 
@@ -171,7 +214,7 @@ impl ExecRule {
         match (&self.args, &grant.args) {
             (None, _) => true,
             (Some(d), None) => d.0 == ["**"],
-            (Some(d), Some(g)) => d == g || d.matches(&g.0),
+            (Some(d), Some(g)) => d == g || match_seq(&d.0, &g.0, &|p, a| glob(p, a)),
         }
     }
 }
@@ -186,11 +229,33 @@ impl fmt::Display for ExecRule {
 }
 
 /// `host:port` with `*` allowed in the host and as the whole port.
+///
+/// A host pattern is an **address** pattern when it is made of digits, dots and `*` (IPv4) or
+/// contains `:` (IPv6); it then matches only IP literals, never a name that merely starts like
+/// one (`127.0.0.*` must not match `127.0.0.9.attacker.example`). Any other host pattern is a
+/// **name** pattern and matches only names. A host of just `*` matches both.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct ConnectPattern {
     host: String,
     port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostKind {
+    Any,
+    Address,
+    Name,
+}
+
+fn host_kind(host: &str) -> HostKind {
+    if host == "*" {
+        HostKind::Any
+    } else if host.contains(':') || (host.contains('.') && host.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'*')) {
+        HostKind::Address
+    } else {
+        HostKind::Name
+    }
 }
 
 impl ConnectPattern {
@@ -208,12 +273,38 @@ impl ConnectPattern {
         Ok(Self { host: host.to_ascii_lowercase(), port })
     }
 
+    /// Does the pattern allow `host` as the guest wrote it? An IP literal is matched by address
+    /// patterns (in its canonical form), a name by name patterns.
     pub fn matches(&self, host: &str, port: u16) -> bool {
-        glob(&self.host, &host.to_ascii_lowercase()) && self.port.is_none_or(|p| p == port)
+        if host.len() > MAX_REQUEST_LEN {
+            return false;
+        }
+        match host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
+            Ok(ip) => self.matches_addr(ip, port),
+            Err(_) => {
+                matches!(host_kind(&self.host), HostKind::Any | HostKind::Name)
+                    && glob(&self.host, &host.to_ascii_lowercase())
+                    && self.port.is_none_or(|p| p == port)
+            }
+        }
+    }
+
+    /// Does the pattern allow connecting to this address (a literal, or what a name resolved to)?
+    pub fn matches_addr(&self, ip: std::net::IpAddr, port: u16) -> bool {
+        let kind_ok = match host_kind(&self.host) {
+            HostKind::Any => true,
+            HostKind::Address => glob(&self.host, &ip.to_string()),
+            HostKind::Name => false,
+        };
+        kind_ok && self.port.is_none_or(|p| p == port)
     }
 
     pub fn covers(&self, grant: &ConnectPattern) -> bool {
-        glob(&self.host, &grant.host) && (self.port.is_none() || self.port == grant.port)
+        let kinds = match (host_kind(&self.host), host_kind(&grant.host)) {
+            (HostKind::Any, _) => true,
+            (d, g) => d == g,
+        };
+        kinds && glob(&self.host, &grant.host) && (self.port.is_none() || self.port == grant.port)
     }
 }
 
@@ -237,6 +328,52 @@ impl fmt::Display for ConnectPattern {
             Some(p) => write!(f, "{host}:{p}"),
             None => write!(f, "{host}:*"),
         }
+    }
+}
+
+/// An environment variable name a plugin may set for a program it runs: letters, digits, `_`,
+/// and `*` for any run of those (`OCF_*`, `LK_*`, `LANG`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EnvPattern(String);
+
+impl EnvPattern {
+    pub fn parse(text: &str) -> Result<Self, PatternError> {
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'*') {
+            return Err(PatternError::BadEnv(text.into()));
+        }
+        Ok(Self(text.into()))
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        name.len() <= MAX_REQUEST_LEN && glob(&self.0, name)
+    }
+
+    pub fn covers(&self, grant: &EnvPattern) -> bool {
+        glob(&self.0, &grant.0)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for EnvPattern {
+    type Error = PatternError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<EnvPattern> for String {
+    fn from(p: EnvPattern) -> String {
+        p.0
+    }
+}
+
+impl fmt::Display for EnvPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -348,6 +485,51 @@ mod tests {
         assert_eq!(v6.to_string(), "[::1]:22");
         assert!(ConnectPattern::parse("localhost").is_err());
         assert!(ConnectPattern::parse("localhost:http").is_err());
+    }
+
+    #[test]
+    fn a_star_argument_never_matches_an_option_or_a_negative_number() {
+        let rule = ExecRule::parse_cli("/bin/kill:-* *").unwrap();
+        assert!(rule.matches("/bin/kill", &args(&["-TERM", "1234"])));
+        assert!(!rule.matches("/bin/kill", &args(&["-9", "-1"])), "kill -9 -1 signals every process");
+        assert!(!ExecRule::parse_cli("/bin/cat:*").unwrap().matches("/bin/cat", &args(&["--version"])));
+        // `**` still means any arguments.
+        assert!(ExecRule::parse_cli("/bin/x:-h * **").unwrap().matches("/bin/x", &args(&["-h", "a", "-t", "5"])));
+    }
+
+    #[test]
+    fn many_double_stars_match_in_linear_time() {
+        // Ten `**` around the same literal: a backtracking matcher tries C(n, 10) splits.
+        let p = path("/**/a/**/a/**/a/**/a/**/a/**/a/**/a/**/a/**/a/**/a/status");
+        let long = format!("/{}/x", ["a"; 400].join("/"));
+        let t = std::time::Instant::now();
+        assert!(!p.matches(&long));
+        assert!(p.matches(&format!("/{}/status", ["a"; 12].join("/"))));
+        let many = ArgsPattern(vec!["**".into(); 12].into_iter().chain(["x".into()]).collect());
+        assert!(!many.matches(&vec!["y".to_string(); 1000]));
+        assert!(t.elapsed() < std::time::Duration::from_secs(1), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn address_patterns_match_addresses_and_name_patterns_names() {
+        let ip = ConnectPattern::parse("127.0.0.*:80").unwrap();
+        assert!(ip.matches("127.0.0.9", 80));
+        assert!(!ip.matches("127.0.0.9.hostile-name", 80));
+        assert!(ip.matches_addr("127.0.0.1".parse().unwrap(), 80));
+        let name = ConnectPattern::parse("*.example.com:80").unwrap();
+        assert!(!name.matches_addr("127.0.0.1".parse().unwrap(), 80));
+        assert!(ConnectPattern::parse("*:*").unwrap().matches_addr("::1".parse().unwrap(), 1));
+        assert!(!ConnectPattern::parse("*:*").unwrap().covers(&ip) || ConnectPattern::parse("*:*").unwrap().covers(&name));
+        assert!(!name.covers(&ip));
+    }
+
+    #[test]
+    fn env_patterns() {
+        let p = EnvPattern::parse("OCF_*").unwrap();
+        assert!(p.matches("OCF_RESKEY_ip"));
+        assert!(!p.matches("LD_PRELOAD"));
+        assert!(EnvPattern::parse("A=B").is_err());
+        assert!(p.covers(&EnvPattern::parse("OCF_ROOT").unwrap()));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use warden_manifest::{Capabilities, ConnectPattern, ExecRule, PathPattern};
+use warden_manifest::{Capabilities, ConnectPattern, EnvPattern, ExecRule, PathPattern};
 
 use super::Cli;
 use crate::plugin::{humantime, Action, AgentFailure, CallContext, CallError, Health, Limits};
@@ -29,6 +29,10 @@ pub struct ExecArgs {
     /// Grant TCP probes of HOST:PORT (`*` allowed).
     #[arg(long = "allow-connect", value_name = "HOST:PORT", value_parser = |s: &str| ConnectPattern::parse(s))]
     pub allow_connect: Vec<ConnectPattern>,
+    /// Grant setting environment variable NAME for the programs the agent runs (`*` allowed,
+    /// e.g. `OCF_*`); nothing else reaches them.
+    #[arg(long = "allow-env", value_name = "NAME", value_parser = |s: &str| EnvPattern::parse(s))]
+    pub allow_env: Vec<EnvPattern>,
     /// Deadline for the action (default: the agent's own timeout for it), e.g. 30s, 500ms.
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
@@ -87,7 +91,12 @@ pub async fn run(cli: &Cli, args: &ExecArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_LOAD));
         }
     };
-    let grants = Capabilities { exec: args.allow_exec.clone(), read: args.allow_read.clone(), connect: args.allow_connect.clone() };
+    let grants = Capabilities {
+        exec: args.allow_exec.clone(),
+        read: args.allow_read.clone(),
+        connect: args.allow_connect.clone(),
+        env: args.allow_env.clone(),
+    };
     let undeclared = grants.not_covered_by(&plugin.manifest.capabilities);
     if !undeclared.is_empty() {
         tracing::warn!(plugin = %name, grants = ?undeclared, "granted capabilities the plugin does not declare have no effect");

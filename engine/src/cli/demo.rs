@@ -330,14 +330,14 @@ path = "{pl}/jp1-ajs3-manager.wasm"
 name = "jp1-base"
 plugin = "jp1-base"
 params = {{ logical_host = "{LHOST}", prefix = "{p}", shared_dir = "{s}" }}
-grants = {{ exec = [{base_exec}], read = [{base_read}, "{s}/jp1base"] }}
+grants = {{ exec = [{base_exec}], read = [{base_read}, "{s}/jp1base"], env = ["LANG"] }}
 monitor_interval = "1s"
 
 [[resources]]
 name = "jp1-ajs3"
 plugin = "jp1-ajs3-manager"
 params = {{ logical_host = "{LHOST}", prefix = "{p}", shared_dir = "{s}", base_resource = "jp1-base" }}
-grants = {{ exec = [{ajs_exec}], read = [{ajs_read}, "{p}/etc/.hitachi/pplistd/pplistd", "{s}/jp1ajs2"] }}
+grants = {{ exec = [{ajs_exec}], read = [{ajs_read}, "{p}/etc/.hitachi/pplistd/pplistd", "{s}/jp1ajs2"], env = ["LANG"] }}
 monitor_interval = "1s"
 
 [[groups]]

@@ -288,6 +288,7 @@ pub async fn node(cmd: &NodeCommand, cli: &crate::cli::Cli) -> anyhow::Result<Ex
                 check_only: false,
                 single_node: *single_node,
                 cache: cache.clone(),
+                trusted_keys: cli.trusted_keys()?,
             };
             let n = Node::load(&opts).await?;
             // SIGHUP must never kill the daemon silently (its default action): config reload is
@@ -317,6 +318,7 @@ pub async fn node(cmd: &NodeCommand, cli: &crate::cli::Cli) -> anyhow::Result<Ex
                 state_dir: Some(std::env::temp_dir().join(format!("warden-check-{}", std::process::id()))),
                 check_only: true,
                 cache: cache.clone(),
+                trusted_keys: cli.trusted_keys()?,
                 ..Default::default()
             };
             let r = Node::load(&opts).await;

@@ -197,5 +197,8 @@ fn inspect_text(p: &Plugin) -> String {
     for n in &c.connect {
         let _ = writeln!(s, "  connect  {n}");
     }
+    for n in &c.env {
+        let _ = writeln!(s, "  env      {n}");
+    }
     s
 }

@@ -124,6 +124,7 @@ async fn deliver(alert: &Alert, cluster: &str, node: &str, e: &EventRecord, cap:
     let timeout = cap.map_or(alert.timeout, |c| c.min(alert.timeout));
     let req = ExecRequest {
         program: alert.program.clone(),
+        arg0: None,
         args: alert.args.clone(),
         env: environment(cluster, node, e),
         stdin: None,

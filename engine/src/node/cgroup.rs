@@ -75,6 +75,7 @@ impl Cgroups {
         let probe = self.resource(".join-probe").map_err(|e| e.to_string())?;
         let req = crate::plugin::exec::ExecRequest {
             program: "/bin/true".into(),
+            arg0: None,
             args: vec![],
             env: vec![],
             stdin: None,

@@ -23,7 +23,11 @@ const DEFAULT_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Debug, Clone)]
 pub struct ExecRequest {
+    /// The program to run: the resolved path the grants were checked on.
     pub program: String,
+    /// What the program sees as `argv[0]` (the path as the agent wrote it; multi-call binaries
+    /// such as busybox choose their behaviour by it).
+    pub arg0: Option<String>,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub stdin: Option<String>,
@@ -107,11 +111,14 @@ async fn read_capped(mut r: impl AsyncRead + Unpin, sink: SharedSink) {
     }
 }
 
+/// Run the program. Its path (and `cwd`) must already have been resolved and checked on a pool
+/// thread: nothing here may touch a filesystem that can hang, since this runs on an async worker
+/// (the fork and exec themselves happen in the child).
 pub async fn run(req: ExecRequest) -> Result<ExecResult, ExecError> {
-    if std::fs::metadata(&req.program).is_err() {
-        return Err(ExecError::NotFound(req.program));
-    }
     let mut cmd = tokio::process::Command::new(&req.program);
+    if let Some(arg0) = &req.arg0 {
+        cmd.arg0(arg0);
+    }
     cmd.args(&req.args)
         .env_clear()
         .current_dir(req.cwd.as_deref().unwrap_or("/"))
@@ -148,7 +155,10 @@ pub async fn run(req: ExecRequest) -> Result<ExecResult, ExecError> {
             });
         }
     }
-    let mut child = cmd.spawn().map_err(|source| ExecError::Spawn { program: req.program.clone(), source })?;
+    let mut child = cmd.spawn().map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => ExecError::NotFound(req.program.clone()),
+        _ => ExecError::Spawn { program: req.program.clone(), source },
+    })?;
     let mut guard = GroupGuard { pgid: child.id().map(|p| p as i32) };
 
     if let (Some(input), Some(mut stdin)) = (req.stdin, child.stdin.take()) {
@@ -195,6 +205,7 @@ mod tests {
     fn req(program: &str, args: &[&str], timeout_ms: u64) -> ExecRequest {
         ExecRequest {
             program: program.into(),
+            arg0: None,
             args: args.iter().map(|s| s.to_string()).collect(),
             env: vec![],
             stdin: None,

@@ -10,6 +10,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{self, host, types};
 use super::exec::{self, ExecRequest};
+use super::fs::{FsPool, PoolError};
 use super::output::CapturedOutput;
 use super::{
     Action, ActionTimeouts, AgentFailure, CallContext, CallError, Grants, Health, Limits, ParamSpec, Plugin, PluginMetadata, PowerState,
@@ -28,6 +29,17 @@ const LOG_LINE_CAP: usize = 4096;
 const STDIO_CAP: usize = 64 * 1024;
 /// Largest `read-file` result.
 const READ_CAP: u32 = 1 << 20;
+/// Refusals logged per call; the rest are counted and reported as one line (a guest can ask for
+/// thousands of refused things in one call).
+pub const DENIAL_LOG_BURST: u32 = 20;
+/// Longest text kept from a guest's result (a failure reason, an error message): what crosses
+/// the boundary is cut here, before the node keeps it anywhere (status, events, the log).
+pub const REASON_CAP: usize = 4096;
+/// Most bytes a guest may pass to a child on standard input.
+const STDIN_CAP: usize = 1 << 20;
+/// What a trap's error quotes of the guest's stderr: its last lines, at most this much.
+const TRAP_TAIL_LINES: usize = 10;
+const TRAP_TAIL_BYTES: usize = 2048;
 
 /// Per-call counters, for tests and the node engine's event history.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -44,23 +56,56 @@ pub struct CallStats {
     pub host_faults: u32,
 }
 
-/// Caps linear memory; remembers that the cap was hit so the error can say so.
+/// Caps the instance's memory as a whole: every linear memory and every table of every core
+/// instance in the component counts against one budget (a component may define any number of
+/// memories; a per-memory cap lets six 60 MiB memories through a 64 MiB limit). Remembers that
+/// the cap was hit so the error can say so.
 struct MemoryCap {
     limit: usize,
+    /// Bytes of all memories and tables granted so far in this store (a store is one instance).
+    used: usize,
     hit: bool,
 }
 
-impl wasmtime::ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.limit {
+/// What one table element is counted as (a function reference is a pointer or two).
+const TABLE_ELEMENT_BYTES: usize = 16;
+
+impl MemoryCap {
+    fn grow(&mut self, current: usize, desired: usize) -> wasmtime::Result<bool> {
+        let total = self.used.saturating_add(desired.saturating_sub(current));
+        if total > self.limit {
             self.hit = true;
-            return Err(wasmtime::Error::msg(format!("memory limit of {} MiB reached", self.limit >> 20)));
+            return Err(wasmtime::Error::msg(format!(
+                "memory limit of {} MiB reached (all memories and tables together)",
+                self.limit >> 20
+            )));
         }
+        // Counted when granted; a growth that then fails still counts (the error is the cap's
+        // friend: never under-counting is what matters).
+        self.used = total;
         Ok(true)
     }
+}
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.grow(current, desired)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.grow(current.saturating_mul(TABLE_ELEMENT_BYTES), desired.saturating_mul(TABLE_ELEMENT_BYTES))
+    }
+
+    // Counts, not bytes: each memory reserves address space however small it is. Generous for
+    // real components (CPython has a handful of core instances), far below wasmtime's 10,000.
+    fn instances(&self) -> usize {
+        1000
+    }
+    fn memories(&self) -> usize {
+        100
+    }
+    fn tables(&self) -> usize {
+        1000
     }
 }
 
@@ -73,6 +118,7 @@ pub struct HostState {
     resource: Arc<str>,
     grants: Arc<Grants>,
     cgroup: Option<Arc<std::path::Path>>,
+    fs_pool: FsPool,
     deadline: super::stall::Deadline,
     stats: CallStats,
     stdout: CapturedOutput,
@@ -102,48 +148,63 @@ impl HostState {
         self.deadline.remaining()
     }
 
-    /// Check a read grant and run a filesystem operation on the resolved path, off the async
-    /// workers and under the action's deadline: a hung mount (NFS, a dead shared disk) must
-    /// stall only this call, never the engine.
+    /// Check a read grant and run a filesystem operation on what the path really is, off the
+    /// async workers, on the resource's bounded pool and under the action's deadline: a hung
+    /// mount (NFS, a dead shared disk) or a FIFO must stall only this call, never the engine.
+    /// The path is resolved beneath `/` without following symlinks (`fs::resolve`), the grants
+    /// are checked on the resolved path, and `op` acts on exactly what was checked.
     async fn fs_call<T: Send + 'static>(
         &mut self,
         import: &'static str,
         path: String,
-        op: impl FnOnce(&std::path::Path, &str) -> Result<T, String> + Send + 'static,
+        op: impl FnOnce(Option<(&std::os::fd::OwnedFd, Option<&std::ffi::OsStr>)>, &str) -> Result<T, String> + Send + 'static,
     ) -> Result<T, types::AgentError> {
         self.stats.host_calls += 1;
         if let Err(denied) = self.grants.check_read_as_written(&path) {
             return Err(self.deny(import, denied));
         }
-        if proc_status_file(&path) {
+        let grants = self.grants.clone();
+        let inline = proc_status_file(&path);
+        let job = move || -> Result<Result<T, String>, super::Denied> {
+            let r = match super::fs::resolve(&path) {
+                Ok(r) => r,
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return Ok(op(None, &path)),
+                Err(e) => return Ok(Err(format!("{import} {path}: {e}"))),
+            };
+            grants.check_read_resolved(&path, &r.path)?;
+            Ok(match &r.found {
+                Some((dir, name)) => op(Some((dir, name.as_deref())), &path),
+                None => op(None, &path),
+            })
+        };
+        if inline {
             // A process's own status files are generated by the kernel from memory: reading
-            // them cannot hang on storage, so they skip the hop to the blocking pool (most
-            // monitors read one; the hop costs two context switches).
-            return match self.grants.check_read(&path) {
-                Ok(real) => op(&real, &path).map_err(types::AgentError::Failed),
+            // them cannot hang on storage, so they skip the hop to a thread (most monitors
+            // read one; the hop costs a thread start and two context switches).
+            return match job() {
+                Ok(r) => r.map_err(types::AgentError::Failed),
                 Err(denied) => Err(self.deny(import, denied)),
             };
         }
-        let grants = self.grants.clone();
-        let remaining = self.remaining();
-        let job = tokio::task::spawn_blocking(move || match grants.check_read(&path) {
-            Ok(real) => Ok(op(&real, &path)),
-            Err(d) => Err(d),
-        });
-        match super::stall::timeout(remaining, job).await {
-            Ok(Ok(Ok(r))) => r.map_err(types::AgentError::Failed),
-            Ok(Ok(Err(denied))) => Err(self.deny(import, denied)),
-            Ok(Err(e)) => {
+        match self.fs_pool.run(self.remaining(), job).await {
+            Ok(Ok(r)) => r.map_err(types::AgentError::Failed),
+            Ok(Err(denied)) => Err(self.deny(import, denied)),
+            Err(e @ (PoolError::Spawn(_) | PoolError::Lost)) => {
                 self.stats.host_faults += 1;
                 Err(types::AgentError::Failed(format!("{import}: {e}")))
             }
-            Err(_) => Err(types::AgentError::Failed(format!("{import}: the filesystem did not answer before the action's deadline"))),
+            Err(e) => Err(types::AgentError::Failed(format!("{import}: {e}"))),
         }
     }
 
     fn deny(&mut self, import: &str, denied: super::Denied) -> types::AgentError {
         self.stats.denials += 1;
-        tracing::warn!(plugin = %self.plugin, resource = %self.resource, import, refused = %denied, "access denied");
+        // Refusals are rate-limited like guest logs: a guest asking for 20,000 refused things in
+        // one call must not write 20,000 log lines (the rest are counted and summed up at the
+        // end of the call).
+        if self.stats.denials <= DENIAL_LOG_BURST {
+            tracing::warn!(plugin = %self.plugin, resource = %self.resource, import, refused = %Escaped(&denied.to_string()), "access denied");
+        }
         types::AgentError::AccessDenied(denied.to_string())
     }
 }
@@ -153,23 +214,84 @@ impl types::Host for HostState {}
 impl host::Host for HostState {
     async fn exec(&mut self, program: String, args: Vec<String>, opts: host::ExecOptions) -> Result<host::ExecOutput, types::AgentError> {
         self.stats.host_calls += 1;
+        // Everything that needs no filesystem first: bounded, linear-time checks.
         if let Err(d) = self.grants.check_exec(&program, &args) {
             return Err(self.deny("exec", d));
         }
-        if let Err(d) = super::grants::check_env(&program, &opts.env) {
+        if let Err(d) = self.grants.check_env(&program, &opts.env) {
+            return Err(self.deny("exec", d));
+        }
+        if opts.stdin.as_ref().is_some_and(|s| s.len() > STDIN_CAP) {
+            let d =
+                super::Denied::BadRequest { what: format!("exec `{program}`"), reason: format!("standard input over {STDIN_CAP} bytes") };
             return Err(self.deny("exec", d));
         }
         if let Some(cwd) = &opts.cwd {
-            if let Err(d) = self.grants.check_read(cwd) {
+            if let Err(d) = self.grants.check_read_as_written(cwd) {
                 return Err(self.deny("exec", d));
             }
         }
+        // Then resolve the program and the working directory on the pool (either may sit on a
+        // hung mount) and check the grants on what they really are.
+        let (grants, p, a, cwd) = (self.grants.clone(), program.clone(), args.clone(), opts.cwd.clone());
+        let resolved = self
+            .fs_pool
+            .run(self.remaining(), move || -> Result<Result<(String, Option<String>), types::AgentError>, super::Denied> {
+                let real = match super::fs::resolve(&p) {
+                    Ok(r) if r.found.is_some() => r,
+                    Ok(_) => return Ok(Err(types::AgentError::NotInstalled(format!("`{p}` does not exist")))),
+                    Err(e) => return Ok(Err(types::AgentError::NotInstalled(format!("`{p}`: {e}")))),
+                };
+                grants.check_exec_resolved(&p, &real.path, &a)?;
+                let (dir, name) = real.found.as_ref().expect("found");
+                match super::fs::kind(dir, name.as_deref()) {
+                    Ok(rustix::fs::FileType::RegularFile) => {}
+                    Ok(t) => {
+                        return Ok(Err(types::AgentError::NotInstalled(format!("`{p}` is {}, not a program", super::fs::type_name(t)))))
+                    }
+                    Err(e) => return Ok(Err(types::AgentError::NotInstalled(format!("`{p}`: {e}")))),
+                }
+                let cwd = match cwd {
+                    None => None,
+                    Some(c) => {
+                        let r = super::fs::resolve(&c)
+                            .map_err(|e| super::Denied::BadRequest { what: format!("exec in `{c}`"), reason: e.to_string() })?;
+                        grants.check_read_resolved(&c, &r.path)?;
+                        match &r.found {
+                            Some((dir, name)) if matches!(super::fs::kind(dir, name.as_deref()), Ok(rustix::fs::FileType::Directory)) => {}
+                            _ => return Ok(Err(types::AgentError::Failed(format!("working directory `{c}` is not a directory")))),
+                        }
+                        Some(r.path.to_string_lossy().into_owned())
+                    }
+                };
+                Ok(Ok((real.path.to_string_lossy().into_owned(), cwd)))
+            })
+            .await;
+        let (real_program, real_cwd) = match resolved {
+            Ok(Ok(Ok(v))) => v,
+            Ok(Ok(Err(e))) => return Err(e),
+            Ok(Err(d)) => return Err(self.deny("exec", d)),
+            Err(e @ (PoolError::Spawn(_) | PoolError::Lost)) => {
+                self.stats.host_faults += 1;
+                return Err(types::AgentError::Failed(format!("exec: {e}")));
+            }
+            Err(e) => return Err(types::AgentError::Failed(format!("exec `{program}`: {e}"))),
+        };
         let mut timeout = self.remaining();
         if let Some(ms) = opts.timeout_ms {
             timeout = timeout.min(Duration::from_millis(ms.into()));
         }
         let span = tracing::debug_span!("host.exec", plugin = %self.plugin, resource = %self.resource, program = %program);
-        let req = ExecRequest { program, args, env: opts.env, stdin: opts.stdin, cwd: opts.cwd, timeout, cgroup: self.cgroup.clone() };
+        let req = ExecRequest {
+            program: real_program,
+            arg0: Some(program),
+            args,
+            env: opts.env,
+            stdin: opts.stdin,
+            cwd: real_cwd,
+            timeout,
+            cgroup: self.cgroup.clone(),
+        };
         match exec::run(req).instrument(span).await {
             Ok(r) => Ok(host::ExecOutput {
                 exit_code: r.exit_code,
@@ -195,15 +317,9 @@ impl host::Host for HostState {
             return;
         }
         self.stats.logs_emitted += 1;
-        let mut message = message;
-        if message.len() > LOG_LINE_CAP {
-            let mut cut = LOG_LINE_CAP;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push_str(" [truncated]");
-        }
+        let message = cap_text(message, LOG_LINE_CAP);
+        // Escaped: a newline in a guest's message must not forge a line of the engine's log.
+        let message = Escaped(&message);
         let (plugin, resource) = (&*self.plugin, &*self.resource);
         match level {
             host::Level::Trace => tracing::trace!(plugin, resource, "{message}"),
@@ -215,36 +331,33 @@ impl host::Host for HostState {
     }
 
     async fn stat(&mut self, path: String) -> Result<Option<host::FileKind>, types::AgentError> {
-        self.fs_call("stat", path, |real, path| match std::fs::symlink_metadata(real) {
-            Ok(m) if m.is_file() => Ok(Some(host::FileKind::File)),
-            Ok(m) if m.is_dir() => Ok(Some(host::FileKind::Directory)),
-            Ok(m) if m.file_type().is_symlink() => Ok(Some(host::FileKind::Symlink)),
-            Ok(_) => Ok(Some(host::FileKind::Other)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("stat {path}: {e}")),
+        self.fs_call("stat", path, |found, path| match found {
+            None => Ok(None),
+            Some((dir, name)) => match super::fs::kind(dir, name) {
+                Ok(rustix::fs::FileType::RegularFile) => Ok(Some(host::FileKind::File)),
+                Ok(rustix::fs::FileType::Directory) => Ok(Some(host::FileKind::Directory)),
+                Ok(rustix::fs::FileType::Symlink) => Ok(Some(host::FileKind::Symlink)),
+                Ok(_) => Ok(Some(host::FileKind::Other)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(format!("stat {path}: {e}")),
+            },
         })
         .await
     }
 
     async fn read_file(&mut self, path: String, max_bytes: u32) -> Result<Vec<u8>, types::AgentError> {
         let cap = max_bytes.min(READ_CAP) as u64;
-        self.fs_call("read-file", path, move |real, path| {
-            use std::io::Read;
-            let mut out = Vec::new();
-            std::fs::File::open(real).and_then(|f| f.take(cap).read_to_end(&mut out)).map_err(|e| format!("read {path}: {e}"))?;
-            Ok(out)
+        self.fs_call("read-file", path, move |found, path| match found {
+            None => Err(format!("read {path}: No such file or directory (os error 2)")),
+            Some((dir, name)) => super::fs::read_regular(dir, name, cap).map_err(|e| format!("read {path}: {e}")),
         })
         .await
     }
 
     async fn list_dir(&mut self, path: String) -> Result<Vec<String>, types::AgentError> {
-        self.fs_call("list-dir", path, |real, path| {
-            let mut names: Vec<String> = std::fs::read_dir(real)
-                .map_err(|e| format!("list {path}: {e}"))?
-                .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-                .collect();
-            names.sort();
-            Ok(names)
+        self.fs_call("list-dir", path, |found, path| match found {
+            None => Err(format!("list {path}: No such file or directory (os error 2)")),
+            Some((dir, name)) => super::fs::list_directory(dir, name).map_err(|e| format!("list {path}: {e}")),
         })
         .await
     }
@@ -253,8 +366,45 @@ impl host::Host for HostState {
         self.stats.host_calls += 1;
         self.grants.check_connect(&host_name, port).map_err(|d| self.deny("tcp-probe", d))?;
         let timeout = self.remaining().min(Duration::from_millis(timeout_ms.into()));
-        let connect = tokio::net::TcpStream::connect((host_name.as_str(), port));
-        Ok(matches!(tokio::time::timeout(timeout, connect).await, Ok(Ok(_))))
+        let literal = host_name.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok();
+        let addrs: Vec<std::net::SocketAddr> = match literal {
+            Some(ip) => vec![std::net::SocketAddr::new(ip, port)],
+            None => {
+                // A name is resolved once, on the pool (the resolver may hang), and only the
+                // addresses it gave that the grants allow are connected to: no second lookup
+                // can return something else between the check and the connection.
+                let name = host_name.clone();
+                let looked_up = self.fs_pool.run(timeout, move || std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), port))).await;
+                let all: Vec<std::net::SocketAddr> = match looked_up {
+                    Ok(Ok(a)) => a.collect(),
+                    Ok(Err(_)) | Err(_) => return Ok(false),
+                };
+                let mut allowed = Vec::new();
+                let mut refused = None;
+                for a in all {
+                    match self.grants.check_connect_addr(&host_name, a) {
+                        Ok(()) => allowed.push(a),
+                        Err(d) => refused = refused.or(Some(d)),
+                    }
+                }
+                if allowed.is_empty() {
+                    return match refused {
+                        Some(d) => Err(self.deny("tcp-probe", d)),
+                        None => Ok(false),
+                    };
+                }
+                allowed
+            }
+        };
+        let connect = async {
+            for a in addrs {
+                if tokio::net::TcpStream::connect(a).await.is_ok() {
+                    return true;
+                }
+            }
+            false
+        };
+        Ok(tokio::time::timeout(timeout, connect).await.unwrap_or(false))
     }
 
     async fn sleep(&mut self, ms: u32) {
@@ -308,6 +458,9 @@ pub struct PluginInstance {
     limits: Limits,
     /// Programs this instance runs join this cgroup (the node gives each resource its own).
     cgroup: Option<Arc<std::path::Path>>,
+    /// The resource's filesystem threads: kept across instances, so threads stuck from an
+    /// abandoned call still count against the next ones.
+    fs_pool: FsPool,
     warm: Option<Warm>,
     last_stats: CallStats,
     /// What the last call named with `watch`, until taken.
@@ -331,6 +484,7 @@ impl PluginInstance {
             grants: Arc::new(grants),
             limits,
             cgroup: None,
+            fs_pool: FsPool::default(),
             warm: None,
             last_stats: CallStats::default(),
             last_watch: None,
@@ -399,8 +553,9 @@ impl PluginInstance {
             Response::Health(Ok(h)) => Ok(match h {
                 types::Health::Running => Health::Running,
                 types::Health::Stopped => Health::Stopped,
-                types::Health::Degraded(r) => Health::Degraded(r),
-                types::Health::Failed(r) => Health::Failed(r),
+                // Cut at the boundary: a 16 MiB reason every 100 ms must not reach the node.
+                types::Health::Degraded(r) => Health::Degraded(cap_text(r, REASON_CAP)),
+                types::Health::Failed(r) => Health::Failed(cap_text(r, REASON_CAP)),
             }),
             Response::Health(Err(e)) => Err(self.agent_error(Action::Monitor, e)),
             _ => unreachable!("monitor returns health"),
@@ -487,12 +642,13 @@ impl PluginInstance {
     }
 
     fn agent_error(&self, action: Action, e: types::AgentError) -> CallError {
+        let c = |m: String| cap_text(m, REASON_CAP);
         let error = match e {
-            types::AgentError::InvalidConfig(m) => AgentFailure::InvalidConfig(m),
-            types::AgentError::NotInstalled(m) => AgentFailure::NotInstalled(m),
-            types::AgentError::Failed(m) => AgentFailure::Failed(m),
-            types::AgentError::AccessDenied(m) => AgentFailure::AccessDenied(m),
-            types::AgentError::Unsupported(m) => AgentFailure::Unsupported(m),
+            types::AgentError::InvalidConfig(m) => AgentFailure::InvalidConfig(c(m)),
+            types::AgentError::NotInstalled(m) => AgentFailure::NotInstalled(c(m)),
+            types::AgentError::Failed(m) => AgentFailure::Failed(c(m)),
+            types::AgentError::AccessDenied(m) => AgentFailure::AccessDenied(c(m)),
+            types::AgentError::Unsupported(m) => AgentFailure::Unsupported(c(m)),
         };
         CallError::Agent { plugin: self.name.to_string(), action, error }
     }
@@ -529,6 +685,13 @@ impl PluginInstance {
             if self.last_stats.logs_suppressed > 0 {
                 tracing::warn!(suppressed = self.last_stats.logs_suppressed, "guest log rate limit reached; messages dropped");
             }
+            if self.last_stats.denials > DENIAL_LOG_BURST {
+                tracing::warn!(
+                    refused = self.last_stats.denials,
+                    logged = DENIAL_LOG_BURST,
+                    "more host calls were refused than are logged per call"
+                );
+            }
             let result = match outcome {
                 Ok(Ok(Ok(resp))) => {
                     self.warm = Some(warm);
@@ -554,18 +717,18 @@ impl PluginInstance {
         if store.data().memory.hit {
             return CallError::OutOfMemory { plugin, action, limit: self.limits.memory_bytes };
         }
-        match e.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::Interrupt) => CallError::Timeout { plugin, action, after: timeout },
-            Some(trap) => {
-                let mut message = trap.to_string();
-                if !stderr_tail.is_empty() {
-                    message.push_str("; guest said: ");
-                    message.push_str(&stderr_tail);
-                }
-                CallError::Trap { plugin, action, message }
-            }
-            None => CallError::Trap { plugin, action, message: first_line(&format!("{e:#}")) },
+        let mut message = match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => return CallError::Timeout { plugin, action, after: timeout },
+            Some(trap) => trap.to_string(),
+            None => first_line(&format!("{e:#}")),
+        };
+        // The cause is usually on stderr (a Rust panic message, a Python traceback, a JS
+        // TypeError): the one-line error must carry it, not only the log at `info`.
+        if !stderr_tail.is_empty() {
+            message.push_str("; guest stderr: ");
+            message.push_str(&stderr_tail);
         }
+        CallError::Trap { plugin, action, message }
     }
 
     /// Send what the guest printed to the log; return the last line of stderr for error messages.
@@ -574,18 +737,13 @@ impl PluginInstance {
         for (stream, out) in [("stdout", &store.data().stdout), ("stderr", &store.data().stderr)] {
             let (text, dropped) = out.take();
             for line in text.lines().filter(|l| !l.trim().is_empty()).take(20) {
-                tracing::info!(stream, "guest: {line}");
+                tracing::info!(stream, "guest: {}", Escaped(line));
             }
             if dropped > 0 {
                 tracing::warn!(stream, dropped_bytes = dropped, "guest output over the limit was dropped");
             }
             if stream == "stderr" {
-                // Rust panics print "panicked at <file>:<line>:" then the message on the next line.
-                let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("note:")).collect();
-                last = lines.iter().rev().take(2).rev().cloned().collect::<Vec<_>>().join(" ");
-                if last.len() > 512 {
-                    last.truncate(last.char_indices().nth(512).map_or(last.len(), |(i, _)| i));
-                }
+                last = stderr_tail(&text);
             }
         }
         last
@@ -607,11 +765,12 @@ impl PluginInstance {
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
-            memory: MemoryCap { limit: self.limits.memory_bytes, hit: false },
+            memory: MemoryCap { limit: self.limits.memory_bytes, used: 0, hit: false },
             plugin: self.name.clone(),
             resource: self.resource.clone(),
             grants: self.grants.clone(),
             cgroup: self.cgroup.clone(),
+            fs_pool: self.fs_pool.clone(),
             deadline: super::stall::Deadline::after(timeout),
             stats: CallStats::default(),
             stdout,
@@ -630,17 +789,24 @@ impl PluginInstance {
             })
         });
         store.set_epoch_deadline(YIELD_TICKS);
-        let err =
-            |e: wasmtime::Error| CallError::Instantiate { plugin: self.name.to_string(), action, message: first_line(&format!("{e:#}")) };
+        let limit = self.limits.memory_bytes;
+        let name = self.name.clone();
+        let err = |store: &Store<HostState>, e: wasmtime::Error| {
+            // A component whose memories and tables together exceed the cap fails here, as it
+            // is instantiated: that is running out of memory, not a broken plugin.
+            if store.data().memory.hit {
+                CallError::OutOfMemory { plugin: name.to_string(), action, limit }
+            } else {
+                CallError::Instantiate { plugin: name.to_string(), action, message: first_line(&format!("{e:#}")) }
+            }
+        };
         macro_rules! instantiate {
-            ($variant:ident, $pre:expr) => {
-                Bindings::$variant(
-                    tokio::time::timeout(timeout, $pre.instantiate_async(&mut store))
-                        .await
-                        .map_err(|_| self.timeout_err(action, timeout))?
-                        .map_err(err)?,
-                )
-            };
+            ($variant:ident, $pre:expr) => {{
+                let r = tokio::time::timeout(timeout, $pre.instantiate_async(&mut store))
+                    .await
+                    .map_err(|_| self.timeout_err(action, timeout))?;
+                Bindings::$variant(r.map_err(|e| err(&store, e))?)
+            }};
         }
         let bindings = match &plugin.pre {
             PreBindings::Resource(pre) => instantiate!(Resource, pre),
@@ -714,6 +880,66 @@ const YIELD_TICKS: u64 = 2;
 
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_string()
+}
+
+/// `text` cut to at most `cap` bytes (on a character boundary), marked when cut.
+pub(super) fn cap_text(mut text: String, cap: usize) -> String {
+    if text.len() > cap {
+        let total = text.len();
+        let mut cut = cap;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str(&format!(" [truncated from {total} bytes]"));
+    }
+    text
+}
+
+/// The last lines of a guest's stderr, for a trap's error: up to [`TRAP_TAIL_LINES`] non-empty
+/// lines (a traceback's last frames and its exception), at most [`TRAP_TAIL_BYTES`], joined with
+/// ` | ` so the error stays one line.
+fn stderr_tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("note:")).collect();
+    let mut picked: Vec<String> = Vec::new();
+    let mut bytes = 0;
+    for l in lines.iter().rev().take(TRAP_TAIL_LINES) {
+        let l = Escaped(l.trim_end()).to_string();
+        if bytes + l.len() > TRAP_TAIL_BYTES {
+            if picked.is_empty() {
+                picked.push(cap_text(l, TRAP_TAIL_BYTES));
+            }
+            break;
+        }
+        bytes += l.len() + 3;
+        picked.push(l);
+    }
+    picked.reverse();
+    picked.join(" | ")
+}
+
+/// Guest-provided text for the log: control characters (a newline that would start a forged
+/// log line, a carriage return, terminal escapes) are shown escaped (`\n`, `\u{1b}`).
+pub(super) struct Escaped<'a>(pub &'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        let s = self.0;
+        if !s.chars().any(char::is_control) {
+            return f.write_str(s);
+        }
+        for c in s.chars() {
+            if c.is_control() {
+                for e in c.escape_default() {
+                    f.write_char(e)?;
+                }
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

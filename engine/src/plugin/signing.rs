@@ -48,8 +48,25 @@ pub fn signature_path(plugin: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Read a whole file that must be a regular file. Opened non-blocking, so a FIFO (or a device)
+/// put where a plugin or a signature should be is refused at once instead of hanging the load or
+/// serving different bytes to each reader.
+pub fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 fn read_hex<const N: usize>(path: &Path, what: &'static str) -> Result<[u8; N], SignError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SignError::Read { path: path.into(), source })?;
+    let text = read_regular_file(path)
+        .and_then(|b| String::from_utf8(b).map_err(std::io::Error::other))
+        .map_err(|source| SignError::Read { path: path.into(), source })?;
     let bytes = hex::decode(text.trim()).map_err(|_| SignError::Format { path: path.into(), what, len: N })?;
     bytes.try_into().map_err(|_| SignError::Format { path: path.into(), what, len: N })
 }

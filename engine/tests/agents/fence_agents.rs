@@ -219,7 +219,10 @@ async fn fence_exec_runs_a_command_with_argument_templates() {
     let dir = tempfile::tempdir().unwrap();
     let tool = write_script(&dir.path().join("ipmitool"), FAKE_IPMITOOL);
     let plugin = load(&host(), &built_plugin("fence-exec")).await;
-    let granted = caps(&format!(r#"exec = [{{ program = "{tool}", args = ["-H", "*-ipmi", "-E", "chassis", "power", "*"] }}]"#));
+    let granted = caps(&format!(
+        r#"exec = [{{ program = "{tool}", args = ["-H", "*-ipmi", "-E", "chassis", "power", "*"] }}]
+env = ["IPMI_PASSWORD"]"#
+    ));
     let mut inst = plugin.instance("ipmi", granted, Limits::default());
     let base = [
         ("command", tool.as_str()),

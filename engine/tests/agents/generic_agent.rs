@@ -98,7 +98,7 @@ async fn lifekeeper_scripts_receive_tag_id_and_app_info() {
         &format!("#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done > {d}/args\nenv > {d}/env\n"),
     );
     let remove = write_script(&dir.path().join("remove"), "#!/bin/sh\nexit 0\n");
-    let grants = caps(&format!("exec = [{{ program = \"{d}/*\" }}]\nread = [\"{d}/\"]"));
+    let grants = caps(&format!("exec = [{{ program = \"{d}/*\" }}]\nread = [\"{d}/\"]\nenv = [\"LK*\", \"LANG\"]"));
     let mut inst = plugin.instance("db", grants, Limits::default());
     let args = || std::fs::read_to_string(dir.path().join("args")).unwrap();
 
@@ -114,7 +114,7 @@ async fn lifekeeper_scripts_receive_tag_id_and_app_info() {
             ("app_info", "port=5432 mode=primary"),
             ("app_info@node-b", "not this node"),
             ("app_info_flag", "-a"),
-            ("env", "LKROOT=/opt/LifeKeeper;EXTRA=x y"),
+            ("env", "LKROOT=/opt/LifeKeeper;LANG=x y"),
         ],
     );
     inst.start(&c, T).await.unwrap();
@@ -126,7 +126,7 @@ async fn lifekeeper_scripts_receive_tag_id_and_app_info() {
     assert_eq!(env["LK_NODE"], "node-a");
     assert_eq!(env["LK_ACTION"], "restore");
     assert_eq!(env["LKROOT"], "/opt/LifeKeeper");
-    assert_eq!(env["EXTRA"], "x y");
+    assert_eq!(env["LANG"], "x y");
 
     // Without tag and id: the tag is the resource name and the id the tag; no -a without the flag.
     let c = call_ctx(&plugin, "db", &[("style", "lifekeeper"), ("restore", &restore), ("remove", &remove)]);
@@ -251,7 +251,7 @@ async fn lifekeeper_failures_and_bad_configs_are_reported() {
 // ---------------------------------------------------------------------------------------------
 
 fn ocf_grants(agent: &str) -> warden_manifest::Capabilities {
-    caps(&format!("exec = [{{ program = \"{agent}\" }}]\nread = [\"{agent}\"]"))
+    caps(&format!("exec = [{{ program = \"{agent}\" }}]\nread = [\"{agent}\"]\nenv = [\"OCF_*\", \"TZ\"]"))
 }
 
 #[tokio::test]
@@ -309,7 +309,7 @@ async fn ocf_missing_agent_is_not_installed() {
     let dir = tempfile::tempdir().unwrap();
     let agent = dir.path().join("resource.d/acme/NoSuchAgent").display().to_string();
     let d = dir.path().display();
-    let grants = caps(&format!("exec = [{{ program = \"{d}/**\" }}]\nread = [\"{d}/\"]"));
+    let grants = caps(&format!("exec = [{{ program = \"{d}/**\" }}]\nread = [\"{d}/\"]\nenv = [\"OCF_*\"]"));
     let mut inst = plugin.instance("gone", grants, Limits::default());
     let c = call_ctx(&plugin, "gone", &[("style", "ocf"), ("agent", &agent)]);
     for (action, err) in [
@@ -348,7 +348,7 @@ async fn ocf_parameters_and_environment_reach_the_agent() {
             ("config", "/etc/app.conf"),
             ("with_space", "a b"),
             ("OCF_RESKEY_style", "passed as is"),
-            ("env", "EXTRA=1"),
+            ("env", "TZ=1"),
         ],
     );
     inst.validate(&c, T).await.unwrap();
@@ -364,7 +364,7 @@ async fn ocf_parameters_and_environment_reach_the_agent() {
     assert_eq!(env["OCF_RA_VERSION_MINOR"], "0");
     assert_eq!(env["OCF_RESKEY_CRM_meta_timeout"], "30000", "the monitor's default timeout in ms");
     assert_eq!(env["OCF_RESKEY_CRM_meta_on_node"], "node-a");
-    assert_eq!(env["EXTRA"], "1");
+    assert_eq!(env["TZ"], "1");
     for own in ["OCF_RESKEY_agent", "OCF_RESKEY_ocf_root", "OCF_RESKEY_env", "OCF_RESKEY_quickcheck_timeout_ms"] {
         assert!(!env.contains_key(own), "{own} is the generic agent's own parameter: {env:?}");
     }
@@ -515,7 +515,7 @@ fn cli_agent_exec_runs_the_ocf_dummy() {
     let run = |action: &str, extra: &[&str]| {
         let mut args =
             vec!["agent", "exec", plugin, action, "--param", "style=ocf", "--param", "agent=ocf:heartbeat:Dummy", "--param", &state_param];
-        args.extend_from_slice(&["--allow-exec", agent, "--resource", "cli-dummy"]);
+        args.extend_from_slice(&["--allow-exec", agent, "--allow-env", "OCF_*", "--resource", "cli-dummy"]);
         args.extend_from_slice(extra);
         warden(&args)
     };
@@ -555,6 +555,8 @@ fn cli_agent_exec_runs_the_ocf_dummy() {
         agent,
         "--allow-read",
         agent,
+        "--allow-env",
+        "OCF_*",
     ]);
     assert_eq!(code, Some(1));
     let last = err.trim().lines().last().unwrap();

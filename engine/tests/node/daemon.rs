@@ -289,7 +289,7 @@ path = "{generic}"
 name = "lk"
 plugin = "generic"
 params = {{ style = "lifekeeper", restore = "{d}/no-such-restore", remove = "/bin/true" }}
-grants = {{ read = ["/**"], exec = [{{ program = "/bin/true" }}] }}
+grants = {{ read = ["/**"], exec = [{{ program = "/bin/true" }}], env = ["LK*"] }}
 
 [[groups]]
 name = "app"
@@ -329,14 +329,14 @@ path = "{generic}"
 name = "typo"
 plugin = "generic"
 params = {{ style = "lifekeepr", restore = "/bin/true", remove = "/bin/true" }}
-grants = {{ read = ["/**"], exec = [{{ program = "/bin/true" }}] }}
+grants = {{ read = ["/**"], exec = [{{ program = "/bin/true" }}], env = ["LK*"] }}
 monitor_interval = "300ms"
 
 [[resources]]
 name = "absent"
 plugin = "generic"
 params = {{ style = "lifekeeper", restore = "{d}/restore", remove = "{d}/remove", quickcheck = "{d}/no-such-quickcheck" }}
-grants = {{ read = ["/**"], exec = [{{ program = "{d}/*" }}] }}
+grants = {{ read = ["/**"], exec = [{{ program = "{d}/*" }}], env = ["LK*"] }}
 monitor_interval = "300ms"
 
 [[groups]]

@@ -116,7 +116,7 @@ fn a_status_group_reads_status_and_events_but_gives_no_commands() {
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("start"), "{}", String::from_utf8_lossy(&o.stderr));
     let o = cli_as(&n, 4242, &["group", "stop", "app"]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("operator commands need root"), "{err}");
+    assert!(!o.status.success() && err.contains("operator commands and config details need root"), "{err}");
     assert_eq!(n.group_state("app"), "started");
     for secret in [&["config", "show"][..], &["resource", "show", "svc"][..]] {
         let o = cli_as(&n, 4242, secret);
@@ -242,7 +242,7 @@ path = "{generic}"
 name = "lk"
 plugin = "generic"
 params = {{ style = "lifekeeper", restore = "{lk}/restore", remove = "{lk}/remove", quickcheck = "{lk}/quickCheck", quickcheck_timeout_ms = "200", watch = "none" }}
-grants = {{ exec = [{{ program = "{lk}/*" }}], read = ["{lk}/"] }}
+grants = {{ exec = [{{ program = "{lk}/*" }}], read = ["{lk}/"], env = ["LK*"] }}
 monitor_interval = "500ms"
 
 [[groups]]

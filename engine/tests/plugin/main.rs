@@ -6,4 +6,5 @@ mod support;
 mod cli;
 mod example_agents;
 mod hostile_guests;
+mod sandbox_escapes;
 mod watch;

@@ -146,6 +146,7 @@ exit 0
             r#"
 exec = [{{ program = "{d}/*" }}]
 read = ["{d}/"]
+env = ["LK*", "LANG"]
 "#
         ))
     }

@@ -245,7 +245,7 @@ impl Lhost {
         }
         read.push(self.shared.join(shared_sub).display().to_string());
         let read: Vec<String> = read.iter().map(|r| format!("{r:?}")).collect();
-        format!("exec = [{}]\nread = [{}]\n", exec.join(", "), read.join(", "))
+        format!("exec = [{}]\nread = [{}]\nenv = [\"LANG\"]\n", exec.join(", "), read.join(", "))
     }
 
     pub fn grants(&self, agent: Kind) -> warden_manifest::Capabilities {
@@ -262,6 +262,9 @@ impl Lhost {
         }
         for r in &caps.read {
             v.push(format!("--allow-read={}", r.as_str()));
+        }
+        for e in &caps.env {
+            v.push(format!("--allow-env={}", e.as_str()));
         }
         v
     }

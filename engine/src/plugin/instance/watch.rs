@@ -56,14 +56,14 @@ impl HostState {
                 host::WatchTarget::Pid(p) => named.push(p),
                 host::WatchTarget::PidFile(path) => {
                     let shown = path.clone();
+                    // Read like `read-file`: beneath the granted root, a regular file only, on
+                    // the resource's bounded pool under the call's deadline.
                     let text = self
-                        .fs_call("watch", path, |real, path| {
-                            use std::io::Read;
-                            let mut out = String::new();
-                            std::fs::File::open(real)
-                                .and_then(|f| f.take(PID_FILE_CAP).read_to_string(&mut out))
-                                .map_err(|e| format!("watch: read pid file {path}: {e}"))?;
-                            Ok(out)
+                        .fs_call("watch", path, |found, path| match found {
+                            None => Err(format!("watch: pid file {path}: No such file or directory (os error 2)")),
+                            Some((dir, name)) => super::super::fs::read_regular(dir, name, PID_FILE_CAP)
+                                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                                .map_err(|e| format!("watch: read pid file {path}: {e}")),
                         })
                         .await?;
                     let pid = parse_pid(&text).ok_or_else(|| types::AgentError::Failed(format!("watch: {shown} holds no pid")))?;

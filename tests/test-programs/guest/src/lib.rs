@@ -42,7 +42,18 @@ fn behave(ctx: &Context) -> Result<Health, AgentError> {
             if let Some(t) = ctx.param("exec_timeout_ms") {
                 cmd = cmd.timeout(Duration::from_millis(t.parse().unwrap_or(1000)));
             }
+            // `env=K=V;K2=V2`: variables for the child (the environment is a capability).
+            for kv in ctx.param("env").unwrap_or("").split(';').filter(|kv| !kv.is_empty()) {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                cmd = cmd.env(k, v);
+            }
+            if let Some(cwd) = ctx.param("cwd") {
+                cmd = cmd.cwd(cwd);
+            }
             let out = cmd.run()?;
+            if ctx.param("show") == Some("stdout") {
+                return Ok(Health::Degraded(out.stdout));
+            }
             Ok(Health::Degraded(format!(
                 "exit={:?} signal={:?} timed_out={} stdout_len={} stdout_truncated={} stderr_len={} stderr_truncated={}",
                 out.exit_code,
@@ -86,6 +97,58 @@ fn behave(ctx: &Context) -> Result<Health, AgentError> {
             Ok(Health::Running)
         }
         "env" => Ok(Health::Degraded(std::env::vars().map(|(k, _)| k).collect::<Vec<_>>().join(","))),
+        // A failure reason of `size` bytes (the host must not keep megabytes of it).
+        "fail-big" => Ok(Health::Failed("r".repeat(ctx.param_u64("size", 16 << 20)? as usize))),
+        // `count` stat calls of `path` (refused ones must not each write a log line).
+        "stat-flood" => {
+            let path = ctx.require("path")?;
+            let mut denied = 0;
+            for _ in 0..ctx.param_u64("count", 20_000)? {
+                if matches!(fs::stat(path), Err(AgentError::AccessDenied(_))) {
+                    denied += 1;
+                }
+            }
+            Ok(Health::Degraded(format!("denied={denied}")))
+        }
+        // A log message that tries to forge a second line of the engine's log.
+        "log-forge" => {
+            log::warn("innocent\n2026-01-01T00:00:00.000000Z  WARN fencing node-b confirmed off\rand\u{1b}[2J");
+            Ok(Health::Running)
+        }
+        // A traceback on stderr, then a trap: the error must carry its last lines.
+        "traceback" => {
+            eprintln!("Traceback (most recent call last):");
+            for i in 0..6 {
+                eprintln!("  File \"agent.py\", line {i}, in frame_{i}");
+            }
+            eprintln!("TypeError: cannot read properties of undefined (reading 'pid')");
+            std::process::abort()
+        }
+        // Read `path` `count` times; count the reads that returned text containing SECRET.
+        "read-many" => {
+            let path = ctx.require("path")?;
+            let (mut ok, mut leaked, mut failed) = (0, 0, 0);
+            for _ in 0..ctx.param_u64("count", 1000)? {
+                match fs::read(path, 1024) {
+                    Ok(b) if String::from_utf8_lossy(&b).contains("SECRET") => leaked += 1,
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+            Ok(Health::Degraded(format!("ok={ok} leaked={leaked} failed={failed}")))
+        }
+        // `count` reads of `path` in a row, each reported (a FIFO must not hang any of them).
+        "read-each" => {
+            let path = ctx.require("path")?;
+            let mut out = Vec::new();
+            for _ in 0..ctx.param_u64("count", 1)? {
+                out.push(match fs::read(path, 1024) {
+                    Ok(b) => format!("ok:{}", b.len()),
+                    Err(e) => format!("err:{e:?}"),
+                });
+            }
+            Ok(Health::Degraded(out.join("|")))
+        }
         other => Err(AgentError::InvalidConfig(format!("unknown mode `{other}`"))),
     }
 }
