@@ -506,3 +506,34 @@ fn cli_agent_exec_starts_monitors_and_stops_base() {
     assert_eq!(code, Some(7), "{out} {err}");
     assert!(node.live().is_empty());
 }
+
+/// The JP1 agents name every process of the logical host they started (`own-processes`: the
+/// resource's cgroup) with `watch`, so a killed daemon is seen at once in a node; without a
+/// cgroup the watch is refused and the action still succeeds.
+#[tokio::test]
+async fn the_jp1_agents_watch_the_processes_they_started() {
+    let node = Node::install("manager");
+    let lh = node.lhost("lhwatch", "manager");
+    // Without a cgroup: started, nothing watched.
+    let mut base = Res::new(Kind::Base, &lh, FAST).await;
+    base.start().await.unwrap();
+    assert!(base.inst.take_watch().is_none());
+    base.stop().await.unwrap();
+
+    let state = tempfile::tempdir().unwrap();
+    let cgroups = warden::node::cgroup::Cgroups::detect("jp1watch", state.path()).expect("a cgroup2 hierarchy (tests run as root)");
+    let cg = cgroups.resource("base").unwrap();
+    base.inst.set_cgroup(Some(cg.path()));
+    base.start().await.unwrap();
+    let mut live = lh.live("base");
+    live.sort();
+    let watched = base.inst.take_watch().expect("start names the logical host's processes").pids();
+    assert!(!live.is_empty() && live.iter().all(|p| watched.contains(p)), "watched {watched:?}, live {live:?}");
+    assert!(matches!(base.monitor().await, Health::Running));
+    assert!(base.inst.take_watch().is_some_and(|w| !w.pids().is_empty()), "the monitor names them again");
+    base.stop().await.unwrap();
+    assert!(base.inst.take_watch().is_none() || lh.live("base").is_empty());
+    let _ = cg.kill_all(Duration::from_secs(5)).await;
+    let _ = std::fs::remove_dir(cg.path());
+    let _ = std::fs::remove_dir(cgroups.base());
+}

@@ -30,8 +30,11 @@ read = ["{pidfile}", "/proc/*/stat", "{daemon}"]
 
     assert_eq!(inst.monitor(&c, T).await.unwrap(), Health::Stopped);
     inst.start(&c, T).await.unwrap();
-    assert_eq!(inst.monitor(&c, T).await.unwrap(), Health::Running);
     let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    // The example names its daemon with `watch` (warden:agent@0.2.0) at start and in monitor.
+    assert_eq!(inst.take_watch().map(|w| w.pids()), Some(vec![pid as u32]), "{plugin_name} watches its daemon after start");
+    assert_eq!(inst.monitor(&c, T).await.unwrap(), Health::Running);
+    assert_eq!(inst.take_watch().map(|w| w.pids()), Some(vec![pid as u32]), "{plugin_name} watches its daemon in monitor");
     inst.start(&c, T).await.expect("start is idempotent");
     assert_eq!(std::fs::read_to_string(&pidfile).unwrap().trim().parse::<i32>().unwrap(), pid, "no second copy");
 
@@ -107,18 +110,28 @@ connect = ["127.0.0.1:{port}"]
 "#
     ));
     let mut inst = plugin.instance("web", granted, Limits::default());
+    // The resource's own cgroup, as a node gives it: the agent watches what its start left there.
+    let state = tempfile::tempdir().unwrap();
+    let cgroups = warden::node::cgroup::Cgroups::detect("pyexample", state.path()).expect("a cgroup2 hierarchy (tests run as root)");
+    let cg = cgroups.resource("web").unwrap();
+    inst.set_cgroup(Some(cg.path()));
     let params = plugin.metadata.resolve_params(&ctx(&[("port", &port.to_string()), ("start", &start), ("stop", &stop)]).params).unwrap();
     let c = warden::plugin::CallContext { params, ..ctx(&[]) };
 
     inst.validate(&c, T).await.unwrap();
     assert_eq!(inst.monitor(&c, T).await.unwrap(), Health::Stopped);
     inst.start(&c, T).await.unwrap();
+    let server: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    assert_eq!(inst.take_watch().map(|w| w.pids()), Some(vec![server]), "the Python example watches the service it started");
     assert_eq!(inst.monitor(&c, T).await.unwrap(), Health::Running);
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
     inst.recover(&c, T).await.expect("recover restarts the service");
     assert_eq!(inst.monitor(&c, T).await.unwrap(), Health::Running);
     inst.stop(&c, T).await.unwrap();
     assert_eq!(inst.monitor(&c, T).await.unwrap(), Health::Stopped);
+    let _ = cg.kill_all(Duration::from_secs(5)).await;
+    let _ = std::fs::remove_dir(cg.path());
+    let _ = std::fs::remove_dir(cgroups.base());
 
     // A Python agent's errors arrive typed, like a Rust agent's.
     let bad = warden::plugin::CallContext { params: [("port".to_string(), "http".to_string())].into(), ..ctx(&[]) };
