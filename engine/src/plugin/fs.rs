@@ -14,13 +14,16 @@
 //! is then opened for reading (`O_NONBLOCK`, and checked to be the same inode) and only a
 //! directory is listed. Anything else (FIFO, socket, device) is refused.
 //!
-//! **Threads.** Every touch of the filesystem runs on a thread of its own, started for the call,
-//! holding one of [`POOL_SIZE`] permits of the resource's [`FsPool`]. A call that overruns the
-//! action's deadline is abandoned: its thread stays blocked in the kernel (nothing can cancel a
-//! blocked `open` on a dead NFS server) but keeps its permit, so at most [`POOL_SIZE`] threads per
-//! resource can ever be stuck, and further calls fail at once instead of piling up threads. The
-//! threads are detached: the process exits whatever they are doing (unlike tokio's blocking pool,
-//! which a runtime waits for when it shuts down).
+//! **Threads.** Every touch of the filesystem runs on a thread of the resource's [`FsPool`],
+//! holding one of its [`POOL_SIZE`] permits. The pool keeps its threads between calls (a
+//! monitor every second would otherwise start and end two or three threads a second per
+//! resource) and starts one only when every thread it has is busy; a thread idle for
+//! [`IDLE_EXIT`] ends. A call that overruns the action's deadline is abandoned: its thread stays
+//! blocked in the kernel (nothing can cancel a blocked `open` on a dead NFS server) but keeps its
+//! permit, so at most [`POOL_SIZE`] threads per resource can ever be stuck, and further calls
+//! fail at once instead of piling up threads. The threads are detached: the process exits
+//! whatever they are doing (unlike tokio's blocking pool, which a runtime waits for when it
+//! shuts down).
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
@@ -33,6 +36,10 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 /// Filesystem calls of one resource that may be in flight (or stuck) at once.
 pub const POOL_SIZE: usize = 4;
+
+/// A pool thread with nothing to do for this long ends (a resource monitored every few seconds
+/// keeps one).
+pub const IDLE_EXIT: Duration = Duration::from_secs(60);
 
 /// Symlinks followed in one resolution before giving up (as the kernel's own limit).
 const MAX_LINKS: u32 = 40;
@@ -50,15 +57,39 @@ pub enum PoolError {
     Lost,
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
 /// The bounded set of filesystem threads of one resource (shared by its successive instances).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct FsPool {
     permits: Arc<tokio::sync::Semaphore>,
+    shared: Arc<Shared>,
+}
+
+/// Jobs waiting for a thread, and how many threads wait for jobs.
+struct Shared {
+    queue: std::sync::Mutex<Queue>,
+    ready: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: std::collections::VecDeque<Job>,
+    idle: usize,
+}
+
+impl std::fmt::Debug for FsPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsPool").field("available", &self.available()).finish()
+    }
 }
 
 impl Default for FsPool {
     fn default() -> Self {
-        Self { permits: Arc::new(tokio::sync::Semaphore::new(POOL_SIZE)) }
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(POOL_SIZE)),
+            shared: Arc::new(Shared { queue: std::sync::Mutex::new(Queue::default()), ready: std::sync::Condvar::new() }),
+        }
     }
 }
 
@@ -67,13 +98,11 @@ impl FsPool {
     pub async fn run<T: Send + 'static>(&self, within: Duration, op: impl FnOnce() -> T + Send + 'static) -> Result<T, PoolError> {
         let permit = self.permits.clone().try_acquire_owned().map_err(|_| PoolError::Busy)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("warden-fs".into())
-            .spawn(move || {
-                let _permit = permit; // released when the operation returns, however late
-                let _ = tx.send(op());
-            })
-            .map_err(|e| PoolError::Spawn(e.to_string()))?;
+        let job: Job = Box::new(move || {
+            let _permit = permit; // released when the operation returns, however late
+            let _ = tx.send(op());
+        });
+        self.submit(job)?;
         match super::stall::timeout(within, rx).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(_)) => Err(PoolError::Lost),
@@ -84,6 +113,48 @@ impl FsPool {
     /// Permits free right now (for tests).
     pub fn available(&self) -> usize {
         self.permits.available_permits()
+    }
+
+    /// Hand a job to an idle thread, or start one. With a permit held there are fewer than
+    /// [`POOL_SIZE`] jobs in flight, so no more than that many threads ever exist.
+    fn submit(&self, job: Job) -> Result<(), PoolError> {
+        let mut q = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.idle > q.jobs.len() {
+            q.jobs.push_back(job);
+            drop(q);
+            self.shared.ready.notify_one();
+            return Ok(());
+        }
+        drop(q);
+        let shared = self.shared.clone();
+        std::thread::Builder::new()
+            .name("warden-fs".into())
+            .spawn(move || {
+                job();
+                worker(&shared);
+            })
+            .map(|_| ())
+            .map_err(|e| PoolError::Spawn(e.to_string()))
+    }
+}
+
+/// A pool thread: run queued jobs; end after [`IDLE_EXIT`] without one.
+fn worker(shared: &Shared) {
+    let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        if let Some(job) = q.jobs.pop_front() {
+            drop(q);
+            job();
+            q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+            continue;
+        }
+        q.idle += 1;
+        let (guard, timeout) = shared.ready.wait_timeout(q, IDLE_EXIT).unwrap_or_else(|p| p.into_inner());
+        q = guard;
+        q.idle -= 1;
+        if timeout.timed_out() && q.jobs.is_empty() {
+            return;
+        }
     }
 }
 
@@ -286,6 +357,44 @@ mod tests {
         let r = resolve(&format!("{}/abs", base.display())).unwrap();
         let (d, n) = r.found.unwrap();
         assert_eq!(read_regular(&d, n.as_deref(), 10).unwrap(), b"x");
+    }
+
+    #[tokio::test]
+    async fn the_pool_reuses_its_threads() {
+        let pool = FsPool::default();
+        let t = Duration::from_secs(10);
+        let first = pool.run(t, || std::thread::current().id()).await.unwrap();
+        for _ in 0..20 {
+            // Sequential calls: the thread that finished the last one takes the next.
+            let mut same = false;
+            for _ in 0..100 {
+                if pool.run(t, || std::thread::current().id()).await.unwrap() == first {
+                    same = true;
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            assert!(same, "a new thread for a sequential call");
+        }
+        // Concurrent calls up to the pool's size each get a thread.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let mut held = Vec::new();
+        for _ in 0..POOL_SIZE {
+            let rx = rx.clone();
+            let p = pool.clone();
+            held.push(tokio::spawn(async move { p.run(t, move || rx.lock().unwrap().recv().ok()).await }));
+        }
+        while pool.available() > 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pool.run(t, || ()).await, Err(PoolError::Busy));
+        for _ in 0..POOL_SIZE {
+            tx.send(()).unwrap();
+        }
+        for h in held {
+            assert!(h.await.unwrap().is_ok());
+        }
     }
 
     #[test]
