@@ -7,7 +7,7 @@
 //!    history. With the process watched (the example agent names its daemon with `watch`,
 //!    warden:agent@0.2.0) at 1 s and 10 s monitors, and polling only (the same agent built for
 //!    0.1.0, `tests/agents/legacy-v0-1`) at 1 s and 10 s. `WARDEN_BENCH_ROWS=watched` runs only
-//!    the watched rows.
+//!    the watched rows, `WARDEN_BENCH_ROWS=cost` only the engine cost.
 //! 2. Engine cost: CPU (% of one core, from /proc/<pid>/stat over a 20 s window) and resident
 //!    memory of the `warden` process with 50 and 1000 resources monitored every second by the
 //!    example pid-file agent (a Rust component: read the pid file and /proc/<pid>/stat).
@@ -204,16 +204,20 @@ fn cost(n: usize) -> (f64, f64) {
 
 fn main() {
     let runs: usize = std::env::var("WARDEN_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let only_watched = std::env::var("WARDEN_BENCH_ROWS").is_ok_and(|v| v == "watched");
-    println!("| local recovery after kill -9 (n={runs}) | median | min | max |");
-    println!("|---|---|---|---|");
-    for (agent, interval) in [(Agent::Watched, "1s"), (Agent::Watched, "10s"), (Agent::Polled, "1s"), (Agent::Polled, "10s")] {
-        if only_watched && agent == Agent::Polled {
-            continue;
+    // WARDEN_BENCH_ROWS: `watched` (recovery with watches only), `cost` (engine cost only);
+    // default everything.
+    let rows = std::env::var("WARDEN_BENCH_ROWS").unwrap_or_default();
+    if rows != "cost" {
+        println!("| local recovery after kill -9 (n={runs}) | median | min | max |");
+        println!("|---|---|---|---|");
+        for (agent, interval) in [(Agent::Watched, "1s"), (Agent::Watched, "10s"), (Agent::Polled, "1s"), (Agent::Polled, "10s")] {
+            if rows == "watched" && agent == Agent::Polled {
+                continue;
+            }
+            let (med, min, max) = recovery(interval, agent, runs);
+            let how = if agent == Agent::Watched { "watched (`watch`)" } else { "polling only (0.1.0 agent)" };
+            println!("| {how}, monitor every {interval} | {med:.2} s | {min:.2} s | {max:.2} s |");
         }
-        let (med, min, max) = recovery(interval, agent, runs);
-        let how = if agent == Agent::Watched { "watched (`watch`)" } else { "polling only (0.1.0 agent)" };
-        println!("| {how}, monitor every {interval} | {med:.2} s | {min:.2} s | {max:.2} s |");
     }
     println!();
     println!("| resources monitored every 1 s | engine CPU (% of one core) | engine RSS |");
