@@ -85,6 +85,9 @@ pub struct NodeOptions {
     pub trusted_keys: Vec<ed25519_dalek::VerifyingKey>,
 }
 
+/// Least time between two monitors brought forward by one resource's watch.
+const WATCH_GAP: Duration = Duration::from_secs(1);
+
 /// A resource's config resolved against its plugin (see [`Node::resolve`]).
 struct Resolved {
     params: std::collections::BTreeMap<String, String>,
@@ -298,7 +301,8 @@ impl Node {
             .collect(),
             monitor_interval_ms: ms(interval),
             memory_mib: (limits.memory_bytes >> 20) as u64,
-            unmanaged: rc.unmanaged,
+            // As the node treats it now: the config, the operator's manage/unmanage, maintenance.
+            unmanaged: sched.unmanaged(&ResourceId::from(name)),
             depends_on: g.deps.get(name).into_iter().flatten().map(ResourceId::to_string).collect(),
             needed_by: g.dependents.get(name).into_iter().flatten().map(ResourceId::to_string).collect(),
             grants: serde_json::to_value(rc.grants.get_ref()).unwrap_or_default(),
@@ -619,6 +623,12 @@ impl Node {
         let mut next_monitor: HashMap<ResourceId, Instant> = HashMap::new();
         // Resources whose watched process exited while a call ran: monitored when it returns.
         let mut watch_due: HashSet<String> = HashSet::new();
+        // Resources to monitor as soon as they are monitored again (a watched process exited
+        // while a start or recover ran: its result may arrive after the exit).
+        let mut monitor_asap: HashSet<String> = HashSet::new();
+        // When each resource's watch last brought a monitor forward: at most one a second, so a
+        // service whose processes come and go (own-processes) cannot flood monitors or history.
+        let mut last_watch: HashMap<String, Instant> = HashMap::new();
         let mut rng = unix_ms(SystemTime::now()) | 1;
         let mut shutting_down = false;
         let mut tick = tokio::time::interval(TICK);
@@ -725,10 +735,13 @@ impl Node {
                 let monitored: HashSet<ResourceId> = sched.monitored_on(&me).into_iter().collect();
                 next_monitor.retain(|r, _| monitored.contains(r));
                 for r in &monitored {
-                    if !next_monitor.contains_key(r) && !busy.contains(r) {
+                    if monitor_asap.remove(r.as_str()) && !busy.contains(r) {
+                        next_monitor.insert(r.clone(), Instant::now());
+                    } else if !next_monitor.contains_key(r) && !busy.contains(r) {
                         next_monitor.insert(r.clone(), Instant::now() + jitter(intervals[r.as_str()], &mut rng));
                     }
                 }
+                monitor_asap.retain(|r| busy.contains(r.as_str()));
             }
             // Shutdown ends when nothing is in flight and the scheduler asks for nothing more:
             // either everything stopped, or a failed stop blocks the rest (a dependency is never
@@ -760,8 +773,10 @@ impl Node {
                         // A watched process that exited while this monitor ran: monitor again now.
                         let at = if watch_due.remove(&r.resource) { Instant::now() } else { Instant::now() + jitter(intervals[&r.resource], &mut rng) };
                         next_monitor.insert(r.resource.as_str().into(), at);
-                    } else {
-                        watch_due.remove(&r.resource);
+                    } else if watch_due.remove(&r.resource) {
+                        // The exit may have come before this result (a daemon that died right
+                        // after its start): monitor once the resource is monitored again.
+                        monitor_asap.insert(r.resource.clone());
                     }
                     pending = sched.handle(now_ms(), event);
                 }
@@ -769,14 +784,28 @@ impl Node {
                     // Only a resource monitored here has a current watch; an exit reported by a
                     // watch being replaced is ignored the same way.
                     let what = if f.name.is_empty() { format!("process {}", f.pid) } else { format!("process {} ({})", f.pid, f.name) };
-                    if next_monitor.contains_key(f.resource.as_str()) && !shutting_down {
-                        next_monitor.insert(f.resource.as_str().into(), Instant::now());
+                    let now = Instant::now();
+                    // At most one watch-triggered monitor (and history record) a second per resource.
+                    let recent = last_watch.get(&f.resource).is_some_and(|t| now.duration_since(*t) < WATCH_GAP);
+                    if shutting_down {
+                    } else if next_monitor.contains_key(f.resource.as_str()) {
+                        let at = if recent { last_watch[&f.resource] + WATCH_GAP } else { now };
+                        let cur = next_monitor.get_mut(f.resource.as_str()).expect("checked");
+                        *cur = (*cur).min(at);
                         metrics.watch_fired(&f.resource);
-                        note(&mut history, "watch", &f.resource, format!("{what} exited; monitoring now"));
-                    } else if busy.contains(&f.resource) && !shutting_down && sched.monitored_on(&me).iter().any(|r| r.as_str() == f.resource) {
+                        if !recent {
+                            last_watch.insert(f.resource.clone(), now);
+                            note(&mut history, "watch", &f.resource, format!("{what} exited; monitoring now"));
+                        }
+                    } else if busy.contains(&f.resource) {
+                        // A call runs (a monitor, or the start that named these processes and
+                        // whose result has not arrived yet): monitor when it is done.
                         watch_due.insert(f.resource.clone());
                         metrics.watch_fired(&f.resource);
-                        note(&mut history, "watch", &f.resource, format!("{what} exited; monitoring after the running call"));
+                        if !recent {
+                            last_watch.insert(f.resource.clone(), now);
+                            note(&mut history, "watch", &f.resource, format!("{what} exited; monitoring after the running call"));
+                        }
                     }
                 }
                 _ = sleep_until(due) => {
@@ -1032,7 +1061,7 @@ impl Node {
                         name: r.to_string(),
                         group: rm.group.to_string(),
                         plugin: self.cfg.resource(r).map(|c| c.plugin.get_ref().clone()).unwrap_or_default(),
-                        unmanaged: rm.unmanaged,
+                        unmanaged: sched.unmanaged(r),
                         on: rs.on.iter().map(|(n, a)| (n.to_string(), activity_name(a))).collect(),
                         last_monitor: rs.last_monitor.as_ref().map(|m| {
                             let (result, reason) = outcome_parts(&m.outcome);

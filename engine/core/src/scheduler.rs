@@ -685,7 +685,13 @@ impl Scheduler {
                 node(n)
             }
             OperatorCommand::StopResource { resource } => {
-                self.model.resources.get(resource).ok_or_else(|| format!("no resource named `{resource}`"))?;
+                let rm = self.model.resources.get(resource).ok_or_else(|| format!("no resource named `{resource}`"))?;
+                let d = &self.state.decisions.resources[resource];
+                if !d.managed.map_or(rm.unmanaged, |m| !m) && self.unmanaged(resource) {
+                    return Err(format!(
+                        "resource `{resource}` is on a node in maintenance: nothing is acted on there (`warden node maintenance off NODE` first)"
+                    ));
+                }
                 if self.unmanaged(resource) {
                     return Err(format!("resource `{resource}` is unmanaged (monitored only); `warden resource manage {resource}` first"));
                 }
@@ -1067,6 +1073,14 @@ impl Scheduler {
         if current != Some(Activity::Running) {
             return;
         }
+        if self.held_stopped(&gm, &resource) {
+            // The operator asked for it stopped: a failure on the way there is no reason to
+            // recover it or fail the group over; it is stopped like the rest (`start_group_on`).
+            self.obs(&resource).last_failure = Some(reason);
+            self.set(&resource, &node, Some(Activity::Failed));
+            self.obs(&resource).may_have_run.insert(node.clone());
+            return;
+        }
         let blocked = self.blocked_member(&gm).is_some();
         let window = gm.restart_window;
         let r = self.obs(&resource);
@@ -1400,7 +1414,9 @@ impl Scheduler {
         let gs = &self.state.decisions.groups[&g.name];
         // A group on a node in maintenance stays there, whatever else is asked: nothing of it is
         // acted on until maintenance ends.
-        if let Some(o) = gs.owner.as_ref().filter(|o| self.in_maintenance(o)) {
+        // A node in maintenance that is lost is handled like any lost node (fenced where a
+        // device can, then its groups run elsewhere): the pin holds only while it is up.
+        if let Some(o) = gs.owner.as_ref().filter(|o| self.in_maintenance(o) && self.up(o)) {
             return Some(o.clone());
         }
         if gs.target == Target::Stopped || self.shutting_down {

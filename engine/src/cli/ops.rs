@@ -75,7 +75,8 @@ pub enum NodeCommand {
         #[arg(long)]
         node: Option<String>,
     },
-    /// Move every group away from NODE and keep it empty (maintenance).
+    /// Move every group away from NODE and keep it empty (`node maintenance` instead leaves what
+    /// runs there alone).
     Standby {
         /// The node, by its name in the config.
         node: String,
@@ -394,11 +395,17 @@ pub async fn resource(cmd: &ResourceCommand) -> anyhow::Result<ExitCode> {
             if code != ExitCode::SUCCESS {
                 return Ok(code);
             }
-            let stopped = wait_for_resource(&path, resource, false, *timeout).await?;
-            // Start again whatever happened: a restart must not leave the resource stopped.
+            let stopped = wait_for_resource(&path, resource, false, *timeout).await;
+            // Start again whatever happened (a failed stop, a node that restarted meanwhile):
+            // a restart must not leave the resource stopped.
             let code = operator(&path, OperatorCommand::StartResource { resource: resource.into() }).await?;
-            if stopped != ExitCode::SUCCESS || code != ExitCode::SUCCESS {
-                return Ok(ExitCode::from(1));
+            match stopped {
+                Err(e) => {
+                    eprintln!("warning: could not follow the stop ({e:#}); the start was sent");
+                    return Ok(ExitCode::from(1));
+                }
+                Ok(s) if s != ExitCode::SUCCESS || code != ExitCode::SUCCESS => return Ok(ExitCode::from(1)),
+                Ok(_) => {}
             }
             wait_for_resource(&path, resource, true, *timeout).await
         }
@@ -566,7 +573,12 @@ pub async fn status(socket: &std::path::Path, json: bool, watch: bool) -> anyhow
                 }
                 let mut out = std::io::stdout().lock();
                 let line = format!("{}: the node is not answering ({e}); retrying every second", socket.display());
-                writeln!(out, "{}", if json { line } else { fit(&line, terminal_width()) }).context("stdout")?;
+                if json {
+                    // Keep stdout a clean stream of JSON documents.
+                    eprintln!("{line}");
+                } else {
+                    writeln!(out, "{}", fit(&line, terminal_width())).context("stdout")?;
+                }
                 out.flush().context("stdout")?;
                 drop(out);
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -771,7 +783,13 @@ fn parse_utc(text: &str, now_ms: u64) -> Option<u64> {
         Some(d) => {
             let mut f = d.split('-').map(|x| x.parse::<i64>().ok());
             let (y, mo, day) = (f.next()??, f.next()??, f.next()??);
-            if f.next().is_some() || !(1..=12).contains(&mo) || !(1..=31).contains(&day) {
+            let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+            let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+            if f.next().is_some()
+                || !(1970..=9999).contains(&y)
+                || !(1..=12).contains(&mo)
+                || !(1..=month_days[(mo - 1) as usize]).contains(&day)
+            {
                 return None;
             }
             // Days since 1970-01-01 from a civil date (Howard Hinnant's algorithm).
@@ -946,7 +964,9 @@ mod tests {
         assert_eq!(parse_utc("2026-11-18T11:06", 0), Some(at - 40_000));
         assert_eq!(parse_utc("11:06:40", at + 5_000), Some(at), "today");
         assert_eq!(clock(parse_utc("2024-02-29 00:00", 0).unwrap()), "2024-02-29 00:00:00.000");
-        for bad in ["", "25:00", "11:60", "2026-13-01 00:00", "soon", "1:2:3:4"] {
+        for bad in
+            ["", "25:00", "11:60", "2026-13-01 00:00", "2026-02-29 00:00", "2026-02-31 00:00", "9999999999-01-01 00:00", "soon", "1:2:3:4"]
+        {
             assert_eq!(parse_utc(bad, at), None, "{bad}");
         }
     }

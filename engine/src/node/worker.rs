@@ -203,9 +203,10 @@ impl Worker {
     fn set_watch(&mut self, set: WatchSet) {
         let Some(tx) = &self.watch_tx else { return };
         let pids = set.pids();
-        if pids == self.watching {
-            // The same processes: keep the pidfds opened first (a pid reused since cannot be
-            // mistaken for them); the new ones close here.
+        if pids == self.watching && self.watchers.try_join_next().is_none() {
+            // The same processes, none exited: keep the pidfds opened first (a pid reused since
+            // cannot be mistaken for them); the new ones close here. (Once one has exited, a
+            // process now holding the same pid is a new one: watch it.)
             return;
         }
         self.watchers = tokio::task::JoinSet::new();

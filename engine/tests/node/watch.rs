@@ -132,3 +132,24 @@ fn a_plugin_built_for_0_1_0_runs_unchanged_in_a_node() {
     n.wait_exit(LONG).unwrap();
     assert!(!n.alive("old"), "SIGTERM stops the 0.1.0 agent's resource");
 }
+
+#[test]
+fn a_daemon_that_dies_right_after_its_start_is_seen() {
+    // The first start's daemon dies 50 ms after it wrote its pid file (its exit can reach the
+    // node before the start's result does); the next one lives.
+    let mut n = TestNode::new(|d| {
+        let once = d.join("died-once");
+        let body = format!(
+            "if [ -e {once} ]; then setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $! > \"$1\"; \
+             else touch {once}; setsid sh -c 'sleep 0.05' </dev/null >/dev/null 2>&1 & echo $! > \"$1\"; fi\n",
+            once = once.display()
+        );
+        format!("{}{}", script_resource(d, "svc", &body, "monitor_interval = \"1h\""), one_group("\"svc\""))
+    });
+    n.start(&[]);
+    assert!(
+        n.wait(LONG, |n| n.resource("svc")["restarts"] == 1 && n.alive("svc") && n.group_state("app") == "started"),
+        "a death right after the start must be seen through the watch (interval 1h):\n{}",
+        n.log()
+    );
+}

@@ -1658,3 +1658,55 @@ fn a_waiting_group_says_why() {
     let why = s.why_waiting(&"g".into()).unwrap();
     assert!(why.contains("a: in standby") && why.contains("b: in standby"), "{why}");
 }
+
+#[test]
+fn a_failure_of_a_resource_being_stopped_by_the_operator_is_not_recovered() {
+    let mut s = Scheduler::new(model(&["a"], &[("g", &["fs", "app"])], false));
+    settle(&mut s, 0, Event::NodeUp("a".into()));
+    // The stop of `app` goes first; `fs` still runs and its monitor fails meanwhile.
+    let cmds = s.handle(1, Event::Operator(OperatorCommand::StopResource { resource: "fs".into() }));
+    assert_eq!(stops(&cmds), vec![rn("app", "a")]);
+    let e = monitor(&s, "fs", "a", MonitorOutcome::Failed("gone".into()));
+    let cmds = s.handle(2, e);
+    assert!(!cmds.iter().any(|c| matches!(c, Command::Recover { .. })), "{cmds:?}");
+    assert!(s.state().decisions.groups["g"].failed_on.is_empty(), "no fail-over for a resource the operator stops");
+}
+
+#[test]
+fn restore_keeps_the_operators_stops_overrides_and_maintenance() {
+    let mut s = Scheduler::new(model(&["a"], &[("g", &["fs", "app"])], false));
+    settle(&mut s, 0, Event::NodeUp("a".into()));
+    settle(&mut s, 1, Event::Operator(OperatorCommand::StopResource { resource: "app".into() }));
+    settle(&mut s, 2, Event::Operator(OperatorCommand::SetManaged { resource: "fs".into(), managed: false }));
+    settle(&mut s, 3, Event::Operator(OperatorCommand::Maintenance { node: "a".into(), on: true }));
+    let saved: Persisted = serde_json::from_str(&serde_json::to_string(&s.persisted()).unwrap()).unwrap();
+    let mut t = Scheduler::new(model(&["a"], &[("g", &["fs", "app"])], false));
+    t.restore(&saved, 0);
+    assert!(t.state().decisions.resources["app"].stopped);
+    assert_eq!(t.state().decisions.resources["fs"].managed, Some(false));
+    assert!(t.in_maintenance(&"a".into()));
+    // After the restart: probes find fs running, app stopped; nothing is started or stopped.
+    let mut cmds = t.handle(4, Event::NodeUp("a".into()));
+    let mut all = Vec::new();
+    while let Some(c) = cmds.pop() {
+        all.push(c.clone());
+        if let Command::Probe { resource, node, op, .. } = c {
+            let outcome = if resource == "fs" { MonitorOutcome::Running } else { MonitorOutcome::Stopped };
+            cmds.extend(t.handle(5, Event::Probe { resource, node, op, outcome }));
+        }
+    }
+    assert!(!all.iter().any(|c| matches!(c, Command::Start { .. } | Command::Stop { .. } | Command::Recover { .. })), "{all:?}");
+}
+
+#[test]
+fn a_lost_node_in_maintenance_is_fenced_and_its_groups_then_run_elsewhere() {
+    let mut s = two_nodes(true, &["app"]);
+    settle(&mut s, 1, Event::Operator(OperatorCommand::Maintenance { node: "a".into(), on: true }));
+    assert_eq!(s.group_status(&"g".into()), "maintenance");
+    // Lost: possibly still running there, so nothing starts on b before the fence.
+    let cmds = s.handle(2, Event::NodeDown("a".into()));
+    assert!(starts(&cmds).is_empty());
+    assert!(cmds.iter().any(|c| matches!(c, Command::Fence { node } if node == "a")), "{cmds:?}");
+    let cmds = settle(&mut s, 3, Event::Fenced("a".into()));
+    assert_eq!(starts(&cmds), vec![rn("app", "b")]);
+}
