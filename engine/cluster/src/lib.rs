@@ -29,9 +29,14 @@ use std::io;
 
 use serde::{Deserialize, Serialize};
 
+pub mod authority;
+pub mod node;
+pub mod router;
 pub mod state;
 pub mod store;
 
+pub use authority::{Authority, AuthorityConfig};
+pub use node::{ClusterNode, NodeConfig};
 pub use state::{ClusterRequest, ClusterResponse, ClusterState};
 
 /// A member's Raft id. openraft needs a small `Copy` id; the member's name lives in [`Peer`].

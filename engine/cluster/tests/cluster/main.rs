@@ -4,3 +4,6 @@
 
 mod fixtures;
 mod t10_store;
+mod t20_replication;
+mod t30_authority;
+mod t40_restart;

@@ -1,0 +1,142 @@
+//! One cluster member: its Raft, its durable store, its authority renewal.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::storage::RaftLogStorage;
+use openraft::RaftNetworkFactory;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::authority::{Authority, AuthorityConfig};
+use crate::state::{ClusterRequest, ClusterResponse, ClusterState};
+use crate::{store, ClusterError, Peer, Raft, RaftId, RaftMetrics, TypeConfig};
+
+/// The store's file inside the node's cluster directory.
+pub const STORE_FILE: &str = "raft.redb";
+
+/// How to run one member.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: RaftId,
+    /// Holds the store ([`STORE_FILE`]); created if missing.
+    pub dir: PathBuf,
+    pub raft: Arc<openraft::Config>,
+    pub authority: AuthorityConfig,
+}
+
+/// What a transport delivers peers' messages to. Answers nothing while the node is silent after
+/// a restart (see [`AuthorityConfig::restart_silence`]); the transport treats it as unreachable.
+#[derive(Clone)]
+pub struct Inbound {
+    raft: Raft,
+    silent_until: Instant,
+}
+
+impl Inbound {
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn is_silent(&self) -> bool {
+        Instant::now() < self.silent_until
+    }
+}
+
+/// A running member. Dropping it aborts its tasks; [`ClusterNode::shutdown`] stops it cleanly.
+pub struct ClusterNode {
+    id: RaftId,
+    raft: Raft,
+    state: watch::Receiver<ClusterState>,
+    authority: Authority,
+    inbound: Inbound,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+fn raft_error<E: std::fmt::Display>(e: E) -> ClusterError {
+    ClusterError::Raft(e.to_string())
+}
+
+impl ClusterNode {
+    /// Opens the store in `config.dir` (recovering the log, vote and snapshot written before)
+    /// and starts Raft and the authority renewal. A node whose store holds a vote has run
+    /// before: it stays silent for the restart silence.
+    pub async fn start<N: RaftNetworkFactory<TypeConfig>>(config: &NodeConfig, network: N) -> Result<Self, ClusterError> {
+        std::fs::create_dir_all(&config.dir)?;
+        let (mut log, sm) = store::open(&config.dir.join(STORE_FILE)).await?;
+        let restarted = log.read_vote().await.map_err(raft_error)?.is_some();
+        let state = sm.subscribe();
+        let raft = Raft::new(config.id, config.raft.clone(), network, log, sm).await.map_err(raft_error)?;
+        let silent_until = Instant::now() + if restarted { config.authority.restart_silence } else { Default::default() };
+        if restarted {
+            tracing::info!(node = config.id, silence = ?config.authority.restart_silence, "restarted: silent before answering peers");
+        }
+        let authority = Authority::new(raft.clone(), config.authority);
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(authority.clone().run(stop.clone()));
+        Ok(Self { id: config.id, inbound: Inbound { raft: raft.clone(), silent_until }, raft, state, authority, stop, tasks })
+    }
+
+    pub fn id(&self) -> RaftId {
+        self.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// What the transport hands peers' messages to.
+    pub fn inbound(&self) -> Inbound {
+        self.inbound.clone()
+    }
+
+    /// openraft's current metrics (its own view: state, term, leader, log indexes).
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The applied state; a receiver sees every change.
+    pub fn state(&self) -> watch::Receiver<ClusterState> {
+        self.state.clone()
+    }
+
+    /// Until when this node may act as leader (place groups, order fencing), or `None`. Unlike
+    /// openraft's state, it lapses when no quorum acknowledged this node within the window.
+    pub fn authority(&self) -> Option<Instant> {
+        self.authority.check()
+    }
+
+    /// Forms a new cluster of `members` (once, on one node; the others learn it).
+    pub async fn initialize(&self, members: BTreeMap<RaftId, Peer>) -> Result<(), ClusterError> {
+        self.raft.initialize(members).await.map_err(raft_error)
+    }
+
+    /// Proposes a change and answers once it is committed and applied here. Only the leader
+    /// accepts; elsewhere the answer names the leader to forward to. Committing needs a quorum,
+    /// so a deposed leader's proposal fails rather than commits.
+    pub async fn propose(&self, req: ClusterRequest) -> Result<ClusterResponse, ClusterError> {
+        match self.raft.client_write(req).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ClusterError::NotLeader { leader: f.leader_id }),
+            Err(e) => Err(raft_error(e)),
+        }
+    }
+
+    /// Stops the renewal and Raft; the store is closed once Raft's tasks have let it go.
+    pub async fn shutdown(mut self) -> Result<(), ClusterError> {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        self.raft.shutdown().await.map_err(raft_error)
+    }
+
+    /// The directory's store path, for tools that inspect it.
+    pub fn store_path(dir: &Path) -> PathBuf {
+        dir.join(STORE_FILE)
+    }
+}

@@ -1,0 +1,44 @@
+use openraft::ServerState;
+use warden_cluster::{ClusterError, ClusterRequest, ClusterResponse};
+
+use crate::fixtures::{decisions, poll, TestCluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_voters_elect_one_leader_and_replicate_decisions() {
+    let c = TestCluster::new(&[1, 2, 3]).await;
+
+    tracing::info!("--- the three agree on one leader, and only it holds authority");
+    let l = c.leader(&[1, 2, 3]).await;
+    let leaders: Vec<_> = [1, 2, 3].into_iter().filter(|&id| c.node(id).metrics().state == ServerState::Leader).collect();
+    assert_eq!(leaders, vec![l]);
+    poll("the leader's authority", || c.node(l).authority()).await;
+    for f in [1, 2, 3].into_iter().filter(|&id| id != l) {
+        assert_eq!(c.node(f).authority(), None, "a follower never has authority");
+    }
+
+    tracing::info!("--- decisions proposed on the leader are answered after commit and reach every member");
+    let r = c.node(l).propose(ClusterRequest::SetDecisions { config_version: 1, decisions: decisions("a", 1) }).await.unwrap();
+    assert_eq!(r, ClusterResponse::Applied { revision: 1 });
+    let r = c.node(l).propose(ClusterRequest::SetDecisions { config_version: 1, decisions: decisions("b", 2) }).await.unwrap();
+    assert_eq!(r, ClusterResponse::Applied { revision: 2 });
+    for id in [1, 2, 3] {
+        let s = c.wait_state(id, "revision 2", |s| s.revision == 2).await;
+        assert_eq!(s.decisions, decisions("b", 2));
+        assert_eq!(s.config_version, 1);
+    }
+
+    tracing::info!("--- a follower refuses a proposal and names the leader");
+    let f = [1, 2, 3].into_iter().find(|&id| id != l).unwrap();
+    let e = c.node(f).propose(ClusterRequest::SetConfigVersion { config_version: 2 }).await.unwrap_err();
+    assert!(matches!(e, ClusterError::NotLeader { leader: Some(x) } if x == l), "{e}");
+
+    tracing::info!("--- a proposal under an older config is committed but refused by the state machine, everywhere");
+    c.node(l).propose(ClusterRequest::SetConfigVersion { config_version: 5 }).await.unwrap();
+    let r = c.node(l).propose(ClusterRequest::SetDecisions { config_version: 4, decisions: decisions("c", 3) }).await.unwrap();
+    assert_eq!(r, ClusterResponse::StaleConfig { committed: 5, proposed: 4 });
+    for id in [1, 2, 3] {
+        let s = c.wait_state(id, "config 5", |s| s.config_version == 5).await;
+        assert_eq!(s.decisions, decisions("b", 2));
+    }
+    c.shutdown().await;
+}
