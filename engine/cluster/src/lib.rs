@@ -31,9 +31,11 @@ use serde::{Deserialize, Serialize};
 
 pub mod authority;
 pub mod node;
+pub mod pki;
 pub mod router;
 pub mod state;
 pub mod store;
+pub mod transport;
 
 pub use authority::{Authority, AuthorityConfig};
 pub use node::{ClusterNode, NodeConfig};

@@ -42,6 +42,21 @@ pub fn decisions(owner: &str, epoch: u64) -> Decisions {
     d
 }
 
+/// Raft and authority timing for tests: short so that tests are quick, election timeouts spread
+/// wide so that split votes are rare (openraft 0.9 draws one election timeout per process).
+pub fn timing() -> (Arc<openraft::Config>, AuthorityConfig) {
+    let raft = openraft::Config {
+        cluster_name: "test".into(),
+        heartbeat_interval: 50,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
+        ..Default::default()
+    };
+    let raft = Arc::new(raft.validate().expect("raft config"));
+    let authority = AuthorityConfig::for_raft(&raft, 0.01, Duration::from_millis(30)).expect("authority window");
+    (raft, authority)
+}
+
 pub struct TestCluster {
     pub router: Router,
     dir: TempDir,
@@ -54,17 +69,7 @@ impl TestCluster {
     /// Starts members `ids` and forms the cluster from the first.
     pub async fn new(ids: &[RaftId]) -> Self {
         init_tracing();
-        // Short timeouts so that tests are quick, spread wide so that split votes are rare
-        // (openraft 0.9 draws one election timeout per process).
-        let raft = openraft::Config {
-            cluster_name: "test".into(),
-            heartbeat_interval: 50,
-            election_timeout_min: 400,
-            election_timeout_max: 800,
-            ..Default::default()
-        };
-        let raft = Arc::new(raft.validate().expect("raft config"));
-        let authority = AuthorityConfig::for_raft(&raft, 0.01, Duration::from_millis(30)).expect("authority window");
+        let (raft, authority) = timing();
         let mut c = Self { router: Router::new(), dir: TempDir::new().expect("temp dir"), raft, authority, nodes: BTreeMap::new() };
         for &id in ids {
             c.start(id).await;

@@ -7,3 +7,4 @@ mod t10_store;
 mod t20_replication;
 mod t30_authority;
 mod t40_restart;
+mod t50_tls;
