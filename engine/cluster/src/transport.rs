@@ -194,6 +194,9 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, cluster: &str, me: &str, 
         Some(TransportError::Version { ours: PROTOCOL_VERSION, theirs: hello.protocol })
     } else if hello.cluster != cluster {
         Some(TransportError::Refused(format!("node {} is of cluster {:?}, not {cluster:?}", hello.node, hello.cluster)))
+    } else if !certificate_names(&tls, &hello.node) {
+        // Signed by our CA but for another node: a member must not speak for another.
+        Some(TransportError::Refused(format!("the certificate presented is not node {}'s", hello.node)))
     } else {
         None
     };
@@ -221,6 +224,13 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, cluster: &str, me: &str, 
         };
         write_frame(&mut tls, &reply).await?;
     }
+}
+
+/// Whether the client's certificate (already verified against the cluster CA) names `node`.
+fn certificate_names(tls: &tokio_rustls::server::TlsStream<TcpStream>, node: &str) -> bool {
+    let Some(cert) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) else { return false };
+    let Ok(name) = rustls::pki_types::ServerName::try_from(node) else { return false };
+    webpki::EndEntityCert::try_from(cert).is_ok_and(|c| c.verify_is_valid_for_subject_name(&name).is_ok())
 }
 
 /// Connects to `addr`, checks that the server holds the certificate of `server_name`, and says

@@ -135,6 +135,10 @@ async fn peer_of_another_cluster_or_protocol_is_refused() {
     let e = transport::connect(&connector(&ours), &server.addr, "n2", &hello).await.unwrap_err();
     assert!(matches!(e, TransportError::Io(_)), "{e}");
 
+    tracing::info!("--- a member claiming to be another member is refused at the hello");
+    let e = transport::connect(&connector(&ours), &server.addr, "n1", &Hello { node: "n1".into(), ..hello.clone() }).await.unwrap_err();
+    assert!(matches!(e, TransportError::Refused(ref r) if r.contains("not node n1's")), "{e}");
+
     tracing::info!("--- another protocol version or cluster name is refused at the hello");
     let e = transport::connect(&connector(&ours), &server.addr, "n1", &Hello { protocol: PROTOCOL_VERSION + 1, ..hello.clone() })
         .await
