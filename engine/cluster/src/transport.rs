@@ -259,11 +259,19 @@ pub async fn connect(
     .map_err(|_| TransportError::Timeout("handshake"))?
 }
 
+/// Idle connections kept per peer. openraft opens a client per replication stream and another
+/// for every leadership check (each authority renewal), so without reuse every renewal would pay
+/// a TCP and TLS handshake per peer.
+const IDLE_PER_PEER: usize = 4;
+
+type Pool = Arc<std::sync::Mutex<std::collections::BTreeMap<RaftId, Vec<TlsStream<TcpStream>>>>>;
+
 /// This node's side of the transport: a `RaftNetworkFactory` for openraft.
 #[derive(Clone)]
 pub struct TlsNetwork {
     connector: TlsConnector,
     hello: Hello,
+    idle: Pool,
 }
 
 impl TlsNetwork {
@@ -271,6 +279,7 @@ impl TlsNetwork {
         Ok(Self {
             connector: TlsConnector::from(identity.client_config()?),
             hello: Hello { protocol: PROTOCOL_VERSION, cluster: cluster.to_owned(), node: identity.node.clone() },
+            idle: Pool::default(),
         })
     }
 }
@@ -292,11 +301,16 @@ pub struct TlsConnection {
 }
 
 impl TlsConnection {
-    async fn open(&self) -> Result<TlsStream<TcpStream>, TransportError> {
+    /// An idle connection to the peer (`true`: reused), or a new one over the first path that works.
+    async fn open(&self) -> Result<(TlsStream<TcpStream>, bool), TransportError> {
+        let reused = self.net.idle.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&self.target).and_then(Vec::pop);
+        if let Some(s) = reused {
+            return Ok((s, true));
+        }
         let mut last = TransportError::NoAddress(self.peer.name.clone());
         for addr in &self.peer.addresses {
             match connect(&self.net.connector, addr, &self.peer.name, &self.net.hello).await {
-                Ok(s) => return Ok(s),
+                Ok(s) => return Ok((s, false)),
                 Err(e) => {
                     tracing::debug!(peer = %self.peer.name, %addr, error = %e, "path failed");
                     last = e;
@@ -306,24 +320,59 @@ impl TlsConnection {
         Err(last)
     }
 
+    /// One request and its answer, within `ttl`. A kept connection may have been closed by the
+    /// peer meanwhile (idle timeout, restart): then the request is sent again on a new one (Raft
+    /// requests may be delivered twice).
     async fn call(&mut self, rpc: &Rpc, ttl: Duration) -> Result<RpcReply, TransportError> {
         let r = timeout(ttl, async {
-            if self.stream.is_none() {
-                self.stream = Some(self.open().await?);
+            loop {
+                let reused = match self.stream {
+                    Some(_) => true,
+                    None => {
+                        let (s, reused) = self.open().await?;
+                        self.stream = Some(s);
+                        reused
+                    }
+                };
+                let s = self.stream.as_mut().expect("opened above");
+                let r = async {
+                    write_frame(s, rpc).await?;
+                    read_frame::<RpcReply, _>(s).await
+                }
+                .await;
+                match r {
+                    Ok(reply) => return Ok(reply),
+                    Err(e) => {
+                        // The stream may hold half a frame: never reuse it.
+                        self.stream = None;
+                        if !reused {
+                            return Err(e);
+                        }
+                    }
+                }
             }
-            let s = self.stream.as_mut().expect("opened above");
-            write_frame(s, rpc).await?;
-            read_frame::<RpcReply, _>(s).await
         })
         .await
         .unwrap_or(Err(TransportError::Timeout("rpc")));
-        match r {
-            Ok(RpcReply::Silent) => Err(TransportError::Silent),
-            Ok(reply) => Ok(reply),
-            Err(e) => {
-                // The stream may hold half a frame: never reuse it.
-                self.stream = None;
-                Err(e)
+        if r.is_err() {
+            self.stream = None;
+        }
+        match r? {
+            RpcReply::Silent => Err(TransportError::Silent),
+            reply => Ok(reply),
+        }
+    }
+}
+
+impl Drop for TlsConnection {
+    /// A stream between whole exchanges goes back to the pool; one that failed was dropped
+    /// already (it may hold half a frame).
+    fn drop(&mut self) {
+        if let Some(s) = self.stream.take() {
+            let mut idle = self.net.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let streams = idle.entry(self.target).or_default();
+            if streams.len() < IDLE_PER_PEER {
+                streams.push(s);
             }
         }
     }

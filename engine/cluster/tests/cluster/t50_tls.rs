@@ -50,12 +50,16 @@ struct TlsMember {
 }
 
 async fn start_member(id: RaftId, pki: &Path, data: &Path, cluster: &str) -> TlsMember {
+    start_member_at(id, pki, data, cluster, "127.0.0.1:0").await
+}
+
+async fn start_member_at(id: RaftId, pki: &Path, data: &Path, cluster: &str, addr: &str) -> TlsMember {
     let name = format!("n{id}");
     let identity = TlsIdentity::load(pki, &name).unwrap();
     let (raft, authority) = timing();
     let config = NodeConfig { id, dir: data.join(&name), raft, authority };
     let node = ClusterNode::start(&config, TlsNetwork::new(&identity, cluster).unwrap()).await.unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let stop = CancellationToken::new();
     let (inbound, cluster, s) = (node.inbound(), cluster.to_owned(), stop.clone());
@@ -102,6 +106,19 @@ async fn three_voters_over_mutual_tls_elect_and_replicate() {
         let mut rx = m.node.state();
         tokio::time::timeout(WAIT, rx.wait_for(|s| s.revision == 1 && s.decisions == decisions("n1", 1))).await.unwrap().unwrap();
     }
+
+    tracing::info!("--- a follower restarts on its address; the leader's kept connections to it are stale and replaced");
+    let i = members.iter().position(|m| m.node.id() != leader).unwrap();
+    let f = members.remove(i);
+    let (fid, faddr) = (f.node.id(), f.addr.clone());
+    f.shutdown().await;
+    let l = members.iter().find(|m| m.node.id() == leader).unwrap();
+    l.node.propose(ClusterRequest::SetDecisions { config_version: 1, decisions: decisions("n1", 2) }).await.unwrap();
+    // Its port was freed a moment ago; only another process taking that ephemeral port in
+    // between could fail this bind.
+    members.push(start_member_at(fid, &pki, dir.path(), "prod", &faddr).await);
+    let mut rx = members.last().unwrap().node.state();
+    tokio::time::timeout(WAIT, rx.wait_for(|s| s.revision == 2)).await.expect("restarted follower catches up").unwrap();
     for m in members {
         m.shutdown().await;
     }
