@@ -1,7 +1,8 @@
 //! An in-memory network for in-process cluster tests: every member's Raft in one process,
 //! messages serialised to JSON and back (as on the wire), with faults injected per link.
 //!
-//! Faults: a link (`from → to`) can be cut (its messages are lost) or delayed (delivered late,
+//! Faults: a link (`from → to`) can be cut (its messages are lost), lose its next n messages, or
+//! be delayed (delivered late,
 //! still delivered after a later cut, as on a real network); a node can be isolated, removed
 //! (down) and registered again (restarted). An RPC is a round trip: cutting `from → to` loses the
 //! request, cutting `to → from` loses only the answer (the receiver has acted on it).
@@ -28,12 +29,25 @@ struct Links {
     cut: BTreeSet<(RaftId, RaftId)>,
     isolated: BTreeSet<RaftId>,
     delay: BTreeMap<(RaftId, RaftId), Duration>,
+    /// Messages still to lose on a link.
+    to_lose: BTreeMap<(RaftId, RaftId), u64>,
     lost: u64,
 }
 
 impl Links {
     fn is_cut(&self, from: RaftId, to: RaftId) -> bool {
         self.cut.contains(&(from, to)) || self.isolated.contains(&from) || self.isolated.contains(&to)
+    }
+
+    /// Whether the next message on the link is one of those to lose (and counts it).
+    fn lose_one(&mut self, from: RaftId, to: RaftId) -> bool {
+        match self.to_lose.get_mut(&(from, to)) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -102,12 +116,18 @@ impl Router {
         self.links().delay.insert((from, to), by);
     }
 
-    /// Restores every link (cuts, isolation, delays); removed members stay removed.
+    /// Loses the next `n` messages from `from` to `to` (requests or answers), then delivers again.
+    pub fn lose_next(&self, from: RaftId, to: RaftId, n: u64) {
+        *self.links().to_lose.entry((from, to)).or_default() += n;
+    }
+
+    /// Restores every link (cuts, isolation, delays, losses); removed members stay removed.
     pub fn heal(&self) {
         let mut l = self.links();
         l.cut.clear();
         l.isolated.clear();
         l.delay.clear();
+        l.to_lose.clear();
     }
 
     /// Messages lost so far (requests and answers).
@@ -128,6 +148,7 @@ impl Router {
             let target = l.nodes.get(&to).cloned();
             let why = match &target {
                 _ if l.is_cut(from, to) => Some("link cut"),
+                _ if l.lose_one(from, to) => Some("lost on the link"),
                 None => Some("node down"),
                 Some(t) if t.is_silent() => Some("node silent after restart"),
                 Some(_) => None,
@@ -144,9 +165,9 @@ impl Router {
         let answer = call(target).await;
         let back_delay = {
             let mut l = self.links();
-            if l.is_cut(to, from) {
+            if l.is_cut(to, from) || l.lose_one(to, from) {
                 l.lost += 1;
-                return Err(lost("answer's link cut"));
+                return Err(lost("answer lost"));
             }
             l.delay.get(&(to, from)).copied()
         };

@@ -42,3 +42,25 @@ async fn three_voters_elect_one_leader_and_replicate_decisions() {
     }
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_survives_lost_and_late_messages() {
+    let c = TestCluster::new(&[1, 2, 3]).await;
+    let l = c.leader(&[1, 2, 3]).await;
+    let f: Vec<_> = [1, 2, 3].into_iter().filter(|&id| id != l).collect();
+
+    tracing::info!("--- lose messages to one follower and answers from it, delay the other's answers");
+    c.router.lose_next(l, f[0], 5);
+    c.router.lose_next(f[0], l, 3);
+    c.router.delay(f[1], l, std::time::Duration::from_millis(30));
+    let lost_before = c.router.lost();
+    for epoch in 1..=3 {
+        c.node(l).propose(ClusterRequest::SetDecisions { config_version: 1, decisions: decisions("a", epoch) }).await.unwrap();
+    }
+    for id in [1, 2, 3] {
+        let s = c.wait_state(id, "revision 3", |s| s.revision == 3).await;
+        assert_eq!(s.decisions, decisions("a", 3));
+    }
+    assert!(c.router.lost() >= lost_before + 8, "the losses happened: {}", c.router.lost() - lost_before);
+    c.shutdown().await;
+}
