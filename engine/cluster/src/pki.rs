@@ -81,6 +81,14 @@ pub fn init_cluster(dir: &Path, cluster_name: &str, nodes: &[&str]) -> Result<()
             return Err(PkiError::Duplicate((*n).to_owned()));
         }
     }
+    // Refuse before writing anything, so that a refused run leaves no partial set behind.
+    let files = [CA_CERT.to_owned(), CA_KEY.to_owned()].into_iter().chain(nodes.iter().flat_map(|n| [node_cert_file(n), node_key_file(n)]));
+    for f in files {
+        let path = dir.join(f);
+        if path.symlink_metadata().is_ok() {
+            return Err(PkiError::Io { path, source: io::ErrorKind::AlreadyExists.into() });
+        }
+    }
     fs::create_dir_all(dir).map_err(io_at(dir))?;
 
     let ca_key = KeyPair::generate()?;

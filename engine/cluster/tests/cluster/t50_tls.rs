@@ -33,6 +33,10 @@ fn init_cluster_writes_ca_and_node_certificates_with_private_keys_0600() {
     let e = init_cluster(&pki, "prod", &["n3"]).unwrap_err();
     assert!(matches!(e, PkiError::Io { .. }), "{e}");
     assert!(!pki.join("n3.pem").exists());
+    // Nor leave a partial set behind when only a node's files exist.
+    let e = init_cluster(&pki, "prod-2", &["n3", "n1"]);
+    assert!(e.is_err());
+    assert!(!pki.join("n3.key").exists());
     assert!(matches!(init_cluster(&dir.path().join("x"), "prod", &["../n1"]), Err(PkiError::NodeName(_))));
     assert!(matches!(init_cluster(&dir.path().join("y"), "prod", &["n1", "n1"]), Err(PkiError::Duplicate(_))));
 
