@@ -38,3 +38,65 @@ async fn restarted_node_recovers_its_log_from_redb() {
     assert_eq!(c.leader(&[1, 2, 3]).await, l);
     c.shutdown().await;
 }
+
+/// A follower that was down while the leader compacted its log gets a snapshot, stores it, and
+/// restarts from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_behind_a_purged_log_catches_up_from_a_snapshot() {
+    let mut c = TestCluster::new(&[1, 2, 3]).await;
+    let l = c.leader(&[1, 2, 3]).await;
+    let f = [1, 2, 3].into_iter().find(|&id| id != l).unwrap();
+
+    tracing::info!("--- the follower is down while the leader commits, snapshots and purges its log");
+    c.stop(f).await;
+    for epoch in 1..=3 {
+        c.node(l).propose(ClusterRequest::SetDecisions { config_version: 1, decisions: decisions("a", epoch) }).await.unwrap();
+    }
+    let applied = c.node(l).metrics().last_applied.expect("applied");
+    c.node(l).raft().trigger().snapshot().await.unwrap();
+    c.node(l).raft().wait(Some(WAIT)).snapshot(applied, "leader snapshot").await.unwrap();
+    c.node(l).raft().trigger().purge_log(applied.index).await.unwrap();
+    c.node(l).raft().wait(Some(WAIT)).purged(Some(applied), "leader purged its log").await.unwrap();
+
+    tracing::info!("--- restarted, it cannot be sent the purged entries: it installs the snapshot");
+    c.start(f).await;
+    let s = c.wait_state(f, "revision 3 from the snapshot", |s| s.revision == 3).await;
+    assert_eq!(s.decisions, decisions("a", 3));
+    c.node(f).raft().wait(Some(WAIT)).snapshot(applied, "follower installed the snapshot").await.unwrap();
+
+    tracing::info!("--- restarted again, cut off: the snapshot came from its own store");
+    c.stop(f).await;
+    c.router.isolate(f);
+    c.start(f).await;
+    let s = c.wait_state(f, "revision 3 from the stored snapshot", |s| s.revision == 3).await;
+    assert_eq!(s.decisions, decisions("a", 3));
+    c.router.heal();
+    c.shutdown().await;
+}
+
+/// Every member stops; the cluster comes back from disk alone, with its state and a leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_cluster_restarts_from_disk() {
+    let mut c = TestCluster::new(&[1, 2, 3]).await;
+    let l = c.leader(&[1, 2, 3]).await;
+    c.node(l).propose(ClusterRequest::SetDecisions { config_version: 2, decisions: decisions("a", 7) }).await.unwrap();
+    for id in [1, 2, 3] {
+        c.wait_state(id, "revision 1", |s| s.revision == 1).await;
+    }
+
+    tracing::info!("--- stop all, start all: each is silent for a while, then they elect and go on");
+    for id in [1, 2, 3] {
+        c.stop(id).await;
+    }
+    for id in [1, 2, 3] {
+        c.start(id).await;
+    }
+    let l = c.leader(&[1, 2, 3]).await;
+    let r = c.node(l).propose(ClusterRequest::SetDecisions { config_version: 2, decisions: decisions("b", 8) }).await.unwrap();
+    assert_eq!(r, ClusterResponse::Applied { revision: 2 }, "the revision count survived the restart");
+    for id in [1, 2, 3] {
+        let s = c.wait_state(id, "revision 2", |s| s.revision == 2).await;
+        assert_eq!((s.config_version, s.decisions), (2, decisions("b", 8)));
+    }
+    c.shutdown().await;
+}
