@@ -52,17 +52,19 @@ async fn follower_behind_a_purged_log_catches_up_from_a_snapshot() {
     for epoch in 1..=3 {
         c.node(l).propose(ClusterRequest::SetDecisions { config_version: 1, decisions: decisions("a", epoch) }).await.unwrap();
     }
-    let applied = c.node(l).metrics().last_applied.expect("applied");
+    // Metrics may lag the proposals' answers, so wait for the snapshot itself to cover them
+    // (index 0: the initial membership, 1: the leader's blank entry, 2-4: the three revisions).
     c.node(l).raft().trigger().snapshot().await.unwrap();
-    c.node(l).raft().wait(Some(WAIT)).snapshot(applied, "leader snapshot").await.unwrap();
-    c.node(l).raft().trigger().purge_log(applied.index).await.unwrap();
-    c.node(l).raft().wait(Some(WAIT)).purged(Some(applied), "leader purged its log").await.unwrap();
+    let m = c.node(l).raft().wait(Some(WAIT)).metrics(|m| m.snapshot.is_some_and(|s| s.index >= 4), "leader snapshot").await.unwrap();
+    let snap = m.snapshot.unwrap();
+    c.node(l).raft().trigger().purge_log(snap.index).await.unwrap();
+    c.node(l).raft().wait(Some(WAIT)).purged(Some(snap), "leader purged its log").await.unwrap();
 
     tracing::info!("--- restarted, it cannot be sent the purged entries: it installs the snapshot");
     c.start(f).await;
     let s = c.wait_state(f, "revision 3 from the snapshot", |s| s.revision == 3).await;
     assert_eq!(s.decisions, decisions("a", 3));
-    c.node(f).raft().wait(Some(WAIT)).snapshot(applied, "follower installed the snapshot").await.unwrap();
+    c.node(f).raft().wait(Some(WAIT)).metrics(|m| m.snapshot >= Some(snap), "follower installed the snapshot").await.unwrap();
 
     tracing::info!("--- restarted again, cut off: the snapshot came from its own store");
     c.stop(f).await;
