@@ -38,7 +38,7 @@ pub mod store;
 pub mod transport;
 
 pub use authority::{Authority, AuthorityConfig};
-pub use node::{ClusterNode, NodeConfig};
+pub use node::{ClusterNode, Forwarder, NodeConfig, ProposeError};
 pub use state::{ClusterRequest, ClusterResponse, ClusterState};
 
 /// A member's Raft id. openraft needs a small `Copy` id; the member's name lives in [`Peer`].

@@ -1,8 +1,10 @@
 //! One cluster member: its Raft, its durable store, its authority renewal.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::storage::RaftLogStorage;
@@ -46,6 +48,39 @@ impl Inbound {
         Instant::now() < self.silent_until
     }
 }
+
+/// Why a proposal handed to another member was not applied, as it travels between members.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ProposeError {
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<RaftId> },
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<ClusterError> for ProposeError {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::NotLeader { leader } => ProposeError::NotLeader { leader },
+            e => ProposeError::Failed(e.to_string()),
+        }
+    }
+}
+
+/// How a member hands a proposal to the leader (the peer transport, or the test router). The
+/// leader answers after commit, as for its own proposals.
+pub trait Forwarder: Send + Sync {
+    fn forward(
+        &self,
+        leader: RaftId,
+        peer: &Peer,
+        req: &ClusterRequest,
+    ) -> impl Future<Output = Result<ClusterResponse, ProposeError>> + Send;
+}
+
+/// How many times [`ClusterNode::submit`] follows a changing leader before giving up.
+const SUBMIT_ATTEMPTS: usize = 5;
 
 /// A running member. Dropping it aborts its tasks; [`ClusterNode::shutdown`] stops it cleanly.
 pub struct ClusterNode {
@@ -126,6 +161,39 @@ impl ClusterNode {
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ClusterError::NotLeader { leader: f.leader_id }),
             Err(e) => Err(raft_error(e)),
         }
+    }
+
+    /// Proposes a change from any member: here if this node leads, otherwise through `via` to
+    /// the leader; answered after commit. A `Failed` answer does not say the change was not
+    /// applied (the connection may have broken after the leader committed it): callers propose
+    /// whole replacements, which are safe to repeat. Follows a leader change a few times; waits (bounded by
+    /// the election timeout, per attempt) while no leader is known.
+    pub async fn submit<F: Forwarder>(&self, via: &F, req: ClusterRequest) -> Result<ClusterResponse, ProposeError> {
+        let mut last = ProposeError::NotLeader { leader: None };
+        for _ in 0..SUBMIT_ATTEMPTS {
+            let leader = match &last {
+                ProposeError::NotLeader { leader: Some(l) } => *l,
+                _ => {
+                    let wait = Duration::from_millis(2 * self.raft.config().election_timeout_max);
+                    match self.raft.wait(Some(wait)).metrics(|m| m.current_leader.is_some(), "a leader").await {
+                        Ok(m) => m.current_leader.expect("waited for it"),
+                        Err(_) => return Err(ProposeError::NotLeader { leader: None }),
+                    }
+                }
+            };
+            let result = if leader == self.id {
+                self.propose(req.clone()).await.map_err(ProposeError::from)
+            } else {
+                let peer = self.metrics().membership_config.membership().get_node(&leader).cloned();
+                let Some(peer) = peer else { return Err(ProposeError::Failed(format!("leader {leader} is not a member"))) };
+                via.forward(leader, &peer, &req).await
+            };
+            match result {
+                Err(e @ ProposeError::NotLeader { .. }) => last = e,
+                r => return r,
+            }
+        }
+        Err(last)
     }
 
     /// Stops the renewal and Raft; the store is closed once Raft's tasks have let it go.

@@ -20,7 +20,8 @@ use openraft::{OptionalSend, RaftNetwork, RaftNetworkFactory, Snapshot, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::node::Inbound;
+use crate::node::{Forwarder, Inbound, ProposeError};
+use crate::state::{ClusterRequest, ClusterResponse};
 use crate::{Peer, RaftId, TypeConfig};
 
 #[derive(Default)]
@@ -181,6 +182,26 @@ impl Router {
 /// As on the wire: what cannot be encoded and decoded does not arrive.
 fn wire<T: Serialize + DeserializeOwned>(t: &T) -> Result<T, serde_json::Error> {
     serde_json::from_slice(&serde_json::to_vec(t)?)
+}
+
+impl Forwarder for RouterNetwork {
+    async fn forward(&self, leader: RaftId, _peer: &Peer, req: &ClusterRequest) -> Result<ClusterResponse, ProposeError> {
+        let req = wire(req).map_err(|e| ProposeError::Failed(e.to_string()))?;
+        let answer = self
+            .router
+            .deliver(self.from, leader, |n| async move {
+                match n.raft().client_write(req).await {
+                    Ok(r) => Ok(r.data),
+                    Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+                        Err(ProposeError::NotLeader { leader: f.leader_id })
+                    }
+                    Err(e) => Err(ProposeError::Failed(e.to_string())),
+                }
+            })
+            .await
+            .map_err(|e| ProposeError::Failed(e.to_string()))?;
+        wire(&answer).map_err(|e| ProposeError::Failed(e.to_string()))?
+    }
 }
 
 /// One member's view of the router.

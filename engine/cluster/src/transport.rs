@@ -37,9 +37,9 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
-use crate::node::Inbound;
+use crate::node::{Forwarder, Inbound, ProposeError};
 use crate::pki::{PkiError, TlsIdentity};
-use crate::state::ClusterState;
+use crate::state::{ClusterRequest, ClusterResponse, ClusterState};
 use crate::{Peer, RaftId, TypeConfig};
 
 /// The peer protocol's version, checked at the handshake: peers of another version are refused
@@ -123,7 +123,13 @@ pub enum HelloReply {
 enum Rpc {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<RaftId>),
-    Snapshot { vote: Vote<RaftId>, meta: SnapshotMeta<RaftId, Peer>, state: ClusterState },
+    Snapshot {
+        vote: Vote<RaftId>,
+        meta: SnapshotMeta<RaftId, Peer>,
+        state: ClusterState,
+    },
+    /// A proposal forwarded to the leader; answered after commit.
+    Propose(ClusterRequest),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -132,6 +138,7 @@ enum RpcReply {
     Append(Result<AppendEntriesResponse<RaftId>, RaftError<RaftId>>),
     Vote(Result<VoteResponse<RaftId>, RaftError<RaftId>>),
     Snapshot(Result<SnapshotResponse<RaftId>, Fatal<RaftId>>),
+    Propose(Result<ClusterResponse, ProposeError>),
     /// Restarted recently: answers nothing yet (see `AuthorityConfig::restart_silence`).
     Silent,
 }
@@ -220,6 +227,13 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, cluster: &str, me: &str, 
                 Rpc::Snapshot { vote, meta, state } => {
                     RpcReply::Snapshot(inbound.raft().install_full_snapshot(vote, Snapshot { meta, snapshot: Box::new(state) }).await)
                 }
+                Rpc::Propose(req) => RpcReply::Propose(match inbound.raft().client_write(req).await {
+                    Ok(r) => Ok(r.data),
+                    Err(RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+                        Err(ProposeError::NotLeader { leader: f.leader_id })
+                    }
+                    Err(e) => Err(ProposeError::Failed(e.to_string())),
+                }),
             }
         };
         write_frame(&mut tls, &reply).await?;
@@ -259,6 +273,9 @@ pub async fn connect(
     .map_err(|_| TransportError::Timeout("handshake"))?
 }
 
+/// How long a forwarded proposal may take, commit included.
+pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Idle connections kept per peer. openraft opens a client per replication stream and another
 /// for every leadership check (each authority renewal), so without reuse every renewal would pay
 /// a TCP and TLS handshake per peer.
@@ -281,6 +298,17 @@ impl TlsNetwork {
             hello: Hello { protocol: PROTOCOL_VERSION, cluster: cluster.to_owned(), node: identity.node.clone() },
             idle: Pool::default(),
         })
+    }
+}
+
+impl Forwarder for TlsNetwork {
+    async fn forward(&self, leader: RaftId, peer: &Peer, req: &ClusterRequest) -> Result<ClusterResponse, ProposeError> {
+        let mut conn = TlsConnection { net: self.clone(), target: leader, peer: peer.clone(), stream: None };
+        match conn.call(&Rpc::Propose(req.clone()), PROPOSE_TIMEOUT).await {
+            Ok(RpcReply::Propose(r)) => r,
+            Ok(_) => Err(ProposeError::Failed(TransportError::Unexpected.to_string())),
+            Err(e) => Err(ProposeError::Failed(e.to_string())),
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 use openraft::ServerState;
-use warden_cluster::{ClusterError, ClusterRequest, ClusterResponse};
+use warden_cluster::{ClusterError, ClusterRequest, ClusterResponse, ProposeError};
 
 use crate::fixtures::{decisions, poll, TestCluster};
 
@@ -62,5 +62,33 @@ async fn replication_survives_lost_and_late_messages() {
         assert_eq!(s.decisions, decisions("a", 3));
     }
     assert!(c.router.lost() >= lost_before + 8, "the losses happened: {}", c.router.lost() - lost_before);
+    c.shutdown().await;
+}
+
+/// Operator commands may be given on any member: they go to the leader and are answered after
+/// commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposal_on_a_follower_goes_to_the_leader_and_is_answered_after_commit() {
+    let c = TestCluster::new(&[1, 2, 3]).await;
+    let l = c.leader(&[1, 2, 3]).await;
+    let f = [1, 2, 3].into_iter().find(|&id| id != l).unwrap();
+
+    tracing::info!("--- submitted on a follower: applied, and every member has it");
+    let via = c.router.network(f);
+    let r = c.node(f).submit(&via, ClusterRequest::SetDecisions { config_version: 1, decisions: decisions("a", 1) }).await.unwrap();
+    assert_eq!(r, ClusterResponse::Applied { revision: 1 });
+    for id in [1, 2, 3] {
+        c.wait_state(id, "revision 1", |s| s.revision == 1).await;
+    }
+
+    tracing::info!("--- on the leader itself: proposed there");
+    let r = c.node(l).submit(&c.router.network(l), ClusterRequest::SetConfigVersion { config_version: 2 }).await.unwrap();
+    assert_eq!(r, ClusterResponse::Applied { revision: 2 });
+
+    tracing::info!("--- a follower cut off from the leader cannot forward: an error, not a silent success");
+    c.router.partition(&[f], &[l]);
+    let e = c.node(f).submit(&via, ClusterRequest::SetConfigVersion { config_version: 3 }).await.unwrap_err();
+    assert!(matches!(e, ProposeError::Failed(_)), "{e}");
+    c.router.heal();
     c.shutdown().await;
 }

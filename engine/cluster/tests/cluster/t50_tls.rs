@@ -111,18 +111,25 @@ async fn three_voters_over_mutual_tls_elect_and_replicate() {
         tokio::time::timeout(WAIT, rx.wait_for(|s| s.revision == 1 && s.decisions == decisions("n1", 1))).await.unwrap().unwrap();
     }
 
+    tracing::info!("--- a proposal submitted on a follower travels to the leader over TLS and is answered after commit");
+    let f = members.iter().find(|m| m.node.id() != leader).unwrap();
+    let via = TlsNetwork::new(&TlsIdentity::load(&pki, &format!("n{}", f.node.id())).unwrap(), "prod").unwrap();
+    let r = f.node.submit(&via, ClusterRequest::SetConfigVersion { config_version: 2 }).await.unwrap();
+    assert_eq!(r, ClusterResponse::Applied { revision: 2 });
+
     tracing::info!("--- a follower restarts on its address; the leader's kept connections to it are stale and replaced");
     let i = members.iter().position(|m| m.node.id() != leader).unwrap();
     let f = members.remove(i);
     let (fid, faddr) = (f.node.id(), f.addr.clone());
     f.shutdown().await;
     let l = members.iter().find(|m| m.node.id() == leader).unwrap();
-    l.node.propose(ClusterRequest::SetDecisions { config_version: 1, decisions: decisions("n1", 2) }).await.unwrap();
+    let r = l.node.propose(ClusterRequest::SetDecisions { config_version: 2, decisions: decisions("n1", 2) }).await.unwrap();
+    assert_eq!(r, ClusterResponse::Applied { revision: 3 });
     // Its port was freed a moment ago; only another process taking that ephemeral port in
     // between could fail this bind.
     members.push(start_member_at(fid, &pki, dir.path(), "prod", &faddr).await);
     let mut rx = members.last().unwrap().node.state();
-    tokio::time::timeout(WAIT, rx.wait_for(|s| s.revision == 2)).await.expect("restarted follower catches up").unwrap();
+    tokio::time::timeout(WAIT, rx.wait_for(|s| s.revision == 3)).await.expect("restarted follower catches up").unwrap();
     for m in members {
         m.shutdown().await;
     }
