@@ -192,3 +192,56 @@ async fn frames_over_the_limit_are_refused_before_reading_them() {
     transport::write_frame(&mut a, &hello).await.unwrap();
     assert_eq!(transport::read_frame::<Hello, _>(&mut b).await.unwrap(), hello);
 }
+
+/// A peer's addresses are its paths: when the first is broken the next one carries the traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_is_reached_over_its_second_path_when_the_first_is_broken() {
+    crate::fixtures::init_tracing();
+    let dir = TempDir::new().unwrap();
+    let pki = dir.path().join("pki");
+    init_cluster(&pki, "prod", &["n1", "n2", "n3"]).unwrap();
+
+    // A broken path: it accepts TCP and drops it at once (a listener kept open, so no other
+    // process can take its port meanwhile).
+    let broken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let broken_addr = broken.local_addr().unwrap().to_string();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let breaker = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = s.cancelled() => return,
+                r = broken.accept() => drop(r),
+            }
+        }
+    });
+
+    let mut members = Vec::new();
+    for id in 1..=3 {
+        members.push(start_member(id, &pki, dir.path(), "prod").await);
+    }
+    let peers: BTreeMap<RaftId, Peer> = members
+        .iter()
+        .map(|m| (m.node.id(), Peer { name: format!("n{}", m.node.id()), addresses: vec![broken_addr.clone(), m.addr.clone()] }))
+        .collect();
+    members[0].node.initialize(peers).await.unwrap();
+
+    tracing::info!("--- every first path is broken: election and replication go over the second");
+    let leader = poll("a leader known to all", || {
+        let l = members[0].node.metrics().current_leader?;
+        members.iter().all(|m| m.node.metrics().current_leader == Some(l)).then_some(l)
+    })
+    .await;
+    let l = members.iter().find(|m| m.node.id() == leader).unwrap();
+    let r = l.node.propose(ClusterRequest::SetDecisions { config_version: 1, decisions: decisions("n2", 1) }).await.unwrap();
+    assert_eq!(r, ClusterResponse::Applied { revision: 1 });
+    for m in &members {
+        let mut rx = m.node.state();
+        tokio::time::timeout(WAIT, rx.wait_for(|s| s.revision == 1)).await.unwrap().unwrap();
+    }
+    stop.cancel();
+    breaker.await.unwrap();
+    for m in members {
+        m.shutdown().await;
+    }
+}
