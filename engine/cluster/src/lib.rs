@@ -82,6 +82,8 @@ pub enum ClusterError {
     Raft(String),
     #[error("not the leader (leader: {leader:?})")]
     NotLeader { leader: Option<RaftId> },
+    #[error("membership change refused: {0}")]
+    Membership(String),
     #[error("invalid raft config: {0}")]
     Config(#[from] openraft::ConfigError),
     #[error("{0}")]

@@ -1,6 +1,6 @@
 //! One cluster member: its Raft, its durable store, its authority renewal.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -194,6 +194,53 @@ impl ClusterNode {
             }
         }
         Err(last)
+    }
+
+    /// Adds a member as a learner: it receives the log and never votes (further nodes beyond the
+    /// 3 or 5 voters, and the step before becoming a voter). Leader only; returns once the
+    /// learner has caught up.
+    pub async fn add_learner(&self, id: RaftId, peer: Peer) -> Result<(), ClusterError> {
+        match self.raft.add_learner(id, peer, true).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ClusterError::NotLeader { leader: f.leader_id }),
+            Err(e) => Err(raft_error(e)),
+        }
+    }
+
+    /// Replaces the voters (an explicit operator command: `warden node add|remove`). Refused
+    /// unless this node has authority and every current and future voter acknowledges a freshly
+    /// committed barrier entry within one election timeout: changing membership while a voter is
+    /// unhealthy could leave the new configuration without a working quorum.
+    pub async fn change_voters(&self, voters: BTreeSet<RaftId>) -> Result<(), ClusterError> {
+        if self.authority().is_none() {
+            return Err(ClusterError::NotLeader { leader: self.metrics().current_leader.filter(|l| *l != self.id) });
+        }
+        // A fresh entry: an idle log would count a voter that went down after acknowledging
+        // the last one as healthy.
+        let target = match self.raft.client_write(ClusterRequest::Barrier).await {
+            Ok(r) => Some(r.log_id.index),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => return Err(ClusterError::NotLeader { leader: f.leader_id }),
+            Err(e) => return Err(raft_error(e)),
+        };
+        let m = self.metrics();
+        let all: BTreeSet<RaftId> =
+            m.membership_config.membership().voter_ids().chain(voters.iter().copied()).filter(|v| *v != self.id).collect();
+        let wait = Duration::from_millis(self.raft.config().election_timeout_max);
+        let healthy = |m: &RaftMetrics| {
+            let Some(repl) = &m.replication else { return false };
+            all.iter().all(|v| repl.get(v).is_some_and(|matched| matched.map(|l| l.index) >= target))
+        };
+        if let Err(e) = self.raft.wait(Some(wait)).metrics(healthy, "every voter acknowledges the log").await {
+            let m = self.metrics();
+            let repl = m.replication.unwrap_or_default();
+            let lagging: Vec<_> = all.iter().filter(|v| repl.get(v).is_none_or(|matched| matched.map(|l| l.index) < target)).collect();
+            return Err(ClusterError::Membership(format!("not every voter is healthy: {lagging:?} did not acknowledge the log ({e})")));
+        }
+        match self.raft.change_membership(voters, false).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ClusterError::NotLeader { leader: f.leader_id }),
+            Err(e) => Err(raft_error(e)),
+        }
     }
 
     /// Stops the renewal and Raft; the store is closed once Raft's tasks have let it go.

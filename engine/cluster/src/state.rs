@@ -26,6 +26,9 @@ pub enum ClusterRequest {
     SetDecisions { config_version: u64, decisions: Decisions },
     /// Commit a new config version (validated by the proposer before it is proposed).
     SetConfigVersion { config_version: u64 },
+    /// Changes nothing: committed to learn which members acknowledge the log now (before a
+    /// membership change).
+    Barrier,
 }
 
 /// The answer to a [`ClusterRequest`], given after it was committed and applied.
@@ -36,7 +39,7 @@ pub enum ClusterResponse {
     Applied { revision: u64 },
     /// Refused: the request's config version is older than the committed one.
     StaleConfig { committed: u64, proposed: u64 },
-    /// A Raft-internal entry (blank or membership): nothing to apply.
+    /// A Raft-internal entry (blank or membership) or a barrier: nothing to apply.
     Internal,
 }
 
@@ -58,6 +61,7 @@ impl ClusterState {
                 }
                 self.config_version = *config_version;
             }
+            ClusterRequest::Barrier => return ClusterResponse::Internal,
         }
         self.revision += 1;
         ClusterResponse::Applied { revision: self.revision }
@@ -88,6 +92,9 @@ mod tests {
         s.apply(&ClusterRequest::SetDecisions { config_version: 1, decisions: decisions("b", 2) });
         assert_eq!(s.revision, 2);
         assert_eq!(s.decisions, decisions("b", 2));
+        let before = s.clone();
+        assert_eq!(s.apply(&ClusterRequest::Barrier), ClusterResponse::Internal);
+        assert_eq!(s, before, "a barrier changes nothing");
         assert_eq!(s.config_version, 1);
     }
 

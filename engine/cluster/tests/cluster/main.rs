@@ -8,3 +8,4 @@ mod t20_replication;
 mod t30_authority;
 mod t40_restart;
 mod t50_tls;
+mod t60_membership;
