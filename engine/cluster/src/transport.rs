@@ -18,6 +18,8 @@
 //! first that works until it fails. TODO(#11 transport): send every message over every path and
 //! track per-path state for status and metrics.
 
+mod frame;
+
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,9 +28,7 @@ use openraft::error::{Fatal, NetworkError, RPCError, RaftError, RemoteError, Rep
 use openraft::network::RPCOption;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use openraft::{OptionalSend, RaftNetwork, RaftNetworkFactory, Snapshot, SnapshotMeta, Vote};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -42,11 +42,11 @@ use crate::pki::{PkiError, TlsIdentity};
 use crate::state::{ClusterRequest, ClusterResponse, ClusterState};
 use crate::{Peer, RaftId, TypeConfig};
 
+pub use frame::{read_frame, write_frame, MAX_FRAME};
+
 /// The peer protocol's version, checked at the handshake: peers of another version are refused
 /// rather than misread.
 pub const PROTOCOL_VERSION: u32 = 1;
-/// The largest frame accepted or sent (a snapshot of decisions is far smaller).
-pub const MAX_FRAME: u32 = 16 << 20;
 /// TLS handshake plus Hello, on both sides.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A server closes a connection on which no request came for this long.
@@ -79,27 +79,6 @@ pub enum TransportError {
     Unexpected,
     #[error("credentials: {0}")]
     Pki(#[from] PkiError),
-}
-
-/// Reads one frame and decodes it.
-pub async fn read_frame<T: DeserializeOwned, R: AsyncRead + Unpin>(r: &mut R) -> Result<T, TransportError> {
-    let len = r.read_u32().await?;
-    if len > MAX_FRAME {
-        return Err(TransportError::TooLarge(len.into()));
-    }
-    let mut buf = vec![0; len as usize];
-    r.read_exact(&mut buf).await?;
-    Ok(serde_json::from_slice(&buf)?)
-}
-
-/// Encodes `msg` and writes it as one frame.
-pub async fn write_frame<T: Serialize, W: AsyncWrite + Unpin>(w: &mut W, msg: &T) -> Result<(), TransportError> {
-    let buf = serde_json::to_vec(msg)?;
-    let len = u32::try_from(buf.len()).ok().filter(|l| *l <= MAX_FRAME).ok_or(TransportError::TooLarge(buf.len() as u64))?;
-    w.write_u32(len).await?;
-    w.write_all(&buf).await?;
-    w.flush().await?;
-    Ok(())
 }
 
 /// The client's first message.
