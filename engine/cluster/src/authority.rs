@@ -17,8 +17,11 @@
 //!   t0 + A,   A = E_max·(1−ρ)/(1+ρ) − ε
 //! ```
 //!
-//! on its own clock. A follower that restarts forgets its lease, so it stays silent (answers no
-//! peer) for `E_max·(1+ρ)/(1−ρ) + ε` after its start ([`AuthorityConfig::restart_silence`]).
+//! on its own clock. A follower that restarts must not grant a vote inside that window either.
+//! openraft 0.9 treats the vote it loads at start as just renewed (its lease restarts), which
+//! covers E_max on the follower's clock; on top of that a restarted node stays silent (answers
+//! no peer) for `E_max·(1+ρ)/(1−ρ) + ε` ([`AuthorityConfig::restart_silence`]), the timing rule
+//! with the clock-rate error and margin, and independent of that openraft detail.
 //!
 //! Clock: `tokio::time::Instant` (CLOCK_MONOTONIC on Linux). TODO(#11 leases): CLOCK_BOOTTIME,
 //! so that a suspended VM does not stop the clock, comes with the node leases and watchdog.
