@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -248,10 +248,5 @@ impl ClusterNode {
         self.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
         self.raft.shutdown().await.map_err(raft_error)
-    }
-
-    /// The directory's store path, for tools that inspect it.
-    pub fn store_path(dir: &Path) -> PathBuf {
-        dir.join(STORE_FILE)
     }
 }
