@@ -260,7 +260,25 @@ pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// a TCP and TLS handshake per peer.
 const IDLE_PER_PEER: usize = 4;
 
-type Pool = Arc<std::sync::Mutex<std::collections::BTreeMap<RaftId, Vec<TlsStream<TcpStream>>>>>;
+/// A connection and the path (address) it runs over.
+struct PathStream {
+    tls: TlsStream<TcpStream>,
+    addr: String,
+}
+
+type Pool = Arc<std::sync::Mutex<std::collections::BTreeMap<RaftId, Vec<PathStream>>>>;
+
+/// What the last use of one path to one peer showed, for status and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PathStatus {
+    pub peer: String,
+    pub addr: String,
+    /// The last connection or exchange over this path worked.
+    pub up: bool,
+    pub last_error: Option<String>,
+}
+
+type Paths = Arc<std::sync::Mutex<std::collections::BTreeMap<(String, String), PathStatus>>>;
 
 /// This node's side of the transport: a `RaftNetworkFactory` for openraft.
 #[derive(Clone)]
@@ -268,6 +286,7 @@ pub struct TlsNetwork {
     connector: TlsConnector,
     hello: Hello,
     idle: Pool,
+    paths: Paths,
 }
 
 impl TlsNetwork {
@@ -276,7 +295,28 @@ impl TlsNetwork {
             connector: TlsConnector::from(identity.client_config()?),
             hello: Hello { protocol: PROTOCOL_VERSION, cluster: cluster.to_owned(), node: identity.node.clone() },
             idle: Pool::default(),
+            paths: Paths::default(),
         })
+    }
+
+    /// Each path used so far, by peer and address. A path not yet needed (a later address while
+    /// an earlier one works) is not listed. TODO(#11 transport): probe every path.
+    pub fn paths(&self) -> Vec<PathStatus> {
+        self.paths.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    fn record(&self, peer: &str, addr: &str, result: Result<(), &TransportError>) {
+        let status = PathStatus {
+            peer: peer.to_owned(),
+            addr: addr.to_owned(),
+            up: result.is_ok(),
+            last_error: result.err().map(|e| e.to_string()),
+        };
+        let mut paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
+        // Keep the last error while the path is up again: status shows what happened.
+        let last_error =
+            status.last_error.clone().or_else(|| paths.get(&(status.peer.clone(), status.addr.clone())).and_then(|p| p.last_error.clone()));
+        paths.insert((status.peer.clone(), status.addr.clone()), PathStatus { last_error, ..status });
     }
 }
 
@@ -304,12 +344,12 @@ pub struct TlsConnection {
     net: TlsNetwork,
     target: RaftId,
     peer: Peer,
-    stream: Option<TlsStream<TcpStream>>,
+    stream: Option<PathStream>,
 }
 
 impl TlsConnection {
     /// An idle connection to the peer (`true`: reused), or a new one over the first path that works.
-    async fn open(&self) -> Result<(TlsStream<TcpStream>, bool), TransportError> {
+    async fn open(&self) -> Result<(PathStream, bool), TransportError> {
         let reused = self.net.idle.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&self.target).and_then(Vec::pop);
         if let Some(s) = reused {
             return Ok((s, true));
@@ -317,9 +357,13 @@ impl TlsConnection {
         let mut last = TransportError::NoAddress(self.peer.name.clone());
         for addr in &self.peer.addresses {
             match connect(&self.net.connector, addr, &self.peer.name, &self.net.hello).await {
-                Ok(s) => return Ok((s, false)),
+                Ok(tls) => {
+                    self.net.record(&self.peer.name, addr, Ok(()));
+                    return Ok((PathStream { tls, addr: addr.clone() }, false));
+                }
                 Err(e) => {
                     tracing::debug!(peer = %self.peer.name, %addr, error = %e, "path failed");
+                    self.net.record(&self.peer.name, addr, Err(&e));
                     last = e;
                 }
             }
@@ -343,10 +387,11 @@ impl TlsConnection {
                 };
                 let s = self.stream.as_mut().expect("opened above");
                 let r = async {
-                    write_frame(s, rpc).await?;
-                    read_frame::<RpcReply, _>(s).await
+                    write_frame(&mut s.tls, rpc).await?;
+                    read_frame::<RpcReply, _>(&mut s.tls).await
                 }
                 .await;
+                self.net.record(&self.peer.name, &s.addr, r.as_ref().map(|_| ()));
                 match r {
                     Ok(reply) => return Ok(reply),
                     Err(e) => {

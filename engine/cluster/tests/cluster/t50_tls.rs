@@ -48,6 +48,8 @@ fn init_cluster_writes_ca_and_node_certificates_with_private_keys_0600() {
 /// One member on a real TCP port (127.0.0.1) with its certificate.
 struct TlsMember {
     node: ClusterNode,
+    /// Shares its state with the network the node's Raft uses.
+    net: TlsNetwork,
     addr: String,
     stop: CancellationToken,
     server: tokio::task::JoinHandle<Result<(), TransportError>>,
@@ -62,13 +64,14 @@ async fn start_member_at(id: RaftId, pki: &Path, data: &Path, cluster: &str, add
     let identity = TlsIdentity::load(pki, &name).unwrap();
     let (raft, authority) = timing();
     let config = NodeConfig { id, dir: data.join(&name), raft, authority };
-    let node = ClusterNode::start(&config, TlsNetwork::new(&identity, cluster).unwrap()).await.unwrap();
+    let net = TlsNetwork::new(&identity, cluster).unwrap();
+    let node = ClusterNode::start(&config, net.clone()).await.unwrap();
     let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let stop = CancellationToken::new();
     let (inbound, cluster, s) = (node.inbound(), cluster.to_owned(), stop.clone());
     let server = tokio::spawn(async move { transport::serve(listener, &identity, cluster, inbound, s).await });
-    TlsMember { node, addr, stop, server }
+    TlsMember { node, net, addr, stop, server }
 }
 
 impl TlsMember {
@@ -238,6 +241,16 @@ async fn a_member_is_reached_over_its_second_path_when_the_first_is_broken() {
     for m in &members {
         let mut rx = m.node.state();
         tokio::time::timeout(WAIT, rx.wait_for(|s| s.revision == 1)).await.unwrap().unwrap();
+    }
+
+    tracing::info!("--- the leader's path status: first paths down with their error, second paths up");
+    let paths = l.net.paths();
+    for f in members.iter().filter(|m| m.node.id() != leader) {
+        let name = format!("n{}", f.node.id());
+        let first = paths.iter().find(|p| p.peer == name && p.addr == broken_addr).expect("first path tried");
+        assert!(!first.up && first.last_error.is_some(), "{first:?}");
+        let second = paths.iter().find(|p| p.peer == name && p.addr == f.addr).expect("second path used");
+        assert!(second.up, "{second:?}");
     }
     stop.cancel();
     breaker.await.unwrap();
