@@ -6,6 +6,7 @@
 //! 5 monitor: degraded · 7 monitor: stopped (as OCF_NOT_RUNNING).
 
 mod agent_exec;
+mod cluster_cmd;
 mod demo;
 pub mod ops;
 mod plugin_cmd;
@@ -124,6 +125,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ops::ConfigCommand,
     },
+    /// Set up a cluster: its CA and the nodes' certificates.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster_cmd::ClusterCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,6 +198,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Group { command } => ops::group(command).await,
         Command::Resource { command } => ops::resource(command).await,
         Command::Config { command } => ops::config(command).await,
+        Command::Cluster { command } => cluster_cmd::run(command),
     }
 }
 

@@ -1,0 +1,252 @@
+//! One cluster member: its Raft, its durable store, its authority renewal.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::storage::RaftLogStorage;
+use openraft::RaftNetworkFactory;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::authority::{Authority, AuthorityConfig};
+use crate::state::{ClusterRequest, ClusterResponse, ClusterState};
+use crate::{store, ClusterError, Peer, Raft, RaftId, RaftMetrics, TypeConfig};
+
+/// The store's file inside the node's cluster directory.
+pub const STORE_FILE: &str = "raft.redb";
+
+/// How to run one member.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: RaftId,
+    /// Holds the store ([`STORE_FILE`]); created if missing.
+    pub dir: PathBuf,
+    pub raft: Arc<openraft::Config>,
+    pub authority: AuthorityConfig,
+}
+
+/// What a transport delivers peers' messages to. Answers nothing while the node is silent after
+/// a restart (see [`AuthorityConfig::restart_silence`]); the transport treats it as unreachable.
+#[derive(Clone)]
+pub struct Inbound {
+    raft: Raft,
+    silent_until: Instant,
+}
+
+impl Inbound {
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn is_silent(&self) -> bool {
+        Instant::now() < self.silent_until
+    }
+}
+
+/// Why a proposal handed to another member was not applied, as it travels between members.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ProposeError {
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<RaftId> },
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<ClusterError> for ProposeError {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::NotLeader { leader } => ProposeError::NotLeader { leader },
+            e => ProposeError::Failed(e.to_string()),
+        }
+    }
+}
+
+/// How a member hands a proposal to the leader (the peer transport, or the test router). The
+/// leader answers after commit, as for its own proposals.
+pub trait Forwarder: Send + Sync {
+    fn forward(
+        &self,
+        leader: RaftId,
+        peer: &Peer,
+        req: &ClusterRequest,
+    ) -> impl Future<Output = Result<ClusterResponse, ProposeError>> + Send;
+}
+
+/// How many times [`ClusterNode::submit`] follows a changing leader before giving up.
+const SUBMIT_ATTEMPTS: usize = 5;
+
+/// A running member. Dropping it aborts its tasks; [`ClusterNode::shutdown`] stops it cleanly.
+pub struct ClusterNode {
+    id: RaftId,
+    raft: Raft,
+    state: watch::Receiver<ClusterState>,
+    authority: Authority,
+    inbound: Inbound,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+fn raft_error<E: std::fmt::Display>(e: E) -> ClusterError {
+    ClusterError::Raft(e.to_string())
+}
+
+impl ClusterNode {
+    /// Opens the store in `config.dir` (recovering the log, vote and snapshot written before)
+    /// and starts Raft and the authority renewal. A node whose store holds a vote has run
+    /// before: it stays silent for the restart silence.
+    pub async fn start<N: RaftNetworkFactory<TypeConfig>>(config: &NodeConfig, network: N) -> Result<Self, ClusterError> {
+        std::fs::create_dir_all(&config.dir)?;
+        let (mut log, sm) = store::open(&config.dir.join(STORE_FILE)).await?;
+        let restarted = log.read_vote().await.map_err(raft_error)?.is_some();
+        let state = sm.subscribe();
+        let raft = Raft::new(config.id, config.raft.clone(), network, log, sm).await.map_err(raft_error)?;
+        let silent_until = Instant::now() + if restarted { config.authority.restart_silence } else { Default::default() };
+        if restarted {
+            tracing::info!(node = config.id, silence = ?config.authority.restart_silence, "restarted: silent before answering peers");
+        }
+        let authority = Authority::new(raft.clone(), config.authority);
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(authority.clone().run(stop.clone()));
+        Ok(Self { id: config.id, inbound: Inbound { raft: raft.clone(), silent_until }, raft, state, authority, stop, tasks })
+    }
+
+    pub fn id(&self) -> RaftId {
+        self.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// What the transport hands peers' messages to.
+    pub fn inbound(&self) -> Inbound {
+        self.inbound.clone()
+    }
+
+    /// openraft's current metrics (its own view: state, term, leader, log indexes).
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The applied state; a receiver sees every change.
+    pub fn state(&self) -> watch::Receiver<ClusterState> {
+        self.state.clone()
+    }
+
+    /// Until when this node may act as leader (place groups, order fencing), or `None`. Unlike
+    /// openraft's state, it lapses when no quorum acknowledged this node within the window.
+    pub fn authority(&self) -> Option<Instant> {
+        self.authority.check()
+    }
+
+    /// Forms a new cluster of `members` (once, on one node; the others learn it).
+    pub async fn initialize(&self, members: BTreeMap<RaftId, Peer>) -> Result<(), ClusterError> {
+        self.raft.initialize(members).await.map_err(raft_error)
+    }
+
+    /// Proposes a change and answers once it is committed and applied here. Only the leader
+    /// accepts; elsewhere the answer names the leader to forward to. Committing needs a quorum,
+    /// so a deposed leader's proposal fails rather than commits.
+    pub async fn propose(&self, req: ClusterRequest) -> Result<ClusterResponse, ClusterError> {
+        match self.raft.client_write(req).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ClusterError::NotLeader { leader: f.leader_id }),
+            Err(e) => Err(raft_error(e)),
+        }
+    }
+
+    /// Proposes a change from any member: here if this node leads, otherwise through `via` to
+    /// the leader; answered after commit. A `Failed` answer does not say the change was not
+    /// applied (the connection may have broken after the leader committed it): callers propose
+    /// whole replacements, which are safe to repeat. Follows a leader change a few times; waits (bounded by
+    /// the election timeout, per attempt) while no leader is known.
+    pub async fn submit<F: Forwarder>(&self, via: &F, req: ClusterRequest) -> Result<ClusterResponse, ProposeError> {
+        let mut last = ProposeError::NotLeader { leader: None };
+        for _ in 0..SUBMIT_ATTEMPTS {
+            let leader = match &last {
+                ProposeError::NotLeader { leader: Some(l) } => *l,
+                _ => {
+                    let wait = Duration::from_millis(2 * self.raft.config().election_timeout_max);
+                    match self.raft.wait(Some(wait)).metrics(|m| m.current_leader.is_some(), "a leader").await {
+                        Ok(m) => m.current_leader.expect("waited for it"),
+                        Err(_) => return Err(ProposeError::NotLeader { leader: None }),
+                    }
+                }
+            };
+            let result = if leader == self.id {
+                self.propose(req.clone()).await.map_err(ProposeError::from)
+            } else {
+                let peer = self.metrics().membership_config.membership().get_node(&leader).cloned();
+                let Some(peer) = peer else { return Err(ProposeError::Failed(format!("leader {leader} is not a member"))) };
+                via.forward(leader, &peer, &req).await
+            };
+            match result {
+                Err(e @ ProposeError::NotLeader { .. }) => last = e,
+                r => return r,
+            }
+        }
+        Err(last)
+    }
+
+    /// Adds a member as a learner: it receives the log and never votes (further nodes beyond the
+    /// 3 or 5 voters, and the step before becoming a voter). Leader only; returns once the
+    /// learner has caught up.
+    pub async fn add_learner(&self, id: RaftId, peer: Peer) -> Result<(), ClusterError> {
+        match self.raft.add_learner(id, peer, true).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ClusterError::NotLeader { leader: f.leader_id }),
+            Err(e) => Err(raft_error(e)),
+        }
+    }
+
+    /// Replaces the voters (an explicit operator command: `warden node add|remove`). Refused
+    /// unless this node has authority and every current and future voter acknowledges a freshly
+    /// committed barrier entry within one election timeout: changing membership while a voter is
+    /// unhealthy could leave the new configuration without a working quorum.
+    pub async fn change_voters(&self, voters: BTreeSet<RaftId>) -> Result<(), ClusterError> {
+        if self.authority().is_none() {
+            return Err(ClusterError::NotLeader { leader: self.metrics().current_leader.filter(|l| *l != self.id) });
+        }
+        // A fresh entry: an idle log would count a voter that went down after acknowledging
+        // the last one as healthy.
+        let target = match self.raft.client_write(ClusterRequest::Barrier).await {
+            Ok(r) => Some(r.log_id.index),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => return Err(ClusterError::NotLeader { leader: f.leader_id }),
+            Err(e) => return Err(raft_error(e)),
+        };
+        let m = self.metrics();
+        let all: BTreeSet<RaftId> =
+            m.membership_config.membership().voter_ids().chain(voters.iter().copied()).filter(|v| *v != self.id).collect();
+        let wait = Duration::from_millis(self.raft.config().election_timeout_max);
+        let healthy = |m: &RaftMetrics| {
+            let Some(repl) = &m.replication else { return false };
+            all.iter().all(|v| repl.get(v).is_some_and(|matched| matched.map(|l| l.index) >= target))
+        };
+        if let Err(e) = self.raft.wait(Some(wait)).metrics(healthy, "every voter acknowledges the log").await {
+            let m = self.metrics();
+            let repl = m.replication.unwrap_or_default();
+            let lagging: Vec<_> = all.iter().filter(|v| repl.get(v).is_none_or(|matched| matched.map(|l| l.index) < target)).collect();
+            return Err(ClusterError::Membership(format!("not every voter is healthy: {lagging:?} did not acknowledge the log ({e})")));
+        }
+        match self.raft.change_membership(voters, false).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ClusterError::NotLeader { leader: f.leader_id }),
+            Err(e) => Err(raft_error(e)),
+        }
+    }
+
+    /// Stops the renewal and Raft; the store is closed once Raft's tasks have let it go.
+    pub async fn shutdown(mut self) -> Result<(), ClusterError> {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        self.raft.shutdown().await.map_err(raft_error)
+    }
+}

@@ -1,0 +1,122 @@
+//! The replicated state and its deterministic `apply`.
+
+use serde::{Deserialize, Serialize};
+use warden_core::scheduler::Decisions;
+
+/// What the cluster replicates: the decision core's decisions and the config version they were
+/// decided under. Observations (activity, counters) are per node and never replicated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterState {
+    /// The committed config's version; only grows.
+    pub config_version: u64,
+    /// Requests applied so far that changed something; lets a caller tell which state it saw.
+    pub revision: u64,
+    pub decisions: Decisions,
+}
+
+/// A change proposed to the cluster (by the leader's scheduler or an operator command forwarded
+/// to the leader).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ClusterRequest {
+    /// Replace the decisions. `config_version` is the config the proposer decided under: a
+    /// proposal made under an older config than the committed one is refused, so a deposed
+    /// leader's late proposal cannot undo what was decided under the new config.
+    SetDecisions { config_version: u64, decisions: Decisions },
+    /// Commit a new config version (validated by the proposer before it is proposed).
+    SetConfigVersion { config_version: u64 },
+    /// Changes nothing: committed to learn which members acknowledge the log now (before a
+    /// membership change).
+    Barrier,
+}
+
+/// The answer to a [`ClusterRequest`], given after it was committed and applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ClusterResponse {
+    /// Applied; the state is now at `revision`.
+    Applied { revision: u64 },
+    /// Refused: the request's config version is older than the committed one.
+    StaleConfig { committed: u64, proposed: u64 },
+    /// A Raft-internal entry (blank or membership) or a barrier: nothing to apply.
+    Internal,
+}
+
+impl ClusterState {
+    /// Applies one committed request. Pure: every node applying the same log reaches the same
+    /// state, whatever its clock or history.
+    pub fn apply(&mut self, req: &ClusterRequest) -> ClusterResponse {
+        match req {
+            ClusterRequest::SetDecisions { config_version, decisions } => {
+                if *config_version < self.config_version {
+                    return ClusterResponse::StaleConfig { committed: self.config_version, proposed: *config_version };
+                }
+                self.config_version = *config_version;
+                self.decisions = decisions.clone();
+            }
+            ClusterRequest::SetConfigVersion { config_version } => {
+                if *config_version < self.config_version {
+                    return ClusterResponse::StaleConfig { committed: self.config_version, proposed: *config_version };
+                }
+                self.config_version = *config_version;
+            }
+            ClusterRequest::Barrier => return ClusterResponse::Internal,
+        }
+        self.revision += 1;
+        ClusterResponse::Applied { revision: self.revision }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use warden_core::scheduler::{GroupState, Target};
+    use warden_core::{GroupId, NodeId};
+
+    use super::*;
+
+    fn decisions(owner: &str, epoch: u64) -> Decisions {
+        let mut d = Decisions::default();
+        d.groups.insert(
+            GroupId::from("g"),
+            GroupState { target: Target::Started, owner: Some(NodeId::from(owner)), epoch, failed_on: Default::default(), move_to: None },
+        );
+        d
+    }
+
+    #[test]
+    fn set_decisions_replaces_and_counts_revisions() {
+        let mut s = ClusterState::default();
+        let r = s.apply(&ClusterRequest::SetDecisions { config_version: 1, decisions: decisions("a", 1) });
+        assert_eq!(r, ClusterResponse::Applied { revision: 1 });
+        s.apply(&ClusterRequest::SetDecisions { config_version: 1, decisions: decisions("b", 2) });
+        assert_eq!(s.revision, 2);
+        assert_eq!(s.decisions, decisions("b", 2));
+        let before = s.clone();
+        assert_eq!(s.apply(&ClusterRequest::Barrier), ClusterResponse::Internal);
+        assert_eq!(s, before, "a barrier changes nothing");
+        assert_eq!(s.config_version, 1);
+    }
+
+    #[test]
+    fn refuses_decisions_made_under_an_older_config() {
+        let mut s = ClusterState::default();
+        s.apply(&ClusterRequest::SetConfigVersion { config_version: 3 });
+        let before = s.clone();
+        let r = s.apply(&ClusterRequest::SetDecisions { config_version: 2, decisions: decisions("a", 9) });
+        assert_eq!(r, ClusterResponse::StaleConfig { committed: 3, proposed: 2 });
+        assert_eq!(s, before, "a refused request changes nothing");
+        let r = s.apply(&ClusterRequest::SetConfigVersion { config_version: 1 });
+        assert!(matches!(r, ClusterResponse::StaleConfig { .. }), "config versions never go back");
+    }
+
+    #[test]
+    fn state_round_trips_through_json_and_rejects_unknown_fields() {
+        let mut s = ClusterState::default();
+        s.apply(&ClusterRequest::SetDecisions { config_version: 1, decisions: decisions("a", 1) });
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<ClusterState>(&json).unwrap(), s);
+        let bad = json.replacen("\"revision\"", "\"revison\"", 1);
+        assert!(serde_json::from_str::<ClusterState>(&bad).is_err());
+    }
+}
