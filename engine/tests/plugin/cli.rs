@@ -239,3 +239,22 @@ fn completions_and_man_page_are_generated() {
     let text = String::from_utf8_lossy(&man.stdout);
     assert!(text.contains(".TH warden") && text.contains("node"), "{text}");
 }
+
+#[test]
+fn cluster_init_writes_the_ca_and_node_certificates_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tls");
+    let o = warden(&cache(), &["cluster", "init", "--dir", out.to_str().unwrap(), "--name", "jp1", "node-a", "node-b", "witness"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    for f in ["ca.pem", "ca.key", "node-a.pem", "node-a.key", "node-b.pem", "node-b.key", "witness.pem", "witness.key"] {
+        let m = std::fs::metadata(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        if f.ends_with(".key") {
+            assert_eq!(m.permissions().mode() & 0o777, 0o600, "{f} is private");
+        }
+    }
+    let before = std::fs::read(out.join("ca.key")).unwrap();
+    let o = warden(&cache(), &["cluster", "init", "--dir", out.to_str().unwrap(), "--name", "jp1", "node-a"]);
+    assert!(!o.status.success(), "an existing CA is never overwritten");
+    assert_eq!(std::fs::read(out.join("ca.key")).unwrap(), before);
+}
