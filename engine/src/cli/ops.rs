@@ -428,11 +428,7 @@ pub async fn resource(cmd: &ResourceCommand) -> anyhow::Result<ExitCode> {
             operator(&socket.path()?, OperatorCommand::Cleanup { resource: resource.into() }).await
         }
         ResourceCommand::Cleanup { resource: None, socket, .. } => {
-            let report = match Client::call(&socket.path()?, Request::Status).await? {
-                Response::Status { status } => status,
-                Response::Error { message } => anyhow::bail!("{message}"),
-                other => anyhow::bail!("unexpected answer: {other:?}"),
-            };
+            let report = fetch_status(&socket.path()?).await?;
             let dirty: Vec<String> = report
                 .resources
                 .iter()
@@ -468,15 +464,20 @@ async fn operator(socket: &std::path::Path, command: OperatorCommand) -> anyhow:
     }
 }
 
+/// The node's status report (an error answer becomes the error).
+async fn fetch_status(socket: &std::path::Path) -> anyhow::Result<Box<crate::api::StatusReport>> {
+    match Client::call(socket, Request::Status).await? {
+        Response::Status { status } => Ok(status),
+        Response::Error { message } => anyhow::bail!("{message}"),
+        other => anyhow::bail!("unexpected answer: {other:?}"),
+    }
+}
+
 /// Poll status until `resource` runs (`up`) or is stopped; say which, with the reason on failure.
 async fn wait_for_resource(socket: &std::path::Path, resource: &str, up: bool, timeout: u64) -> anyhow::Result<ExitCode> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
     loop {
-        let report = match Client::call(socket, Request::Status).await? {
-            Response::Status { status } => status,
-            Response::Error { message } => anyhow::bail!("{message}"),
-            other => anyhow::bail!("unexpected answer: {other:?}"),
-        };
+        let report = fetch_status(socket).await?;
         let r = report.resources.iter().find(|r| r.name == resource).ok_or_else(|| anyhow::anyhow!("no resource named `{resource}`"))?;
         let running: Vec<&str> = r.on.iter().filter(|(_, a)| a == "running").map(|(n, _)| n.as_str()).collect();
         if up && !running.is_empty() {
@@ -522,11 +523,7 @@ enum Goal {
 async fn wait_for_group(socket: &std::path::Path, group: &str, goal: Goal, timeout: u64) -> anyhow::Result<ExitCode> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
     loop {
-        let report = match Client::call(socket, Request::Status).await? {
-            Response::Status { status } => status,
-            Response::Error { message } => anyhow::bail!("{message}"),
-            other => anyhow::bail!("unexpected answer: {other:?}"),
-        };
+        let report = fetch_status(socket).await?;
         let g = report.groups.iter().find(|g| g.name == group).ok_or_else(|| anyhow::anyhow!("no group named `{group}`"))?;
         let reasons = || {
             report

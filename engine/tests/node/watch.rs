@@ -34,6 +34,18 @@ monitor_interval = "{interval}"
     )
 }
 
+/// Kill `svc`'s daemon and wait until a new one runs after one local recovery; the old pid.
+fn kill_and_see_it_recovered(n: &TestNode, why: &str) -> i32 {
+    let old = n.daemon_pid("svc").unwrap();
+    n.kill_service("svc");
+    assert!(
+        n.wait(LONG, |n| n.daemon_pid("svc") != Some(old) && n.alive("svc") && n.resource("svc")["restarts"] == 1),
+        "{why}:\n{}",
+        n.log()
+    );
+    old
+}
+
 fn one_group(resources: &str) -> String {
     format!("\n[[groups]]\nname = \"app\"\nresources = [{resources}]\nmax_restarts = 3\n")
 }
@@ -43,13 +55,7 @@ fn a_watched_process_that_dies_is_recovered_without_waiting_for_the_monitor() {
     let mut n = TestNode::new(|d| format!("{}{}", pid_resource(d, "svc", "1h"), one_group("\"svc\"")));
     n.start(&[]);
     assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
-    let old = n.daemon_pid("svc").unwrap();
-    n.kill_service("svc");
-    assert!(
-        n.wait(LONG, |n| n.daemon_pid("svc") != Some(old) && n.alive("svc") && n.resource("svc")["restarts"] == 1),
-        "a death of a watched process must bring the monitor forward (interval 1h):\n{}",
-        n.log()
-    );
+    let old = kill_and_see_it_recovered(&n, "a death of a watched process must bring the monitor forward (interval 1h)");
     let watch: Vec<_> = n.events().into_iter().filter(|e| e["kind"] == "watch").collect();
     assert_eq!(watch.len(), 1, "{watch:?}");
     let msg = watch[0]["message"].as_str().unwrap();
@@ -93,13 +99,7 @@ fn watches_are_re_established_after_the_daemon_restarts() {
     n.start(&[]);
     // The probe (a monitor) adopts the running service and names its process again.
     assert!(n.wait(LONG, |n| n.group_state("app") == "started"), "{}", n.log());
-    let old = n.daemon_pid("svc").unwrap();
-    n.kill_service("svc");
-    assert!(
-        n.wait(LONG, |n| n.daemon_pid("svc") != Some(old) && n.alive("svc") && n.resource("svc")["restarts"] == 1),
-        "the watch must be back after the restart:\n{}",
-        n.log()
-    );
+    kill_and_see_it_recovered(&n, "the watch must be back after the restart");
     assert_eq!(kinds(&n, "svc", "watch"), 1);
 }
 
