@@ -180,6 +180,12 @@ async fn own_processes_are_what_runs_in_the_resource_cgroup() {
     let mut want = vec![a.id(), b.id()];
     want.sort();
     assert_eq!((h, pids), (Health::Running, Some(want)));
+    // With a cgroup, a named pid must be one of the resource's own processes.
+    let (h, pids, _) = probe_watch(&format!("pid:{}", a.id()), "", Some(cg.path())).await;
+    assert_eq!((h, pids), (Health::Running, Some(vec![a.id()])));
+    let (h, pids, denials) = probe_watch(&format!("pid:{}", std::process::id()), "", Some(cg.path())).await;
+    assert!(matches!(&h, Health::Failed(m) if m.contains("AccessDenied") && m.contains("not one of this resource's processes")), "{h:?}");
+    assert_eq!((pids, denials), (None, 1));
     let _ = cg.kill_all(Duration::from_secs(5)).await;
     let _ = a.wait();
     let _ = b.wait();

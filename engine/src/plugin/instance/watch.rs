@@ -75,6 +75,20 @@ impl HostState {
         let mut set = WatchSet::default();
         named.sort_unstable();
         named.dedup();
+        // Where the resource has its own cgroup, an agent may only name its own processes: a
+        // watch writes the process's name into the event history, and an agent must not learn
+        // (or record) what else runs on the node.
+        if let (Some(cg), false) = (self.cgroup.clone(), named.is_empty()) {
+            let own: Vec<u32> = std::fs::read_to_string(cg.join("cgroup.procs"))
+                .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+                .unwrap_or_default();
+            if let Some(stranger) = named.iter().find(|p| !own.contains(p)) {
+                self.stats.denials += 1;
+                return Err(types::AgentError::AccessDenied(format!(
+                    "watch: pid {stranger} is not one of this resource's processes (not in its cgroup)"
+                )));
+            }
+        }
         for pid in named {
             match pidfd(pid) {
                 Ok(fd) => set.processes.push((pid, fd)),
