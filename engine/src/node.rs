@@ -788,6 +788,7 @@ impl Node {
                     // At most one watch-triggered monitor (and history record) a second per resource.
                     let recent = last_watch.get(&f.resource).is_some_and(|t| now.duration_since(*t) < WATCH_GAP);
                     if shutting_down {
+                        // Everything is being stopped: an exit is expected.
                     } else if next_monitor.contains_key(f.resource.as_str()) {
                         let at = if recent { last_watch[&f.resource] + WATCH_GAP } else { now };
                         let cur = next_monitor.get_mut(f.resource.as_str()).expect("checked");
