@@ -872,6 +872,20 @@ impl Node {
                                 let text = operator_text(&command);
                                 // Who asked, as LifeKeeper's and Pacemaker's logs say.
                                 note(&mut history, "operator", "operator", format!("{text} (by {}, uid {})", caller.user, caller.uid));
+                                // A group on a node in maintenance is left alone: say that the
+                                // command waits for the end of maintenance.
+                                let deferred = match &command {
+                                    crate::scheduler::OperatorCommand::MoveGroup { group, .. }
+                                    | crate::scheduler::OperatorCommand::StartGroup { group }
+                                    | crate::scheduler::OperatorCommand::StopGroup { group } => {
+                                        sched.state().decisions.groups.get(group).and_then(|g| g.owner.clone()).filter(|o| sched.in_maintenance(o))
+                                    }
+                                    _ => None,
+                                };
+                                let text = match deferred {
+                                    Some(n) => format!("{text}; node `{n}` is in maintenance: carried out when its maintenance ends"),
+                                    None => text,
+                                };
                                 pending = sched.handle(now_ms(), Event::Operator(command));
                                 // Answered once the decision is durable (top of the loop).
                                 new_reply = Some((reply, text));

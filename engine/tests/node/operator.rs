@@ -358,6 +358,7 @@ fn resource_stop_start_restart_manage_and_maintenance() {
     assert!(st.contains("MAINTENANCE"), "{st}");
     let o = n.cli(&["group", "stop", "app", "--wait", "--timeout", "2"]);
     assert!(!o.status.success(), "a group stop is not carried out in maintenance");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("carried out when its maintenance ends"), "{}", String::from_utf8_lossy(&o.stdout));
     assert!(n.alive("a") && n.alive("b") && n.alive("c"));
     n.signal("-TERM");
     n.wait_exit(LONG).unwrap();
