@@ -224,12 +224,7 @@ fn metrics_endpoint_counts_actions() {
     });
     n.start(&[]);
     assert!(n.wait(LONG, |n| n.group_state("app") == "started"));
-    let addr = n.status().unwrap()["metrics_addr"].as_str().unwrap().to_string();
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr.as_str()).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
+    let body = n.metrics();
     assert!(body.contains("warden_agent_actions_total{plugin=\"example-rust\",action=\"start\",result=\"ok\"} 1"), "{body}");
     assert!(body.contains("warden_resource_state{resource=\"a\",state=\"running\"} 1"), "{body}");
 }

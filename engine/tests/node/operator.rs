@@ -290,12 +290,7 @@ metrics_addr = "127.0.0.1:0"
     assert!(st.contains("last failure (20"), "the failure's time is shown:\n{st}");
     assert!(st.contains("c\n") && st.contains("└─ b") && st.contains("   └─ a"), "the dependency tree, top-down:\n{st}");
     assert!(st.contains("degraded@n1") && st.contains("DEGRADED:"), "{st}");
-    let addr = n.status().unwrap()["metrics_addr"].as_str().unwrap().to_string();
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr.as_str()).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
+    let body = n.metrics();
     assert!(body.contains("warden_resource_state{resource=\"lk\",state=\"degraded\"} 1"), "{body}");
     // The kill of b came through its process watch.
     assert!(body.contains("warden_watch_exits_total{resource=\"b\"} 1"), "{body}");

@@ -201,6 +201,17 @@ impl TestNode {
         f(self)
     }
 
+    /// `GET /metrics` from the address the node reports it bound (`metrics_addr`).
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let addr = self.status().unwrap()["metrics_addr"].as_str().expect("metrics_addr configured").to_string();
+        let mut s = std::net::TcpStream::connect(addr.as_str()).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    }
+
     pub fn daemon_pid(&self, resource: &str) -> Option<i32> {
         std::fs::read_to_string(self.dir.path().join(format!("{resource}.pid"))).ok()?.trim().parse().ok()
     }
