@@ -932,15 +932,8 @@ impl Node {
                         let kind = if matches!(c, Command::Start { .. }) { JobKind::Start } else { JobKind::Recover };
                         match c {
                             Command::Start { resource, op, epoch, .. } | Command::Recover { resource, op, epoch, .. } => {
-                                let _ = results_tx.send(JobResult {
-                                    resource: resource.to_string(),
-                                    kind,
-                                    op,
-                                    epoch,
-                                    started: Instant::now(),
-                                    duration: Duration::ZERO,
-                                    outcome: JobOutcome::Done(Err(Failure::HostFault("not carried out: the node is shutting down and the decision was never durable".into()))),
-                                });
+                                let why = "not carried out: the node is shutting down and the decision was never durable";
+                                let _ = results_tx.send(not_carried_out(&resource, kind, op, epoch, why));
                             }
                             c => carry_out(c, &workers, &mut busy, &results_tx, &mut history, true),
                         }
@@ -1240,22 +1233,19 @@ fn dispatch(
     *busy.0.entry(resource.to_string()).or_default() += 1;
     if !sent {
         tracing::error!(resource, action = kind.as_str(), "the resource's worker is gone or its queue is full; the action fails");
-        // The engine's own fault: the resource is probed again, never failed for it.
-        let why = Failure::HostFault("the resource's worker is not answering".into());
-        let outcome = match kind {
-            JobKind::Probe | JobKind::Monitor => JobOutcome::Health(MonitorOutcome::Error(why)),
-            _ => JobOutcome::Done(Err(why)),
-        };
-        let _ = results.send(JobResult {
-            resource: resource.to_string(),
-            kind,
-            op,
-            epoch,
-            started: Instant::now(),
-            duration: Duration::ZERO,
-            outcome,
-        });
+        let _ = results.send(not_carried_out(resource, kind, op, epoch, "the resource's worker is not answering"));
     }
+}
+
+/// The answer to a job the engine could not carry out: a host fault (the resource is probed
+/// again, never recovered, failed over or fenced for it).
+fn not_carried_out(resource: &str, kind: JobKind, op: u64, epoch: u64, why: &str) -> JobResult {
+    let why = Failure::HostFault(why.into());
+    let outcome = match kind {
+        JobKind::Probe | JobKind::Monitor => JobOutcome::Health(MonitorOutcome::Error(why)),
+        _ => JobOutcome::Done(Err(why)),
+    };
+    JobResult { resource: resource.to_string(), kind, op, epoch, started: Instant::now(), duration: Duration::ZERO, outcome }
 }
 
 /// Turn a job result into a scheduler event, recording history and metrics on the way.

@@ -273,12 +273,10 @@ fn a_multi_node_config_runs_only_with_single_node() {
 #[test]
 fn node_check_runs_every_validate() {
     let n = TestNode::new(|d| {
-        let generic = root().join("target/plugins/generic.wasm");
+        let generic = generic_plugin();
         format!(
             r#"
-[[plugins]]
-name = "generic"
-path = "{generic}"
+{generic}
 
 [[resources]]
 name = "lk"
@@ -290,7 +288,7 @@ grants = {{ read = ["/**"], exec = [{{ program = "/bin/true" }}], env = ["LK*"] 
 name = "app"
 resources = ["lk"]
 "#,
-            generic = generic.display(),
+            generic = generic,
             d = d.display()
         )
     });
@@ -313,12 +311,10 @@ resources = ["lk"]
 #[test]
 fn invalid_config_blocks_and_not_installed_makes_the_node_ineligible() {
     let mut n = TestNode::new(|d| {
-        let generic = root().join("target/plugins/generic.wasm");
+        let generic = generic_plugin();
         format!(
             r#"
-[[plugins]]
-name = "generic"
-path = "{generic}"
+{generic}
 {a}
 [[resources]]
 name = "typo"
@@ -346,7 +342,7 @@ resources = ["typo"]
 name = "missing"
 resources = ["absent"]
 "#,
-            generic = generic.display(),
+            generic = generic,
             a = pid_resource(d, "a", "300ms"),
             d = d.display()
         )

@@ -234,9 +234,7 @@ fn resource_show_config_show_and_status_details() {
         }
         format!(
             r#"{chain}
-[[plugins]]
-name = "generic"
-path = "{generic}"
+{generic}
 
 [[resources]]
 name = "lk"
@@ -253,7 +251,7 @@ resources = ["lk"]
 metrics_addr = "127.0.0.1:0"
 "#,
             chain = chain3(d, 3),
-            generic = root().join("target/plugins/generic.wasm").display(),
+            generic = generic_plugin(),
             lk = lk.display()
         )
     });

@@ -52,6 +52,11 @@ grants = {{ exec = [{{ program = "{program}" }}, {{ program = "/bin/kill", args 
     )
 }
 
+/// The `[[plugins]]` entry of the generic agent (built by `cargo xtask plugins`), as TOML.
+pub fn generic_plugin() -> String {
+    format!("[[plugins]]\nname = \"generic\"\npath = \"{}\"\n", root().join("target/plugins/generic.wasm").display())
+}
+
 /// One pid-file resource for the example Rust agent (the demo daemon), as TOML.
 pub fn pid_resource(dir: &Path, name: &str, interval: &str) -> String {
     pid_file_resource(dir, name, &root().join("examples/agents/demo-daemon.sh"), &format!("monitor_interval = \"{interval}\""))
