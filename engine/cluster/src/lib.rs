@@ -20,7 +20,9 @@
 //!   that a quorum acknowledged, never from openraft's "I am leader" alone (an isolated
 //!   openraft 0.9 leader keeps calling itself leader).
 //! * [`router`] is an in-memory network for tests that can drop, delay, partition and cut one
-//!   direction; [`node::ClusterNode`] runs one member (Raft + store + authority).
+//!   direction; [`node::ClusterNode`] runs one member (Raft + store + authority + liveness).
+//! * [`messenger`] carries the engine's own messages between members over every path;
+//!   [`links`] says which peers (and which of their paths) are up, for status and metrics.
 //!
 //! [`Decisions`]: warden_core::scheduler::Decisions
 
@@ -30,6 +32,8 @@ use std::io;
 use serde::{Deserialize, Serialize};
 
 pub mod authority;
+pub mod links;
+pub mod messenger;
 pub mod node;
 pub mod pki;
 pub mod router;
@@ -38,6 +42,8 @@ pub mod store;
 pub mod transport;
 
 pub use authority::{Authority, AuthorityConfig};
+pub use links::{LinkTable, Links, LivenessConfig, PathStatus, PeerLink, Prober};
+pub use messenger::{Envelope, Messenger, Rejected, SendError, MESSAGE_TIMEOUT};
 pub use node::{ClusterNode, Forwarder, NodeConfig, ProposeError};
 pub use state::{ClusterRequest, ClusterResponse, ClusterState};
 

@@ -14,7 +14,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use tokio::sync::mpsc;
+
 use crate::authority::{Authority, AuthorityConfig};
+use crate::links::{self, LinkTable, Links, Prober};
+use crate::messenger::{Envelope, Rejected, INBOX_CAPACITY};
 use crate::state::{ClusterRequest, ClusterResponse, ClusterState};
 use crate::{store, ClusterError, Peer, Raft, RaftId, RaftMetrics, TypeConfig};
 
@@ -31,12 +35,14 @@ pub struct NodeConfig {
     pub authority: AuthorityConfig,
 }
 
-/// What a transport delivers peers' messages to. Answers nothing while the node is silent after
-/// a restart (see [`AuthorityConfig::restart_silence`]); the transport treats it as unreachable.
+/// What a transport delivers peers' messages to. Raft RPCs and forwarded proposals get no
+/// answer while the node is silent after a restart (see [`AuthorityConfig::restart_silence`]);
+/// the transport treats it as unreachable. App messages and pings are answered all the same.
 #[derive(Clone)]
 pub struct Inbound {
     raft: Raft,
     silent_until: Instant,
+    inbox: mpsc::Sender<Envelope>,
 }
 
 impl Inbound {
@@ -46,6 +52,22 @@ impl Inbound {
 
     pub fn is_silent(&self) -> bool {
         Instant::now() < self.silent_until
+    }
+
+    /// Queues an app message from `from` (the name the transport authenticated). Never waits:
+    /// a full queue refuses it, so a flooding peer cannot grow this node's memory.
+    pub fn accept_message(&self, from: String, body: serde_json::Value) -> Result<(), Rejected> {
+        self.inbox.try_send(Envelope { from, body }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Rejected::Full,
+            mpsc::error::TrySendError::Closed(_) => Rejected::Closed,
+        })
+    }
+
+    /// The name this node's membership gives member `id` (the decimal id if it is not a member).
+    pub fn member_name(&self, id: RaftId) -> String {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().get_node(&id).map(|p| p.name.clone()).unwrap_or_else(|| id.to_string())
     }
 }
 
@@ -89,6 +111,8 @@ pub struct ClusterNode {
     state: watch::Receiver<ClusterState>,
     authority: Authority,
     inbound: Inbound,
+    messages: Option<mpsc::Receiver<Envelope>>,
+    links: Arc<LinkTable>,
     stop: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -100,12 +124,14 @@ fn raft_error<E: std::fmt::Display>(e: E) -> ClusterError {
 impl ClusterNode {
     /// Opens the store in `config.dir` (recovering the log, vote and snapshot written before)
     /// and starts Raft and the authority renewal. A node whose store holds a vote has run
-    /// before: it stays silent for the restart silence.
-    pub async fn start<N: RaftNetworkFactory<TypeConfig>>(config: &NodeConfig, network: N) -> Result<Self, ClusterError> {
+    /// before: it stays silent for the restart silence. Also starts the liveness monitor, which
+    /// pings every member's every path (see [`links`]).
+    pub async fn start<N: RaftNetworkFactory<TypeConfig> + Prober>(config: &NodeConfig, network: N) -> Result<Self, ClusterError> {
         std::fs::create_dir_all(&config.dir)?;
         let (mut log, sm) = store::open(&config.dir.join(STORE_FILE)).await?;
         let restarted = log.read_vote().await.map_err(raft_error)?.is_some();
         let state = sm.subscribe();
+        let prober = network.clone();
         let raft = Raft::new(config.id, config.raft.clone(), network, log, sm).await.map_err(raft_error)?;
         let silent_until = Instant::now() + if restarted { config.authority.restart_silence } else { Default::default() };
         if restarted {
@@ -115,7 +141,38 @@ impl ClusterNode {
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
         tasks.spawn(authority.clone().run(stop.clone()));
-        Ok(Self { id: config.id, inbound: Inbound { raft: raft.clone(), silent_until }, raft, state, authority, stop, tasks })
+        let links = prober.link_table();
+        tasks.spawn(links::monitor(prober, raft.clone(), config.id, stop.clone()));
+        let (inbox, messages) = mpsc::channel(INBOX_CAPACITY);
+        Ok(Self {
+            id: config.id,
+            inbound: Inbound { raft: raft.clone(), silent_until, inbox },
+            messages: Some(messages),
+            links,
+            raft,
+            state,
+            authority,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The app messages peers sent this node (see [`crate::messenger`]), once: later calls
+    /// return `None`. The queue is bounded; until it is taken and drained, peers' messages
+    /// fill it and are then refused.
+    pub fn take_messages(&mut self) -> Option<mpsc::Receiver<Envelope>> {
+        self.messages.take()
+    }
+
+    /// Which peers this node reaches, over which paths; changes whenever a peer or a path goes
+    /// up or down (its figures are those of that moment: see [`ClusterNode::link_figures`]).
+    pub fn links(&self) -> watch::Receiver<Links> {
+        self.links.subscribe()
+    }
+
+    /// The latest per-path figures (time since the last success, round-trip time, failures).
+    pub fn link_figures(&self) -> Links {
+        self.links.current()
     }
 
     pub fn id(&self) -> RaftId {

@@ -6,12 +6,19 @@
 //! still delivered after a later cut, as on a real network); a node can be isolated, removed
 //! (down) and registered again (restarted). An RPC is a round trip: cutting `from → to` loses the
 //! request, cutting `to → from` loses only the answer (the receiver has acted on it).
+//!
+//! App messages ([`Messenger`]) and liveness pings take the same links and obey the same faults,
+//! except that a node silent after a restart still answers them (its silence is about votes).
+//! Each link is one pseudo-path, named [`ROUTER_PATH`], in the links a node reports: cutting
+//! either direction of a link brings its path, hence the peer, down.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use openraft::error::{Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
@@ -20,6 +27,8 @@ use openraft::{OptionalSend, RaftNetwork, RaftNetworkFactory, Snapshot, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::links::{LinkTable, LivenessConfig, Prober};
+use crate::messenger::{Messenger, SendError, MESSAGE_TIMEOUT};
 use crate::node::{Forwarder, Inbound, ProposeError};
 use crate::state::{ClusterRequest, ClusterResponse};
 use crate::{Peer, RaftId, TypeConfig};
@@ -33,6 +42,9 @@ struct Links {
     /// Messages still to lose on a link.
     to_lose: BTreeMap<(RaftId, RaftId), u64>,
     lost: u64,
+    /// Each member's link table, kept across its restarts.
+    tables: BTreeMap<RaftId, Arc<LinkTable>>,
+    liveness: LivenessConfig,
 }
 
 impl Links {
@@ -76,9 +88,19 @@ impl Router {
         self.links.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A router whose members probe their links with `config` (default: [`LivenessConfig`]'s).
+    pub fn with_liveness(config: LivenessConfig) -> Self {
+        let r = Self::default();
+        r.links().liveness = config;
+        r
+    }
+
     /// The network that member `from` uses to reach the others.
     pub fn network(&self, from: RaftId) -> RouterNetwork {
-        RouterNetwork { router: self.clone(), from }
+        let mut l = self.links();
+        let config = l.liveness;
+        let table = l.tables.entry(from).or_insert_with(|| LinkTable::new(config)).clone();
+        RouterNetwork { router: self.clone(), from, table }
     }
 
     /// Connects a (re)started member.
@@ -138,7 +160,16 @@ impl Router {
 
     /// Carries one round trip from `from` to `to`: the request through the link's faults, then
     /// `call` on the receiver, then the answer back through the reverse link's faults.
+    /// A Raft message: lost while the receiver keeps its post-restart silence.
     pub async fn deliver<T, F, Fut>(&self, from: RaftId, to: RaftId, call: F) -> Result<T, Lost>
+    where
+        F: FnOnce(Inbound) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        self.carry(from, to, true, call).await
+    }
+
+    async fn carry<T, F, Fut>(&self, from: RaftId, to: RaftId, raft: bool, call: F) -> Result<T, Lost>
     where
         F: FnOnce(Inbound) -> Fut,
         Fut: Future<Output = T>,
@@ -151,7 +182,7 @@ impl Router {
                 _ if l.is_cut(from, to) => Some("link cut"),
                 _ if l.lose_one(from, to) => Some("lost on the link"),
                 None => Some("node down"),
-                Some(t) if t.is_silent() => Some("node silent after restart"),
+                Some(t) if raft && t.is_silent() => Some("node silent after restart"),
                 Some(_) => None,
             };
             if let Some(why) = why {
@@ -204,26 +235,76 @@ impl Forwarder for RouterNetwork {
     }
 }
 
+/// The one pseudo-path of a router link, as it shows in [`crate::Links`].
+pub const ROUTER_PATH: &str = "router";
+
 /// One member's view of the router.
 #[derive(Clone)]
 pub struct RouterNetwork {
     router: Router,
     from: RaftId,
+    table: Arc<LinkTable>,
+}
+
+impl RouterNetwork {
+    fn record<T, E: std::fmt::Display>(&self, peer: &str, started: Instant, r: &Result<T, E>) {
+        match r {
+            Ok(_) => self.table.record_ok(peer, ROUTER_PATH, started.elapsed()),
+            Err(e) => self.table.record_err(peer, ROUTER_PATH, &e.to_string()),
+        }
+    }
+}
+
+impl Messenger for RouterNetwork {
+    async fn send(&self, to: RaftId, peer: &Peer, body: serde_json::Value) -> Result<(), SendError> {
+        let undelivered = |last: String| SendError::Undelivered { peer: peer.name.clone(), last };
+        let body = wire(&body).map_err(|e| undelivered(e.to_string()))?;
+        let (from, started) = (self.from, Instant::now());
+        let carried = self.router.carry(from, to, false, |n| async move { n.accept_message(n.member_name(from), body) });
+        let r = tokio::time::timeout(MESSAGE_TIMEOUT, carried).await.unwrap_or(Err(Lost { from, to, why: "timed out" }));
+        self.record(&peer.name, started, &r);
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => {
+                Err(SendError::Rejected { peer: peer.name.clone(), reason: wire(&reason).map_err(|e| undelivered(e.to_string()))? })
+            }
+            Err(lost) => Err(undelivered(lost.to_string())),
+        }
+    }
+}
+
+impl Prober for RouterNetwork {
+    fn link_table(&self) -> Arc<LinkTable> {
+        self.table.clone()
+    }
+
+    fn paths(&self, _peer: &Peer) -> Vec<String> {
+        vec![ROUTER_PATH.to_owned()]
+    }
+
+    async fn ping(&self, to: RaftId, peer: &Peer, _path: &str, ttl: Duration) {
+        let (from, started) = (self.from, Instant::now());
+        let carried = self.router.carry(from, to, false, |_| async {});
+        let r = tokio::time::timeout(ttl, carried).await.unwrap_or(Err(Lost { from, to, why: "ping timed out" }));
+        self.record(&peer.name, started, &r);
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for RouterNetwork {
     type Network = Connection;
 
-    async fn new_client(&mut self, target: RaftId, _node: &Peer) -> Connection {
-        Connection { router: self.router.clone(), from: self.from, target }
+    async fn new_client(&mut self, target: RaftId, node: &Peer) -> Connection {
+        Connection { net: self.clone(), router: self.router.clone(), from: self.from, target, name: node.name.clone() }
     }
 }
 
 /// A member's connection to one peer.
 pub struct Connection {
+    net: RouterNetwork,
     router: Router,
     from: RaftId,
     target: RaftId,
+    name: String,
 }
 
 type RpcError = RPCError<RaftId, Peer, RaftError<RaftId>>;
@@ -239,14 +320,18 @@ impl RaftNetwork<TypeConfig> for Connection {
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<RaftId>, RpcError> {
         let rpc = wire(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let started = Instant::now();
         let answer = self.router.deliver(self.from, self.target, |n| async move { n.raft().append_entries(rpc).await }).await;
+        self.net.record(&self.name, started, &answer);
         let answer = answer.map_err(unreachable)?.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))?;
         wire(&answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
 
     async fn vote(&mut self, rpc: VoteRequest<RaftId>, _option: RPCOption) -> Result<VoteResponse<RaftId>, RpcError> {
         let rpc = wire(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let started = Instant::now();
         let answer = self.router.deliver(self.from, self.target, |n| async move { n.raft().vote(rpc).await }).await;
+        self.net.record(&self.name, started, &answer);
         let answer = answer.map_err(unreachable)?.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))?;
         wire(&answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }

@@ -1,27 +1,42 @@
-//! The peer transport: Raft messages over mutual TLS on TCP.
+//! The peer transport: Raft messages, forwarded proposals, app messages and liveness pings over
+//! mutual TLS on TCP, over every network path of a peer at once.
 //!
 //! ```text
 //!   client                                   server
 //!   TCP connect ─► TLS 1.3 handshake (both present certificates signed by the cluster CA)
 //!   Hello { protocol, cluster, node } ───────►  checks protocol version and cluster name
 //!                       ◄─────────────────────  Welcome { protocol, node } | Refused { reason }
-//!   Rpc ─────────────────────────────────────►  handed to the node's Raft (unless silent)
-//!                       ◄─────────────────────  RpcReply
-//!   … one request at a time per connection (openraft sends one at a time per peer)
+//!   Request { id, rpc } ─────────────────────►  handled concurrently (≤ MAX_IN_FLIGHT per conn.)
+//!   Request { id, rpc } ─────────────────────►  Raft RPCs and proposals: not while silent
+//!                       ◄─────────────────────  Response { id, reply }   (any order)
 //! ```
 //!
 //! Every message is a frame: a big-endian `u32` length, then that many bytes of JSON. Frames
 //! over [`MAX_FRAME`] are refused before anything is allocated for them. No RPC framework: a
 //! handful of message types do not need one.
 //!
-//! A peer's addresses are its network paths; a connection tries them in order and stays on the
-//! first that works until it fails. TODO(#11 transport): send every message over every path and
-//! track per-path state for status and metrics.
+//! **Every message over every path.** A peer's addresses (`nodes.addresses`) are its network
+//! paths. For each (peer, path) one long-lived actor owns one connection and a bounded request
+//! queue; requests on a connection are tagged with an id, so a slow one (a proposal waiting for
+//! its commit) does not hold up heartbeats or pings, and a caller that gives up never leaves a
+//! stream out of frame sync (the actor still reads the late answer and drops it). A call puts the
+//! same request on every path's queue at once and takes the first good answer; the others finish
+//! in their actors. So a peer may receive a message once per path: Raft RPCs are idempotent,
+//! app messages are documented as such ([`crate::messenger`]), and a forwarded proposal may be
+//! applied once per path (proposals are whole replacements, safe to repeat; the revision may
+//! advance by more than one).
+//!
+//! An actor connects when a request comes and reconnects after a failure; a connection on which
+//! a request expires with nothing at all received since it was sent is taken as silent (a
+//! black-holed path) and dropped, failing what is pending on it. Every outcome is recorded per
+//! path in the network's [`LinkTable`], which the liveness monitor ([`crate::links`]) reads;
+//! its pings go over one path each.
 
 mod frame;
 
+use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::error::{Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Unreachable};
@@ -29,14 +44,17 @@ use openraft::network::RPCOption;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use openraft::{OptionalSend, RaftNetwork, RaftNetworkFactory, Snapshot, SnapshotMeta, Vote};
 use serde::{Deserialize, Serialize};
+use tokio::io::ReadHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at, Instant};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
+use crate::links::{LinkTable, LivenessConfig, Prober};
+use crate::messenger::{Messenger, Rejected, SendError, MESSAGE_TIMEOUT};
 use crate::node::{Forwarder, Inbound, ProposeError};
 use crate::pki::{PkiError, TlsIdentity};
 use crate::state::{ClusterRequest, ClusterResponse, ClusterState};
@@ -45,14 +63,20 @@ use crate::{Peer, RaftId, TypeConfig};
 pub use frame::{read_frame, write_frame, MAX_FRAME};
 
 /// The peer protocol's version, checked at the handshake: peers of another version are refused
-/// rather than misread.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// rather than misread. 2: requests tagged with ids and answered in any order; pings and app
+/// messages.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// TLS handshake plus Hello, on both sides.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// A server closes a connection on which no request came for this long.
+/// A server closes a connection on which no request came for this long (pings come every
+/// liveness interval, so only a peer that stopped probing is closed).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections one server serves at once; more wait (peers are few: this only bounds abuse).
 pub const MAX_CONNECTIONS: usize = 64;
+/// Requests one connection may have in progress on the server; more wait to be read.
+pub const MAX_IN_FLIGHT: usize = 32;
+/// Requests waiting for one path's connection; more fail at once on that path.
+const PATH_QUEUE: usize = 64;
 
 /// Why a peer exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +101,8 @@ pub enum TransportError {
     Silent,
     #[error("unexpected reply")]
     Unexpected,
+    #[error("path {addr}: {error}")]
+    Path { addr: String, error: String },
     #[error("credentials: {0}")]
     Pki(#[from] PkiError),
 }
@@ -109,6 +135,17 @@ enum Rpc {
     },
     /// A proposal forwarded to the leader; answered after commit.
     Propose(ClusterRequest),
+    /// An app message for the receiver's inbound queue (answered while silent too).
+    Message(serde_json::Value),
+    /// Liveness (answered while silent too).
+    Ping,
+}
+
+impl Rpc {
+    /// Raft's own traffic, which a node silent after a restart does not answer.
+    fn is_raft(&self) -> bool {
+        !matches!(self, Rpc::Message(_) | Rpc::Ping)
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -118,8 +155,29 @@ enum RpcReply {
     Vote(Result<VoteResponse<RaftId>, RaftError<RaftId>>),
     Snapshot(Result<SnapshotResponse<RaftId>, Fatal<RaftId>>),
     Propose(Result<ClusterResponse, ProposeError>),
-    /// Restarted recently: answers nothing yet (see `AuthorityConfig::restart_silence`).
+    Message(Result<(), Rejected>),
+    Pong,
+    /// Restarted recently: answers no Raft message yet (see `AuthorityConfig::restart_silence`).
     Silent,
+}
+
+/// A request frame as the client writes it (the request is shared by every path's actor).
+#[derive(Serialize)]
+struct RequestOut<'a> {
+    id: u64,
+    rpc: &'a Rpc,
+}
+
+#[derive(Deserialize)]
+struct RequestIn {
+    id: u64,
+    rpc: Rpc,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Response {
+    id: u64,
+    reply: RpcReply,
 }
 
 /// Accepts peers on `listener` until `stop`, handing their messages to `inbound`. Refusals (bad
@@ -191,31 +249,62 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, cluster: &str, me: &str, 
         return Err(e);
     }
     write_frame(&mut tls, &HelloReply::Welcome { protocol: PROTOCOL_VERSION, node: me.to_owned() }).await?;
-    loop {
-        let rpc: Rpc = match timeout(IDLE_TIMEOUT, read_frame(&mut tls)).await {
-            Err(_) => return Ok(()),
-            Ok(Err(TransportError::Io(e))) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-            Ok(r) => r?,
-        };
-        let reply = if inbound.is_silent() {
-            RpcReply::Silent
-        } else {
-            match rpc {
-                Rpc::Append(req) => RpcReply::Append(inbound.raft().append_entries(req).await),
-                Rpc::Vote(req) => RpcReply::Vote(inbound.raft().vote(req).await),
-                Rpc::Snapshot { vote, meta, state } => {
-                    RpcReply::Snapshot(inbound.raft().install_full_snapshot(vote, Snapshot { meta, snapshot: Box::new(state) }).await)
-                }
-                Rpc::Propose(req) => RpcReply::Propose(match inbound.raft().client_write(req).await {
-                    Ok(r) => Ok(r.data),
-                    Err(RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
-                        Err(ProposeError::NotLeader { leader: f.leader_id })
-                    }
-                    Err(e) => Err(ProposeError::Failed(e.to_string())),
-                }),
+    // The sender of app messages is the node the certificate was checked for, never the body.
+    let peer = hello.node;
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let (replies, mut to_write) = mpsc::channel::<Response>(MAX_IN_FLIGHT);
+    let writer = async move {
+        while let Some(r) = to_write.recv().await {
+            write_frame(&mut wr, &r).await?;
+        }
+        Ok::<_, TransportError>(())
+    };
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let reader = async {
+        // Dropped with the connection: requests in progress are abandoned with it.
+        let mut work = JoinSet::new();
+        loop {
+            let permit = slots.clone().acquire_owned().await.expect("never closed");
+            let req: RequestIn = match timeout(IDLE_TIMEOUT, read_frame(&mut rd)).await {
+                Err(_) => return Ok(()),
+                Ok(Err(TransportError::Io(e))) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Ok(r) => r?,
+            };
+            while work.try_join_next().is_some() {}
+            let (inbound, peer, replies) = (inbound.clone(), peer.clone(), replies.clone());
+            work.spawn(async move {
+                let _permit = permit;
+                let reply = answer(&inbound, &peer, req.rpc).await;
+                let _ = replies.send(Response { id: req.id, reply }).await;
+            });
+        }
+    };
+    // Either side ending ends the connection.
+    tokio::select! {
+        r = reader => r,
+        r = writer => r,
+    }
+}
+
+async fn answer(inbound: &Inbound, peer: &str, rpc: Rpc) -> RpcReply {
+    if rpc.is_raft() && inbound.is_silent() {
+        return RpcReply::Silent;
+    }
+    match rpc {
+        Rpc::Append(req) => RpcReply::Append(inbound.raft().append_entries(req).await),
+        Rpc::Vote(req) => RpcReply::Vote(inbound.raft().vote(req).await),
+        Rpc::Snapshot { vote, meta, state } => {
+            RpcReply::Snapshot(inbound.raft().install_full_snapshot(vote, Snapshot { meta, snapshot: Box::new(state) }).await)
+        }
+        Rpc::Propose(req) => RpcReply::Propose(match inbound.raft().client_write(req).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader { leader: f.leader_id })
             }
-        };
-        write_frame(&mut tls, &reply).await?;
+            Err(e) => Err(ProposeError::Failed(e.to_string())),
+        }),
+        Rpc::Message(body) => RpcReply::Message(inbound.accept_message(peer.to_owned(), body)),
+        Rpc::Ping => RpcReply::Pong,
     }
 }
 
@@ -255,75 +344,313 @@ pub async fn connect(
 /// How long a forwarded proposal may take, commit included.
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Idle connections kept per peer. openraft opens a client per replication stream and another
-/// for every leadership check (each authority renewal), so without reuse every renewal would pay
-/// a TCP and TLS handshake per peer.
-const IDLE_PER_PEER: usize = 4;
-
-/// A connection and the path (address) it runs over.
-struct PathStream {
-    tls: TlsStream<TcpStream>,
-    addr: String,
+/// A request handed to one path's actor; the answer goes to the caller's channel, shared by the
+/// request's copies on every path.
+struct PathRequest {
+    rpc: Arc<Rpc>,
+    deadline: Instant,
+    reply: mpsc::Sender<(String, Result<RpcReply, TransportError>)>,
 }
 
-type Pool = Arc<std::sync::Mutex<std::collections::BTreeMap<RaftId, Vec<PathStream>>>>;
+impl PathRequest {
+    /// The caller has its answer or gave up: no need to send this copy.
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
 
-/// What the last use of one path to one peer showed, for status and metrics.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PathStatus {
-    pub peer: String,
-    pub addr: String,
-    /// The last connection or exchange over this path worked.
-    pub up: bool,
-    pub last_error: Option<String>,
+    fn answer(&self, addr: &str, r: Result<RpcReply, TransportError>) {
+        // Capacity is one per path, so this never fails while the caller waits.
+        let _ = self.reply.try_send((addr.to_owned(), r));
+    }
 }
 
-type Paths = Arc<std::sync::Mutex<std::collections::BTreeMap<(String, String), PathStatus>>>;
-
-/// This node's side of the transport: a `RaftNetworkFactory` for openraft.
-#[derive(Clone)]
-pub struct TlsNetwork {
+struct NetInner {
     connector: TlsConnector,
     hello: Hello,
-    idle: Pool,
-    paths: Paths,
+    table: Arc<LinkTable>,
+    /// One actor per (peer name, address).
+    paths: Mutex<HashMap<(String, String), mpsc::Sender<PathRequest>>>,
+    stop: CancellationToken,
+}
+
+impl Drop for NetInner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// This node's side of the transport: a `RaftNetworkFactory` for openraft, a [`Forwarder`] for
+/// proposals, a [`Messenger`] for app messages and a [`Prober`] for liveness. Clones share the
+/// path actors and the link table.
+#[derive(Clone)]
+pub struct TlsNetwork {
+    inner: Arc<NetInner>,
 }
 
 impl TlsNetwork {
+    /// With the default liveness timing ([`LivenessConfig::default`]).
     pub fn new(identity: &TlsIdentity, cluster: &str) -> Result<Self, TransportError> {
+        Self::with_liveness(identity, cluster, LivenessConfig::default())
+    }
+
+    pub fn with_liveness(identity: &TlsIdentity, cluster: &str, liveness: LivenessConfig) -> Result<Self, TransportError> {
         Ok(Self {
-            connector: TlsConnector::from(identity.client_config()?),
-            hello: Hello { protocol: PROTOCOL_VERSION, cluster: cluster.to_owned(), node: identity.node.clone() },
-            idle: Pool::default(),
-            paths: Paths::default(),
+            inner: Arc::new(NetInner {
+                connector: TlsConnector::from(identity.client_config()?),
+                hello: Hello { protocol: PROTOCOL_VERSION, cluster: cluster.to_owned(), node: identity.node.clone() },
+                table: LinkTable::new(liveness),
+                paths: Mutex::default(),
+                stop: CancellationToken::new(),
+            }),
         })
     }
 
-    /// Each path used so far, by peer and address. A path not yet needed (a later address while
-    /// an earlier one works) is not listed. TODO(#11 transport): probe every path.
-    pub fn paths(&self) -> Vec<PathStatus> {
-        self.paths.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    /// Each path's latest figures, by peer (the same as `ClusterNode::link_figures`).
+    pub fn links(&self) -> crate::Links {
+        self.inner.table.current()
     }
 
-    fn record(&self, peer: &str, addr: &str, result: Result<(), &TransportError>) {
-        let status = PathStatus {
+    /// Stops every path actor and closes their connections (also done when the last clone is
+    /// dropped). Later calls fail.
+    pub fn close(&self) {
+        self.inner.stop.cancel();
+    }
+
+    /// The queue of the actor for `peer` over `addr`, started on first use.
+    fn path(&self, peer: &str, addr: &str) -> mpsc::Sender<PathRequest> {
+        let mut paths = self.inner.paths.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (peer.to_owned(), addr.to_owned());
+        if let Some(tx) = paths.get(&key).filter(|tx| !tx.is_closed()) {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::channel(PATH_QUEUE);
+        let actor = PathActor {
+            connector: self.inner.connector.clone(),
+            hello: self.inner.hello.clone(),
+            table: self.inner.table.clone(),
             peer: peer.to_owned(),
             addr: addr.to_owned(),
-            up: result.is_ok(),
-            last_error: result.err().map(|e| e.to_string()),
+            next_id: 0,
         };
-        let mut paths = self.paths.lock().unwrap_or_else(|e| e.into_inner());
-        // Keep the last error while the path is up again: status shows what happened.
-        let last_error =
-            status.last_error.clone().or_else(|| paths.get(&(status.peer.clone(), status.addr.clone())).and_then(|p| p.last_error.clone()));
-        paths.insert((status.peer.clone(), status.addr.clone()), PathStatus { last_error, ..status });
+        tokio::spawn(actor.run(rx, self.inner.stop.clone()));
+        paths.insert(key, tx.clone());
+        tx
+    }
+
+    /// Sends `rpc` over each of `addrs` at once and returns the first good answer, within `ttl`.
+    /// The copies on the other paths complete in their actors (and are recorded there).
+    async fn call_over(&self, peer: &str, addrs: &[String], rpc: Rpc, ttl: Duration) -> Result<RpcReply, TransportError> {
+        if addrs.is_empty() {
+            return Err(TransportError::NoAddress(peer.to_owned()));
+        }
+        let deadline = Instant::now() + ttl;
+        let rpc = Arc::new(rpc);
+        let (reply, mut replies) = mpsc::channel(addrs.len());
+        let mut waiting = 0;
+        let mut last = None;
+        for addr in addrs {
+            match self.path(peer, addr).try_send(PathRequest { rpc: rpc.clone(), deadline, reply: reply.clone() }) {
+                Ok(()) => waiting += 1,
+                Err(_) => {
+                    let e = TransportError::Path { addr: addr.clone(), error: "too many requests waiting".into() };
+                    self.inner.table.record_err(peer, addr, &e.to_string());
+                    last = Some(e);
+                }
+            }
+        }
+        drop(reply);
+        let mut silent = false;
+        let first_good = timeout_at(deadline, async {
+            while waiting > 0 {
+                let Some((addr, r)) = replies.recv().await else { break };
+                waiting -= 1;
+                match r {
+                    Ok(RpcReply::Silent) => silent = true,
+                    Ok(reply) => return Some(reply),
+                    Err(e) => last = Some(TransportError::Path { addr, error: e.to_string() }),
+                }
+            }
+            None
+        })
+        .await;
+        match first_good {
+            Ok(Some(reply)) => Ok(reply),
+            _ if silent => Err(TransportError::Silent),
+            Ok(None) => Err(last.unwrap_or(TransportError::Timeout("rpc"))),
+            Err(_) => Err(TransportError::Timeout("rpc")),
+        }
+    }
+}
+
+/// Owns the connection to one peer over one path, and the requests in progress on it.
+struct PathActor {
+    connector: TlsConnector,
+    hello: Hello,
+    table: Arc<LinkTable>,
+    peer: String,
+    addr: String,
+    next_id: u64,
+}
+
+/// A request written on the connection, waiting for its answer.
+struct Pending {
+    req: PathRequest,
+    sent: Instant,
+}
+
+impl PathActor {
+    async fn run(mut self, mut queue: mpsc::Receiver<PathRequest>, stop: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = queue.recv() => match r {
+                    Some(r) => r,
+                    None => return,
+                },
+            };
+            if first.abandoned() {
+                continue;
+            }
+            let connected = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = connect(&self.connector, &self.addr, &self.peer, &self.hello) => r,
+            };
+            let e = match connected {
+                Ok(tls) => self.serve(tls, first, &mut queue, &stop).await,
+                Err(e) => {
+                    self.fail(&first, &e);
+                    e
+                }
+            };
+            // Whatever queued meanwhile went for this connection: fail it rather than make it
+            // wait for the next attempt.
+            while let Ok(r) = queue.try_recv() {
+                if !r.abandoned() {
+                    self.fail(&r, &e);
+                }
+            }
+            tracing::debug!(peer = %self.peer, addr = %self.addr, error = %e, "path connection closed");
+        }
+    }
+
+    fn fail(&self, req: &PathRequest, e: &TransportError) {
+        self.table.record_err(&self.peer, &self.addr, &e.to_string());
+        req.answer(&self.addr, Err(TransportError::Path { addr: self.addr.clone(), error: e.to_string() }));
+    }
+
+    /// Carries requests over `tls` until it fails or goes silent; returns why it ended, having
+    /// failed every request pending on it.
+    async fn serve(
+        &mut self,
+        tls: TlsStream<TcpStream>,
+        first: PathRequest,
+        queue: &mut mpsc::Receiver<PathRequest>,
+        stop: &CancellationToken,
+    ) -> TransportError {
+        let (rd, mut wr) = tokio::io::split(tls);
+        let (answers, mut answered) = mpsc::channel(MAX_IN_FLIGHT);
+        let reader = AbortOnDrop(tokio::spawn(read_responses(rd, answers)));
+        let mut pending: HashMap<u64, Pending> = HashMap::new();
+        let mut last_rx = Instant::now();
+        let mut next = Some(first);
+        let end = loop {
+            if let Some(req) = next.take().filter(|r| !r.abandoned()) {
+                if req.deadline <= Instant::now() {
+                    // Waited out its time in the queue (while connecting): not worth sending.
+                    self.fail(&req, &TransportError::Timeout("waiting for the path"));
+                    continue;
+                }
+                let id = self.next_id;
+                self.next_id += 1;
+                // A write cut short leaves half a frame: the connection cannot be used after it.
+                match timeout_at(req.deadline, write_frame(&mut wr, &RequestOut { id, rpc: &req.rpc })).await {
+                    Ok(Ok(())) => {
+                        pending.insert(id, Pending { req, sent: Instant::now() });
+                    }
+                    Ok(Err(e)) => {
+                        self.fail(&req, &e);
+                        break e;
+                    }
+                    Err(_) => {
+                        let e = TransportError::Timeout("write");
+                        self.fail(&req, &e);
+                        break e;
+                    }
+                }
+            }
+            let expiry = pending.values().map(|p| p.req.deadline).min();
+            tokio::select! {
+                _ = stop.cancelled() => break TransportError::Timeout("closed"),
+                r = queue.recv() => match r {
+                    Some(r) if !r.abandoned() => next = Some(r),
+                    Some(_) => {}
+                    None => break TransportError::Timeout("closed"),
+                },
+                r = answered.recv() => match r {
+                    Some(Ok(Response { id, reply })) => {
+                        last_rx = Instant::now();
+                        if let Some(p) = pending.remove(&id) {
+                            self.table.record_ok(&self.peer, &self.addr, p.sent.elapsed());
+                            p.req.answer(&self.addr, Ok(reply));
+                        }
+                    }
+                    Some(Err(e)) => break e,
+                    None => break TransportError::Unexpected,
+                },
+                _ = sleep_until(expiry) => {
+                    let now = Instant::now();
+                    let expired: Vec<u64> = pending.iter().filter(|(_, p)| p.req.deadline <= now).map(|(id, _)| *id).collect();
+                    let mut silent = false;
+                    for id in expired {
+                        let p = pending.remove(&id).expect("listed above");
+                        self.fail(&p.req, &TransportError::Timeout("no answer in time"));
+                        silent |= p.sent >= last_rx;
+                    }
+                    if silent {
+                        // Nothing came back since that request went out: the path is silent.
+                        break TransportError::Timeout("the path went silent");
+                    }
+                }
+            }
+        };
+        drop(reader);
+        for (_, p) in pending {
+            self.fail(&p.req, &end);
+        }
+        end
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Aborts a task when the owner is done with it (a reader blocked on a silent socket).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads answers off a connection and hands them to its actor until the stream fails.
+async fn read_responses(mut rd: ReadHalf<TlsStream<TcpStream>>, to: mpsc::Sender<Result<Response, TransportError>>) {
+    loop {
+        let r = read_frame::<Response, _>(&mut rd).await;
+        let failed = r.is_err();
+        if to.send(r).await.is_err() || failed {
+            return;
+        }
     }
 }
 
 impl Forwarder for TlsNetwork {
-    async fn forward(&self, leader: RaftId, peer: &Peer, req: &ClusterRequest) -> Result<ClusterResponse, ProposeError> {
-        let mut conn = TlsConnection { net: self.clone(), target: leader, peer: peer.clone(), stream: None };
-        match conn.call(&Rpc::Propose(req.clone()), PROPOSE_TIMEOUT).await {
+    async fn forward(&self, _leader: RaftId, peer: &Peer, req: &ClusterRequest) -> Result<ClusterResponse, ProposeError> {
+        match self.call_over(&peer.name, &peer.addresses, Rpc::Propose(req.clone()), PROPOSE_TIMEOUT).await {
             Ok(RpcReply::Propose(r)) => r,
             Ok(_) => Err(ProposeError::Failed(TransportError::Unexpected.to_string())),
             Err(e) => Err(ProposeError::Failed(e.to_string())),
@@ -331,102 +658,82 @@ impl Forwarder for TlsNetwork {
     }
 }
 
+impl Messenger for TlsNetwork {
+    async fn send(&self, _to: RaftId, peer: &Peer, body: serde_json::Value) -> Result<(), SendError> {
+        let undelivered = |e: &dyn std::fmt::Display| SendError::Undelivered { peer: peer.name.clone(), last: e.to_string() };
+        // Every path's answer is needed to tell "refused by all" from "one accepted", so this
+        // waits for them rather than taking the first answer.
+        let deadline = Instant::now() + MESSAGE_TIMEOUT;
+        if peer.addresses.is_empty() {
+            return Err(undelivered(&TransportError::NoAddress(peer.name.clone())));
+        }
+        let rpc = Arc::new(Rpc::Message(body));
+        let (reply, mut replies) = mpsc::channel(peer.addresses.len());
+        let mut waiting = 0;
+        for addr in &peer.addresses {
+            if self.path(&peer.name, addr).try_send(PathRequest { rpc: rpc.clone(), deadline, reply: reply.clone() }).is_ok() {
+                waiting += 1;
+            }
+        }
+        drop(reply);
+        let mut rejected = None;
+        let mut last: Option<String> = None;
+        let r = timeout_at(deadline, async {
+            while waiting > 0 {
+                let Some((addr, r)) = replies.recv().await else { break };
+                waiting -= 1;
+                match r {
+                    Ok(RpcReply::Message(Ok(()))) => return true,
+                    Ok(RpcReply::Message(Err(why))) => rejected = Some(why),
+                    Ok(_) => last = Some(format!("{addr}: {}", TransportError::Unexpected)),
+                    Err(e) => last = Some(e.to_string()),
+                }
+            }
+            false
+        })
+        .await;
+        match (r, rejected) {
+            (Ok(true), _) => Ok(()),
+            (_, Some(reason)) => Err(SendError::Rejected { peer: peer.name.clone(), reason }),
+            (Ok(false), None) => Err(undelivered(&last.unwrap_or_else(|| "every path's queue is full".into()))),
+            (Err(_), None) => Err(undelivered(&format!("timed out after {MESSAGE_TIMEOUT:?}"))),
+        }
+    }
+}
+
+impl Prober for TlsNetwork {
+    fn link_table(&self) -> Arc<LinkTable> {
+        self.inner.table.clone()
+    }
+
+    fn paths(&self, peer: &Peer) -> Vec<String> {
+        peer.addresses.clone()
+    }
+
+    async fn ping(&self, _to: RaftId, peer: &Peer, path: &str, ttl: Duration) {
+        // Outcomes are recorded by the path's actor.
+        let _ = self.call_over(&peer.name, &[path.to_owned()], Rpc::Ping, ttl).await;
+    }
+}
+
 impl RaftNetworkFactory<TypeConfig> for TlsNetwork {
     type Network = TlsConnection;
 
     async fn new_client(&mut self, target: RaftId, node: &Peer) -> TlsConnection {
-        TlsConnection { net: self.clone(), target, peer: node.clone(), stream: None }
+        TlsConnection { net: self.clone(), target, peer: node.clone() }
     }
 }
 
-/// A connection to one peer, opened on first use and again after a failure.
+/// openraft's client for one peer: each call goes over all the peer's paths.
 pub struct TlsConnection {
     net: TlsNetwork,
     target: RaftId,
     peer: Peer,
-    stream: Option<PathStream>,
 }
 
 impl TlsConnection {
-    /// An idle connection to the peer (`true`: reused), or a new one over the first path that works.
-    async fn open(&self) -> Result<(PathStream, bool), TransportError> {
-        let reused = self.net.idle.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&self.target).and_then(Vec::pop);
-        if let Some(s) = reused {
-            return Ok((s, true));
-        }
-        let mut last = TransportError::NoAddress(self.peer.name.clone());
-        for addr in &self.peer.addresses {
-            match connect(&self.net.connector, addr, &self.peer.name, &self.net.hello).await {
-                Ok(tls) => {
-                    self.net.record(&self.peer.name, addr, Ok(()));
-                    return Ok((PathStream { tls, addr: addr.clone() }, false));
-                }
-                Err(e) => {
-                    tracing::debug!(peer = %self.peer.name, %addr, error = %e, "path failed");
-                    self.net.record(&self.peer.name, addr, Err(&e));
-                    last = e;
-                }
-            }
-        }
-        Err(last)
-    }
-
-    /// One request and its answer, within `ttl`. A kept connection may have been closed by the
-    /// peer meanwhile (idle timeout, restart): then the request is sent again on a new one (Raft
-    /// requests may be delivered twice).
-    async fn call(&mut self, rpc: &Rpc, ttl: Duration) -> Result<RpcReply, TransportError> {
-        let r = timeout(ttl, async {
-            loop {
-                let reused = match self.stream {
-                    Some(_) => true,
-                    None => {
-                        let (s, reused) = self.open().await?;
-                        self.stream = Some(s);
-                        reused
-                    }
-                };
-                let s = self.stream.as_mut().expect("opened above");
-                let r = async {
-                    write_frame(&mut s.tls, rpc).await?;
-                    read_frame::<RpcReply, _>(&mut s.tls).await
-                }
-                .await;
-                self.net.record(&self.peer.name, &s.addr, r.as_ref().map(|_| ()));
-                match r {
-                    Ok(reply) => return Ok(reply),
-                    Err(e) => {
-                        // The stream may hold half a frame: never reuse it.
-                        self.stream = None;
-                        if !reused {
-                            return Err(e);
-                        }
-                    }
-                }
-            }
-        })
-        .await
-        .unwrap_or(Err(TransportError::Timeout("rpc")));
-        if r.is_err() {
-            self.stream = None;
-        }
-        match r? {
-            RpcReply::Silent => Err(TransportError::Silent),
-            reply => Ok(reply),
-        }
-    }
-}
-
-impl Drop for TlsConnection {
-    /// A stream between whole exchanges goes back to the pool; one that failed was dropped
-    /// already (it may hold half a frame).
-    fn drop(&mut self) {
-        if let Some(s) = self.stream.take() {
-            let mut idle = self.net.idle.lock().unwrap_or_else(|e| e.into_inner());
-            let streams = idle.entry(self.target).or_default();
-            if streams.len() < IDLE_PER_PEER {
-                streams.push(s);
-            }
-        }
+    async fn call(&self, rpc: Rpc, ttl: Duration) -> Result<RpcReply, TransportError> {
+        self.net.call_over(&self.peer.name, &self.peer.addresses, rpc, ttl).await
     }
 }
 
@@ -442,14 +749,14 @@ impl RaftNetwork<TypeConfig> for TlsConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<RaftId>, RpcError> {
-        match self.call(&Rpc::Append(rpc), option.hard_ttl()).await.map_err(unreachable)? {
+        match self.call(Rpc::Append(rpc), option.hard_ttl()).await.map_err(unreachable)? {
             RpcReply::Append(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
             _ => Err(RPCError::Network(NetworkError::new(&TransportError::Unexpected))),
         }
     }
 
     async fn vote(&mut self, rpc: VoteRequest<RaftId>, option: RPCOption) -> Result<VoteResponse<RaftId>, RpcError> {
-        match self.call(&Rpc::Vote(rpc), option.hard_ttl()).await.map_err(unreachable)? {
+        match self.call(Rpc::Vote(rpc), option.hard_ttl()).await.map_err(unreachable)? {
             RpcReply::Vote(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
             _ => Err(RPCError::Network(NetworkError::new(&TransportError::Unexpected))),
         }
@@ -463,7 +770,7 @@ impl RaftNetwork<TypeConfig> for TlsConnection {
         option: RPCOption,
     ) -> Result<SnapshotResponse<RaftId>, StreamingError<TypeConfig, Fatal<RaftId>>> {
         let rpc = Rpc::Snapshot { vote, meta: snapshot.meta, state: *snapshot.snapshot };
-        match self.call(&rpc, option.hard_ttl()).await.map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))? {
+        match self.call(rpc, option.hard_ttl()).await.map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))? {
             RpcReply::Snapshot(r) => r.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e))),
             _ => Err(StreamingError::Network(NetworkError::new(&TransportError::Unexpected))),
         }

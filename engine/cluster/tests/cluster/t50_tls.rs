@@ -196,7 +196,7 @@ async fn frames_over_the_limit_are_refused_before_reading_them() {
     assert_eq!(transport::read_frame::<Hello, _>(&mut b).await.unwrap(), hello);
 }
 
-/// A peer's addresses are its paths: when the first is broken the next one carries the traffic.
+/// A peer's addresses are its paths: when the first is broken the other one carries the traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_is_reached_over_its_second_path_when_the_first_is_broken() {
     crate::fixtures::init_tracing();
@@ -244,13 +244,15 @@ async fn a_member_is_reached_over_its_second_path_when_the_first_is_broken() {
     }
 
     tracing::info!("--- the leader's path status: first paths down with their error, second paths up");
-    let paths = l.net.paths();
+    let links = l.net.links();
     for f in members.iter().filter(|m| m.node.id() != leader) {
         let name = format!("n{}", f.node.id());
-        let first = paths.iter().find(|p| p.peer == name && p.addr == broken_addr).expect("first path tried");
-        assert!(!first.up && first.last_error.is_some(), "{first:?}");
-        let second = paths.iter().find(|p| p.peer == name && p.addr == f.addr).expect("second path used");
-        assert!(second.up, "{second:?}");
+        let link = &links[&name];
+        assert!(link.up, "{name}: {link:?}");
+        let first = link.paths.iter().find(|p| p.addr == broken_addr).expect("first path tried");
+        assert!(!first.up && first.last_error.is_some() && first.failures > 0, "{first:?}");
+        let second = link.paths.iter().find(|p| p.addr == f.addr).expect("second path used");
+        assert!(second.up && second.rtt.is_some(), "{second:?}");
     }
     stop.cancel();
     breaker.await.unwrap();
