@@ -208,7 +208,10 @@ impl LinkTable {
     }
 }
 
-fn up_down(l: &Links) -> Vec<(&str, bool, Vec<(&str, bool)>)> {
+/// Each peer's and each path's up/down: what a watch subscriber is woken for.
+type UpDown<'a> = Vec<(&'a str, bool, Vec<(&'a str, bool)>)>;
+
+fn up_down(l: &Links) -> UpDown<'_> {
     l.iter().map(|(n, p)| (n.as_str(), p.up, p.paths.iter().map(|s| (s.addr.as_str(), s.up)).collect())).collect()
 }
 

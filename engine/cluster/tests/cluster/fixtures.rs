@@ -8,7 +8,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 use tokio::time::Instant;
 use warden_cluster::router::Router;
-use warden_cluster::{AuthorityConfig, ClusterError, ClusterNode, ClusterState, NodeConfig, Peer, RaftId};
+use warden_cluster::{AuthorityConfig, ClusterError, ClusterNode, ClusterState, LivenessConfig, NodeConfig, Peer, RaftId};
 use warden_core::scheduler::{Decisions, GroupState, Target};
 use warden_core::{GroupId, NodeId};
 
@@ -57,6 +57,9 @@ pub fn timing() -> (Arc<openraft::Config>, AuthorityConfig) {
     (raft, authority)
 }
 
+/// Liveness timing on the router: quick, so that links tests are short.
+pub const LIVENESS: LivenessConfig = LivenessConfig { interval: Duration::from_millis(50), dead_after: Duration::from_millis(300) };
+
 pub struct TestCluster {
     pub router: Router,
     dir: TempDir,
@@ -70,11 +73,17 @@ impl TestCluster {
     pub async fn new(ids: &[RaftId]) -> Self {
         init_tracing();
         let (raft, authority) = timing();
-        let mut c = Self { router: Router::new(), dir: TempDir::new().expect("temp dir"), raft, authority, nodes: BTreeMap::new() };
+        let mut c = Self {
+            router: Router::with_liveness(LIVENESS),
+            dir: TempDir::new().expect("temp dir"),
+            raft,
+            authority,
+            nodes: BTreeMap::new(),
+        };
         for &id in ids {
             c.start(id).await;
         }
-        let members = ids.iter().map(|&id| (id, Peer { name: format!("n{id}"), addresses: vec![] })).collect();
+        let members = ids.iter().map(|&id| (id, Self::peer(id))).collect();
         c.node(ids[0]).initialize(members).await.expect("initialize");
         c
     }
@@ -110,6 +119,15 @@ impl TestCluster {
 
     pub fn node(&self, id: RaftId) -> &ClusterNode {
         &self.nodes[&id]
+    }
+
+    pub fn node_mut(&mut self, id: RaftId) -> &mut ClusterNode {
+        self.nodes.get_mut(&id).expect("node running")
+    }
+
+    /// How members name each other (their `Peer`).
+    pub fn peer(id: RaftId) -> Peer {
+        Peer { name: format!("n{id}"), addresses: vec![] }
     }
 
     /// Waits until every member in `among` names the same leader, itself in `among` and in
