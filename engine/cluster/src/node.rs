@@ -43,7 +43,23 @@ pub struct Inbound {
     raft: Raft,
     silent_until: Instant,
     inbox: mpsc::Sender<Envelope>,
+    proposals: Arc<std::sync::Mutex<Proposals>>,
 }
+
+type ProposeOutcome = Option<Result<ClusterResponse, ProposeError>>;
+
+/// Forwarded proposals seen lately, by (sender, nonce): a proposal sent over several paths is
+/// proposed once, and its later copies get the first one's answer. Otherwise a slow path's copy
+/// could commit after a newer proposal and undo it.
+#[derive(Default)]
+struct Proposals {
+    seen: std::collections::HashMap<(String, u64), watch::Receiver<ProposeOutcome>>,
+    order: std::collections::VecDeque<(String, u64)>,
+}
+
+/// Forwarded proposals remembered for deduplication (a bound on memory, not on time: a copy
+/// comes at most as many proposals late as a sender makes while one path holds it).
+const PROPOSALS_REMEMBERED: usize = 4096;
 
 impl Inbound {
     pub fn raft(&self) -> &Raft {
@@ -61,6 +77,44 @@ impl Inbound {
             mpsc::error::TrySendError::Full(_) => Rejected::Full,
             mpsc::error::TrySendError::Closed(_) => Rejected::Closed,
         })
+    }
+
+    /// Proposes `req`, forwarded by `from` (the authenticated sender) under `nonce`, unless a
+    /// copy of it (same sender and nonce, another path) came before: then answers as that copy
+    /// is answered. Answered after commit.
+    pub async fn propose_once(&self, from: &str, nonce: u64, req: ClusterRequest) -> Result<ClusterResponse, ProposeError> {
+        let key = (from.to_owned(), nonce);
+        let (done, mut earlier) = {
+            let mut p = self.proposals.lock().unwrap_or_else(|e| e.into_inner());
+            match p.seen.get(&key) {
+                Some(rx) => (None, Some(rx.clone())),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    p.seen.insert(key.clone(), rx);
+                    p.order.push_back(key);
+                    while p.order.len() > PROPOSALS_REMEMBERED {
+                        let old = p.order.pop_front().expect("not empty");
+                        p.seen.remove(&old);
+                    }
+                    (Some(tx), None)
+                }
+            }
+        };
+        if let Some(rx) = earlier.as_mut() {
+            return match rx.wait_for(Option::is_some).await {
+                Ok(r) => r.clone().expect("waited for it"),
+                Err(_) => Err(ProposeError::Failed("an earlier copy of this proposal was abandoned; outcome unknown".into())),
+            };
+        }
+        let r = match self.raft.client_write(req).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader { leader: f.leader_id }),
+            Err(e) => Err(ProposeError::Failed(e.to_string())),
+        };
+        if let Some(tx) = done {
+            tx.send_replace(Some(r.clone()));
+        }
+        r
     }
 
     /// The name this node's membership gives member `id` (the decimal id if it is not a member).
@@ -146,7 +200,7 @@ impl ClusterNode {
         let (inbox, messages) = mpsc::channel(INBOX_CAPACITY);
         Ok(Self {
             id: config.id,
-            inbound: Inbound { raft: raft.clone(), silent_until, inbox },
+            inbound: Inbound { raft: raft.clone(), silent_until, inbox, proposals: Default::default() },
             messages: Some(messages),
             links,
             raft,

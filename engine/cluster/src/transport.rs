@@ -22,9 +22,8 @@
 //! stream out of frame sync (the actor still reads the late answer and drops it). A call puts the
 //! same request on every path's queue at once and takes the first good answer; the others finish
 //! in their actors. So a peer may receive a message once per path: Raft RPCs are idempotent,
-//! app messages are documented as such ([`crate::messenger`]), and a forwarded proposal may be
-//! applied once per path (proposals are whole replacements, safe to repeat; the revision may
-//! advance by more than one).
+//! app messages are documented as such ([`crate::messenger`]), and a forwarded proposal carries
+//! a nonce by which the leader proposes it once (a late copy must not undo a newer proposal).
 //!
 //! An actor connects when a request comes and reconnects after a failure; a connection on which
 //! a request expires with nothing at all received since it was sent is taken as silent (a
@@ -133,8 +132,12 @@ enum Rpc {
         meta: SnapshotMeta<RaftId, Peer>,
         state: ClusterState,
     },
-    /// A proposal forwarded to the leader; answered after commit.
-    Propose(ClusterRequest),
+    /// A proposal forwarded to the leader; answered after commit. Its copies on other paths
+    /// carry the same nonce and are proposed once (see `Inbound::propose_once`).
+    Propose {
+        nonce: u64,
+        request: ClusterRequest,
+    },
     /// An app message for the receiver's inbound queue (answered while silent too).
     Message(serde_json::Value),
     /// Liveness (answered while silent too).
@@ -296,13 +299,7 @@ async fn answer(inbound: &Inbound, peer: &str, rpc: Rpc) -> RpcReply {
         Rpc::Snapshot { vote, meta, state } => {
             RpcReply::Snapshot(inbound.raft().install_full_snapshot(vote, Snapshot { meta, snapshot: Box::new(state) }).await)
         }
-        Rpc::Propose(req) => RpcReply::Propose(match inbound.raft().client_write(req).await {
-            Ok(r) => Ok(r.data),
-            Err(RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
-                Err(ProposeError::NotLeader { leader: f.leader_id })
-            }
-            Err(e) => Err(ProposeError::Failed(e.to_string())),
-        }),
+        Rpc::Propose { nonce, request } => RpcReply::Propose(inbound.propose_once(peer, nonce, request).await),
         Rpc::Message(body) => RpcReply::Message(inbound.accept_message(peer.to_owned(), body)),
         Rpc::Ping => RpcReply::Pong,
     }
@@ -370,6 +367,9 @@ struct NetInner {
     table: Arc<LinkTable>,
     /// One actor per (peer name, address).
     paths: Mutex<HashMap<(String, String), mpsc::Sender<PathRequest>>>,
+    /// Tags forwarded proposals. Starts at the wall clock in nanoseconds, so that a restarted
+    /// sender does not reuse the nonces the leader remembers from before.
+    nonces: std::sync::atomic::AtomicU64,
     stop: CancellationToken,
 }
 
@@ -400,6 +400,10 @@ impl TlsNetwork {
                 hello: Hello { protocol: PROTOCOL_VERSION, cluster: cluster.to_owned(), node: identity.node.clone() },
                 table: LinkTable::new(liveness),
                 paths: Mutex::default(),
+                nonces: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2))
+                    .into(),
                 stop: CancellationToken::new(),
             }),
         })
@@ -462,12 +466,12 @@ impl TlsNetwork {
         let mut silent = false;
         let first_good = timeout_at(deadline, async {
             while waiting > 0 {
-                let Some((addr, r)) = replies.recv().await else { break };
+                let Some((_, r)) = replies.recv().await else { break };
                 waiting -= 1;
                 match r {
                     Ok(RpcReply::Silent) => silent = true,
                     Ok(reply) => return Some(reply),
-                    Err(e) => last = Some(TransportError::Path { addr, error: e.to_string() }),
+                    Err(e) => last = Some(e),
                 }
             }
             None
@@ -650,7 +654,9 @@ async fn read_responses(mut rd: ReadHalf<TlsStream<TcpStream>>, to: mpsc::Sender
 
 impl Forwarder for TlsNetwork {
     async fn forward(&self, _leader: RaftId, peer: &Peer, req: &ClusterRequest) -> Result<ClusterResponse, ProposeError> {
-        match self.call_over(&peer.name, &peer.addresses, Rpc::Propose(req.clone()), PROPOSE_TIMEOUT).await {
+        let nonce = self.inner.nonces.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let rpc = Rpc::Propose { nonce, request: req.clone() };
+        match self.call_over(&peer.name, &peer.addresses, rpc, PROPOSE_TIMEOUT).await {
             Ok(RpcReply::Propose(r)) => r,
             Ok(_) => Err(ProposeError::Failed(TransportError::Unexpected.to_string())),
             Err(e) => Err(ProposeError::Failed(e.to_string())),

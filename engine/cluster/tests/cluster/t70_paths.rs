@@ -170,6 +170,12 @@ async fn a_peer_stays_up_while_one_of_its_paths_is_silent_and_is_lost_when_all_a
     let (fname, [fa, fb]) = (format!("n{}", f.node.id()), &f.paths);
     let links = l.node.links();
 
+    tracing::info!("--- a proposal forwarded over both paths is committed once (the leader drops the second copy)");
+    let r = f.node.submit(&f.net, ClusterRequest::SetConfigVersion { config_version: 1 }).await.unwrap();
+    assert_eq!(r, ClusterResponse::Applied { revision: 1 });
+    let r = l.node.propose(ClusterRequest::SetConfigVersion { config_version: 1 }).await.unwrap();
+    assert_eq!(r, ClusterResponse::Applied { revision: 2 }, "no second commit of the forwarded copy in between");
+
     tracing::info!("--- path b to {fname} goes silent: that path shows down, the peer stays up");
     fb.pause();
     poll("path b down in the leader's links", || (path_up(&links.borrow(), &fname, &fb.addr) == Some(false)).then_some(())).await;
@@ -185,7 +191,7 @@ async fn a_peer_stays_up_while_one_of_its_paths_is_silent_and_is_lost_when_all_a
         m.paths[1].pause();
     }
     let r = l.node.propose(ClusterRequest::SetDecisions { config_version: 1, decisions: decisions("n1", 1) }).await.unwrap();
-    assert_eq!(r, ClusterResponse::Applied { revision: 1 });
+    assert_eq!(r, ClusterResponse::Applied { revision: 3 });
     for m in &members {
         let mut rx = m.node.state();
         tokio::time::timeout(WAIT, rx.wait_for(|s| s.decisions == decisions("n1", 1))).await.expect("committed over path a").unwrap();
