@@ -20,14 +20,17 @@
 //! For status and metrics: [`Links`] maps a peer's name to its [`PeerLink`] (`up`, and one
 //! [`PathStatus`] per configured address, in configuration order). The watch carries the full
 //! figures as of the last up/down change; [`LinkTable::current`] has the latest ones (time since
-//! the last success, last round-trip time, failure count) for a scrape.
+//! the last success, last round-trip time, failure count) for a scrape. They map onto metrics
+//! as, for example, `warden_peer_up{peer}`, `warden_path_up{peer,addr}`,
+//! `warden_path_rtt_seconds{peer,addr}`, `warden_path_last_success_age_seconds{peer,addr}` and
+//! `warden_path_failures_total{peer,addr}` (a counter: it only grows while the node runs).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -51,15 +54,19 @@ impl Default for LivenessConfig {
 }
 
 /// One path (one configured address, or the router's link) to one peer, for status and metrics.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Durations travel as milliseconds (`since_success_ms`, `rtt_ms`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PathStatus {
     /// The address dialled (`nodes.addresses`), or [`crate::router::ROUTER_PATH`].
     pub addr: String,
     /// An exchange on this path succeeded within `dead_after`.
     pub up: bool,
     /// Since the last successful exchange on this path; `None`: never.
+    #[serde(rename = "since_success_ms", with = "millis")]
     pub since_success: Option<Duration>,
     /// Round-trip time of the last successful exchange.
+    #[serde(rename = "rtt_ms", with = "millis")]
     pub rtt: Option<Duration>,
     /// The last failure, kept after the path recovers (status shows what happened).
     pub last_error: Option<String>,
@@ -68,7 +75,8 @@ pub struct PathStatus {
 }
 
 /// One peer as this node reaches it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PeerLink {
     /// Any path is up; a peer is lost only when all its paths are silent.
     pub up: bool,
@@ -77,6 +85,25 @@ pub struct PeerLink {
 
 /// Peers by name.
 pub type Links = BTreeMap<String, PeerLink>;
+
+/// `Option<Duration>` as fractional milliseconds, readable in `warden status` output.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_secs_f64() * 1000.0)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let ms = Option::<f64>::deserialize(d)?;
+        ms.map(|ms| Duration::try_from_secs_f64(ms / 1000.0).map_err(serde::de::Error::custom)).transpose()
+    }
+}
 
 #[derive(Debug, Default)]
 struct PathState {
@@ -117,7 +144,10 @@ impl LinkTable {
 
     /// The latest figures (time since success, rtt, failures), for a status query or a scrape.
     pub fn current(&self) -> Links {
-        let now = Instant::now();
+        self.current_at(Instant::now())
+    }
+
+    fn current_at(&self, now: Instant) -> Links {
         let dead_after = self.config.dead_after;
         self.table()
             .iter()
@@ -156,13 +186,17 @@ impl LinkTable {
     /// An exchange with `peer` over `addr` succeeded after `rtt`. Publishes at once if that
     /// brings the path (or the peer) up.
     pub fn record_ok(&self, peer: &str, addr: &str, rtt: Duration) {
+        self.record_ok_at(peer, addr, rtt, Instant::now());
+    }
+
+    fn record_ok_at(&self, peer: &str, addr: &str, rtt: Duration, now: Instant) {
         {
             let mut t = self.table();
             let p = Self::path(&mut t, peer, addr);
-            p.last_ok = Some(Instant::now());
+            p.last_ok = Some(now);
             p.rtt = Some(rtt);
         }
-        self.refresh();
+        self.refresh_at(now);
     }
 
     /// An exchange with `peer` over `addr` failed. The path goes down only when its last
@@ -197,7 +231,11 @@ impl LinkTable {
 
     /// Re-evaluates freshness and publishes when some up/down changed (not on every rtt).
     pub fn refresh(&self) {
-        let now = self.current();
+        self.refresh_at(Instant::now());
+    }
+
+    fn refresh_at(&self, at: Instant) {
+        let now = self.current_at(at);
         self.tx.send_if_modified(|old| {
             if up_down(old) == up_down(&now) {
                 return false;
@@ -270,5 +308,61 @@ pub(crate) async fn monitor<P: Prober>(prober: P, raft: Raft, me: RaftId, stop: 
             }
         }
         table.refresh();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_is_up_while_fresh_and_a_peer_while_any_path_is() {
+        let t = LinkTable::new(LivenessConfig { interval: Duration::from_millis(100), dead_after: Duration::from_secs(1) });
+        let mut rx = t.subscribe();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        t.set_peers(&[("n2".into(), vec!["a".into(), "b".into()])]);
+        assert!(!t.current_at(at(0))["n2"].up, "never heard from");
+
+        t.record_ok_at("n2", "a", Duration::from_millis(3), at(0));
+        assert!(rx.has_changed().unwrap(), "path a came up");
+        rx.mark_unchanged();
+        t.record_ok_at("n2", "b", Duration::from_millis(4), at(0));
+        assert!(rx.has_changed().unwrap(), "path b came up");
+        rx.mark_unchanged();
+        t.record_ok_at("n2", "a", Duration::from_millis(5), at(10));
+        assert!(!rx.has_changed().unwrap(), "a new rtt alone is no news");
+
+        t.record_ok_at("n2", "a", Duration::from_millis(5), at(600));
+        t.record_err("n2", "b", "timed out");
+        t.refresh_at(at(1200));
+        let l = rx.borrow_and_update().clone();
+        assert!(l["n2"].up, "path a is fresh: {l:?}");
+        assert_eq!(l["n2"].paths.iter().map(|p| (p.addr.as_str(), p.up)).collect::<Vec<_>>(), [("a", true), ("b", false)]);
+        let b = &t.current_at(at(1200))["n2"].paths[1];
+        assert_eq!((b.failures, b.last_error.as_deref(), b.rtt), (1, Some("timed out"), Some(Duration::from_millis(4))));
+        assert_eq!(b.since_success, Some(Duration::from_millis(1200)));
+
+        t.refresh_at(at(1700));
+        assert!(!rx.borrow_and_update()["n2"].up, "every path silent for dead_after");
+
+        t.set_peers(&[("n3".into(), vec!["c".into()])]);
+        assert_eq!(t.current().keys().collect::<Vec<_>>(), ["n3"], "members that left are dropped");
+    }
+
+    #[test]
+    fn path_status_travels_with_durations_in_milliseconds() {
+        let p = PathStatus {
+            addr: "10.0.0.2:7000".into(),
+            up: true,
+            since_success: Some(Duration::from_millis(150)),
+            rtt: Some(Duration::from_micros(1500)),
+            last_error: None,
+            failures: 2,
+        };
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["rtt_ms"], 1.5);
+        assert_eq!(json["since_success_ms"], 150.0);
+        assert_eq!(serde_json::from_value::<PathStatus>(json).unwrap(), p);
     }
 }

@@ -25,9 +25,10 @@
 //! app messages are documented as such ([`crate::messenger`]), and a forwarded proposal carries
 //! a nonce by which the leader proposes it once (a late copy must not undo a newer proposal).
 //!
-//! An actor connects when a request comes and reconnects after a failure; a connection on which
-//! a request expires with nothing at all received since it was sent is taken as silent (a
-//! black-holed path) and dropped, failing what is pending on it. Every outcome is recorded per
+//! An actor connects when a request comes and reconnects after a failure. A request that expires
+//! fails alone; a connection on which requests have waited `dead_after` with nothing at all
+//! received is taken as silent (a black-holed path) and dropped, failing what is pending on it
+//! (a late answer to a heartbeat, say after a slow fsync, does not cost a new handshake). Every outcome is recorded per
 //! path in the network's [`LinkTable`], which the liveness monitor ([`crate::links`]) reads;
 //! its pings go over one path each.
 
@@ -496,7 +497,8 @@ struct PathActor {
     next_id: u64,
 }
 
-/// A request written on the connection, waiting for its answer.
+/// A request written on the connection, waiting for its answer (a slow answer to one does not
+/// hold up the others; an answer after the caller gave up is read and dropped).
 struct Pending {
     req: PathRequest,
     sent: Instant,
@@ -555,7 +557,11 @@ impl PathActor {
         let (answers, mut answered) = mpsc::channel(MAX_IN_FLIGHT);
         let reader = AbortOnDrop(tokio::spawn(read_responses(rd, answers)));
         let mut pending: HashMap<u64, Pending> = HashMap::new();
-        let mut last_rx = Instant::now();
+        // Since when requests have waited with nothing at all received: after `silence`, the path
+        // is taken as silent (black-holed) and the connection dropped. Proposals do not count:
+        // they wait for a commit by design.
+        let silence = self.table.config().dead_after;
+        let mut waiting_since: Option<Instant> = None;
         let mut next = Some(first);
         let end = loop {
             if let Some(req) = next.take().filter(|r| !r.abandoned()) {
@@ -569,6 +575,9 @@ impl PathActor {
                 // A write cut short leaves half a frame: the connection cannot be used after it.
                 match timeout_at(req.deadline, write_frame(&mut wr, &RequestOut { id, rpc: &req.rpc })).await {
                     Ok(Ok(())) => {
+                        if !matches!(*req.rpc, Rpc::Propose { .. }) {
+                            waiting_since.get_or_insert_with(Instant::now);
+                        }
                         pending.insert(id, Pending { req, sent: Instant::now() });
                     }
                     Ok(Err(e)) => {
@@ -582,7 +591,7 @@ impl PathActor {
                     }
                 }
             }
-            let expiry = pending.values().map(|p| p.req.deadline).min();
+            let expiry = pending.values().map(|p| p.req.deadline).chain(waiting_since.map(|t| t + silence)).min();
             tokio::select! {
                 _ = stop.cancelled() => break TransportError::Timeout("closed"),
                 r = queue.recv() => match r {
@@ -592,11 +601,13 @@ impl PathActor {
                 },
                 r = answered.recv() => match r {
                     Some(Ok(Response { id, reply })) => {
-                        last_rx = Instant::now();
                         if let Some(p) = pending.remove(&id) {
                             self.table.record_ok(&self.peer, &self.addr, p.sent.elapsed());
                             p.req.answer(&self.addr, Ok(reply));
                         }
+                        // The peer speaks: what is still pending has waited since now.
+                        let others = pending.values().any(|p| !matches!(*p.req.rpc, Rpc::Propose { .. }));
+                        waiting_since = others.then(Instant::now);
                     }
                     Some(Err(e)) => break e,
                     None => break TransportError::Unexpected,
@@ -604,14 +615,11 @@ impl PathActor {
                 _ = sleep_until(expiry) => {
                     let now = Instant::now();
                     let expired: Vec<u64> = pending.iter().filter(|(_, p)| p.req.deadline <= now).map(|(id, _)| *id).collect();
-                    let mut silent = false;
                     for id in expired {
                         let p = pending.remove(&id).expect("listed above");
                         self.fail(&p.req, &TransportError::Timeout("no answer in time"));
-                        silent |= p.sent >= last_rx;
                     }
-                    if silent {
-                        // Nothing came back since that request went out: the path is silent.
+                    if waiting_since.is_some_and(|t| t + silence <= now) {
                         break TransportError::Timeout("the path went silent");
                     }
                 }
