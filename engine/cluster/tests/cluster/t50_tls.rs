@@ -8,7 +8,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use warden_cluster::pki::{init_cluster, PkiError, TlsIdentity};
 use warden_cluster::transport::{self, Hello, TlsNetwork, TransportError, PROTOCOL_VERSION};
-use warden_cluster::{ClusterNode, ClusterRequest, ClusterResponse, NodeConfig, Peer, RaftId};
+use warden_cluster::{ClusterError, ClusterNode, ClusterRequest, ClusterResponse, NodeConfig, Peer, RaftId};
 
 use crate::fixtures::{decisions, poll, timing, WAIT};
 
@@ -65,7 +65,17 @@ async fn start_member_at(id: RaftId, pki: &Path, data: &Path, cluster: &str, add
     let (raft, authority) = timing();
     let config = NodeConfig { id, dir: data.join(&name), raft, authority };
     let net = TlsNetwork::new(&identity, cluster).unwrap();
-    let node = ClusterNode::start(&config, net.clone()).await.unwrap();
+    // A stopped member's Raft tasks release its store shortly after shutdown returns.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let node = loop {
+        match ClusterNode::start(&config, net.clone()).await {
+            Ok(n) => break n,
+            Err(ClusterError::Store(e)) if tokio::time::Instant::now() < deadline && e.to_string().contains("already open") => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("start {name}: {e}"),
+        }
+    };
     let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let stop = CancellationToken::new();
