@@ -9,12 +9,18 @@
 //!
 //! App messages ([`Messenger`]) and liveness pings take the same links and obey the same faults,
 //! except that a node silent after a restart still answers them (its silence is about votes).
-//! Each link is one pseudo-path, named [`ROUTER_PATH`], in the links a node reports: cutting
-//! either direction of a link brings its path, hence the peer, down.
+//!
+//! Paths: a peer whose `Peer::addresses` are empty (the usual test setup) is reached over one
+//! pseudo-path per link, named [`ROUTER_PATH`]. A peer with addresses is reached over one path
+//! per address, as over TLS: every message goes over every path at once (so it may arrive once
+//! per path), the first good answer wins, and [`Router::cut_path`] silences one path in one
+//! direction. Link faults (cut, isolate, delay, lose) apply to every path of the link; a loss
+//! counted by [`Router::lose_next`] takes one copy.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -37,6 +43,8 @@ use crate::{Peer, RaftId, TypeConfig};
 struct Links {
     nodes: BTreeMap<RaftId, Inbound>,
     cut: BTreeSet<(RaftId, RaftId)>,
+    /// One path of a link cut, one direction: (from, to, path).
+    path_cut: BTreeSet<(RaftId, RaftId, String)>,
     isolated: BTreeSet<RaftId>,
     delay: BTreeMap<(RaftId, RaftId), Duration>,
     /// Messages still to lose on a link.
@@ -48,8 +56,11 @@ struct Links {
 }
 
 impl Links {
-    fn is_cut(&self, from: RaftId, to: RaftId) -> bool {
-        self.cut.contains(&(from, to)) || self.isolated.contains(&from) || self.isolated.contains(&to)
+    fn is_cut(&self, from: RaftId, to: RaftId, path: &str) -> bool {
+        self.cut.contains(&(from, to))
+            || self.isolated.contains(&from)
+            || self.isolated.contains(&to)
+            || self.path_cut.contains(&(from, to, path.to_owned()))
     }
 
     /// Whether the next message on the link is one of those to lose (and counts it).
@@ -68,6 +79,9 @@ impl Links {
 #[derive(Clone, Default)]
 pub struct Router {
     links: Arc<Mutex<Links>>,
+    /// Tags forwarded proposals; one counter for every member's networks, so that two networks
+    /// of one member never reuse a nonce the leader remembers.
+    nonces: Arc<AtomicU64>,
 }
 
 /// Why a message did not arrive.
@@ -118,6 +132,12 @@ impl Router {
         self.links().cut.insert((from, to));
     }
 
+    /// Loses every message from `from` to `to` over the path `path` (one of `to`'s addresses;
+    /// one direction: the answers to `to`'s requests over that path are lost).
+    pub fn cut_path(&self, from: RaftId, to: RaftId, path: &str) {
+        self.links().path_cut.insert((from, to, path.to_owned()));
+    }
+
     /// Loses every message to and from `id`.
     pub fn isolate(&self, id: RaftId) {
         self.links().isolated.insert(id);
@@ -148,6 +168,7 @@ impl Router {
     pub fn heal(&self) {
         let mut l = self.links();
         l.cut.clear();
+        l.path_cut.clear();
         l.isolated.clear();
         l.delay.clear();
         l.to_lose.clear();
@@ -166,10 +187,10 @@ impl Router {
         F: FnOnce(Inbound) -> Fut,
         Fut: Future<Output = T>,
     {
-        self.carry(from, to, true, call).await
+        self.carry(from, to, true, ROUTER_PATH, call).await
     }
 
-    async fn carry<T, F, Fut>(&self, from: RaftId, to: RaftId, raft: bool, call: F) -> Result<T, Lost>
+    async fn carry<T, F, Fut>(&self, from: RaftId, to: RaftId, raft: bool, path: &str, call: F) -> Result<T, Lost>
     where
         F: FnOnce(Inbound) -> Fut,
         Fut: Future<Output = T>,
@@ -179,7 +200,7 @@ impl Router {
             let mut l = self.links();
             let target = l.nodes.get(&to).cloned();
             let why = match &target {
-                _ if l.is_cut(from, to) => Some("link cut"),
+                _ if l.is_cut(from, to, path) => Some("link cut"),
                 _ if l.lose_one(from, to) => Some("lost on the link"),
                 None => Some("node down"),
                 Some(t) if raft && t.is_silent() => Some("node silent after restart"),
@@ -197,7 +218,7 @@ impl Router {
         let answer = call(target).await;
         let back_delay = {
             let mut l = self.links();
-            if l.is_cut(to, from) || l.lose_one(to, from) {
+            if l.is_cut(to, from, path) || l.lose_one(to, from) {
                 l.lost += 1;
                 return Err(lost("answer lost"));
             }
@@ -215,23 +236,12 @@ fn wire<T: Serialize + DeserializeOwned>(t: &T) -> Result<T, serde_json::Error> 
     serde_json::from_slice(&serde_json::to_vec(t)?)
 }
 
-impl Forwarder for RouterNetwork {
-    async fn forward(&self, leader: RaftId, _peer: &Peer, req: &ClusterRequest) -> Result<ClusterResponse, ProposeError> {
-        let req = wire(req).map_err(|e| ProposeError::Failed(e.to_string()))?;
-        let answer = self
-            .router
-            .deliver(self.from, leader, |n| async move {
-                match n.raft().client_write(req).await {
-                    Ok(r) => Ok(r.data),
-                    Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
-                        Err(ProposeError::NotLeader { leader: f.leader_id })
-                    }
-                    Err(e) => Err(ProposeError::Failed(e.to_string())),
-                }
-            })
-            .await
-            .map_err(|e| ProposeError::Failed(e.to_string()))?;
-        wire(&answer).map_err(|e| ProposeError::Failed(e.to_string()))?
+/// The paths to `peer`: its addresses, or the link's one pseudo-path when it has none.
+fn paths_of(peer: &Peer) -> Vec<String> {
+    if peer.addresses.is_empty() {
+        vec![ROUTER_PATH.to_owned()]
+    } else {
+        peer.addresses.clone()
     }
 }
 
@@ -247,11 +257,63 @@ pub struct RouterNetwork {
 }
 
 impl RouterNetwork {
-    fn record<T, E: std::fmt::Display>(&self, peer: &str, started: Instant, r: &Result<T, E>) {
-        match r {
-            Ok(_) => self.table.record_ok(peer, ROUTER_PATH, started.elapsed()),
-            Err(e) => self.table.record_err(peer, ROUTER_PATH, &e.to_string()),
+    /// Carries a copy of one round trip over each path to `peer` at once (`call` makes each
+    /// copy's work on the receiver) and returns the first answer for which `good` holds, else
+    /// the last answer, else the last loss. Copies still under way go on in the background, as
+    /// on a network. Each copy's outcome is recorded for its path.
+    async fn over_paths<T, F, Fut>(&self, to: RaftId, peer: &Peer, raft: bool, good: fn(&T) -> bool, call: F) -> Result<T, Lost>
+    where
+        F: Fn(Inbound) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = T> + Send,
+        T: Send + 'static,
+    {
+        let paths = paths_of(peer);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(paths.len());
+        for path in paths {
+            let (router, table, name, call, tx, from) =
+                (self.router.clone(), self.table.clone(), peer.name.clone(), call.clone(), tx.clone(), self.from);
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let r = router.carry(from, to, raft, &path, call).await;
+                match &r {
+                    Ok(_) => table.record_ok(&name, &path, started.elapsed()),
+                    Err(e) => table.record_err(&name, &path, &e.to_string()),
+                }
+                let _ = tx.send(r).await;
+            });
         }
+        drop(tx);
+        let mut last = None;
+        while let Some(r) = rx.recv().await {
+            match r {
+                Ok(t) if good(&t) => return Ok(t),
+                r => {
+                    if last.as_ref().is_none_or(|l: &Result<T, Lost>| l.is_err()) {
+                        last = Some(r);
+                    }
+                }
+            }
+        }
+        last.expect("at least one path")
+    }
+}
+
+fn any<T>(_: &T) -> bool {
+    true
+}
+
+impl Forwarder for RouterNetwork {
+    async fn forward(&self, leader: RaftId, peer: &Peer, req: &ClusterRequest) -> Result<ClusterResponse, ProposeError> {
+        let req = wire(req).map_err(|e| ProposeError::Failed(e.to_string()))?;
+        let (from, nonce) = (self.from, self.router.nonces.fetch_add(1, Ordering::Relaxed));
+        let answer = self
+            .over_paths(leader, peer, true, any, move |n| {
+                let req = req.clone();
+                async move { n.propose_once(&n.member_name(from), nonce, req).await }
+            })
+            .await
+            .map_err(|e| ProposeError::Failed(e.to_string()))?;
+        wire(&answer).map_err(|e| ProposeError::Failed(e.to_string()))?
     }
 }
 
@@ -259,10 +321,12 @@ impl Messenger for RouterNetwork {
     async fn send(&self, to: RaftId, peer: &Peer, body: serde_json::Value) -> Result<(), SendError> {
         let undelivered = |last: String| SendError::Undelivered { peer: peer.name.clone(), last };
         let body = wire(&body).map_err(|e| undelivered(e.to_string()))?;
-        let (from, started) = (self.from, Instant::now());
-        let carried = self.router.carry(from, to, false, |n| async move { n.accept_message(n.member_name(from), body) });
+        let from = self.from;
+        let carried = self.over_paths(to, peer, false, Result::is_ok, move |n| {
+            let body = body.clone();
+            async move { n.accept_message(n.member_name(from), body) }
+        });
         let r = tokio::time::timeout(MESSAGE_TIMEOUT, carried).await.unwrap_or(Err(Lost { from, to, why: "timed out" }));
-        self.record(&peer.name, started, &r);
         match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => {
@@ -278,15 +342,17 @@ impl Prober for RouterNetwork {
         self.table.clone()
     }
 
-    fn paths(&self, _peer: &Peer) -> Vec<String> {
-        vec![ROUTER_PATH.to_owned()]
+    fn paths(&self, peer: &Peer) -> Vec<String> {
+        paths_of(peer)
     }
 
-    async fn ping(&self, to: RaftId, peer: &Peer, _path: &str, ttl: Duration) {
+    async fn ping(&self, to: RaftId, peer: &Peer, path: &str, ttl: Duration) {
         let (from, started) = (self.from, Instant::now());
-        let carried = self.router.carry(from, to, false, |_| async {});
-        let r = tokio::time::timeout(ttl, carried).await.unwrap_or(Err(Lost { from, to, why: "ping timed out" }));
-        self.record(&peer.name, started, &r);
+        let carried = self.router.carry(from, to, false, path, |_| async {});
+        match tokio::time::timeout(ttl, carried).await.unwrap_or(Err(Lost { from, to, why: "ping timed out" })) {
+            Ok(()) => self.table.record_ok(&peer.name, path, started.elapsed()),
+            Err(e) => self.table.record_err(&peer.name, path, &e.to_string()),
+        }
     }
 }
 
@@ -294,17 +360,15 @@ impl RaftNetworkFactory<TypeConfig> for RouterNetwork {
     type Network = Connection;
 
     async fn new_client(&mut self, target: RaftId, node: &Peer) -> Connection {
-        Connection { net: self.clone(), router: self.router.clone(), from: self.from, target, name: node.name.clone() }
+        Connection { net: self.clone(), target, peer: node.clone() }
     }
 }
 
 /// A member's connection to one peer.
 pub struct Connection {
     net: RouterNetwork,
-    router: Router,
-    from: RaftId,
     target: RaftId,
-    name: String,
+    peer: Peer,
 }
 
 type RpcError = RPCError<RaftId, Peer, RaftError<RaftId>>;
@@ -320,18 +384,26 @@ impl RaftNetwork<TypeConfig> for Connection {
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<RaftId>, RpcError> {
         let rpc = wire(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let started = Instant::now();
-        let answer = self.router.deliver(self.from, self.target, |n| async move { n.raft().append_entries(rpc).await }).await;
-        self.net.record(&self.name, started, &answer);
+        let answer = self
+            .net
+            .over_paths(self.target, &self.peer, true, any, move |n| {
+                let rpc = rpc.clone();
+                async move { n.raft().append_entries(rpc).await }
+            })
+            .await;
         let answer = answer.map_err(unreachable)?.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))?;
         wire(&answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
 
     async fn vote(&mut self, rpc: VoteRequest<RaftId>, _option: RPCOption) -> Result<VoteResponse<RaftId>, RpcError> {
         let rpc = wire(&rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let started = Instant::now();
-        let answer = self.router.deliver(self.from, self.target, |n| async move { n.raft().vote(rpc).await }).await;
-        self.net.record(&self.name, started, &answer);
+        let answer = self
+            .net
+            .over_paths(self.target, &self.peer, true, any, move |n| {
+                let rpc = rpc.clone();
+                async move { n.raft().vote(rpc).await }
+            })
+            .await;
         let answer = answer.map_err(unreachable)?.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))?;
         wire(&answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
@@ -345,9 +417,13 @@ impl RaftNetwork<TypeConfig> for Connection {
     ) -> Result<SnapshotResponse<RaftId>, StreamingError<TypeConfig, Fatal<RaftId>>> {
         let network = |e: serde_json::Error| StreamingError::Network(NetworkError::new(&e));
         let (vote, meta, data) = wire(&(vote, snapshot.meta, *snapshot.snapshot)).map_err(network)?;
-        let snapshot = Snapshot { meta, snapshot: Box::new(data) };
-        let answer =
-            self.router.deliver(self.from, self.target, |n| async move { n.raft().install_full_snapshot(vote, snapshot).await }).await;
+        let answer = self
+            .net
+            .over_paths(self.target, &self.peer, true, any, move |n| {
+                let snapshot = Snapshot { meta: meta.clone(), snapshot: Box::new(data.clone()) };
+                async move { n.raft().install_full_snapshot(vote, snapshot).await }
+            })
+            .await;
         let answer = answer
             .map_err(|e| StreamingError::Unreachable(Unreachable::new(&io::Error::new(io::ErrorKind::NotConnected, e.to_string()))))?
             .map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))?;

@@ -65,12 +65,19 @@ pub struct TestCluster {
     dir: TempDir,
     raft: Arc<openraft::Config>,
     pub authority: AuthorityConfig,
+    paths: Vec<String>,
     nodes: BTreeMap<RaftId, ClusterNode>,
 }
 
 impl TestCluster {
     /// Starts members `ids` and forms the cluster from the first.
     pub async fn new(ids: &[RaftId]) -> Self {
+        Self::with_paths(ids, &[]).await
+    }
+
+    /// As [`TestCluster::new`], each member reached over the router paths named `paths` (none:
+    /// one path per link).
+    pub async fn with_paths(ids: &[RaftId], paths: &[&str]) -> Self {
         init_tracing();
         let (raft, authority) = timing();
         let mut c = Self {
@@ -78,12 +85,13 @@ impl TestCluster {
             dir: TempDir::new().expect("temp dir"),
             raft,
             authority,
+            paths: paths.iter().map(|p| p.to_string()).collect(),
             nodes: BTreeMap::new(),
         };
         for &id in ids {
             c.start(id).await;
         }
-        let members = ids.iter().map(|&id| (id, Self::peer(id))).collect();
+        let members = ids.iter().map(|&id| (id, c.peer(id))).collect();
         c.node(ids[0]).initialize(members).await.expect("initialize");
         c
     }
@@ -125,9 +133,9 @@ impl TestCluster {
         self.nodes.get_mut(&id).expect("node running")
     }
 
-    /// How members name each other (their `Peer`).
-    pub fn peer(id: RaftId) -> Peer {
-        Peer { name: format!("n{id}"), addresses: vec![] }
+    /// How members name and reach each other (their `Peer`).
+    pub fn peer(&self, id: RaftId) -> Peer {
+        Peer { name: format!("n{id}"), addresses: self.paths.clone() }
     }
 
     /// Waits until every member in `among` names the same leader, itself in `among` and in
