@@ -58,7 +58,8 @@ impl Default for LivenessConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PathStatus {
-    /// The address dialled (`nodes.addresses`), or [`crate::router::ROUTER_PATH`].
+    /// The address dialled (`nodes.addresses`); on the test router, the peer's address label or
+    /// [`crate::router::ROUTER_PATH`].
     pub addr: String,
     /// An exchange on this path succeeded within `dead_after`.
     pub up: bool,

@@ -11,9 +11,10 @@
 //!
 //! * `from` in an [`Envelope`] is set by the receiving transport from what it authenticated
 //!   (the TLS peer's certificate-checked hello; the router's link), never from the body.
-//! * **Delivery is at least once per path, unordered across paths**: a message sent over two
+//! * **A message may arrive once per path, unordered across paths**: one sent over two working
 //!   paths usually arrives twice, and a later message may overtake an earlier one on another
-//!   path. Receivers must be idempotent (carry an id or a revision in the body and drop what
+//!   path. An error does not prove it was not delivered (the acknowledgement may be what was
+//!   lost). Receivers must be idempotent (carry an id or a revision in the body and drop what
 //!   they have seen).
 //! * The inbound queue is bounded ([`INBOX_CAPACITY`]): when it is full the copy is refused
 //!   and, if no path's copy was accepted, the sender gets [`SendError::Rejected`] with

@@ -2,8 +2,7 @@
 //! messages serialised to JSON and back (as on the wire), with faults injected per link.
 //!
 //! Faults: a link (`from → to`) can be cut (its messages are lost), lose its next n messages, or
-//! be delayed (delivered late,
-//! still delivered after a later cut, as on a real network); a node can be isolated, removed
+//! be delayed (delivered late, still delivered after a later cut, as on a real network); a node can be isolated, removed
 //! (down) and registered again (restarted). An RPC is a round trip: cutting `from → to` loses the
 //! request, cutting `to → from` loses only the answer (the receiver has acted on it).
 //!
@@ -24,14 +23,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use openraft::error::{Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use openraft::{OptionalSend, RaftNetwork, RaftNetworkFactory, Snapshot, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::time::Instant;
 
 use crate::links::{LinkTable, LivenessConfig, Prober};
 use crate::messenger::{Messenger, SendError, MESSAGE_TIMEOUT};
