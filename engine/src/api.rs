@@ -93,10 +93,42 @@ pub struct StatusReport {
     /// Where `/metrics` is served (as bound: a configured port 0 shows the port picked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_addr: Option<String>,
+    /// In a cluster: leader, term, quorum and each member's reachability per path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_info: Option<ClusterStatus>,
     pub nodes: Vec<NodeStatus>,
     pub groups: Vec<GroupStatus>,
     pub resources: Vec<ResourceStatus>,
     pub recent: Vec<EventRecord>,
+}
+
+/// The cluster as the answering member sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The member whose view this is (the leader, unless none could be reached).
+    pub answered_by: String,
+    pub leader: Option<String>,
+    pub term: u64,
+    /// The answering member leads with a quorum's acknowledgement (decisions are being made).
+    pub quorum: bool,
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub name: String,
+    pub role: String,
+    /// At least one path to it works (always true for the answering member itself).
+    pub reachable: bool,
+    pub paths: Vec<PathState>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PathState {
+    pub addr: String,
+    pub up: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

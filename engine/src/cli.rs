@@ -162,14 +162,29 @@ impl Cli {
 pub fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     let filter = match &cli.log {
-        Some(f) => EnvFilter::new(f),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        Some(f) => EnvFilter::new(quiet_raft(f)),
+        None => match std::env::var("RUST_LOG") {
+            Ok(f) => EnvFilter::try_new(quiet_raft(&f)).unwrap_or_else(|_| EnvFilter::new("warn")),
+            Err(_) => EnvFilter::new("warn"),
+        },
     };
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     match cli.log_format {
         LogFormat::Human => builder.with_target(false).init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// openraft logs every vote and heartbeat at info, and every failed call to a lost peer as an
+/// error (ten a second): an operator's `--log info` means Warden's own events (a lost member, a
+/// path down and quorum are reported by Warden itself), so openraft is silent unless the filter
+/// names it (`--log info,openraft=warn`).
+fn quiet_raft(filter: &str) -> String {
+    if filter.contains("openraft") {
+        filter.to_string()
+    } else {
+        format!("{filter},openraft=off")
     }
 }
 

@@ -276,6 +276,9 @@ pub struct DaemonConfig {
     /// A Unix group whose members may read `status` and `events` (read-only) through the
     /// control socket; operator commands stay root-only. Default: root only.
     pub status_group: Option<String>,
+    /// A cluster member's credentials: the cluster CA and this node's certificate and key, as
+    /// `warden cluster init` writes them (default /etc/warden/pki). Relative to the config file.
+    pub pki_dir: Option<PathBuf>,
 }
 
 /// Line and column (1-based) of a byte offset.

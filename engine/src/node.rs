@@ -12,6 +12,7 @@
 
 pub mod alerts;
 pub mod cgroup;
+mod member;
 pub mod rlimit;
 pub mod worker;
 
@@ -51,10 +52,8 @@ pub enum NodeError {
     Unsigned { name: String, path: PathBuf, status: SignatureStatus, signer: PathBuf },
     #[error("node `{0}` is not in the config (use --node NAME; the nodes are: {1})")]
     UnknownNode(String, String),
-    #[error("node `{0}` is a witness: it never runs resources")]
+    #[error("node `{0}` is a witness: it votes in a cluster and never runs resources; it cannot run alone")]
     Witness(String),
-    #[error("the config has {0} nodes, but multi-node membership (heartbeats, quorum, fencing) is not implemented yet: running two nodes without it could start a group twice. To run only this node of the cluster (the others must not run Warden), pass --single-node.")]
-    MultiNode(usize),
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("another `warden node run` is already serving {0}")]
@@ -94,6 +93,22 @@ struct Resolved {
     timeouts: Timeouts,
     interval: Duration,
     limits: Limits,
+}
+
+/// A control-socket request, who sent it, and where its answer goes.
+type ApiCall = (Request, api::users::Caller, oneshot::Sender<Response>);
+
+/// Requests for `/metrics`; a sender is kept so that the channel stays open without a listener.
+struct MetricsRx {
+    rx: mpsc::Receiver<oneshot::Sender<String>>,
+    _keep: mpsc::Sender<oneshot::Sender<String>>,
+}
+
+/// The resources' workers: their queues, monitor intervals and plugin names, by resource.
+struct Workers {
+    senders: HashMap<String, mpsc::Sender<Job>>,
+    intervals: HashMap<String, Duration>,
+    plugin_of: HashMap<String, String>,
 }
 
 /// The state file format this Warden reads and writes.
@@ -166,6 +181,9 @@ pub struct Node {
 /// Where the CLI and the daemon meet unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/warden/warden.sock";
 
+/// Where a member's cluster credentials are unless `daemon.pki_dir` says otherwise.
+pub const DEFAULT_PKI_DIR: &str = "/etc/warden/pki";
+
 /// Default state directory for a cluster.
 pub fn default_state_dir(cluster: &str) -> PathBuf {
     PathBuf::from("/var/lib/warden").join(cluster)
@@ -184,11 +202,27 @@ impl Node {
         };
         let names = || cfg.nodes.iter().map(|n| n.name.get_ref().clone()).collect::<Vec<_>>().join(", ");
         let me = cfg.node(&name).ok_or_else(|| NodeError::UnknownNode(name.clone(), names()))?;
-        if me.role == Role::Witness {
+        let member = cfg.nodes.len() > 1 && !opts.single_node;
+        // A witness votes in a cluster; alone it would have nothing to do.
+        if me.role == Role::Witness && !member {
             return Err(NodeError::Witness(name));
         }
-        if cfg.nodes.len() > 1 && !opts.check_only && !opts.single_node {
-            return Err(NodeError::MultiNode(cfg.nodes.len()));
+        if member && !opts.check_only {
+            if me.addresses.is_empty() {
+                return Err(NodeError::Setup(format!(
+                    "node `{name}` has no addresses: a cluster member needs at least one (`addresses` under [[nodes]]); \
+                     to run only this node of the cluster (the others must not run Warden), pass --single-node"
+                )));
+            }
+            let dir = cfg.daemon.pki_dir.as_ref().map(|p| cfg.resolve_path(p)).unwrap_or_else(|| PathBuf::from(DEFAULT_PKI_DIR));
+            if let Err(e) = warden_cluster::pki::TlsIdentity::load(&dir, &name) {
+                return Err(NodeError::Setup(format!(
+                    "cluster credentials for `{name}` in {}: {e}. Make them with `warden cluster init --dir DIR --name {} NODE...` \
+                     and set daemon.pki_dir; to run only this node of the cluster (the others must not run Warden), pass --single-node",
+                    dir.display(),
+                    cfg.cluster.name
+                )));
+            }
         }
         let state_dir = opts
             .state_dir
@@ -362,16 +396,9 @@ impl Node {
         // One daemon per state directory and per control socket, for the daemon's whole life:
         // two daemons on one state would both start the same groups. Taken before anything is
         // read or probed.
-        let _state_lock = warden_store::StateDirLock::acquire(&self.state_dir)?;
-        if let Some(dir) = self.socket.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let mut socket_lock_path = self.socket.clone().into_os_string();
-        socket_lock_path.push(".lock");
-        let _socket_lock = warden_store::StateDirLock::acquire_file(Path::new(&socket_lock_path))?;
-        match rlimit::raise_nofile() {
-            Ok((before, after)) => tracing::debug!(before, after, "open-file limit"),
-            Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+        let _locks = self.lock()?;
+        if self.is_member() {
+            return member::run(self, stop).await;
         }
         let mut model = self.cfg.model();
         for (name, r) in model.resources.iter_mut() {
@@ -447,34 +474,7 @@ impl Node {
             }
         }
 
-        // Each resource's processes live in their own cgroup; where there is none, say so.
-        let cgroups = match cgroup::Cgroups::detect(&self.cfg.cluster.name, &self.state_dir) {
-            Ok(c) => match c.check_joinable().await {
-                Ok(()) => {
-                    tracing::info!(base = %c.base().display(), "each resource's processes run in their own cgroup");
-                    Some(c)
-                }
-                Err(e) => {
-                    let msg = format!(
-                        "the cgroup tree {} cannot take processes ({e}): falling back to process groups; a process that leaves its \
-                         process group escapes the kill at a timeout or stop, and after a crash interrupted actions are waited out, not killed",
-                        c.base().display()
-                    );
-                    tracing::warn!("{msg}");
-                    note(&mut history, "node", &self.name, msg);
-                    None
-                }
-            },
-            Err(e) => {
-                let msg = format!(
-                    "no usable cgroup2 hierarchy ({e}): falling back to process groups; a process that leaves its \
-                     process group escapes the kill at a timeout or stop, and after a crash interrupted actions are waited out, not killed"
-                );
-                tracing::warn!("{msg}");
-                note(&mut history, "node", &self.name, msg);
-                None
-            }
-        };
+        let cgroups = self.detect_cgroups(&mut history).await;
         let journal_dir = self.state_dir.join("actions");
         std::fs::create_dir_all(&journal_dir).map_err(|source| NodeError::Io {
             what: "cannot create the action journal directory",
@@ -495,122 +495,15 @@ impl Node {
         let (results_tx, mut results_rx) = mpsc::unbounded_channel::<JobResult>();
         // Exits of the processes agents name with `watch`: each brings the resource's monitor forward.
         let (watch_tx, mut watch_rx) = mpsc::unbounded_channel::<worker::WatchFired>();
-        let mut workers: HashMap<String, mpsc::Sender<Job>> = HashMap::new();
-        let mut intervals: HashMap<String, Duration> = HashMap::new();
-        let mut plugin_of: HashMap<String, String> = HashMap::new();
-        for rc in &self.cfg.resources {
-            let plugin = &self.plugins[rc.plugin.get_ref()];
-            let Resolved { params, timeouts, interval, limits } = self.resolve(rc);
-            let cg = match cgroups.as_ref().map(|c| c.resource(rc.name.get_ref())) {
-                Some(Ok(cg)) => Some(cg),
-                Some(Err(e)) => {
-                    tracing::warn!(resource = %rc.name.get_ref(), error = %e, "no cgroup for this resource; process groups only");
-                    None
-                }
-                None => None,
-            };
-            // One file per resource; a name never leads out of the directory.
-            let journal = Some(journal_dir.join(format!("{}.json", rc.name.get_ref().replace('/', "_"))));
-            let setup = worker::Setup {
-                params,
-                grants: rc.grants.get_ref().clone(),
-                timeouts,
-                limits,
-                journal,
-                cgroup: cg,
-                watch: Some(watch_tx.clone()),
-            };
-            let w = Worker::new(plugin, rc.name.get_ref(), &self.name, setup);
-            let (tx, rx) = mpsc::channel(64);
-            tasks.spawn(w.run(rx, results_tx.clone()));
-            workers.insert(rc.name.get_ref().clone(), tx);
-            intervals.insert(rc.name.get_ref().clone(), interval);
-            plugin_of.insert(rc.name.get_ref().clone(), rc.plugin.get_ref().clone());
-        }
+        let Workers { senders: workers, intervals, plugin_of } =
+            self.spawn_workers(&journal_dir, cgroups.as_ref(), &tasks, &results_tx, &watch_tx);
 
-        // Control socket. We hold its lock, so whatever is at the path is a leftover of a dead
-        // daemon (or a daemon of an older version that took no lock: refuse if it answers).
-        if let Ok(meta) = std::fs::symlink_metadata(&self.socket) {
-            use std::os::unix::fs::FileTypeExt;
-            // Never delete what is not a socket (a mistyped control_socket naming a file).
-            if !meta.file_type().is_socket() {
-                return Err(NodeError::Io {
-                    what: "the control socket path exists and is not a socket",
-                    path: self.socket.clone(),
-                    source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-                });
-            }
-            if tokio::net::UnixStream::connect(&self.socket).await.is_ok() {
-                return Err(NodeError::AlreadyRunning(self.socket.clone()));
-            }
-            let _ = std::fs::remove_file(&self.socket);
-        }
-        let listener = tokio::net::UnixListener::bind(&self.socket).map_err(|source| NodeError::Io {
-            what: "cannot open the control socket",
-            path: self.socket.clone(),
-            source,
-        })?;
-        // Only this daemon's own socket is removed when it exits.
-        let _owned_socket = warden_store::OwnedPath::claim(&self.socket)?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&self.socket, std::fs::Permissions::from_mode(0o600)).map_err(|source| NodeError::Io {
-                what: "cannot restrict the control socket",
-                path: self.socket.clone(),
-                source,
-            })?;
-        }
-        // A read-only status group: the socket is group-readable and -writable for it.
-        let status_gid = match &self.cfg.daemon.status_group {
-            None => None,
-            Some(g) => {
-                let gid = api::users::group_id(g).map_err(|e| NodeError::Setup(format!("daemon.status_group: {e}")))?;
-                use std::os::unix::fs::PermissionsExt;
-                std::os::unix::fs::chown(&self.socket, None, Some(gid))
-                    .and_then(|()| std::fs::set_permissions(&self.socket, std::fs::Permissions::from_mode(0o660)))
-                    .map_err(|source| NodeError::Io {
-                        what: "cannot give the status group access to the control socket",
-                        path: self.socket.clone(),
-                        source,
-                    })?;
-                Some(gid)
-            }
-        };
-        let (api_tx, mut api_rx) = mpsc::channel::<(Request, api::users::Caller, oneshot::Sender<Response>)>(64);
-        let owner_uid = {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::metadata(&self.socket).map(|m| m.uid()).unwrap_or(0)
-        };
-        {
-            let (cancel, tracker, feed) = (cancel.clone(), tasks.clone(), history.feed.clone());
-            tasks.spawn(async move {
-                cancel.run_until_cancelled(api::listen::serve_control(listener, owner_uid, status_gid, api_tx, feed, tracker)).await;
-            });
-        }
+        let (mut api_rx, _owned_socket) = self.open_control(&cancel, &tasks, history.feed.clone()).await?;
 
-        let (metrics_tx, mut metrics_rx) = mpsc::channel::<oneshot::Sender<String>>(8);
-        let mut metrics_bound: Option<String> = None;
-        if let Some(addr) = &self.cfg.daemon.metrics_addr {
-            let l = tokio::net::TcpListener::bind(addr.get_ref().as_str()).await.map_err(|source| NodeError::Io {
-                what: "cannot listen for metrics on",
-                path: addr.get_ref().into(),
-                source,
-            })?;
-            // The address really bound (port 0 in the config picks a free one): shown in status.
-            metrics_bound = l.local_addr().ok().map(|a| a.to_string());
-            let (cancel, tracker) = (cancel.clone(), tasks.clone());
-            tasks.spawn(async move {
-                cancel.run_until_cancelled(api::listen::serve_metrics(l, metrics_tx, tracker)).await;
-            });
-        }
+        let (mut metrics_rx, metrics_bound) = self.open_metrics(&cancel, &tasks).await?;
+        let metrics_rx = &mut metrics_rx.rx;
         let mut metrics = api::metrics::Metrics::default();
-        // Alerts read the history's feed from here on (the "node started" event included).
-        for a in &self.cfg.alerts {
-            let alert = alerts::Alert::from_config(a);
-            tracing::info!(alert = %alert.label, program = %alert.program, "alert configured");
-            let run = alerts::run(alert, self.cfg.cluster.name.clone(), self.name.clone(), history.feed.subscribe(), cancel.clone());
-            tasks.spawn(run);
-        }
+        self.spawn_alerts(&history, &cancel, &tasks);
 
         let mut signals = Box::pin(stop);
         // The core's time is the boot clock (see SchedClock): monotonic, and meaningful across a
@@ -957,6 +850,215 @@ impl Node {
         Ok(())
     }
 
+    /// Each resource's processes live in their own cgroup; where there is none, say so.
+    async fn detect_cgroups(&self, history: &mut History) -> Option<cgroup::Cgroups> {
+        match cgroup::Cgroups::detect(&self.cfg.cluster.name, &self.state_dir) {
+            Ok(c) => match c.check_joinable().await {
+                Ok(()) => {
+                    tracing::info!(base = %c.base().display(), "each resource's processes run in their own cgroup");
+                    Some(c)
+                }
+                Err(e) => {
+                    let msg = format!(
+                            "the cgroup tree {} cannot take processes ({e}): falling back to process groups; a process that leaves its \
+                             process group escapes the kill at a timeout or stop, and after a crash interrupted actions are waited out, not killed",
+                            c.base().display()
+                        );
+                    tracing::warn!("{msg}");
+                    note(history, "node", &self.name, msg);
+                    None
+                }
+            },
+            Err(e) => {
+                let msg = format!(
+                        "no usable cgroup2 hierarchy ({e}): falling back to process groups; a process that leaves its \
+                         process group escapes the kill at a timeout or stop, and after a crash interrupted actions are waited out, not killed"
+                    );
+                tracing::warn!("{msg}");
+                note(history, "node", &self.name, msg);
+                None
+            }
+        }
+    }
+
+    /// One worker task per resource, tracked by `tasks`.
+    fn spawn_workers(
+        &self,
+        journal_dir: &Path,
+        cgroups: Option<&cgroup::Cgroups>,
+        tasks: &tokio_util::task::TaskTracker,
+        results_tx: &mpsc::UnboundedSender<JobResult>,
+        watch_tx: &mpsc::UnboundedSender<worker::WatchFired>,
+    ) -> Workers {
+        let mut workers: HashMap<String, mpsc::Sender<Job>> = HashMap::new();
+        let mut intervals: HashMap<String, Duration> = HashMap::new();
+        let mut plugin_of: HashMap<String, String> = HashMap::new();
+        for rc in &self.cfg.resources {
+            let plugin = &self.plugins[rc.plugin.get_ref()];
+            let Resolved { params, timeouts, interval, limits } = self.resolve(rc);
+            let cg = match cgroups.map(|c| c.resource(rc.name.get_ref())) {
+                Some(Ok(cg)) => Some(cg),
+                Some(Err(e)) => {
+                    tracing::warn!(resource = %rc.name.get_ref(), error = %e, "no cgroup for this resource; process groups only");
+                    None
+                }
+                None => None,
+            };
+            // One file per resource; a name never leads out of the directory.
+            let journal = Some(journal_dir.join(format!("{}.json", rc.name.get_ref().replace('/', "_"))));
+            let setup = worker::Setup {
+                params,
+                grants: rc.grants.get_ref().clone(),
+                timeouts,
+                limits,
+                journal,
+                cgroup: cg,
+                watch: Some(watch_tx.clone()),
+            };
+            let w = Worker::new(plugin, rc.name.get_ref(), &self.name, setup);
+            let (tx, rx) = mpsc::channel(64);
+            tasks.spawn(w.run(rx, results_tx.clone()));
+            workers.insert(rc.name.get_ref().clone(), tx);
+            intervals.insert(rc.name.get_ref().clone(), interval);
+            plugin_of.insert(rc.name.get_ref().clone(), rc.plugin.get_ref().clone());
+        }
+        Workers { senders: workers, intervals, plugin_of }
+    }
+
+    /// The control socket, served until `cancel`; requests arrive on the returned channel. The
+    /// returned path guard removes the socket at exit (only this daemon's own).
+    async fn open_control(
+        &self,
+        cancel: &tokio_util::sync::CancellationToken,
+        tasks: &tokio_util::task::TaskTracker,
+        feed: tokio::sync::broadcast::Sender<history::EventRecord>,
+    ) -> Result<(mpsc::Receiver<ApiCall>, warden_store::OwnedPath), NodeError> {
+        // Control socket. We hold its lock, so whatever is at the path is a leftover of a dead
+        // daemon (or a daemon of an older version that took no lock: refuse if it answers).
+        if let Ok(meta) = std::fs::symlink_metadata(&self.socket) {
+            use std::os::unix::fs::FileTypeExt;
+            // Never delete what is not a socket (a mistyped control_socket naming a file).
+            if !meta.file_type().is_socket() {
+                return Err(NodeError::Io {
+                    what: "the control socket path exists and is not a socket",
+                    path: self.socket.clone(),
+                    source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+                });
+            }
+            if tokio::net::UnixStream::connect(&self.socket).await.is_ok() {
+                return Err(NodeError::AlreadyRunning(self.socket.clone()));
+            }
+            let _ = std::fs::remove_file(&self.socket);
+        }
+        let listener = tokio::net::UnixListener::bind(&self.socket).map_err(|source| NodeError::Io {
+            what: "cannot open the control socket",
+            path: self.socket.clone(),
+            source,
+        })?;
+        // Only this daemon's own socket is removed when it exits.
+        let _owned_socket = warden_store::OwnedPath::claim(&self.socket)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&self.socket, std::fs::Permissions::from_mode(0o600)).map_err(|source| NodeError::Io {
+                what: "cannot restrict the control socket",
+                path: self.socket.clone(),
+                source,
+            })?;
+        }
+        // A read-only status group: the socket is group-readable and -writable for it.
+        let status_gid = match &self.cfg.daemon.status_group {
+            None => None,
+            Some(g) => {
+                let gid = api::users::group_id(g).map_err(|e| NodeError::Setup(format!("daemon.status_group: {e}")))?;
+                use std::os::unix::fs::PermissionsExt;
+                std::os::unix::fs::chown(&self.socket, None, Some(gid))
+                    .and_then(|()| std::fs::set_permissions(&self.socket, std::fs::Permissions::from_mode(0o660)))
+                    .map_err(|source| NodeError::Io {
+                        what: "cannot give the status group access to the control socket",
+                        path: self.socket.clone(),
+                        source,
+                    })?;
+                Some(gid)
+            }
+        };
+        let (api_tx, api_rx) = mpsc::channel::<(Request, api::users::Caller, oneshot::Sender<Response>)>(64);
+        let owner_uid = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(&self.socket).map(|m| m.uid()).unwrap_or(0)
+        };
+        {
+            let (cancel, tracker) = (cancel.clone(), tasks.clone());
+            tasks.spawn(async move {
+                cancel.run_until_cancelled(api::listen::serve_control(listener, owner_uid, status_gid, api_tx, feed, tracker)).await;
+            });
+        }
+        Ok((api_rx, _owned_socket))
+    }
+
+    /// `/metrics` when configured: requests arrive on the returned channel; the address as bound.
+    async fn open_metrics(
+        &self,
+        cancel: &tokio_util::sync::CancellationToken,
+        tasks: &tokio_util::task::TaskTracker,
+    ) -> Result<(MetricsRx, Option<String>), NodeError> {
+        let (metrics_tx, metrics_rx) = mpsc::channel::<oneshot::Sender<String>>(8);
+        // Without a listener the channel must stay open (and empty): keep a sender.
+        let metrics_tx_keep = metrics_tx.clone();
+        let mut metrics_bound: Option<String> = None;
+        if let Some(addr) = &self.cfg.daemon.metrics_addr {
+            let l = tokio::net::TcpListener::bind(addr.get_ref().as_str()).await.map_err(|source| NodeError::Io {
+                what: "cannot listen for metrics on",
+                path: addr.get_ref().into(),
+                source,
+            })?;
+            // The address really bound (port 0 in the config picks a free one): shown in status.
+            metrics_bound = l.local_addr().ok().map(|a| a.to_string());
+            let (cancel, tracker) = (cancel.clone(), tasks.clone());
+            tasks.spawn(async move {
+                cancel.run_until_cancelled(api::listen::serve_metrics(l, metrics_tx, tracker)).await;
+            });
+        }
+        Ok((MetricsRx { rx: metrics_rx, _keep: metrics_tx_keep }, metrics_bound))
+    }
+
+    /// Alerts read the history's feed from here on (the "node started" event included).
+    fn spawn_alerts(&self, history: &History, cancel: &tokio_util::sync::CancellationToken, tasks: &tokio_util::task::TaskTracker) {
+        for a in &self.cfg.alerts {
+            let alert = alerts::Alert::from_config(a);
+            tracing::info!(alert = %alert.label, program = %alert.program, "alert configured");
+            let run = alerts::run(alert, self.cfg.cluster.name.clone(), self.name.clone(), history.feed.subscribe(), cancel.clone());
+            tasks.spawn(run);
+        }
+    }
+
+    /// Where this member's cluster credentials are (`warden cluster init` makes them).
+    fn pki_dir(&self) -> PathBuf {
+        self.cfg.daemon.pki_dir.as_ref().map(|p| self.cfg.resolve_path(p)).unwrap_or_else(|| PathBuf::from(DEFAULT_PKI_DIR))
+    }
+
+    /// Whether this daemon is one member of a multi-node cluster (not `--single-node`).
+    fn is_member(&self) -> bool {
+        self.cfg.nodes.len() > 1 && !self.single_node
+    }
+
+    /// The state directory's and the control socket's locks, held for the daemon's life: two
+    /// daemons on one state would both start the same groups. Taken before anything is read or
+    /// probed. Also raises the open-file limit.
+    fn lock(&self) -> Result<(warden_store::StateDirLock, warden_store::StateDirLock), NodeError> {
+        let state_lock = warden_store::StateDirLock::acquire(&self.state_dir)?;
+        if let Some(dir) = self.socket.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let mut socket_lock_path = self.socket.clone().into_os_string();
+        socket_lock_path.push(".lock");
+        let socket_lock = warden_store::StateDirLock::acquire_file(Path::new(&socket_lock_path))?;
+        match rlimit::raise_nofile() {
+            Ok((before, after)) => tracing::debug!(before, after, "open-file limit"),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+        }
+        Ok((state_lock, socket_lock))
+    }
+
     /// Kill (with cgroups) or wait out (without) what interrupted actions left running.
     async fn settle_interrupted_actions(&self, dir: &Path, cgroups: Option<&cgroup::Cgroups>, history: &mut History) {
         let Ok(entries) = std::fs::read_dir(dir) else { return };
@@ -1017,6 +1119,7 @@ impl Node {
             shutting_down,
             state_error: None,
             metrics_addr: None,
+            cluster_info: None,
             nodes: model
                 .nodes
                 .iter()
@@ -1183,6 +1286,18 @@ fn carry_out(
         }
         Command::Note { subject, message } => note(history, "decision", &subject, message),
     }
+}
+
+/// Hand a command from the cluster's leader to its resource's worker (never held here: the
+/// leader held it until its decisions were committed).
+fn carry_out_local(
+    c: Command,
+    workers: &HashMap<String, mpsc::Sender<Job>>,
+    busy: &mut Busy,
+    results: &mpsc::UnboundedSender<JobResult>,
+    history: &mut History,
+) {
+    carry_out(c, workers, busy, results, history, false)
 }
 
 fn jitter(d: Duration, rng: &mut u64) -> Duration {

@@ -875,6 +875,11 @@ pub fn render_status(r: &StatusReport) -> String {
     if let Some(e) = &r.state_error {
         let _ = writeln!(s, "STATE NOT DURABLE: {e}\n  new decisions are held until the state file can be written");
     }
+    if let Some(c) = &r.cluster_info {
+        let leader = c.leader.as_deref().unwrap_or("none");
+        let quorum = if c.quorum { "quorum" } else { "NO QUORUM (nothing is decided; members stop what they run when their lease ends)" };
+        let _ = writeln!(s, "Leader {leader}  term {}  {quorum}  (answered by {})", c.term, c.answered_by);
+    }
     let _ = writeln!(s, "\nNodes:");
     for n in &r.nodes {
         let state = match (n.up, n.standby, n.needs_fence) {
@@ -884,7 +889,17 @@ pub fn render_status(r: &StatusReport) -> String {
             (true, false, _) => "online",
             (false, _, _) => "offline",
         };
-        let _ = writeln!(s, "  {:<16} {:<8} {state}", n.name, n.role);
+        // In a cluster: whether the answering member reaches it, per path.
+        let paths = r.cluster_info.as_ref().and_then(|c| c.members.iter().find(|m| m.name == n.name)).map_or(String::new(), |m| {
+            let per: Vec<String> = m.paths.iter().map(|p| format!("{} {}", p.addr, if p.up { "up" } else { "DOWN" })).collect();
+            let reach = if m.reachable { "reachable" } else { "UNREACHABLE" };
+            if per.is_empty() {
+                format!("  {reach}")
+            } else {
+                format!("  {reach} [{}]", per.join(", "))
+            }
+        });
+        let _ = writeln!(s, "  {:<16} {:<8} {state}{paths}", n.name, n.role);
     }
     let _ = writeln!(s, "\nGroups:");
     for g in &r.groups {

@@ -1,0 +1,1141 @@
+//! Cluster mode of `warden node run`: this daemon is one member of a multi-node cluster.
+//!
+//! ```text
+//!             every member                                   the leader only (with authority)
+//!   ┌──────────────────────────────┐  Exec, Lease      ┌───────────────────────────────────────┐
+//!   │ executor: workers, monitors, │ ◄──────────────── │ decider: Scheduler (sans-IO core)     │
+//!   │ watches, the lease           │ ────────────────► │ events in, commands out; a command is │
+//!   └──────────────────────────────┘  Hello, Report    │ sent only after its decisions commit  │
+//!        ▲ control socket: status and operator         └──────────────┬────────────────────────┘
+//!        │ commands, forwarded to the leader                          │ SetDecisions
+//!                                                           openraft ─┴─► redb log (fsync)
+//! ```
+//!
+//! Like Pacemaker's DC, the Raft leader runs the decision core for the whole cluster, and only
+//! while it holds authority (a window a quorum acknowledged, `warden_cluster::Authority`): an
+//! isolated openraft leader keeps calling itself leader, so openraft's word alone never counts.
+//! Propose, commit, act: the decisions behind a command are committed through Raft before the
+//! command is sent. Every member (witness included) runs an executor that carries out the
+//! leader's commands on its own resources, monitors what the leader says runs there, and reports
+//! back.
+//!
+//! Safety rules here (the core's simulation checks the decisions themselves):
+//! - An executor accepts commands only of the highest Raft term it has seen: a deposed leader's
+//!   late command is refused once the new leader has spoken. Commands for one resource run in
+//!   order on its worker, so the new leader's probe answers after anything the old one started.
+//! - The lease: the leader renews each member's lease every [`LEASE_EVERY`]. A member whose lease
+//!   ran out ([`LEASE`]: no leader with authority reached it) stops every resource it runs, top
+//!   down (Pacemaker's `no-quorum-policy=stop`), and refuses starts until a leader renews it.
+//!   It then says so in its next `Hello`, and the leader forgets and re-probes it.
+//! - A new leader knows nothing of what runs: it restores the committed decisions (every resource
+//!   possibly active everywhere) and probes every member that says hello before it acts.
+//! - A node lost without a fence confirmation keeps its groups: they wait (failover is the next
+//!   milestone); status says why.
+//!
+//! Messages are JSON over `warden_cluster`'s messenger (mutual TLS, every path); a message can
+//! arrive twice (once per path) or not at all. Executors drop a command they already took (same
+//! term and operation id, or older); the core ignores results that match nothing in flight.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use warden_cluster::pki::TlsIdentity;
+use warden_cluster::transport::TlsNetwork;
+use warden_cluster::{AuthorityConfig, ClusterNode, ClusterRequest, Messenger, NodeConfig, Peer, RaftId};
+
+use super::history::{unix_ms, History};
+use super::worker::{Job, JobKind, JobResult};
+use super::{
+    carry_out_local, dispatch, jitter, job_event, not_carried_out, note, operator_text, sleep_until, Busy, Node, NodeError, SchedClock,
+    Workers, TICK, WATCH_GAP,
+};
+use crate::api::{self, ClusterStatus, MemberStatus, PathState, Request, Response, StatusReport};
+use crate::config::Role;
+use crate::scheduler::{
+    ActionKind, Command, Decisions, Event, Failure, MonitorOutcome, NodeId, OperatorCommand, Persisted as CorePersisted, ResourceId,
+    Scheduler,
+};
+
+/// Raft's heartbeat and election timeouts (ms). Authority, the restart silence and the lease
+/// derive from them.
+const RAFT_HEARTBEAT_MS: u64 = 100;
+const RAFT_ELECTION_MIN_MS: u64 = 700;
+const RAFT_ELECTION_MAX_MS: u64 = 1400;
+/// Clock-rate error ρ and margin ε assumed for the authority window.
+const DRIFT: f64 = 0.01;
+const MARGIN: Duration = Duration::from_millis(50);
+/// How often the leader renews every member's lease (and tells it what to monitor).
+const LEASE_EVERY: Duration = Duration::from_millis(500);
+/// A member shutting down stops what still runs itself after this long (the leader did not move it).
+const SHUTDOWN_FALLBACK: Duration = Duration::from_secs(60);
+/// A member not renewed for this long stops everything it runs. It must outlast the election
+/// of a new leader after the old one dies (measured here: up to ~4 s with openraft 0.9 and the
+/// timing above, a restarted voter's silence included), or a leader's death would stop groups
+/// on healthy members.
+const LEASE: Duration = Duration::from_secs(10);
+/// How often a member says hello to the leader.
+const HELLO_EVERY: Duration = Duration::from_millis(500);
+/// The leader counts a member down after this long without its hello.
+const MEMBER_SILENT: Duration = Duration::from_secs(3);
+/// A new cluster (no group placed yet) waits this long for every member to say hello before it
+/// places anything, so that groups start on their preferred member rather than the first to
+/// answer (Pacemaker's dc-deadtime). Ends early when every member has said hello.
+const JOIN_WINDOW: Duration = Duration::from_secs(10);
+/// A new leader of a running cluster waits this long at most for the members its links reach to
+/// say hello before it tells the core who is up: told one at a time, the core would place a
+/// group away from an owner that simply had not said hello yet.
+const REJOIN_WINDOW: Duration = Duration::from_secs(2);
+/// How long a command or status request forwarded to the leader may take.
+const FORWARD_WAIT: Duration = Duration::from_secs(10);
+/// Messages queued per peer before sending fails (a peer that does not take them is down).
+const OUTBOX: usize = 4096;
+
+/// The engine's messages between members.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "msg", rename_all = "kebab-case")]
+enum Msg {
+    /// Leader → member: carry out a probe, start, stop or recover.
+    Exec { term: u64, command: Command },
+    /// Leader → member: the lease renewed, and what to monitor there (resource → group epoch).
+    Lease { term: u64, monitors: BTreeMap<ResourceId, u64> },
+    /// Member → leader: alive; `instance` changes at every daemon start, `rejoins` each time the
+    /// member's lease ran out (either way the leader forgets what it knew and probes again).
+    Hello { instance: String, rejoins: u64 },
+    /// Member → leader: the result of a command or a monitor.
+    Report { term: u64, report: Report },
+    /// Member → leader: this member is shutting down; its groups move to other members (it is
+    /// put in standby, and brought online when it says hello again as a new instance).
+    Leaving,
+    /// Member → leader: an operator command given on the member; answered with `Reply`.
+    Operator { id: u64, command: OperatorCommand, user: String, uid: u32 },
+    /// Member → leader: the cluster's status; answered with `Status`.
+    StatusRequest { id: u64 },
+    /// Leader → member: the answer to `Operator`.
+    Reply { id: u64, response: Response },
+    /// Leader → member: the answer to `StatusRequest`.
+    Status { id: u64, status: Box<StatusReport> },
+}
+
+/// A result as it travels to the leader: a core event without its node (the sender is the node).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+enum Report {
+    Probe { resource: ResourceId, op: u64, outcome: MonitorOutcome },
+    Monitor { resource: ResourceId, epoch: u64, outcome: MonitorOutcome },
+    Done { resource: ResourceId, op: u64, action: ActionKind, result: Result<(), Failure> },
+}
+
+impl Report {
+    fn from_event(e: Event) -> Option<Self> {
+        Some(match e {
+            Event::Probe { resource, op, outcome, .. } => Report::Probe { resource, op, outcome },
+            Event::Monitor { resource, epoch, outcome, .. } => Report::Monitor { resource, epoch, outcome },
+            Event::ActionDone { resource, op, action, result, .. } => Report::Done { resource, op, action, result },
+            _ => return None,
+        })
+    }
+
+    fn into_event(self, node: NodeId) -> Event {
+        match self {
+            Report::Probe { resource, op, outcome } => Event::Probe { resource, node, op, outcome },
+            Report::Monitor { resource, epoch, outcome } => Event::Monitor { resource, node, epoch, outcome },
+            Report::Done { resource, op, action, result } => Event::ActionDone { resource, node, op, action, result },
+        }
+    }
+}
+
+/// Where an operator command's answer goes.
+enum ReplyTo {
+    Local(oneshot::Sender<Response>),
+    Remote { to: String, id: u64 },
+}
+
+/// The members as the config names them, with their Raft ids (config order, from 1).
+struct Members {
+    me: String,
+    my_id: RaftId,
+    ids: BTreeMap<String, RaftId>,
+    names: BTreeMap<RaftId, String>,
+    peers: BTreeMap<String, Peer>,
+    roles: BTreeMap<String, Role>,
+}
+
+impl Members {
+    fn from_config(node: &Node) -> Self {
+        let mut m = Members {
+            me: node.name.clone(),
+            my_id: 0,
+            ids: BTreeMap::new(),
+            names: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            roles: BTreeMap::new(),
+        };
+        for (i, n) in node.cfg.nodes.iter().enumerate() {
+            let name = n.name.get_ref().clone();
+            let id = i as RaftId + 1;
+            m.ids.insert(name.clone(), id);
+            m.names.insert(id, name.clone());
+            m.peers.insert(name.clone(), Peer { name: name.clone(), addresses: n.addresses.iter().map(|a| a.get_ref().clone()).collect() });
+            m.roles.insert(name, n.role);
+        }
+        m.my_id = m.ids[&m.me];
+        m
+    }
+
+    fn others(&self) -> impl Iterator<Item = &String> {
+        self.ids.keys().filter(move |n| **n != self.me)
+    }
+}
+
+/// Sends one peer's messages in order; a message that could not be delivered goes back on
+/// `failed` (the leader answers an undelivered command as not carried out).
+async fn sender(net: TlsNetwork, id: RaftId, peer: Peer, mut rx: mpsc::Receiver<Msg>, failed: mpsc::UnboundedSender<(String, Msg)>) {
+    while let Some(m) = rx.recv().await {
+        let body = match serde_json::to_value(&m) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a peer message");
+                continue;
+            }
+        };
+        if let Err(e) = net.send(id, &peer, body).await {
+            tracing::debug!(peer = %peer.name, error = %e, "message not delivered");
+            let _ = failed.send((peer.name.clone(), m));
+        }
+    }
+}
+
+/// The outgoing side: one ordered queue per peer, and a loopback for messages to this node.
+struct Outbox {
+    me: String,
+    queues: HashMap<String, mpsc::Sender<Msg>>,
+    local: mpsc::UnboundedSender<(String, Msg)>,
+    failed: mpsc::UnboundedSender<(String, Msg)>,
+}
+
+impl Outbox {
+    fn send(&self, to: &str, m: Msg) {
+        if to == self.me {
+            let _ = self.local.send((self.me.clone(), m));
+            return;
+        }
+        match self.queues.get(to) {
+            Some(q) => {
+                if let Err(e) = q.try_send(m) {
+                    let m = match e {
+                        mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
+                    };
+                    let _ = self.failed.send((to.to_string(), m));
+                }
+            }
+            None => tracing::warn!(to, "message to an unknown member dropped"),
+        }
+    }
+}
+
+/// The leader's part: the decision core for the whole cluster, while this node has authority.
+struct Decider {
+    term: u64,
+    sched: Scheduler,
+    /// Decisions generations: proposed, and committed through Raft.
+    proposed: u64,
+    committed: u64,
+    last: Option<Decisions>,
+    /// Commands waiting for the commit of the decisions behind them.
+    held: VecDeque<(u64, Command)>,
+    /// Operator commands answered once their decisions are committed.
+    waiting: Vec<(u64, ReplyTo, String, Instant)>,
+    /// Per member: last hello, its instance and rejoin count as this leader knows them.
+    hellos: HashMap<String, (Instant, String, u64)>,
+    /// Members the core was told are up.
+    up: BTreeSet<String>,
+    /// Members put in standby because they shut down: online again when they come back.
+    left: BTreeSet<String>,
+    /// Until then, members that say hello are not yet told to the core.
+    joining_until: Option<Instant>,
+    /// The cluster had never placed a group when this leader took over (it waits for every
+    /// member, not only those its links reach).
+    fresh: bool,
+}
+
+/// Runs this node as a member of its cluster until `stop`.
+pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+    let members = Members::from_config(&node);
+    let my_role = members.roles[&members.me];
+    let runner = my_role == Role::Node;
+    let mut history = History::open(node.state_dir.join("events.jsonl"));
+    for problem in history.problems().to_vec() {
+        tracing::warn!("event history: {problem}");
+        note(&mut history, "node", &node.name, format!("event history: {problem}"));
+    }
+    let clock = SchedClock::new();
+    let instance = format!("{}-{}", super::boot_id(), unix_ms(SystemTime::now()));
+
+    // Credentials and the peer transport.
+    let pki_dir = node.pki_dir();
+    let identity = TlsIdentity::load(&pki_dir, &node.name)
+        .map(Arc::new)
+        .map_err(|e| NodeError::Setup(format!("cluster credentials in {}: {e} (made by `warden cluster init`)", pki_dir.display())))?;
+    let net = TlsNetwork::new(&identity, &node.cfg.cluster.name).map_err(|e| NodeError::Setup(format!("peer transport: {e}")))?;
+    let raft_config = openraft::Config {
+        cluster_name: node.cfg.cluster.name.clone(),
+        heartbeat_interval: RAFT_HEARTBEAT_MS,
+        election_timeout_min: RAFT_ELECTION_MIN_MS,
+        election_timeout_max: RAFT_ELECTION_MAX_MS,
+        ..Default::default()
+    };
+    let raft_config = Arc::new(raft_config.validate().map_err(|e| NodeError::Setup(format!("raft timing: {e}")))?);
+    let authority = AuthorityConfig::for_raft(&raft_config, DRIFT, MARGIN).expect("the constants give a window");
+    let cluster_dir = node.state_dir.join("cluster");
+    let mut cluster =
+        ClusterNode::start(&NodeConfig { id: members.my_id, dir: cluster_dir.clone(), raft: raft_config, authority }, net.clone())
+            .await
+            .map_err(|e| NodeError::Setup(format!("cluster store in {}: {e}", cluster_dir.display())))?;
+    let tasks = tokio_util::task::TaskTracker::new();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    // Listen on this node's own addresses (one per path).
+    let my_peer = members.peers[&members.me].clone();
+    if my_peer.addresses.is_empty() {
+        return Err(NodeError::Setup(format!(
+            "node `{}` has no addresses: a cluster member needs at least one (nodes.addresses)",
+            node.name
+        )));
+    }
+    for addr in &my_peer.addresses {
+        let l = tokio::net::TcpListener::bind(addr.as_str()).await.map_err(|source| NodeError::Io {
+            what: "cannot listen for peers on",
+            path: addr.into(),
+            source,
+        })?;
+        let (identity, name, inbound, cancel) = (identity.clone(), node.cfg.cluster.name.clone(), cluster.inbound(), cancel.clone());
+        tasks.spawn(async move {
+            if let Err(e) = warden_cluster::transport::serve(l, &identity, name, inbound, cancel).await {
+                tracing::error!(error = %e, "peer listener stopped");
+            }
+        });
+    }
+    // Form the cluster from the config. Every member calls this with the same members, which
+    // openraft allows; a member that already has a log refuses it harmlessly.
+    let all: BTreeMap<RaftId, Peer> = members.ids.iter().map(|(n, id)| (*id, members.peers[n].clone())).collect();
+    let formed = cluster.metrics().membership_config.membership().voter_ids().next().is_some();
+    if !formed {
+        if let Err(e) = cluster.initialize(all).await {
+            tracing::debug!(error = %e, "cluster already formed");
+        }
+    }
+
+    // Messages in: the transport's bounded queue, decoded; and this node's own, by loopback.
+    let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<(String, Msg)>();
+    if let Some(mut rx) = cluster.take_messages() {
+        let inbox_tx = inbox_tx.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            let mut bad = 0u64;
+            while let Some(Some(env)) = cancel.run_until_cancelled(rx.recv()).await {
+                match serde_json::from_value::<Msg>(env.body) {
+                    Ok(m) => {
+                        let _ = inbox_tx.send((env.from, m));
+                    }
+                    Err(e) => {
+                        bad += 1;
+                        if bad.is_power_of_two() {
+                            tracing::warn!(from = %env.from, error = %e, count = bad, "malformed peer message ignored");
+                        }
+                    }
+                }
+            }
+        });
+    }
+    let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<(String, Msg)>();
+    let mut queues = HashMap::new();
+    for name in members.others() {
+        let (tx, rx) = mpsc::channel(OUTBOX);
+        let (net, id, peer, failed) = (net.clone(), members.ids[name], members.peers[name].clone(), failed_tx.clone());
+        tasks.spawn(sender(net, id, peer, rx, failed));
+        queues.insert(name.clone(), tx);
+    }
+    let outbox = Outbox { me: members.me.clone(), queues, local: inbox_tx.clone(), failed: failed_tx };
+
+    // The executor: this node's resources (a witness has none).
+    let cgroups = if runner { node.detect_cgroups(&mut history).await } else { None };
+    let journal_dir = node.state_dir.join("actions");
+    std::fs::create_dir_all(&journal_dir).map_err(|source| NodeError::Io {
+        what: "cannot create the action journal directory",
+        path: journal_dir.clone(),
+        source,
+    })?;
+    if runner {
+        node.settle_interrupted_actions(&journal_dir, cgroups.as_ref(), &mut history).await;
+    }
+    let (results_tx, mut results_rx) = mpsc::unbounded_channel::<JobResult>();
+    let (watch_tx, mut watch_rx) = mpsc::unbounded_channel::<super::worker::WatchFired>();
+    let Workers { senders: workers, intervals, plugin_of } = if runner {
+        node.spawn_workers(&journal_dir, cgroups.as_ref(), &tasks, &results_tx, &watch_tx)
+    } else {
+        Workers { senders: HashMap::new(), intervals: HashMap::new(), plugin_of: HashMap::new() }
+    };
+    let (mut api_rx, _owned_socket) = node.open_control(&cancel, &tasks, history.feed.clone()).await?;
+    let (mut metrics_rx, metrics_bound) = node.open_metrics(&cancel, &tasks).await?;
+    let metrics_rx = &mut metrics_rx.rx;
+    let mut metrics = api::metrics::Metrics::default();
+    node.spawn_alerts(&history, &cancel, &tasks);
+
+    // The proposer: commits the leader's decisions in order, latest first when several queue.
+    let (propose_tx, mut propose_rx) = mpsc::unbounded_channel::<(u64, u64, Decisions)>();
+    let (commit_tx, mut commit_rx) = mpsc::unbounded_channel::<(u64, u64, Result<(), String>)>();
+    {
+        let raft = cluster.raft().clone();
+        let cancel = cancel.clone();
+        tasks.spawn(async move {
+            while let Some(Some(mut next)) = cancel.run_until_cancelled(propose_rx.recv()).await {
+                while let Ok(later) = propose_rx.try_recv() {
+                    next = later;
+                }
+                let (term, generation, decisions) = next;
+                let r = match raft.client_write(ClusterRequest::SetDecisions { config_version: 0, decisions }).await {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = commit_tx.send((term, generation, r));
+            }
+        });
+    }
+
+    let model = {
+        let mut model = node.cfg.model();
+        for (name, r) in model.resources.iter_mut() {
+            let rc = node.cfg.resource(name).expect("validated");
+            r.local_recovery = node.plugins[rc.plugin.get_ref()].metadata.local_recovery;
+        }
+        model
+    };
+    let me = NodeId::from(node.name.as_str());
+    let now_ms = || clock.now();
+
+    note(
+        &mut history,
+        "node",
+        &node.name,
+        format!(
+            "member started ({}; {} members: {}); waiting for a leader",
+            if runner { "runs resources" } else { "witness: votes, runs nothing" },
+            members.ids.len(),
+            members.ids.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    );
+    tracing::info!(node = %node.name, socket = %node.socket.display(), "member running");
+
+    // Executor state.
+    let mut busy = Busy::default();
+    let mut next_monitor: HashMap<ResourceId, Instant> = HashMap::new();
+    let mut watch_due: HashSet<String> = HashSet::new();
+    let mut last_watch: HashMap<String, Instant> = HashMap::new();
+    let mut rng = unix_ms(SystemTime::now()) | 1;
+    // The highest term any leader spoke to us in: commands of older terms are refused.
+    let mut term_seen = 0u64;
+    // What the leader says to monitor here (resource → epoch), and until when it holds.
+    let mut monitors: BTreeMap<ResourceId, u64> = BTreeMap::new();
+    let mut lease_until: Option<Instant> = None;
+    let mut rejoins = 0u64;
+    // The stops of a lost lease, one at a time, top down.
+    let mut self_stop: VecDeque<ResourceId> = VecDeque::new();
+    let mut self_stopping: Option<ResourceId> = None;
+    // Per resource, the last (term, op) taken: a duplicate or older command is dropped.
+    let mut taken: HashMap<ResourceId, (u64, u64)> = HashMap::new();
+    // Requests forwarded to the leader, waiting for its answer.
+    let mut next_id = 0u64;
+    let mut forwarded: HashMap<u64, (oneshot::Sender<Response>, Instant)> = HashMap::new();
+    let mut forwarded_status: HashMap<u64, (oneshot::Sender<Response>, Instant)> = HashMap::new();
+
+    let mut decider: Option<Decider> = None;
+    let mut signals = Box::pin(stop);
+    let mut shutting_down = false;
+    let mut tick = tokio::time::interval(TICK);
+    let mut lease_tick = tokio::time::interval(LEASE_EVERY);
+    let mut hello_tick = tokio::time::interval(HELLO_EVERY);
+    let mut raft_metrics = cluster.raft().metrics();
+    let mut pending: Vec<Command> = Vec::new();
+    let mut shutdown_fallback: Option<Instant> = None;
+
+    loop {
+        // Leadership: the decider lives while this node leads its term; it acts only with
+        // authority (checked again before every command goes out).
+        {
+            let (state, leader_id, current_term) = {
+                let m = raft_metrics.borrow();
+                (m.state, m.current_leader, m.current_term)
+            };
+            term_seen = term_seen.max(current_term);
+            let leads = state == openraft::ServerState::Leader && leader_id == Some(members.my_id);
+            if decider.as_ref().is_some_and(|d| !leads || d.term != current_term) {
+                let d = decider.take().expect("checked");
+                cluster_note(&mut history, &node.name, format!("no longer the leader (term {}); the new leader decides", d.term));
+                for (_, reply, text, _) in d.waiting {
+                    answer(
+                        &outbox,
+                        reply,
+                        Response::Error {
+                            message: format!(
+                                "leadership lost before `{text}` was committed: its outcome is unknown; check `warden status`"
+                            ),
+                        },
+                    );
+                }
+                pending.clear();
+            }
+            if decider.is_none() && leads && cluster.authority().is_some() && !shutting_down {
+                let committed = cluster.state().borrow().clone();
+                let committed_fresh = committed.decisions.groups.values().all(|g| g.owner.is_none());
+                let mut sched = Scheduler::new(model.clone());
+                sched.restore(&CorePersisted { decisions: committed.decisions.clone(), restarts: Default::default() }, 0);
+                note(
+                    &mut history,
+                    "cluster",
+                    &node.name,
+                    format!("leader in term {current_term} with a quorum: restoring the committed decisions and probing every member"),
+                );
+                decider = Some(Decider {
+                    term: current_term,
+                    sched,
+                    proposed: 0,
+                    committed: 0,
+                    last: Some(committed.decisions),
+                    held: VecDeque::new(),
+                    waiting: Vec::new(),
+                    hellos: HashMap::new(),
+                    up: BTreeSet::new(),
+                    left: BTreeSet::new(),
+                    // A cluster that never placed a group is forming: wait for its members.
+                    joining_until: Some(Instant::now() + if committed_fresh { JOIN_WINDOW } else { REJOIN_WINDOW }),
+                    fresh: committed_fresh,
+                });
+            }
+        }
+
+        // Propose, commit, act (the leader only).
+        if let Some(d) = decider.as_mut() {
+            let dec = d.sched.decisions();
+            if d.last.as_ref() != Some(&dec) {
+                d.proposed += 1;
+                let _ = propose_tx.send((d.term, d.proposed, dec.clone()));
+                d.last = Some(dec);
+            }
+            let authority = cluster.authority().is_some();
+            for c in std::mem::take(&mut pending) {
+                match c {
+                    Command::Note { subject, message } => {
+                        tracing::info!(subject = %subject, "{message}");
+                        note(&mut history, "decision", &subject, message);
+                    }
+                    Command::Fence { node: n } => note(
+                        &mut history,
+                        "decision",
+                        &n,
+                        "fencing needed: fence devices are not driven in cluster mode yet; its groups wait (status says why)".into(),
+                    ),
+                    c if d.proposed > d.committed || !d.held.is_empty() || !authority => d.held.push_back((d.proposed, c)),
+                    c => route(&outbox, d.term, c),
+                }
+            }
+            if authority {
+                while d.held.front().is_some_and(|(g, _)| *g <= d.committed) {
+                    let (_, c) = d.held.pop_front().expect("checked");
+                    route(&outbox, d.term, c);
+                }
+            }
+        }
+
+        // Monitor schedule follows what the leader says runs here.
+        next_monitor.retain(|r, _| monitors.contains_key(r));
+        for r in monitors.keys() {
+            if !next_monitor.contains_key(r) && !busy.contains(r) && intervals.contains_key(r.as_str()) {
+                next_monitor.insert(r.clone(), Instant::now() + jitter(intervals[r.as_str()], &mut rng));
+            }
+        }
+        // Shutdown ends when nothing runs here as far as the leader knows (it moved our groups
+        // away) or our own stops are done, and no call is in flight.
+        if shutting_down && busy.is_empty() && self_stop.is_empty() && self_stopping.is_none() && monitors.is_empty() {
+            note(&mut history, "node", &node.name, "member stopped".into());
+            break;
+        }
+        let due = next_monitor.values().min().copied();
+
+        tokio::select! {
+            Some(r) = results_rx.recv() => {
+                busy.done(&r.resource);
+                let plugin = plugin_of[&r.resource].clone();
+                let event = job_event(&me, &r, &plugin, &mut metrics, &mut history);
+                if matches!(r.kind, JobKind::Monitor) && monitors.contains_key(r.resource.as_str()) {
+                    let at = if watch_due.remove(&r.resource) { Instant::now() } else { Instant::now() + jitter(intervals[&r.resource], &mut rng) };
+                    next_monitor.insert(r.resource.as_str().into(), at);
+                }
+                if self_stopping.as_deref() == Some(r.resource.as_str()) {
+                    self_stopping = None;
+                    if matches!(&event, Event::ActionDone { result: Err(_), .. }) {
+                        // A dependency is never stopped under a dependent that may still run.
+                        let msg = format!("lease lost: could NOT stop `{}`; what it needs is left running", r.resource);
+                        tracing::error!("{msg}");
+                        note(&mut history, "node", &node.name, msg);
+                        let group = &model.resources[r.resource.as_str()].group;
+                        self_stop.retain(|x| model.resources[x].group != *group);
+                    }
+                    next_self_stop(&mut self_stop, &mut self_stopping, &workers, &mut busy, &results_tx);
+                }
+                // Results go to the leader, with the term of the command they answer (a monitor:
+                // the current one); our own stops answer no command.
+                let term = match &event {
+                    Event::Probe { resource, op, .. } | Event::ActionDone { resource, op, .. } => {
+                        taken.get(resource).filter(|(_, o)| o == op).map_or(0, |(t, _)| *t)
+                    }
+                    _ => term_seen,
+                };
+                if let (Some(report), true) = (Report::from_event(event), term > 0) {
+                    if let Some(leader) = current_leader(&raft_metrics, &members) {
+                        outbox.send(&leader, Msg::Report { term, report });
+                    }
+                }
+            }
+            Some(f) = watch_rx.recv() => {
+                let now = Instant::now();
+                let recent = last_watch.get(&f.resource).is_some_and(|t| now.duration_since(*t) < WATCH_GAP);
+                if shutting_down || !monitors.contains_key(f.resource.as_str()) {
+                    // Being stopped, or not running here as far as the leader knows.
+                } else if let Some(cur) = next_monitor.get_mut(f.resource.as_str()) {
+                    let at = if recent { last_watch[&f.resource] + WATCH_GAP } else { now };
+                    *cur = (*cur).min(at);
+                    metrics.watch_fired(&f.resource);
+                    if !recent {
+                        last_watch.insert(f.resource.clone(), now);
+                        note(&mut history, "watch", &f.resource, format!("process {} exited; monitoring now", f.pid));
+                    }
+                } else if busy.contains(&f.resource) {
+                    watch_due.insert(f.resource.clone());
+                    metrics.watch_fired(&f.resource);
+                }
+            }
+            _ = sleep_until(due) => {
+                let now = Instant::now();
+                let ready: Vec<ResourceId> = next_monitor.iter().filter(|(_, t)| **t <= now).map(|(r, _)| r.clone()).collect();
+                for r in ready {
+                    next_monitor.remove(&r);
+                    if busy.contains(&r) {
+                        continue;
+                    }
+                    let epoch = monitors.get(&r).copied().unwrap_or(0);
+                    dispatch(&workers, &mut busy, &results_tx, &r, Job { kind: JobKind::Monitor, op: 0, epoch });
+                }
+            }
+            Some((from, msg)) = inbox.recv() => match msg {
+                Msg::Exec { term, command } => {
+                    let Some(resource) = super::command_resource(&command).map(ResourceId::from) else { continue };
+                    if term < term_seen {
+                        tracing::info!(from = %from, term, term_seen, resource = %resource, "command of an old term refused");
+                        continue;
+                    }
+                    term_seen = term;
+                    let op = command_op(&command);
+                    if taken.get(&resource).is_some_and(|last| *last >= (term, op)) {
+                        continue; // a copy over another path
+                    }
+                    taken.insert(resource.clone(), (term, op));
+                    let starts = matches!(command, Command::Start { .. } | Command::Recover { .. });
+                    if starts && (shutting_down || lease_until.is_none_or(|t| t <= Instant::now())) {
+                        // Without a lease nothing starts here (a leader that reached us would
+                        // have renewed it first); answered as not carried out.
+                        let kind = if matches!(command, Command::Start { .. }) { JobKind::Start } else { JobKind::Recover };
+                        let _ = results_tx.send(not_carried_out(&resource, kind, op, command_epoch(&command), "this member holds no lease (no leader reached it) or is shutting down"));
+                        busy.0.entry(resource.to_string()).and_modify(|n| *n += 1).or_insert(1);
+                        continue;
+                    }
+                    carry_out_local(command, &workers, &mut busy, &results_tx, &mut history);
+                }
+                Msg::Lease { term, monitors: set } => {
+                    if term < term_seen {
+                        continue;
+                    }
+                    term_seen = term;
+                    if lease_until.is_none_or(|t| t <= Instant::now()) && !monitors.is_empty() && !self_stop.is_empty() {
+                        cluster_note(&mut history, &node.name, "a leader reached this member again".into());
+                    }
+                    lease_until = Some(Instant::now() + LEASE);
+                    if self_stop.is_empty() && self_stopping.is_none() {
+                        monitors = set;
+                    }
+                }
+                Msg::Hello { instance, rejoins } => {
+                    if let Some(d) = decider.as_mut() {
+                        let name = from.clone();
+                        let now = Instant::now();
+                        let n = NodeId::from(name.as_str());
+                        let known = d.hellos.get(&name).map(|(_, i, r)| (i.clone(), *r));
+                        d.hellos.insert(name.clone(), (now, instance.clone(), rejoins));
+                        if d.joining_until.is_some() {
+                            // Told to the core when the join window ends.
+                        } else if !d.up.contains(&name) {
+                            d.up.insert(name.clone());
+                            cluster_note(&mut history, &name, "member up".into());
+                            pending.extend(d.sched.handle(now_ms(), Event::NodeUp(n.clone())));
+                        }
+                        let restarted = known.as_ref().is_some_and(|k| k.0 != instance);
+                        if known.is_some_and(|k| k != (instance, rejoins)) {
+                            // It restarted or stopped everything on its own: what we knew is gone.
+                            pending.extend(d.sched.handle(now_ms(), Event::NodeRestarted(n.clone())));
+                        }
+                        if restarted && d.left.remove(&name) {
+                            cluster_note(&mut history, &name, "member back after its shutdown: online again".into());
+                            pending.extend(d.sched.handle(now_ms(), Event::Operator(OperatorCommand::Online { node: n })));
+                        }
+                    }
+                }
+                Msg::Leaving => {
+                    if let Some(d) = decider.as_mut() {
+                        let n = NodeId::from(from.as_str());
+                        let standby = d.sched.state().decisions.nodes.get(&n).is_some_and(|s| s.standby);
+                        if !standby {
+                            cluster_note(&mut history, &from, "member shutting down: its groups move to other members".into());
+                            d.left.insert(from.clone());
+                            pending.extend(d.sched.handle(now_ms(), Event::Operator(OperatorCommand::Standby { node: n })));
+                        }
+                    }
+                }
+                Msg::Report { term, report } => {
+                    if let Some(d) = decider.as_mut() {
+                        // A probe's or action's result answers a command of this leader only (an
+                        // older leader's operation ids mean nothing here); a monitor carries
+                        // its epoch, which the core checks.
+                        let ours = term == d.term || matches!(report, Report::Monitor { .. });
+                        if ours && d.up.contains(&from) {
+                            let ev = report.into_event(NodeId::from(from.as_str()));
+                            pending.extend(d.sched.handle(now_ms(), ev));
+                        }
+                    }
+                }
+                Msg::Operator { id, command, user, uid } => {
+                    let reply = ReplyTo::Remote { to: from.clone(), id };
+                    match decider.as_mut() {
+                        None => answer(&outbox, reply, Response::Error { message: "this member is not the leader (the leader changed: try again)".into() }),
+                        Some(d) => operator(d, &mut pending, &mut history, &outbox, now_ms(), command, &format!("{user}, uid {uid}, on {from}"), reply),
+                    }
+                }
+                Msg::StatusRequest { id } => {
+                    if let Some(d) = decider.as_ref() {
+                        let st = cluster_status(&node, &d.sched, &history, &cluster, &net, &members, shutting_down, clock, Some(d), metrics_bound.clone());
+                        outbox.send(&from, Msg::Status { id, status: Box::new(st) });
+                    }
+                }
+                Msg::Reply { id, response } => {
+                    if let Some((tx, _)) = forwarded.remove(&id) {
+                        let _ = tx.send(response);
+                    }
+                }
+                Msg::Status { id, status } => {
+                    if let Some((tx, _)) = forwarded_status.remove(&id) {
+                        let _ = tx.send(Response::Status { status });
+                    }
+                }
+            },
+            Some((to, msg)) = failed_rx.recv() => {
+                // An undelivered command is answered as not carried out (a host fault: the
+                // core probes again). If it was delivered after all, the probe queues behind it.
+                if let (Msg::Exec { term, command }, Some(d)) = (&msg, decider.as_mut()) {
+                    if *term == d.term {
+                        if let Some(ev) = undelivered(command, &to) {
+                            pending.extend(d.sched.handle(now_ms(), ev));
+                        }
+                    }
+                }
+            }
+            Some((term, generation, result)) = commit_rx.recv() => {
+                if let Some(d) = decider.as_mut().filter(|d| d.term == term) {
+                    match result {
+                        Ok(()) => {
+                            d.committed = d.committed.max(generation);
+                            let (done, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut d.waiting).into_iter().partition(|(g, ..)| *g <= d.committed);
+                            d.waiting = wait;
+                            for (_, reply, text, _) in done {
+                                answer(&outbox, reply, Response::Ok { message: format!("accepted: {text}") });
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "decisions not committed");
+                            cluster_note(&mut history, &node.name, format!("decisions not committed ({e}); held commands wait"));
+                            // Propose again at the next change or tick.
+                            d.last = None;
+                        }
+                    }
+                }
+            }
+            Some((req, caller, reply)) = api_rx.recv() => {
+                match req {
+                    Request::Status => match decider.as_ref() {
+                        Some(d) => {
+                            let st = cluster_status(&node, &d.sched, &history, &cluster, &net, &members, shutting_down, clock, Some(d), metrics_bound.clone());
+                            let _ = reply.send(Response::Status { status: Box::new(st) });
+                        }
+                        None => match current_leader(&raft_metrics, &members).filter(|l| *l != members.me) {
+                            Some(leader) => {
+                                next_id += 1;
+                                forwarded_status.insert(next_id, (reply, Instant::now()));
+                                outbox.send(&leader, Msg::StatusRequest { id: next_id });
+                            }
+                            None => {
+                                let st = local_status(&node, &model, &history, &cluster, &net, &members, shutting_down, clock, metrics_bound.clone());
+                                let _ = reply.send(Response::Status { status: Box::new(st) });
+                            }
+                        },
+                    },
+                    Request::Events { since, .. } => { let _ = reply.send(Response::Events { events: history.since(since) }); }
+                    Request::ResourceShow { resource } => {
+                        let sched = decider.as_ref().map(|d| &d.sched);
+                        let fallback;
+                        let sched = match sched { Some(s) => s, None => { fallback = Scheduler::new(model.clone()); &fallback } };
+                        let _ = reply.send(match node.resource_details(sched, &resource) {
+                            Some(details) => Response::Resource { details: Box::new(details) },
+                            None => Response::Error { message: format!("no resource named `{resource}`") },
+                        });
+                    }
+                    Request::ConfigShow => {
+                        let _ = reply.send(Response::Config { path: node.cfg.source.display().to_string(), text: node.cfg.text().to_string() });
+                    }
+                    Request::Operator { command } => {
+                        if shutting_down {
+                            let _ = reply.send(Response::Error { message: "the node is shutting down".into() });
+                        } else if let Some(d) = decider.as_mut() {
+                            let who = format!("{}, uid {}", caller.user, caller.uid);
+                            operator(d, &mut pending, &mut history, &outbox, now_ms(), command, &who, ReplyTo::Local(reply));
+                        } else if let Some(leader) = current_leader(&raft_metrics, &members).filter(|l| *l != members.me) {
+                            next_id += 1;
+                            forwarded.insert(next_id, (reply, Instant::now()));
+                            outbox.send(&leader, Msg::Operator { id: next_id, command, user: caller.user.clone(), uid: caller.uid });
+                        } else {
+                            let _ = reply.send(Response::Error { message: "no leader with a quorum: operator commands need one (see `warden status`)".into() });
+                        }
+                    }
+                }
+            }
+            Some(reply) = metrics_rx.recv() => {
+                let states: Vec<(String, String)> = monitors.keys().map(|r| (r.to_string(), "running".to_string())).collect();
+                let _ = reply.send(metrics.render(&states));
+            }
+            _ = raft_metrics.changed() => {}
+            _ = hello_tick.tick() => {
+                if let Some(leader) = current_leader(&raft_metrics, &members) {
+                    outbox.send(&leader, Msg::Hello { instance: instance.clone(), rejoins });
+                }
+            }
+            _ = lease_tick.tick() => {
+                // The leader renews every member's lease while it holds authority.
+                if let Some(d) = decider.as_mut() {
+                    if cluster.authority().is_some() {
+                        for name in members.ids.keys() {
+                            let set: BTreeMap<ResourceId, u64> = d.sched.monitored_on(&NodeId::from(name.as_str())).into_iter().map(|r| {
+                                let e = d.sched.epoch(&r);
+                                (r, e)
+                            }).collect();
+                            outbox.send(name, Msg::Lease { term: d.term, monitors: set });
+                        }
+                    }
+                    // Members silent too long are down (their groups wait: no failover yet).
+                    let now = Instant::now();
+                    let silent: Vec<String> = d.up.iter().filter(|n| **n != members.me && d.hellos.get(*n).is_none_or(|(t, ..)| now.duration_since(*t) > MEMBER_SILENT)).cloned().collect();
+                    for n in silent {
+                        d.up.remove(&n);
+                        cluster_note(&mut history, &n, "member lost (no hello); its groups wait: failover needs a fence confirmation".into());
+                        pending.extend(d.sched.handle(now_ms(), Event::NodeDown(NodeId::from(n.as_str()))));
+                    }
+                }
+                // This member's own lease.
+                if lease_until.is_some_and(|t| t <= Instant::now()) && self_stop.is_empty() && self_stopping.is_none() {
+                    lease_until = None;
+                    let running = to_stop(&model, &monitors, &busy);
+                    if !running.is_empty() {
+                        rejoins += 1;
+                        let msg = format!("lease lost: no leader with a quorum reached this member for {LEASE:?}; stopping everything here ({})", names(&running));
+                        tracing::warn!("{msg}");
+                        cluster_note(&mut history, &node.name, msg);
+                        self_stop = running.into();
+                        monitors.clear();
+                        next_self_stop(&mut self_stop, &mut self_stopping, &workers, &mut busy, &results_tx);
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                if let Some(d) = decider.as_mut() {
+                    let links = cluster.link_figures();
+                    let expected = |n: &String| *n == members.me || d.fresh || links.get(n).is_some_and(|l| l.up);
+                    let all_joined = members.ids.keys().filter(|n| expected(n)).all(|n| d.hellos.contains_key(n));
+                    if d.joining_until.is_some_and(|t| all_joined || Instant::now() >= t) {
+                        d.joining_until = None;
+                        let joined: Vec<String> = members.ids.keys().filter(|n| d.hellos.contains_key(*n)).cloned().collect();
+                        cluster_note(&mut history, &node.name, format!("cluster formed with {}: placing groups", joined.join(", ")));
+                        for n in joined {
+                            d.up.insert(n.clone());
+                            pending.extend(d.sched.handle(now_ms(), Event::NodeUp(NodeId::from(n.as_str()))));
+                        }
+                    }
+                    pending.extend(d.sched.handle(now_ms(), Event::Tick));
+                    // Commands or replies held too long: a commit that does not come.
+                    let now = Instant::now();
+                    let (late, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut d.waiting).into_iter().partition(|(.., since)| now.duration_since(*since) >= FORWARD_WAIT);
+                    d.waiting = wait;
+                    for (_, reply, text, _) in late {
+                        answer(&outbox, reply, Response::Error { message: format!("not committed within {FORWARD_WAIT:?}: `{text}` is carried out once it is") });
+                    }
+                }
+                let now = Instant::now();
+                for map in [&mut forwarded, &mut forwarded_status] {
+                    let late: Vec<u64> = map.iter().filter(|(_, (_, t))| now.duration_since(*t) >= FORWARD_WAIT).map(|(id, _)| *id).collect();
+                    for id in late {
+                        if let Some((tx, _)) = map.remove(&id) {
+                            let _ = tx.send(Response::Error { message: format!("the leader did not answer within {FORWARD_WAIT:?}; the outcome is unknown: check `warden status`") });
+                        }
+                    }
+                }
+            }
+            _ = &mut signals, if !shutting_down => {
+                shutting_down = true;
+                if node.leave_running {
+                    note(&mut history, "node", &node.name, "member exiting; resources left running".into());
+                    break;
+                }
+                // The leader moves our groups away (this node in standby); without one, stop
+                // what runs here ourselves. Starts are refused from now on.
+                match current_leader(&raft_metrics, &members) {
+                    Some(leader) => {
+                        note(&mut history, "node", &node.name, format!("shutting down: asking the leader ({leader}) to move this member's groups away"));
+                        outbox.send(&leader, Msg::Leaving);
+                        shutdown_fallback = Some(Instant::now() + SHUTDOWN_FALLBACK);
+                    }
+                    None => {
+                        let running = to_stop(&model, &monitors, &busy);
+                        note(&mut history, "node", &node.name, format!("shutting down without a leader: stopping what runs here ({})", names(&running)));
+                        self_stop = running.into();
+                        monitors.clear();
+                        next_self_stop(&mut self_stop, &mut self_stopping, &workers, &mut busy, &results_tx);
+                    }
+                }
+            }
+            _ = sleep_until(shutdown_fallback) => {
+                shutdown_fallback = None;
+                if !monitors.is_empty() && self_stop.is_empty() && self_stopping.is_none() {
+                    let running = to_stop(&model, &monitors, &busy);
+                    note(&mut history, "node", &node.name, format!("shutting down: the leader has not moved everything within {SHUTDOWN_FALLBACK:?}; stopping what runs here ({})", names(&running)));
+                    self_stop = running.into();
+                    monitors.clear();
+                    next_self_stop(&mut self_stop, &mut self_stopping, &workers, &mut busy, &results_tx);
+                }
+            }
+        }
+    }
+    cancel.cancel();
+    drop(workers);
+    drop(outbox);
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await.is_err() {
+        tracing::warn!(left = tasks.len(), "some tasks did not finish within 5 s; exiting anyway");
+    }
+    if let Err(e) = cluster.shutdown().await {
+        tracing::warn!(error = %e, "cluster member did not shut down cleanly");
+    }
+    Ok(())
+}
+
+/// A cluster event: in the history and the log.
+fn cluster_note(history: &mut History, subject: &str, message: String) {
+    tracing::info!(subject, "{message}");
+    note(history, "cluster", subject, message);
+}
+
+/// Sends a command to the member it is for (this node included, by loopback).
+fn route(outbox: &Outbox, term: u64, c: Command) {
+    let to = match &c {
+        Command::Probe { node, .. } | Command::Start { node, .. } | Command::Stop { node, .. } | Command::Recover { node, .. } => {
+            node.to_string()
+        }
+        _ => return,
+    };
+    outbox.send(&to, Msg::Exec { term, command: c });
+}
+
+fn answer(outbox: &Outbox, to: ReplyTo, response: Response) {
+    match to {
+        ReplyTo::Local(tx) => {
+            let _ = tx.send(response);
+        }
+        ReplyTo::Remote { to, id } => outbox.send(&to, Msg::Reply { id, response }),
+    }
+}
+
+fn command_op(c: &Command) -> u64 {
+    match c {
+        Command::Probe { op, .. } | Command::Start { op, .. } | Command::Stop { op, .. } | Command::Recover { op, .. } => *op,
+        _ => 0,
+    }
+}
+
+fn command_epoch(c: &Command) -> u64 {
+    match c {
+        Command::Probe { epoch, .. } | Command::Start { epoch, .. } | Command::Stop { epoch, .. } | Command::Recover { epoch, .. } => {
+            *epoch
+        }
+        _ => 0,
+    }
+}
+
+/// The core's event for a command that never reached its member: a host fault, probed again.
+fn undelivered(c: &Command, to: &str) -> Option<Event> {
+    let why = Failure::HostFault(format!("the command did not reach {to}"));
+    let node = NodeId::from(to);
+    Some(match c.clone() {
+        Command::Probe { resource, op, .. } => Event::Probe { resource, node, op, outcome: MonitorOutcome::Error(why) },
+        Command::Start { resource, op, .. } => Event::ActionDone { resource, node, op, action: ActionKind::Start, result: Err(why) },
+        Command::Stop { resource, op, .. } => Event::ActionDone { resource, node, op, action: ActionKind::Stop, result: Err(why) },
+        Command::Recover { resource, op, .. } => Event::ActionDone { resource, node, op, action: ActionKind::Recover, result: Err(why) },
+        _ => return None,
+    })
+}
+
+fn current_leader(m: &tokio::sync::watch::Receiver<warden_cluster::RaftMetrics>, members: &Members) -> Option<String> {
+    m.borrow().current_leader.and_then(|id| members.names.get(&id).cloned())
+}
+
+/// What this member must stop when it stops on its own: every resource of each group that runs
+/// or is busy here, dependents before what they need (groups in config order).
+fn to_stop(model: &crate::scheduler::Model, monitors: &BTreeMap<ResourceId, u64>, busy: &Busy) -> Vec<ResourceId> {
+    let mut out = Vec::new();
+    for g in model.groups.values() {
+        if g.members.iter().any(|r| monitors.contains_key(r) || busy.contains(r)) {
+            out.extend(g.members.iter().rev().cloned());
+        }
+    }
+    out
+}
+
+fn names(rs: &[ResourceId]) -> String {
+    if rs.is_empty() {
+        return "nothing".into();
+    }
+    rs.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// Starts the next stop of a lost lease or a shutdown.
+fn next_self_stop(
+    queue: &mut VecDeque<ResourceId>,
+    current: &mut Option<ResourceId>,
+    workers: &HashMap<String, mpsc::Sender<Job>>,
+    busy: &mut Busy,
+    results: &mpsc::UnboundedSender<JobResult>,
+) {
+    if current.is_some() {
+        return;
+    }
+    if let Some(r) = queue.pop_front() {
+        dispatch(workers, busy, results, &r, Job { kind: JobKind::Stop, op: 0, epoch: 0 });
+        *current = Some(r);
+    }
+}
+
+/// An operator command on the leader: checked, recorded with who gave it, decided, and answered
+/// once the decisions behind it are committed.
+#[allow(clippy::too_many_arguments)]
+fn operator(
+    d: &mut Decider,
+    pending: &mut Vec<Command>,
+    history: &mut History,
+    outbox: &Outbox,
+    now: u64,
+    command: OperatorCommand,
+    who: &str,
+    reply: ReplyTo,
+) {
+    if let Err(message) = d.sched.check_operator(&command) {
+        answer(outbox, reply, Response::Error { message });
+        return;
+    }
+    let text = operator_text(&command);
+    note(history, "operator", "operator", format!("{text} (by {who})"));
+    pending.extend(d.sched.handle(now, Event::Operator(command)));
+    // Answered once committed; a command that changed nothing is answered at once.
+    if d.last.as_ref() != Some(&d.sched.decisions()) {
+        d.waiting.push((d.proposed + 1, reply, text, Instant::now()));
+    } else if d.proposed > d.committed {
+        d.waiting.push((d.proposed, reply, text, Instant::now()));
+    } else {
+        answer(outbox, reply, Response::Ok { message: format!("accepted: {text}") });
+    }
+}
+
+/// The cluster part of status, as this member sees it.
+fn cluster_part(cluster: &ClusterNode, net: &TlsNetwork, members: &Members, decider: Option<&Decider>) -> ClusterStatus {
+    let m = cluster.metrics();
+    let links = net.links();
+    ClusterStatus {
+        answered_by: members.me.clone(),
+        leader: m.current_leader.and_then(|id| members.names.get(&id).cloned()),
+        term: m.current_term,
+        quorum: decider.is_some() && cluster.authority().is_some(),
+        members: members
+            .ids
+            .keys()
+            .map(|name| {
+                let link = links.get(name);
+                MemberStatus {
+                    name: name.clone(),
+                    role: format!("{:?}", members.roles[name]).to_lowercase(),
+                    reachable: *name == members.me || link.is_some_and(|l| l.up),
+                    paths: link
+                        .map(|l| {
+                            l.paths.iter().map(|p| PathState { addr: p.addr.clone(), up: p.up, last_error: p.last_error.clone() }).collect()
+                        })
+                        .unwrap_or_default(),
+                }
+            })
+            .collect(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cluster_status(
+    node: &Node,
+    sched: &Scheduler,
+    history: &History,
+    cluster: &ClusterNode,
+    net: &TlsNetwork,
+    members: &Members,
+    shutting_down: bool,
+    clock: SchedClock,
+    decider: Option<&Decider>,
+    metrics_addr: Option<String>,
+) -> StatusReport {
+    let mut st = node.status(sched, history, shutting_down, clock);
+    st.metrics_addr = metrics_addr;
+    st.cluster_info = Some(cluster_part(cluster, net, members, decider));
+    st
+}
+
+/// Status without a leader: the last committed decisions (owners and epochs), nothing known of
+/// what runs.
+#[allow(clippy::too_many_arguments)]
+fn local_status(
+    node: &Node,
+    model: &crate::scheduler::Model,
+    history: &History,
+    cluster: &ClusterNode,
+    net: &TlsNetwork,
+    members: &Members,
+    shutting_down: bool,
+    clock: SchedClock,
+    metrics_addr: Option<String>,
+) -> StatusReport {
+    let mut sched = Scheduler::new(model.clone());
+    let committed = cluster.state().borrow().decisions.clone();
+    sched.restore(&CorePersisted { decisions: committed, restarts: Default::default() }, 0);
+    let mut st = cluster_status(node, &sched, history, cluster, net, members, shutting_down, clock, None, metrics_addr);
+    for g in &mut st.groups {
+        g.waiting = Some("no leader with a quorum: the cluster decides nothing until one is elected".into());
+    }
+    st
+}

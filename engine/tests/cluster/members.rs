@@ -1,0 +1,114 @@
+use std::time::Duration;
+
+use crate::cluster::{TestCluster, WAIT};
+
+/// Status from `via` shows a leader with a quorum and group `app` started on `owner`.
+fn started_on(c: &TestCluster, via: &str, owner: &str) -> bool {
+    c.group(via, "app").is_some_and(|(state, o, _)| state == "started" && o.as_deref() == Some(owner))
+        && c.service(owner, "app-1").is_some()
+        && c.service(owner, "app-2").is_some()
+}
+
+#[test]
+fn forms_a_cluster_runs_the_group_once_and_switches_it_over() {
+    let mut c = TestCluster::new("");
+    let s1 = c.sampler(&["app-1", "app-2"]);
+    c.start_all();
+    c.wait("a leader with a quorum, seen from every member", WAIT, |c| {
+        let l = c.leader("a");
+        l.is_some() && ["b", "w"].iter().all(|m| c.status(m).is_some_and(|s| s["cluster_info"]["leader"].as_str() == l.as_deref()))
+    });
+    c.wait("group app started on a (first in priority)", WAIT, |c| started_on(c, "b", "a"));
+    assert!(c.service("b", "app-1").is_none(), "{}", c.logs());
+    let (_, _, epoch) = c.group("w", "app").unwrap();
+
+    // Status from any member shows the whole cluster: every member reachable over both paths.
+    let st = c.status("w").unwrap();
+    for m in st["cluster_info"]["members"].as_array().unwrap() {
+        assert_eq!(m["reachable"], true, "{m}");
+    }
+
+    // Switchover on command, given on the witness: stop on a confirmed, then start on b.
+    let o = c.cli("w", &["group", "move", "app", "--to", "b"]);
+    assert!(o.status.success(), "{o:?}\n{}", c.logs());
+    c.wait("group app started on b", WAIT, |c| started_on(c, "a", "b"));
+    assert!(c.service("a", "app-1").is_none() && c.service("a", "app-2").is_none(), "still running on a\n{}", c.logs());
+    let (_, _, after) = c.group("a", "app").unwrap();
+    assert!(after > epoch, "the move must take a new epoch: {epoch} -> {after}");
+    s1.check();
+}
+
+#[test]
+fn one_path_cut_changes_nothing_and_a_cut_owner_stops_its_group() {
+    let mut c = TestCluster::new("");
+    let s1 = c.sampler(&["app-1", "app-2"]);
+    c.start_all();
+    c.wait("group app started on a", WAIT, |c| started_on(c, "w", "a"));
+    let pid = c.service("a", "app-1").unwrap();
+
+    // One path of a cut: a stays reachable over the other, nothing moves or restarts.
+    c.cut("a", 1);
+    c.wait("path 1 of a shown down, a still reachable", WAIT, |c| {
+        c.status("b").is_some_and(|st| {
+            st["cluster_info"]["members"].as_array().unwrap().iter().any(|m| {
+                m["name"] == "a" && m["reachable"] == true && m["paths"].as_array().is_some_and(|p| p.iter().any(|p| p["up"] == false))
+            })
+        })
+    });
+    std::thread::sleep(Duration::from_secs(6)); // longer than the lease: nothing may happen
+    assert_eq!(c.service("a", "app-1"), Some(pid), "a path cut must not restart or move anything\n{}", c.logs());
+    assert!(started_on(&c, "b", "a"));
+
+    // Both paths of the owner cut: a cannot reach a quorum, its lease runs out and it stops
+    // everything; b and w keep a quorum but do not start the group without a fence
+    // confirmation (failover is not in this milestone): the group waits, and status says why.
+    c.cut("a", 2);
+    c.wait("a stopped its services after losing its lease", WAIT, |c| {
+        c.service("a", "app-1").is_none() && c.service("a", "app-2").is_none()
+    });
+    c.wait("b and w see a lost", WAIT, |c| {
+        c.status("b").is_some_and(|st| st["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "a" && n["up"] == false))
+    });
+    assert!(c.service("b", "app-1").is_none(), "started on b without a fence confirmation\n{}", c.logs());
+
+    // Healed: a comes back, the group runs again, once.
+    c.heal("a");
+    c.wait("group app running again", WAIT, |c| started_on(c, "b", "a") || started_on(c, "a", "b"));
+    s1.check();
+}
+
+#[test]
+fn the_witness_lost_keeps_the_quorum_and_a_killed_leader_is_replaced() {
+    let mut c = TestCluster::new("");
+    let s1 = c.sampler(&["app-1", "app-2"]);
+    c.start_all();
+    c.wait("group app started on a", WAIT, |c| started_on(c, "b", "a"));
+    let pid = c.service("a", "app-1").unwrap();
+
+    // The witness dies: a and b are still a quorum; commands still work.
+    c.signal("w", "-KILL");
+    c.wait_exit("w", WAIT).expect("witness exited");
+    c.wait("a leader among a and b", WAIT, |c| c.leader("a").is_some_and(|l| l != "w"));
+    let o = c.cli("b", &["resource", "restart", "app-2"]);
+    assert!(o.status.success(), "{o:?}\n{}", c.logs());
+    assert_eq!(c.service("a", "app-1"), Some(pid), "{}", c.logs());
+
+    // The witness comes back; then the leader's daemon is killed (-9): the other two elect a
+    // new leader. The group stays where it runs (a daemon crash never starts a second copy).
+    c.start("w");
+    c.wait("the witness back in the cluster", WAIT, |c| {
+        c.status("w").is_some_and(|st| st["cluster_info"]["members"].as_array().unwrap().iter().all(|m| m["reachable"] == true))
+    });
+    let leader = c.leader("b").expect("a leader");
+    c.signal(&leader, "-KILL");
+    c.wait_exit(&leader, WAIT).expect("leader exited");
+    let survivor = if leader == "b" { "a" } else { "b" };
+    c.wait("a new leader", WAIT, |c| c.leader(survivor).is_some_and(|l| l != leader));
+    if leader != "a" {
+        // The owner's daemon lives: its services were never touched.
+        assert_eq!(c.service("a", "app-1"), Some(pid), "{}", c.logs());
+    }
+    c.start(&leader);
+    c.wait("group app running on one member", WAIT, |c| started_on(c, survivor, "a") || started_on(c, survivor, "b"));
+    s1.check();
+}

@@ -1,0 +1,342 @@
+//! A real cluster for the cluster tier: `warden node run` processes, each in its own network
+//! namespace, joined by two switched networks (two paths), talking mutual TLS over real TCP.
+//!
+//! ```text
+//!   ns a ─eth1─┐            ┌─eth1─ ns b        path 1: 10.213.1.0/24   (bridge br1 in ns sw)
+//!        ─eth2─┼── ns sw ───┼─eth2─             path 2: 10.213.2.0/24   (bridge br2 in ns sw)
+//!              └─eth1, eth2─ ns w (witness)
+//! ```
+//!
+//! Each member also runs in its own mount namespace where `<dir>/node-<name>` is bind-mounted on
+//! `<dir>/run`: the shared config names one pid file (`<dir>/run/<resource>.pid`), and each
+//! member sees its own, so a service running on two members at once is visible to the test
+//! (`<dir>/node-<name>/<resource>.pid` from outside). [`Sampler`] checks that every few ms.
+//! Cuts are iptables rules inside a member's namespace (a silent path, as a pulled cable).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::netns::{run, Namespaces};
+use crate::node::{root, warden_bin};
+
+/// How long cluster-tier waits may take before the test fails (they poll, never sleep to sync).
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub struct Member {
+    pub name: String,
+    pub ns: String,
+    pub witness: bool,
+    pub socket: PathBuf,
+    pub state: PathBuf,
+    /// Where this member's `<dir>/run` really is (its pid files), seen from outside.
+    pub run_dir: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub members: Vec<Member>,
+    pub sw: String,
+    nets: Namespaces,
+}
+
+/// The example agent's pid-file resource `name`, its pid file under `<dir>/run`.
+fn resource(dir: &Path, name: &str, interval: &str) -> String {
+    let pid = dir.join("run").join(format!("{name}.pid"));
+    let program = root().join("examples/agents/demo-daemon.sh");
+    format!(
+        r#"
+[[resources]]
+name = "{name}"
+plugin = "example-rust"
+params = {{ pidfile = "{pid}", start = "{program}", start_args = "{pid}", stop_grace_ms = "1000" }}
+grants = {{ exec = [{{ program = "{program}" }}, {{ program = "/bin/kill", args = ["-*", "*"] }}], read = ["{pid}", "/proc/*/stat"] }}
+monitor_interval = "{interval}"
+"#,
+        pid = pid.display(),
+        program = program.display()
+    )
+}
+
+impl TestCluster {
+    /// Members `a` and `b` (run resources) and `w` (witness); one group `app` of resources
+    /// `app-1` ← `app-2` preferring `a`. `extra` TOML is appended to the config.
+    pub fn new(extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nets = Namespaces::new();
+        let sw = nets.add("wsw");
+        for br in ["br1", "br2"] {
+            run("/usr/sbin/ip", &["-n", &sw, "link", "add", br, "type", "bridge"]);
+            run("/usr/sbin/ip", &["-n", &sw, "link", "set", br, "up"]);
+        }
+        let names = [("a", false), ("b", false), ("w", true)];
+        let mut members = Vec::new();
+        for (i, (name, witness)) in names.iter().enumerate() {
+            let ns = nets.add(&format!("w{name}"));
+            for path in 1..=2 {
+                let inner = format!("eth{path}");
+                let outer = format!("s{path}{name}");
+                run("/usr/sbin/ip", &["-n", &ns, "link", "add", &inner, "type", "veth", "peer", "name", &outer, "netns", &sw]);
+                run("/usr/sbin/ip", &["-n", &ns, "addr", "add", &format!("10.213.{path}.{}/24", i + 1), "dev", &inner]);
+                run("/usr/sbin/ip", &["-n", &ns, "link", "set", &inner, "up"]);
+                run("/usr/sbin/ip", &["-n", &sw, "link", "set", &outer, "master", &format!("br{path}")]);
+                run("/usr/sbin/ip", &["-n", &sw, "link", "set", &outer, "up"]);
+            }
+            let run_dir = dir.path().join(format!("node-{name}"));
+            std::fs::create_dir_all(&run_dir).unwrap();
+            members.push(Member {
+                name: name.to_string(),
+                ns,
+                witness: *witness,
+                socket: dir.path().join(format!("{name}.sock")),
+                state: dir.path().join(format!("state-{name}")),
+                run_dir,
+                child: None,
+            });
+        }
+        std::fs::create_dir_all(dir.path().join("run")).unwrap();
+        let pki = dir.path().join("pki");
+        let out =
+            Command::new(warden_bin()).args(["cluster", "init", "--dir"]).arg(&pki).args(["--name", "t", "a", "b", "w"]).output().unwrap();
+        assert!(out.status.success(), "cluster init: {out:?}");
+        let plugin = root().join("target/plugins/example-rust.wasm");
+        assert!(plugin.exists(), "{} missing: run `cargo xtask plugins`", plugin.display());
+        let mut text = format!("version = 1\n[cluster]\nname = \"t\"\n\n[daemon]\npki_dir = \"{}\"\n", pki.display());
+        for (i, (name, witness)) in names.iter().enumerate() {
+            text += &format!(
+                "\n[[nodes]]\nname = \"{name}\"\naddresses = [\"10.213.1.{n}:7400\", \"10.213.2.{n}:7400\"]\n{role}",
+                n = i + 1,
+                role = if *witness { "role = \"witness\"\n" } else { "" }
+            );
+        }
+        text += &format!("\n[[plugins]]\nname = \"example-rust\"\npath = \"{}\"\n", plugin.display());
+        text += &resource(dir.path(), "app-1", "500ms");
+        text += &resource(dir.path(), "app-2", "500ms");
+        text += "\n[[groups]]\nname = \"app\"\nresources = [\"app-1\", \"app-2\"]\npriority = [\"a\", \"b\"]\n";
+        text += extra;
+        let config = dir.path().join("cluster.toml");
+        std::fs::write(&config, text).unwrap();
+        Self { dir, config, members, sw, nets }
+    }
+
+    pub fn member(&self, name: &str) -> &Member {
+        self.members.iter().find(|m| m.name == name).unwrap()
+    }
+
+    fn member_mut(&mut self, name: &str) -> &mut Member {
+        self.members.iter_mut().find(|m| m.name == name).unwrap()
+    }
+
+    /// Starts member `name`: in its network namespace, in a private mount namespace with its own
+    /// `<dir>/run`.
+    pub fn start(&mut self, name: &str) {
+        let dir = self.dir.path().to_path_buf();
+        let config = self.config.clone();
+        let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache");
+        let m = self.member_mut(name);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log"))).unwrap();
+        let script = format!("mount --bind '{}' '{}' && exec \"$@\"", m.run_dir.display(), dir.join("run").display());
+        let child = Command::new("/usr/sbin/ip")
+            .args(["netns", "exec", &m.ns, "/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", &script, "sh"])
+            .arg(warden_bin())
+            .args(["--log", "info", "--cache-dir"])
+            .arg(cache)
+            .args(["node", "run", "--node", name, "--config"])
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&m.state)
+            .arg("--socket")
+            .arg(&m.socket)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        m.child = Some(child);
+    }
+
+    pub fn start_all(&mut self) {
+        for n in ["a", "b", "w"] {
+            self.start(n);
+        }
+    }
+
+    /// `kill -SIG` of member `name`'s daemon (the `warden` process: `ip netns exec` and the
+    /// shell exec into it, so the child's pid is the daemon's).
+    pub fn signal(&mut self, name: &str, sig: &str) {
+        let pid = self.member(name).child.as_ref().expect("running").id();
+        Command::new("/bin/kill").args([sig, &pid.to_string()]).status().unwrap();
+    }
+
+    /// Waits for member `name`'s daemon to exit.
+    pub fn wait_exit(&mut self, name: &str, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        let m = self.member_mut(name);
+        while start.elapsed() < limit {
+            if let Some(s) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                m.child = None;
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Every member's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.members.iter().map(|m| format!("===== {} =====\n{}", m.name, self.log(&m.name))).collect::<Vec<_>>().join("\n")
+    }
+
+    pub fn cli(&self, via: &str, args: &[&str]) -> std::process::Output {
+        Command::new(warden_bin()).args(args).env("WARDEN_SOCKET", &self.member(via).socket).output().unwrap()
+    }
+
+    pub fn status(&self, via: &str) -> Option<serde_json::Value> {
+        let o = self.cli(via, &["status", "--json"]);
+        if !o.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&o.stdout).ok()
+    }
+
+    /// The leader as member `via` reports it, when it reports a quorum.
+    pub fn leader(&self, via: &str) -> Option<String> {
+        let st = self.status(via)?;
+        let c = &st["cluster_info"];
+        (c["quorum"] == true).then(|| c["leader"].as_str().map(String::from)).flatten()
+    }
+
+    /// (state, owner, epoch) of group `g` as member `via` reports it.
+    pub fn group(&self, via: &str, g: &str) -> Option<(String, Option<String>, u64)> {
+        let st = self.status(via)?;
+        let x = st["groups"].as_array()?.iter().find(|x| x["name"] == g)?.clone();
+        Some((x["state"].as_str()?.to_string(), x["owner"].as_str().map(String::from), x["epoch"].as_u64()?))
+    }
+
+    pub fn wait(&self, what: &str, limit: Duration, mut f: impl FnMut(&Self) -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if f(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(f(self), "timed out after {limit:?} waiting for {what}\n{}", self.logs());
+    }
+
+    /// Pid of `resource`'s service on member `name`, if it is alive.
+    pub fn service(&self, name: &str, resource: &str) -> Option<u32> {
+        service_pid(&self.member(name).run_dir, resource)
+    }
+
+    /// Cuts path `path` (1 or 2) of member `name` both ways: packets on that interface are
+    /// dropped inside its namespace.
+    pub fn cut(&self, name: &str, path: u32) {
+        let ns = &self.member(name).ns;
+        let dev = format!("eth{path}");
+        run("/usr/sbin/ip", &["netns", "exec", ns, "iptables", "-A", "INPUT", "-i", &dev, "-j", "DROP"]);
+        run("/usr/sbin/ip", &["netns", "exec", ns, "iptables", "-A", "OUTPUT", "-o", &dev, "-j", "DROP"]);
+    }
+
+    /// Removes every cut of member `name`.
+    pub fn heal(&self, name: &str) {
+        let ns = &self.member(name).ns;
+        run("/usr/sbin/ip", &["netns", "exec", ns, "iptables", "-F"]);
+    }
+
+    /// Starts sampling every runner's services of `resources` every 5 ms.
+    pub fn sampler(&self, resources: &[&str]) -> Sampler {
+        let runs: Vec<(String, PathBuf)> =
+            self.members.iter().filter(|m| !m.witness).map(|m| (m.name.clone(), m.run_dir.clone())).collect();
+        Sampler::start(runs, resources.iter().map(|r| r.to_string()).collect())
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            if let Some(c) = &mut m.child {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            // The services the members started (detached `sleep`s).
+            for entry in std::fs::read_dir(&m.run_dir).into_iter().flatten().flatten() {
+                if let Some(pid) = std::fs::read_to_string(entry.path()).ok().and_then(|s| s.trim().parse::<u32>().ok()) {
+                    if is_service(pid) {
+                        let _ = Command::new("/bin/kill").args(["-9", &pid.to_string()]).status();
+                    }
+                }
+            }
+        }
+        let _ = &self.nets;
+    }
+}
+
+/// The demo daemon's process (`sleep 100000`) with this pid is alive.
+fn is_service(pid: u32) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    crate::netns::is_alive(pid) && cmdline.starts_with(b"sleep\x00100000")
+}
+
+fn service_pid(run_dir: &Path, resource: &str) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(run_dir.join(format!("{resource}.pid"))).ok()?.trim().parse().ok()?;
+    is_service(pid).then_some(pid)
+}
+
+/// Watches for a resource's service alive on two members at once (safety property S1), in a
+/// thread, every 5 ms, until dropped or [`Sampler::stop`].
+pub struct Sampler {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<String>>>,
+    samples: Arc<Mutex<u64>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    fn start(runs: Vec<(String, PathBuf)>, resources: Vec<String>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let samples = Arc::new(Mutex::new(0));
+        let thread = {
+            let (stop, seen, samples) = (stop.clone(), seen.clone(), samples.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for r in &resources {
+                        let on: Vec<&str> = runs.iter().filter(|(_, d)| service_pid(d, r).is_some()).map(|(n, _)| n.as_str()).collect();
+                        if on.len() > 1 {
+                            seen.lock().unwrap().push(format!("{r} alive on {} at once", on.join(" and ")));
+                        }
+                    }
+                    *samples.lock().unwrap() += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        Self { stop, seen, samples, thread: Some(thread) }
+    }
+
+    /// Stops sampling; panics if a resource ever ran on two members at once.
+    pub fn check(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        let seen = self.seen.lock().unwrap();
+        assert!(*self.samples.lock().unwrap() > 10, "the sampler hardly ran");
+        assert!(seen.is_empty(), "S1 violated: {:?}", &seen[..seen.len().min(5)]);
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
