@@ -83,3 +83,56 @@ impl Metrics {
         s
     }
 }
+
+/// A cluster member's view for `/metrics`: whether it leads with a quorum, the term, and each
+/// peer's and path's state (a peer is up while any of its paths is).
+pub struct ClusterMetrics<'a> {
+    pub leader: bool,
+    pub quorum: bool,
+    pub term: u64,
+    pub links: &'a warden_cluster::Links,
+}
+
+impl ClusterMetrics<'_> {
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "# HELP warden_cluster_leader 1 while this member leads with a quorum's acknowledgement.\n# TYPE warden_cluster_leader gauge"
+        );
+        let _ = writeln!(s, "warden_cluster_leader {}", u8::from(self.leader && self.quorum));
+        let _ = writeln!(
+            s,
+            "# HELP warden_cluster_term The Raft term this member is in.\n# TYPE warden_cluster_term gauge\nwarden_cluster_term {}",
+            self.term
+        );
+        let _ = writeln!(s, "# HELP warden_peer_up 1 while at least one path to the peer works.\n# TYPE warden_peer_up gauge");
+        for (peer, l) in self.links {
+            let _ = writeln!(s, "warden_peer_up{{peer=\"{peer}\"}} {}", u8::from(l.up));
+        }
+        let _ = writeln!(s, "# HELP warden_path_up 1 while the path (one address of the peer) works.\n# TYPE warden_path_up gauge");
+        for (peer, l) in self.links {
+            for p in &l.paths {
+                let _ = writeln!(s, "warden_path_up{{peer=\"{peer}\",addr=\"{}\"}} {}", p.addr, u8::from(p.up));
+            }
+        }
+        let _ = writeln!(s, "# HELP warden_path_rtt_seconds The last round trip over the path.\n# TYPE warden_path_rtt_seconds gauge");
+        for (peer, l) in self.links {
+            for p in l.paths.iter().filter(|p| p.rtt.is_some()) {
+                let _ = writeln!(
+                    s,
+                    "warden_path_rtt_seconds{{peer=\"{peer}\",addr=\"{}\"}} {}",
+                    p.addr,
+                    p.rtt.unwrap_or_default().as_secs_f64()
+                );
+            }
+        }
+        let _ = writeln!(s, "# HELP warden_path_failures_total Failed exchanges over the path.\n# TYPE warden_path_failures_total counter");
+        for (peer, l) in self.links {
+            for p in &l.paths {
+                let _ = writeln!(s, "warden_path_failures_total{{peer=\"{peer}\",addr=\"{}\"}} {}", p.addr, p.failures);
+            }
+        }
+        s
+    }
+}

@@ -818,7 +818,14 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
             }
             Some(reply) = metrics_rx.recv() => {
                 let states: Vec<(String, String)> = monitors.keys().map(|r| (r.to_string(), "running".to_string())).collect();
-                let _ = reply.send(metrics.render(&states));
+                let links = cluster.link_figures();
+                let cm = api::metrics::ClusterMetrics {
+                    leader: decider.is_some(),
+                    quorum: cluster.authority().is_some(),
+                    term: term_seen,
+                    links: &links,
+                };
+                let _ = reply.send(metrics.render(&states) + &cm.render());
             }
             _ = raft_metrics.changed() => {}
             _ = hello_tick.tick() => {

@@ -35,6 +35,19 @@ fn forms_a_cluster_runs_the_group_once_and_switches_it_over() {
     assert!(c.service("a", "app-1").is_none() && c.service("a", "app-2").is_none(), "still running on a\n{}", c.logs());
     let (_, _, after) = c.group("a", "app").unwrap();
     assert!(after > epoch, "the move must take a new epoch: {epoch} -> {after}");
+
+    // Standby of the owner moves the group away (given on the owner itself); online again
+    // leaves it where it is (intelligent switchback).
+    let o = c.cli("b", &["node", "standby", "b"]);
+    assert!(o.status.success(), "{o:?}\n{}", c.logs());
+    c.wait("group app back on a", WAIT, |c| started_on(c, "b", "a"));
+    assert!(c.service("b", "app-1").is_none(), "{}", c.logs());
+    let o = c.cli("a", &["node", "online", "b"]);
+    assert!(o.status.success(), "{o:?}\n{}", c.logs());
+    c.wait("b online", WAIT, |c| {
+        c.status("w").is_some_and(|st| st["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "b" && n["standby"] == false))
+    });
+    assert!(started_on(&c, "w", "a"));
     s1.check();
 }
 
@@ -55,7 +68,11 @@ fn one_path_cut_changes_nothing_and_a_cut_owner_stops_its_group() {
             })
         })
     });
-    std::thread::sleep(Duration::from_secs(6)); // longer than the lease: nothing may happen
+    let m = c.metrics("b");
+    assert!(m.contains("warden_peer_up{peer=\"a\"} 1"), "{m}");
+    assert!(m.contains("warden_path_up{peer=\"a\",addr=\"10.213.1.1:7400\"} 0"), "{m}");
+    assert!(m.contains("warden_path_up{peer=\"a\",addr=\"10.213.2.1:7400\"} 1"), "{m}");
+    std::thread::sleep(Duration::from_secs(3)); // past a member's silence: still nothing may happen
     assert_eq!(c.service("a", "app-1"), Some(pid), "a path cut must not restart or move anything\n{}", c.logs());
     assert!(started_on(&c, "b", "a"));
 
@@ -110,5 +127,29 @@ fn the_witness_lost_keeps_the_quorum_and_a_killed_leader_is_replaced() {
     }
     c.start(&leader);
     c.wait("group app running on one member", WAIT, |c| started_on(c, survivor, "a") || started_on(c, survivor, "b"));
+    s1.check();
+}
+
+#[test]
+fn a_member_that_can_hear_but_not_speak_never_runs_a_group_twice() {
+    let mut c = TestCluster::new("");
+    let s1 = c.sampler(&["app-1", "app-2"]);
+    c.start_all();
+    c.wait("group app started on a", WAIT, |c| started_on(c, "w", "a"));
+    // a's outgoing traffic is lost on both paths; it still receives everything. Whether a led
+    // (it loses its authority and then its own lease) or not (the leader hears no hello and
+    // counts it lost), the group must not start on b: a may still run it.
+    c.cut_outgoing("a", 1);
+    c.cut_outgoing("a", 2);
+    c.wait("b and w see a lost", WAIT, |c| {
+        c.status("b").is_some_and(|st| st["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "a" && n["up"] == false))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(c.service("b", "app-1").is_none(), "started on b while a may run it\n{}", c.logs());
+    let st = c.status("b").unwrap();
+    let g = st["groups"].as_array().unwrap().iter().find(|g| g["name"] == "app").unwrap().clone();
+    assert!(g["waiting"].is_string() || g["state"] != "started", "status must say why the group waits: {g}");
+    c.heal("a");
+    c.wait("group app running again", WAIT, |c| started_on(c, "b", "a") || started_on(c, "a", "b"));
     s1.check();
 }

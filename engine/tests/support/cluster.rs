@@ -12,7 +12,7 @@
 //! member sees its own, so a service running on two members at once is visible to the test
 //! (`<dir>/node-<name>/<resource>.pid` from outside). [`Sampler`] checks that every few ms.
 //! Cuts are iptables rules inside a member's namespace (a silent path, as a pulled cable).
-#![allow(dead_code)]
+#![allow(dead_code, unsafe_code)] // setns(2) through libc
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -106,7 +106,10 @@ impl TestCluster {
         assert!(out.status.success(), "cluster init: {out:?}");
         let plugin = root().join("target/plugins/example-rust.wasm");
         assert!(plugin.exists(), "{} missing: run `cargo xtask plugins`", plugin.display());
-        let mut text = format!("version = 1\n[cluster]\nname = \"t\"\n\n[daemon]\npki_dir = \"{}\"\n", pki.display());
+        let mut text = format!(
+            "version = 1\n[cluster]\nname = \"t\"\n\n[daemon]\npki_dir = \"{}\"\nmetrics_addr = \"127.0.0.1:9464\"\n",
+            pki.display()
+        );
         for (i, (name, witness)) in names.iter().enumerate() {
             text += &format!(
                 "\n[[nodes]]\nname = \"{name}\"\naddresses = [\"10.213.1.{n}:7400\", \"10.213.2.{n}:7400\"]\n{role}",
@@ -244,6 +247,33 @@ impl TestCluster {
         let dev = format!("eth{path}");
         run("/usr/sbin/ip", &["netns", "exec", ns, "iptables", "-A", "INPUT", "-i", &dev, "-j", "DROP"]);
         run("/usr/sbin/ip", &["netns", "exec", ns, "iptables", "-A", "OUTPUT", "-o", &dev, "-j", "DROP"]);
+    }
+
+    /// Cuts what member `name` sends over path `path` only: it still hears the others.
+    pub fn cut_outgoing(&self, name: &str, path: u32) {
+        let ns = &self.member(name).ns;
+        run("/usr/sbin/ip", &["netns", "exec", ns, "iptables", "-A", "OUTPUT", "-o", &format!("eth{path}"), "-j", "DROP"]);
+    }
+
+    /// `GET /metrics` of member `name` (served on its own namespace's loopback).
+    pub fn metrics(&self, name: &str) -> String {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        let addr = self.status(name).and_then(|s| s["metrics_addr"].as_str().map(String::from)).expect("metrics_addr configured");
+        let path = format!("/run/netns/{}", self.member(name).ns);
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns only switches this short-lived thread's network namespace.
+            let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            let mut s = std::net::TcpStream::connect(addr.as_str()).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+            let mut body = String::new();
+            s.read_to_string(&mut body).unwrap();
+            body
+        })
+        .join()
+        .unwrap()
     }
 
     /// Removes every cut of member `name`.
