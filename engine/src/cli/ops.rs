@@ -62,7 +62,7 @@ pub enum NodeCommand {
         #[arg(long)]
         leave_running: bool,
         /// Run only this node of a multi-node config; the other nodes are treated as down and
-        /// must not run Warden (multi-node membership is not implemented yet).
+        /// must not run Warden. Without it, a multi-node config runs this node as a cluster member.
         #[arg(long)]
         single_node: bool,
     },
