@@ -12,6 +12,10 @@ pub struct ClusterState {
     pub config_version: u64,
     /// Requests applied so far that changed something; lets a caller tell which state it saw.
     pub revision: u64,
+    /// The hash of the config file the cluster runs, set once by the first leader: a member
+    /// started with another file refuses to run.
+    #[serde(default)]
+    pub config_hash: Option<String>,
     pub decisions: Decisions,
 }
 
@@ -26,6 +30,9 @@ pub enum ClusterRequest {
     SetDecisions { config_version: u64, decisions: Decisions },
     /// Commit a new config version (validated by the proposer before it is proposed).
     SetConfigVersion { config_version: u64 },
+    /// Record the config file's hash if none is recorded yet (the first leader's); a different
+    /// hash later is refused and changes nothing.
+    SetConfigHash { hash: String },
     /// Changes nothing: committed to learn which members acknowledge the log now (before a
     /// membership change).
     Barrier,
@@ -41,6 +48,8 @@ pub enum ClusterResponse {
     StaleConfig { committed: u64, proposed: u64 },
     /// A Raft-internal entry (blank or membership) or a barrier: nothing to apply.
     Internal,
+    /// Refused: the cluster runs a config with another hash.
+    ConfigDiffers { committed: String },
 }
 
 impl ClusterState {
@@ -61,6 +70,11 @@ impl ClusterState {
                 }
                 self.config_version = *config_version;
             }
+            ClusterRequest::SetConfigHash { hash } => match &self.config_hash {
+                Some(h) if h == hash => return ClusterResponse::Internal,
+                Some(h) => return ClusterResponse::ConfigDiffers { committed: h.clone() },
+                None => self.config_hash = Some(hash.clone()),
+            },
             ClusterRequest::Barrier => return ClusterResponse::Internal,
         }
         self.revision += 1;
@@ -108,6 +122,18 @@ mod tests {
         assert_eq!(s, before, "a refused request changes nothing");
         let r = s.apply(&ClusterRequest::SetConfigVersion { config_version: 1 });
         assert!(matches!(r, ClusterResponse::StaleConfig { .. }), "config versions never go back");
+    }
+
+    #[test]
+    fn the_first_config_hash_stays() {
+        let mut s = ClusterState::default();
+        let r = s.apply(&ClusterRequest::SetConfigHash { hash: "h1".into() });
+        assert_eq!(r, ClusterResponse::Applied { revision: 1 });
+        assert_eq!(s.apply(&ClusterRequest::SetConfigHash { hash: "h1".into() }), ClusterResponse::Internal);
+        let before = s.clone();
+        let r = s.apply(&ClusterRequest::SetConfigHash { hash: "h2".into() });
+        assert_eq!(r, ClusterResponse::ConfigDiffers { committed: "h1".into() });
+        assert_eq!(s, before, "a refused hash changes nothing");
     }
 
     #[test]

@@ -457,10 +457,41 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     let mut lease_tick = tokio::time::interval(LEASE_EVERY);
     let mut hello_tick = tokio::time::interval(HELLO_EVERY);
     let mut raft_metrics = cluster.raft().metrics();
+    // The cluster runs one config: its hash is committed by the first leader, and a member whose
+    // file differs says so and refuses to run (it neither says hello nor carries out commands).
+    let config_hash = blake3::hash(node.cfg.text().as_bytes()).to_hex().to_string();
+    let mut committed_rx = cluster.state();
+    let mut config_ok = false;
+    let mut config_proposed = false;
+    let mut refused: Option<String> = None;
     let mut pending: Vec<Command> = Vec::new();
     let mut shutdown_fallback: Option<Instant> = None;
 
     loop {
+        // The committed config against ours.
+        {
+            let committed = committed_rx.borrow().config_hash.clone();
+            match committed {
+                Some(h) if h == config_hash => config_ok = true,
+                Some(h) if refused.is_none() => {
+                    config_ok = false;
+                    let msg = format!(
+                        "this member's config file {} (hash {}) differs from the config the cluster runs (hash {}): it refuses to run; \
+                         give every member the same file",
+                        node.cfg.source.display(),
+                        &config_hash[..12],
+                        &h[..h.len().min(12)]
+                    );
+                    tracing::error!("{msg}");
+                    cluster_note(&mut history, &node.name, msg.clone());
+                    refused = Some(msg);
+                }
+                _ => {}
+            }
+        }
+        if refused.is_some() && monitors.is_empty() && busy.is_empty() {
+            break;
+        }
         // Leadership: the decider lives while this node leads its term; it acts only with
         // authority (checked again before every command goes out).
         {
@@ -486,7 +517,26 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 }
                 pending.clear();
             }
-            if decider.is_none() && leads && cluster.authority().is_some() && !shutting_down {
+            if decider.is_none()
+                && leads
+                && !config_ok
+                && !config_proposed
+                && refused.is_none()
+                && committed_rx.borrow().config_hash.is_none()
+            {
+                // The first leader records the cluster's config.
+                config_proposed = true;
+                let (raft, hash) = (cluster.raft().clone(), config_hash.clone());
+                tasks.spawn(async move {
+                    if let Err(e) = raft.client_write(ClusterRequest::SetConfigHash { hash }).await {
+                        tracing::warn!(error = %e, "the config's hash was not committed");
+                    }
+                });
+            }
+            if !leads {
+                config_proposed = false;
+            }
+            if decider.is_none() && leads && config_ok && cluster.authority().is_some() && !shutting_down {
                 let committed = cluster.state().borrow().clone();
                 let committed_fresh = committed.decisions.groups.values().all(|g| g.owner.is_none());
                 let mut sched = Scheduler::new(model.clone());
@@ -641,6 +691,10 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         continue; // a copy over another path
                     }
                     taken.insert(resource.clone(), (term, op));
+                    if !config_ok {
+                        tracing::warn!(resource = %resource, "command refused: this member does not run the cluster's config");
+                        continue;
+                    }
                     let starts = matches!(command, Command::Start { .. } | Command::Recover { .. });
                     if starts && (shutting_down || lease_until.is_none_or(|t| t <= Instant::now())) {
                         // Without a lease nothing starts here (a leader that reached us would
@@ -828,7 +882,11 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 let _ = reply.send(metrics.render(&states) + &cm.render());
             }
             _ = raft_metrics.changed() => {}
+            _ = committed_rx.changed() => {}
             _ = hello_tick.tick() => {
+                if !config_ok {
+                    continue; // not a member until it runs the cluster's config
+                }
                 if let Some(leader) = current_leader(&raft_metrics, &members) {
                     outbox.send(&leader, Msg::Hello { instance: instance.clone(), rejoins });
                 }
@@ -947,7 +1005,10 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     if let Err(e) = cluster.shutdown().await {
         tracing::warn!(error = %e, "cluster member did not shut down cleanly");
     }
-    Ok(())
+    match refused {
+        Some(msg) => Err(NodeError::Setup(msg)),
+        None => Ok(()),
+    }
 }
 
 /// A cluster event: in the history and the log.

@@ -153,3 +153,25 @@ fn a_member_that_can_hear_but_not_speak_never_runs_a_group_twice() {
     c.wait("group app running again", WAIT, |c| started_on(c, "b", "a") || started_on(c, "a", "b"));
     s1.check();
 }
+
+#[test]
+fn a_member_with_another_config_file_refuses_to_run() {
+    let mut c = TestCluster::new("");
+    c.start("a");
+    c.start("b");
+    c.wait("group app started on a with a and b", WAIT, |c| started_on(c, "b", "a"));
+    // The witness is given a file that differs (one comment more): it says so and exits.
+    let other = c.dir.path().join("other.toml");
+    std::fs::write(&other, std::fs::read_to_string(&c.config).unwrap() + "\n# edited on w only\n").unwrap();
+    c.start_with("w", &other);
+    let status = c.wait_exit("w", WAIT).expect("w refuses and exits");
+    assert!(!status.success());
+    assert!(c.log("w").contains("differs from the config the cluster runs"), "{}", c.log("w"));
+    // The others go on (the refused member may have caused an election meanwhile); with the
+    // same file it joins.
+    c.wait("group app still on a", WAIT, |c| started_on(c, "a", "a"));
+    c.start("w");
+    c.wait("the witness in the cluster", WAIT, |c| {
+        c.status("w").is_some_and(|st| st["cluster_info"]["members"].as_array().unwrap().iter().all(|m| m["reachable"] == true))
+    });
+}

@@ -138,8 +138,14 @@ impl TestCluster {
     /// Starts member `name`: in its network namespace, in a private mount namespace with its own
     /// `<dir>/run`.
     pub fn start(&mut self, name: &str) {
-        let dir = self.dir.path().to_path_buf();
         let config = self.config.clone();
+        self.start_with(name, &config);
+    }
+
+    /// Starts member `name` with another config file.
+    pub fn start_with(&mut self, name: &str, config: &Path) {
+        let dir = self.dir.path().to_path_buf();
+        let config = config.to_path_buf();
         let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache");
         let m = self.member_mut(name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log"))).unwrap();
