@@ -14,11 +14,12 @@ pub mod alerts;
 pub mod cgroup;
 mod member;
 pub mod rlimit;
+mod schedule;
 pub mod worker;
 
 pub use warden_store::history;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -513,16 +514,7 @@ impl Node {
         let me = NodeId::from(self.name.as_str());
         // Jobs queued or running per resource (a count: a stop can be queued behind a monitor).
         let mut busy = Busy::default();
-        let mut next_monitor: HashMap<ResourceId, Instant> = HashMap::new();
-        // Resources whose watched process exited while a call ran: monitored when it returns.
-        let mut watch_due: HashSet<String> = HashSet::new();
-        // Resources to monitor as soon as they are monitored again (a watched process exited
-        // while a start or recover ran: its result may arrive after the exit).
-        let mut monitor_asap: HashSet<String> = HashSet::new();
-        // When each resource's watch last brought a monitor forward: at most one a second, so a
-        // service whose processes come and go (own-processes) cannot flood monitors or history.
-        let mut last_watch: HashMap<String, Instant> = HashMap::new();
-        let mut rng = unix_ms(SystemTime::now()) | 1;
+        let mut schedule = schedule::MonitorSchedule::new(intervals, unix_ms(SystemTime::now()));
         let mut shutting_down = false;
         let mut tick = tokio::time::interval(TICK);
 
@@ -625,16 +617,7 @@ impl Node {
             }
             // Monitor schedule follows what is running here.
             if !routine {
-                let monitored: HashSet<ResourceId> = sched.monitored_on(&me).into_iter().collect();
-                next_monitor.retain(|r, _| monitored.contains(r));
-                for r in &monitored {
-                    if monitor_asap.remove(r.as_str()) && !busy.contains(r) {
-                        next_monitor.insert(r.clone(), Instant::now());
-                    } else if !next_monitor.contains_key(r) && !busy.contains(r) {
-                        next_monitor.insert(r.clone(), Instant::now() + jitter(intervals[r.as_str()], &mut rng));
-                    }
-                }
-                monitor_asap.retain(|r| busy.contains(r.as_str()));
+                schedule.follow(&sched.monitored_on(&me), &busy);
             }
             // Shutdown ends when nothing is in flight and the scheduler asks for nothing more:
             // either everything stopped, or a failed stop blocks the rest (a dependency is never
@@ -655,61 +638,27 @@ impl Node {
                 note(&mut history, "node", &self.name, msg);
                 break;
             }
-            let due = next_monitor.values().min().copied();
+            let due = schedule.due();
 
             tokio::select! {
                 Some(r) = results_rx.recv() => {
                     busy.done(&r.resource);
                     let plugin = plugin_of[&r.resource].clone();
                     let event = job_event(&me, &r, &plugin, &mut metrics, &mut history);
-                    if matches!(r.kind, JobKind::Monitor) {
-                        // A watched process that exited while this monitor ran: monitor again now.
-                        let at = if watch_due.remove(&r.resource) { Instant::now() } else { Instant::now() + jitter(intervals[&r.resource], &mut rng) };
-                        next_monitor.insert(r.resource.as_str().into(), at);
-                    } else if watch_due.remove(&r.resource) {
-                        // The exit may have come before this result (a daemon that died right
-                        // after its start): monitor once the resource is monitored again.
-                        monitor_asap.insert(r.resource.clone());
-                    }
+                    schedule.returned(&r.resource, matches!(r.kind, JobKind::Monitor), true);
                     pending = sched.handle(now_ms(), event);
                 }
                 Some(f) = watch_rx.recv() => {
                     // Only a resource monitored here has a current watch; an exit reported by a
-                    // watch being replaced is ignored the same way.
-                    let what = if f.name.is_empty() { format!("process {}", f.pid) } else { format!("process {} ({})", f.pid, f.name) };
-                    let now = Instant::now();
-                    // At most one watch-triggered monitor (and history record) a second per resource.
-                    let recent = last_watch.get(&f.resource).is_some_and(|t| now.duration_since(*t) < WATCH_GAP);
-                    if shutting_down {
-                        // Everything is being stopped: an exit is expected.
-                    } else if next_monitor.contains_key(f.resource.as_str()) {
-                        let at = if recent { last_watch[&f.resource] + WATCH_GAP } else { now };
-                        let cur = next_monitor.get_mut(f.resource.as_str()).expect("checked");
-                        *cur = (*cur).min(at);
-                        metrics.watch_fired(&f.resource);
-                        if !recent {
-                            last_watch.insert(f.resource.clone(), now);
-                            note(&mut history, "watch", &f.resource, format!("{what} exited; monitoring now"));
-                        }
-                    } else if busy.contains(&f.resource) {
-                        // A call runs (a monitor, or the start that named these processes and
-                        // whose result has not arrived yet): monitor when it is done.
-                        watch_due.insert(f.resource.clone());
-                        metrics.watch_fired(&f.resource);
-                        if !recent {
-                            last_watch.insert(f.resource.clone(), now);
-                            note(&mut history, "watch", &f.resource, format!("{what} exited; monitoring after the running call"));
-                        }
+                    // watch being replaced is ignored the same way. During shutdown everything
+                    // is being stopped: an exit is expected.
+                    if !shutting_down {
+                        let what = if f.name.is_empty() { format!("process {}", f.pid) } else { format!("process {} ({})", f.pid, f.name) };
+                        schedule.watch_fired(&f.resource, &what, &busy, &mut metrics, &mut history);
                     }
                 }
                 _ = sleep_until(due) => {
-                    let now = Instant::now();
-                    let ready: Vec<ResourceId> = next_monitor.iter().filter(|(_, t)| **t <= now).map(|(r, _)| r.clone()).collect();
-                    for r in ready {
-                        next_monitor.remove(&r);
-                        if busy.contains(&r) {
-                            continue; // an action is running; its result decides, monitoring resumes after
-                        }
+                    for r in schedule.take_due(&busy) {
                         dispatch(&workers, &mut busy, &results_tx, &r, Job { kind: JobKind::Monitor, op: 0, epoch: sched.epoch(&r) });
                     }
                 }
@@ -1298,15 +1247,6 @@ fn carry_out_local(
     history: &mut History,
 ) {
     carry_out(c, workers, busy, results, history, false)
-}
-
-fn jitter(d: Duration, rng: &mut u64) -> Duration {
-    // ±10%, so a thousand resources with the same interval do not all fire at once.
-    *rng ^= *rng << 13;
-    *rng ^= *rng >> 7;
-    *rng ^= *rng << 17;
-    let f = 0.9 + (*rng % 2001) as f64 / 10_000.0;
-    d.mul_f64(f)
 }
 
 async fn sleep_until(t: Option<Instant>) {

@@ -36,7 +36,7 @@
 //! arrive twice (once per path) or not at all. Executors drop a command they already took (same
 //! term and operation id, or older); the core ignores results that match nothing in flight.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -49,8 +49,8 @@ use warden_cluster::{AuthorityConfig, ClusterNode, ClusterRequest, Messenger, No
 use super::history::{unix_ms, History};
 use super::worker::{Job, JobKind, JobResult};
 use super::{
-    carry_out_local, dispatch, jitter, job_event, not_carried_out, note, operator_text, sleep_until, Busy, Node, NodeError, SchedClock,
-    Workers, TICK, WATCH_GAP,
+    carry_out_local, dispatch, job_event, not_carried_out, note, operator_text, sleep_until, Busy, Node, NodeError, SchedClock, Workers,
+    TICK,
 };
 use crate::api::{self, ClusterStatus, MemberStatus, PathState, Request, Response, StatusReport};
 use crate::config::Role;
@@ -430,10 +430,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
 
     // Executor state.
     let mut busy = Busy::default();
-    let mut next_monitor: HashMap<ResourceId, Instant> = HashMap::new();
-    let mut watch_due: HashSet<String> = HashSet::new();
-    let mut last_watch: HashMap<String, Instant> = HashMap::new();
-    let mut rng = unix_ms(SystemTime::now()) | 1;
+    let mut schedule = super::schedule::MonitorSchedule::new(intervals, unix_ms(SystemTime::now()));
     // The highest term any leader spoke to us in: commands of older terms are refused.
     let mut term_seen = 0u64;
     // What the leader says to monitor here (resource → epoch), and until when it holds.
@@ -599,29 +596,21 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
         }
 
         // Monitor schedule follows what the leader says runs here.
-        next_monitor.retain(|r, _| monitors.contains_key(r));
-        for r in monitors.keys() {
-            if !next_monitor.contains_key(r) && !busy.contains(r) && intervals.contains_key(r.as_str()) {
-                next_monitor.insert(r.clone(), Instant::now() + jitter(intervals[r.as_str()], &mut rng));
-            }
-        }
+        schedule.follow(monitors.keys(), &busy);
         // Shutdown ends when nothing runs here as far as the leader knows (it moved our groups
         // away) or our own stops are done, and no call is in flight.
         if shutting_down && busy.is_empty() && self_stop.is_empty() && self_stopping.is_none() && monitors.is_empty() {
             note(&mut history, "node", &node.name, "member stopped".into());
             break;
         }
-        let due = next_monitor.values().min().copied();
+        let due = schedule.due();
 
         tokio::select! {
             Some(r) = results_rx.recv() => {
                 busy.done(&r.resource);
                 let plugin = plugin_of[&r.resource].clone();
                 let event = job_event(&me, &r, &plugin, &mut metrics, &mut history);
-                if matches!(r.kind, JobKind::Monitor) && monitors.contains_key(r.resource.as_str()) {
-                    let at = if watch_due.remove(&r.resource) { Instant::now() } else { Instant::now() + jitter(intervals[&r.resource], &mut rng) };
-                    next_monitor.insert(r.resource.as_str().into(), at);
-                }
+                schedule.returned(&r.resource, matches!(r.kind, JobKind::Monitor), monitors.contains_key(r.resource.as_str()));
                 if self_stopping.as_deref() == Some(r.resource.as_str()) {
                     self_stopping = None;
                     if matches!(&event, Event::ActionDone { result: Err(_), .. }) {
@@ -649,31 +638,14 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 }
             }
             Some(f) = watch_rx.recv() => {
-                let now = Instant::now();
-                let recent = last_watch.get(&f.resource).is_some_and(|t| now.duration_since(*t) < WATCH_GAP);
-                if shutting_down || !monitors.contains_key(f.resource.as_str()) {
-                    // Being stopped, or not running here as far as the leader knows.
-                } else if let Some(cur) = next_monitor.get_mut(f.resource.as_str()) {
-                    let at = if recent { last_watch[&f.resource] + WATCH_GAP } else { now };
-                    *cur = (*cur).min(at);
-                    metrics.watch_fired(&f.resource);
-                    if !recent {
-                        last_watch.insert(f.resource.clone(), now);
-                        note(&mut history, "watch", &f.resource, format!("process {} exited; monitoring now", f.pid));
-                    }
-                } else if busy.contains(&f.resource) {
-                    watch_due.insert(f.resource.clone());
-                    metrics.watch_fired(&f.resource);
+                // Being stopped, or not running here as far as the leader knows: expected.
+                if !shutting_down && monitors.contains_key(f.resource.as_str()) {
+                    let what = if f.name.is_empty() { format!("process {}", f.pid) } else { format!("process {} ({})", f.pid, f.name) };
+                    schedule.watch_fired(&f.resource, &what, &busy, &mut metrics, &mut history);
                 }
             }
             _ = sleep_until(due) => {
-                let now = Instant::now();
-                let ready: Vec<ResourceId> = next_monitor.iter().filter(|(_, t)| **t <= now).map(|(r, _)| r.clone()).collect();
-                for r in ready {
-                    next_monitor.remove(&r);
-                    if busy.contains(&r) {
-                        continue;
-                    }
+                for r in schedule.take_due(&busy) {
                     let epoch = monitors.get(&r).copied().unwrap_or(0);
                     dispatch(&workers, &mut busy, &results_tx, &r, Job { kind: JobKind::Monitor, op: 0, epoch });
                 }
@@ -776,7 +748,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 }
                 Msg::StatusRequest { id } => {
                     if let Some(d) = decider.as_ref() {
-                        let st = cluster_status(&node, &d.sched, &history, &cluster, &net, &members, shutting_down, clock, Some(d), metrics_bound.clone());
+                        let st = cluster_status(StatusParts { node: &node, history: &history, cluster: &cluster, net: &net, members: &members, shutting_down, clock, metrics_addr: metrics_bound.clone() }, &d.sched, Some(d));
                         outbox.send(&from, Msg::Status { id, status: Box::new(st) });
                     }
                 }
@@ -826,7 +798,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 match req {
                     Request::Status => match decider.as_ref() {
                         Some(d) => {
-                            let st = cluster_status(&node, &d.sched, &history, &cluster, &net, &members, shutting_down, clock, Some(d), metrics_bound.clone());
+                            let st = cluster_status(StatusParts { node: &node, history: &history, cluster: &cluster, net: &net, members: &members, shutting_down, clock, metrics_addr: metrics_bound.clone() }, &d.sched, Some(d));
                             let _ = reply.send(Response::Status { status: Box::new(st) });
                         }
                         None => match current_leader(&raft_metrics, &members).filter(|l| *l != members.me) {
@@ -836,7 +808,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                                 outbox.send(&leader, Msg::StatusRequest { id: next_id });
                             }
                             None => {
-                                let st = local_status(&node, &model, &history, &cluster, &net, &members, shutting_down, clock, metrics_bound.clone());
+                                let st = local_status(StatusParts { node: &node, history: &history, cluster: &cluster, net: &net, members: &members, shutting_down, clock, metrics_addr: metrics_bound.clone() }, &model);
                                 let _ = reply.send(Response::Status { status: Box::new(st) });
                             }
                         },
@@ -1165,43 +1137,34 @@ fn cluster_part(cluster: &ClusterNode, net: &TlsNetwork, members: &Members, deci
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn cluster_status(
-    node: &Node,
-    sched: &Scheduler,
-    history: &History,
-    cluster: &ClusterNode,
-    net: &TlsNetwork,
-    members: &Members,
+/// What status needs of a member besides the core: for [`cluster_status`].
+struct StatusParts<'a> {
+    node: &'a Node,
+    history: &'a History,
+    cluster: &'a ClusterNode,
+    net: &'a TlsNetwork,
+    members: &'a Members,
     shutting_down: bool,
     clock: SchedClock,
-    decider: Option<&Decider>,
     metrics_addr: Option<String>,
-) -> StatusReport {
-    let mut st = node.status(sched, history, shutting_down, clock);
-    st.metrics_addr = metrics_addr;
-    st.cluster_info = Some(cluster_part(cluster, net, members, decider));
+}
+
+/// The status report: the core's view (the leader's, or the committed decisions without one)
+/// and the cluster as this member sees it.
+fn cluster_status(p: StatusParts<'_>, sched: &Scheduler, decider: Option<&Decider>) -> StatusReport {
+    let mut st = p.node.status(sched, p.history, p.shutting_down, p.clock);
+    st.metrics_addr = p.metrics_addr;
+    st.cluster_info = Some(cluster_part(p.cluster, p.net, p.members, decider));
     st
 }
 
 /// Status without a leader: the last committed decisions (owners and epochs), nothing known of
 /// what runs.
-#[allow(clippy::too_many_arguments)]
-fn local_status(
-    node: &Node,
-    model: &crate::scheduler::Model,
-    history: &History,
-    cluster: &ClusterNode,
-    net: &TlsNetwork,
-    members: &Members,
-    shutting_down: bool,
-    clock: SchedClock,
-    metrics_addr: Option<String>,
-) -> StatusReport {
+fn local_status(p: StatusParts<'_>, model: &crate::scheduler::Model) -> StatusReport {
     let mut sched = Scheduler::new(model.clone());
-    let committed = cluster.state().borrow().decisions.clone();
+    let committed = p.cluster.state().borrow().decisions.clone();
     sched.restore(&CorePersisted { decisions: committed, restarts: Default::default() }, 0);
-    let mut st = cluster_status(node, &sched, history, cluster, net, members, shutting_down, clock, None, metrics_addr);
+    let mut st = cluster_status(p, &sched, None);
     for g in &mut st.groups {
         g.waiting = Some("no leader with a quorum: the cluster decides nothing until one is elected".into());
     }

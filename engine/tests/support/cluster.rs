@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::netns::{run, Namespaces};
-use crate::node::{root, warden_bin};
+use crate::node::{pid_file_resource, root, warden_bin};
 
 /// How long cluster-tier waits may take before the test fails (they poll, never sleep to sync).
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -47,20 +47,8 @@ pub struct TestCluster {
 
 /// The example agent's pid-file resource `name`, its pid file under `<dir>/run`.
 fn resource(dir: &Path, name: &str, interval: &str) -> String {
-    let pid = dir.join("run").join(format!("{name}.pid"));
     let program = root().join("examples/agents/demo-daemon.sh");
-    format!(
-        r#"
-[[resources]]
-name = "{name}"
-plugin = "example-rust"
-params = {{ pidfile = "{pid}", start = "{program}", start_args = "{pid}", stop_grace_ms = "1000" }}
-grants = {{ exec = [{{ program = "{program}" }}, {{ program = "/bin/kill", args = ["-*", "*"] }}], read = ["{pid}", "/proc/*/stat"] }}
-monitor_interval = "{interval}"
-"#,
-        pid = pid.display(),
-        program = program.display()
-    )
+    pid_file_resource(&dir.join("run"), name, &program, &format!("monitor_interval = \"{interval}\""))
 }
 
 impl TestCluster {

@@ -36,7 +36,7 @@ pub fn root() -> PathBuf {
 
 /// A resource of the example Rust (pid-file) agent started by `program`, as TOML, with `extra`
 /// TOML lines for the resource.
-fn pid_file_resource(dir: &Path, name: &str, program: &Path, extra: &str) -> String {
+pub fn pid_file_resource(dir: &Path, name: &str, program: &Path, extra: &str) -> String {
     let pid = dir.join(format!("{name}.pid"));
     format!(
         r#"

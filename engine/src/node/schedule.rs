@@ -1,0 +1,120 @@
+//! When each resource running here is monitored next: its interval (with jitter), brought
+//! forward by its process watch. Shared by the single node and the cluster member; sans-IO apart
+//! from reading the clock it is handed.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use super::history::History;
+use super::{note, Busy, WATCH_GAP};
+use crate::api::metrics::Metrics;
+use crate::scheduler::ResourceId;
+
+/// The monitor timers of the resources monitored here.
+pub(super) struct MonitorSchedule {
+    intervals: HashMap<String, Duration>,
+    next: HashMap<ResourceId, Instant>,
+    /// Resources whose watched process exited while a call ran: monitored when it returns.
+    watch_due: HashSet<String>,
+    /// Resources to monitor as soon as they are monitored again (a watched process exited while
+    /// a start or recover ran: its result may arrive after the exit).
+    asap: HashSet<String>,
+    /// When each resource's watch last brought a monitor forward: at most one a second, so a
+    /// service whose processes come and go (own-processes) cannot flood monitors or history.
+    last_watch: HashMap<String, Instant>,
+    rng: u64,
+}
+
+impl MonitorSchedule {
+    pub(super) fn new(intervals: HashMap<String, Duration>, seed: u64) -> Self {
+        Self { intervals, next: HashMap::new(), watch_due: HashSet::new(), asap: HashSet::new(), last_watch: HashMap::new(), rng: seed | 1 }
+    }
+
+    fn jittered(&mut self, r: &str) -> Instant {
+        Instant::now() + jitter(self.intervals[r], &mut self.rng)
+    }
+
+    /// The resources monitored here are now `monitored`: timers of the others go, new ones get
+    /// a timer (at once if a watch asked for it while they were busy).
+    pub(super) fn follow<'a>(&mut self, monitored: impl IntoIterator<Item = &'a ResourceId>, busy: &Busy) {
+        let monitored: HashSet<&ResourceId> = monitored.into_iter().filter(|r| self.intervals.contains_key(r.as_str())).collect();
+        self.next.retain(|r, _| monitored.contains(r));
+        for r in monitored {
+            if self.asap.remove(r.as_str()) && !busy.contains(r) {
+                self.next.insert(r.clone(), Instant::now());
+            } else if !self.next.contains_key(r) && !busy.contains(r) {
+                let at = self.jittered(r);
+                self.next.insert(r.clone(), at);
+            }
+        }
+        self.asap.retain(|r| busy.contains(r.as_str()));
+    }
+
+    /// A call of `resource` returned. After a monitor the next one is scheduled (at once if its
+    /// watch fired meanwhile, and only while it is still `monitored`); after another call a
+    /// watch that fired meanwhile asks for a monitor as soon as it is monitored again.
+    pub(super) fn returned(&mut self, resource: &str, was_monitor: bool, monitored: bool) {
+        let due = self.watch_due.remove(resource);
+        if was_monitor {
+            if monitored {
+                let at = if due { Instant::now() } else { self.jittered(resource) };
+                self.next.insert(resource.into(), at);
+            }
+        } else if due {
+            // The exit may have come before this result (a daemon that died right after its
+            // start): monitor once the resource is monitored again.
+            self.asap.insert(resource.to_string());
+        }
+    }
+
+    /// A process watched for `resource` exited (`what` names it): its monitor comes forward, or
+    /// runs when the running call returns. Ignored when the resource is neither monitored nor
+    /// busy here (its watch is being replaced).
+    pub(super) fn watch_fired(&mut self, resource: &str, what: &str, busy: &Busy, metrics: &mut Metrics, history: &mut History) {
+        let now = Instant::now();
+        let recent = self.last_watch.get(resource).is_some_and(|t| now.duration_since(*t) < WATCH_GAP);
+        if let Some(cur) = self.next.get_mut(resource) {
+            let at = if recent { self.last_watch[resource] + WATCH_GAP } else { now };
+            *cur = (*cur).min(at);
+            metrics.watch_fired(resource);
+            if !recent {
+                self.last_watch.insert(resource.to_string(), now);
+                note(history, "watch", resource, format!("{what} exited; monitoring now"));
+            }
+        } else if busy.contains(resource) {
+            // A call runs (a monitor, or the start that named these processes and whose result
+            // has not arrived yet): monitor when it is done.
+            self.watch_due.insert(resource.to_string());
+            metrics.watch_fired(resource);
+            if !recent {
+                self.last_watch.insert(resource.to_string(), now);
+                note(history, "watch", resource, format!("{what} exited; monitoring after the running call"));
+            }
+        }
+    }
+
+    /// The earliest timer.
+    pub(super) fn due(&self) -> Option<Instant> {
+        self.next.values().min().copied()
+    }
+
+    /// Takes the timers that are due: the resources to monitor now (those not busy; a busy
+    /// resource's running call decides, and monitoring resumes after it).
+    pub(super) fn take_due(&mut self, busy: &Busy) -> Vec<ResourceId> {
+        let now = Instant::now();
+        let ready: Vec<ResourceId> = self.next.iter().filter(|(_, t)| **t <= now).map(|(r, _)| r.clone()).collect();
+        for r in &ready {
+            self.next.remove(r);
+        }
+        ready.into_iter().filter(|r| !busy.contains(r)).collect()
+    }
+}
+
+fn jitter(d: Duration, rng: &mut u64) -> Duration {
+    // ±10%, so a thousand resources with the same interval do not all fire at once.
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    let f = 0.9 + (*rng % 2001) as f64 / 10_000.0;
+    d.mul_f64(f)
+}
