@@ -10,6 +10,7 @@
 //!   job results ────┘        └──────────────────────────────────────────────┘   per resource)
 //! ```
 
+mod admission;
 pub mod alerts;
 pub mod cgroup;
 mod member;

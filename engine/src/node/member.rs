@@ -46,6 +46,7 @@ use warden_cluster::pki::TlsIdentity;
 use warden_cluster::transport::TlsNetwork;
 use warden_cluster::{AuthorityConfig, ClusterNode, ClusterRequest, Messenger, NodeConfig, Peer, RaftId};
 
+use super::admission::{op_of, Admission, Verdict};
 use super::history::{unix_ms, History};
 use super::worker::{Job, JobKind, JobResult};
 use super::{
@@ -432,16 +433,13 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     let mut busy = Busy::default();
     let mut schedule = super::schedule::MonitorSchedule::new(intervals, unix_ms(SystemTime::now()));
     // The highest term any leader spoke to us in: commands of older terms are refused.
-    let mut term_seen = 0u64;
+    let mut admission = Admission::default();
     // What the leader says to monitor here (resource → epoch), and until when it holds.
     let mut monitors: BTreeMap<ResourceId, u64> = BTreeMap::new();
-    let mut lease_until: Option<Instant> = None;
     let mut rejoins = 0u64;
     // The stops of a lost lease, one at a time, top down.
     let mut self_stop: VecDeque<ResourceId> = VecDeque::new();
     let mut self_stopping: Option<ResourceId> = None;
-    // Per resource, the last (term, op) taken: a duplicate or older command is dropped.
-    let mut taken: HashMap<ResourceId, (u64, u64)> = HashMap::new();
     // Requests forwarded to the leader, waiting for its answer.
     let mut next_id = 0u64;
     let mut forwarded: HashMap<u64, (oneshot::Sender<Response>, Instant)> = HashMap::new();
@@ -496,7 +494,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 let m = raft_metrics.borrow();
                 (m.state, m.current_leader, m.current_term)
             };
-            term_seen = term_seen.max(current_term);
+            admission.saw_term(current_term);
             let leads = state == openraft::ServerState::Leader && leader_id == Some(members.my_id);
             if decider.as_ref().is_some_and(|d| !leads || d.term != current_term) {
                 let d = decider.take().expect("checked");
@@ -625,13 +623,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 }
                 // Results go to the leader, with the term of the command they answer (a monitor:
                 // the current one); our own stops answer no command.
-                let term = match &event {
-                    Event::Probe { resource, op, .. } | Event::ActionDone { resource, op, .. } => {
-                        taken.get(resource).filter(|(_, o)| o == op).map_or(0, |(t, _)| *t)
-                    }
-                    _ => term_seen,
-                };
-                if let (Some(report), true) = (Report::from_event(event), term > 0) {
+                let term = admission.report_term(&event);
+                if let (Some(report), Some(term)) = (Report::from_event(event), term) {
                     if let Some(leader) = current_leader(&raft_metrics, &members) {
                         outbox.send(&leader, Msg::Report { term, report });
                     }
@@ -653,40 +646,32 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
             Some((from, msg)) = inbox.recv() => match msg {
                 Msg::Exec { term, command } => {
                     let Some(resource) = super::command_resource(&command).map(ResourceId::from) else { continue };
-                    if term < term_seen {
-                        tracing::info!(from = %from, term, term_seen, resource = %resource, "command of an old term refused");
-                        continue;
-                    }
-                    term_seen = term;
-                    let op = command_op(&command);
-                    if taken.get(&resource).is_some_and(|last| *last >= (term, op)) {
-                        continue; // a copy over another path
-                    }
-                    taken.insert(resource.clone(), (term, op));
                     if !config_ok {
                         tracing::warn!(resource = %resource, "command refused: this member does not run the cluster's config");
                         continue;
                     }
-                    let starts = matches!(command, Command::Start { .. } | Command::Recover { .. });
-                    if starts && (shutting_down || lease_until.is_none_or(|t| t <= Instant::now())) {
-                        // Without a lease nothing starts here (a leader that reached us would
-                        // have renewed it first); answered as not carried out.
-                        let kind = if matches!(command, Command::Start { .. }) { JobKind::Start } else { JobKind::Recover };
-                        let _ = results_tx.send(not_carried_out(&resource, kind, op, command_epoch(&command), "this member holds no lease (no leader reached it) or is shutting down"));
-                        busy.0.entry(resource.to_string()).and_modify(|n| *n += 1).or_insert(1);
-                        continue;
+                    match admission.admit(term, &resource, &command, Instant::now(), shutting_down) {
+                        Verdict::Run => carry_out_local(command, &workers, &mut busy, &results_tx, &mut history),
+                        Verdict::Stale => tracing::info!(from = %from, term, resource = %resource, "command of an old term refused"),
+                        Verdict::Duplicate => {} // a copy over another path
+                        Verdict::NoLease => {
+                            // Nothing starts here without a lease (a leader that reached us would
+                            // have renewed it first): answered as not carried out.
+                            let kind = if matches!(command, Command::Start { .. }) { JobKind::Start } else { JobKind::Recover };
+                            let why = "this member holds no lease (no leader reached it) or is shutting down";
+                            let _ = results_tx.send(not_carried_out(&resource, kind, op_of(&command), command_epoch(&command), why));
+                            *busy.0.entry(resource.to_string()).or_default() += 1;
+                        }
                     }
-                    carry_out_local(command, &workers, &mut busy, &results_tx, &mut history);
                 }
                 Msg::Lease { term, monitors: set } => {
-                    if term < term_seen {
+                    let had = admission.holds_lease(Instant::now());
+                    if !admission.renew(term, Instant::now(), LEASE) {
                         continue;
                     }
-                    term_seen = term;
-                    if lease_until.is_none_or(|t| t <= Instant::now()) && !monitors.is_empty() && !self_stop.is_empty() {
-                        cluster_note(&mut history, &node.name, "a leader reached this member again".into());
+                    if !had && rejoins > 0 {
+                        cluster_note(&mut history, &node.name, "a leader reached this member again: it holds a lease".into());
                     }
-                    lease_until = Some(Instant::now() + LEASE);
                     if self_stop.is_empty() && self_stopping.is_none() {
                         monitors = set;
                     }
@@ -848,7 +833,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 let cm = api::metrics::ClusterMetrics {
                     leader: decider.is_some(),
                     quorum: cluster.authority().is_some(),
-                    term: term_seen,
+                    term: admission.term(),
                     links: &links,
                 };
                 let _ = reply.send(metrics.render(&states) + &cm.render());
@@ -885,8 +870,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     }
                 }
                 // This member's own lease.
-                if lease_until.is_some_and(|t| t <= Instant::now()) && self_stop.is_empty() && self_stopping.is_none() {
-                    lease_until = None;
+                if self_stop.is_empty() && self_stopping.is_none() && admission.lease_ran_out(Instant::now()) {
                     let running = to_stop(&model, &monitors, &busy);
                     if !running.is_empty() {
                         rejoins += 1;
@@ -1006,13 +990,6 @@ fn answer(outbox: &Outbox, to: ReplyTo, response: Response) {
             let _ = tx.send(response);
         }
         ReplyTo::Remote { to, id } => outbox.send(&to, Msg::Reply { id, response }),
-    }
-}
-
-fn command_op(c: &Command) -> u64 {
-    match c {
-        Command::Probe { op, .. } | Command::Start { op, .. } | Command::Stop { op, .. } | Command::Recover { op, .. } => *op,
-        _ => 0,
     }
 }
 

@@ -1,0 +1,188 @@
+//! Which of the leader's commands a cluster member carries out, and its lease: the member's
+//! side of the safety rules, sans-IO (the caller passes the time) and tested alone.
+//!
+//! - A command of an older Raft term than the highest seen is refused: a deposed leader's late
+//!   command must not run after the new leader has spoken.
+//! - A command already taken (same or older (term, operation id) for its resource) is dropped:
+//!   messages travel every path and may arrive twice.
+//! - A start or recover needs a live lease (renewed by a leader with authority) and a member that
+//!   is not shutting down; probes and stops never do (stopping is always safe).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::scheduler::{Command, Event, ResourceId};
+
+/// What to do with a leader's command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Carry it out.
+    Run,
+    /// Of an older term than one already seen: ignored.
+    Stale,
+    /// Already taken (a copy over another path, or older than one taken): ignored.
+    Duplicate,
+    /// A start or recover without a lease, or while shutting down: answered as not carried out.
+    NoLease,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Admission {
+    term_seen: u64,
+    taken: HashMap<ResourceId, (u64, u64)>,
+    lease_until: Option<Instant>,
+}
+
+impl Admission {
+    /// The highest term seen (from Raft or from a leader's message).
+    pub(super) fn term(&self) -> u64 {
+        self.term_seen
+    }
+
+    /// Raft says the cluster is at `term` (terms only grow).
+    pub(super) fn saw_term(&mut self, term: u64) {
+        self.term_seen = self.term_seen.max(term);
+    }
+
+    /// Judges a leader's `command` of `term` for `resource` at `now`.
+    pub(super) fn admit(&mut self, term: u64, resource: &ResourceId, command: &Command, now: Instant, shutting_down: bool) -> Verdict {
+        if term < self.term_seen {
+            return Verdict::Stale;
+        }
+        self.term_seen = term;
+        let op = op_of(command);
+        if self.taken.get(resource).is_some_and(|last| *last >= (term, op)) {
+            return Verdict::Duplicate;
+        }
+        self.taken.insert(resource.clone(), (term, op));
+        let starts = matches!(command, Command::Start { .. } | Command::Recover { .. });
+        if starts && (shutting_down || !self.holds_lease(now)) {
+            return Verdict::NoLease;
+        }
+        Verdict::Run
+    }
+
+    /// A leader of `term` renewed the lease at `now` for `lease`. False (nothing renewed) when
+    /// the term is older than one already seen.
+    pub(super) fn renew(&mut self, term: u64, now: Instant, lease: Duration) -> bool {
+        if term < self.term_seen {
+            return false;
+        }
+        self.term_seen = term;
+        self.lease_until = Some(now + lease);
+        true
+    }
+
+    pub(super) fn holds_lease(&self, now: Instant) -> bool {
+        self.lease_until.is_some_and(|t| now < t)
+    }
+
+    /// The lease ran out at `now` (it had been granted): true once, then it counts as never
+    /// granted until the next renewal.
+    pub(super) fn lease_ran_out(&mut self, now: Instant) -> bool {
+        if self.lease_until.is_some_and(|t| t <= now) {
+            self.lease_until = None;
+            return true;
+        }
+        false
+    }
+
+    /// The term to report a result under: the term of the command it answers (probes and
+    /// actions; `None` for a call no leader asked for, such as the member's own stops), or the
+    /// current term for a monitor.
+    pub(super) fn report_term(&self, event: &Event) -> Option<u64> {
+        match event {
+            Event::Probe { resource, op, .. } | Event::ActionDone { resource, op, .. } => {
+                self.taken.get(resource).filter(|(_, o)| o == op).map(|(t, _)| *t)
+            }
+            _ => Some(self.term_seen),
+        }
+    }
+}
+
+pub(super) fn op_of(c: &Command) -> u64 {
+    match c {
+        Command::Probe { op, .. } | Command::Start { op, .. } | Command::Stop { op, .. } | Command::Recover { op, .. } => *op,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::{ActionKind, MonitorOutcome, NodeId};
+
+    const LEASE: Duration = Duration::from_secs(10);
+
+    fn r() -> ResourceId {
+        ResourceId::from("vip")
+    }
+    fn start(op: u64) -> Command {
+        Command::Start { resource: r(), node: NodeId::from("a"), op, epoch: 1 }
+    }
+    fn probe(op: u64) -> Command {
+        Command::Probe { resource: r(), node: NodeId::from("a"), op, epoch: 1 }
+    }
+    fn stop(op: u64) -> Command {
+        Command::Stop { resource: r(), node: NodeId::from("a"), op, epoch: 1 }
+    }
+
+    #[test]
+    fn a_deposed_leaders_late_command_is_refused() {
+        let (mut a, t0) = (Admission::default(), Instant::now());
+        assert!(a.renew(2, t0, LEASE));
+        // The new leader (term 3) probes; the old one's start (term 2) arrives after.
+        assert_eq!(a.admit(3, &r(), &probe(1), t0, false), Verdict::Run);
+        assert_eq!(a.admit(2, &r(), &start(7), t0, false), Verdict::Stale);
+        // Also when Raft told us of the new term before any of its commands came.
+        let mut b = Admission::default();
+        b.renew(2, t0, LEASE);
+        b.saw_term(3);
+        assert_eq!(b.admit(2, &r(), &start(7), t0, false), Verdict::Stale);
+        assert!(!b.renew(2, t0, LEASE), "an old leader cannot renew the lease either");
+    }
+
+    #[test]
+    fn copies_and_older_operations_are_dropped() {
+        let (mut a, t0) = (Admission::default(), Instant::now());
+        a.renew(1, t0, LEASE);
+        assert_eq!(a.admit(1, &r(), &start(5), t0, false), Verdict::Run);
+        assert_eq!(a.admit(1, &r(), &start(5), t0, false), Verdict::Duplicate, "the copy over the second path");
+        assert_eq!(a.admit(1, &r(), &probe(4), t0, false), Verdict::Duplicate, "older than one taken");
+        assert_eq!(a.admit(1, &r(), &stop(6), t0, false), Verdict::Run);
+        // A new leader's operation ids start again: a new term is newer whatever the id.
+        assert_eq!(a.admit(2, &r(), &probe(1), t0, false), Verdict::Run);
+        // Another resource has its own sequence.
+        assert_eq!(a.admit(2, &ResourceId::from("fs"), &probe(1), t0, false), Verdict::Run);
+    }
+
+    #[test]
+    fn nothing_starts_without_a_lease_but_probes_and_stops_always_run() {
+        let (mut a, t0) = (Admission::default(), Instant::now());
+        assert_eq!(a.admit(1, &r(), &start(1), t0, false), Verdict::NoLease, "never renewed");
+        assert_eq!(a.admit(1, &r(), &probe(2), t0, false), Verdict::Run);
+        a.renew(1, t0, LEASE);
+        assert_eq!(a.admit(1, &r(), &start(3), t0, false), Verdict::Run);
+        assert_eq!(a.admit(1, &r(), &start(4), t0, true), Verdict::NoLease, "shutting down");
+        let later = t0 + LEASE;
+        assert_eq!(a.admit(1, &r(), &start(5), later, false), Verdict::NoLease, "the lease ran out");
+        assert_eq!(a.admit(1, &r(), &stop(6), later, false), Verdict::Run);
+        assert!(a.lease_ran_out(later));
+        assert!(!a.lease_ran_out(later), "reported once");
+        assert!(!a.holds_lease(later));
+    }
+
+    #[test]
+    fn results_carry_the_term_of_the_command_they_answer() {
+        let (mut a, t0) = (Admission::default(), Instant::now());
+        a.renew(4, t0, LEASE);
+        a.admit(4, &r(), &start(9), t0, false);
+        let done = |op| Event::ActionDone { resource: r(), node: NodeId::from("a"), op, action: ActionKind::Start, result: Ok(()) };
+        assert_eq!(a.report_term(&done(9)), Some(4));
+        a.saw_term(5);
+        assert_eq!(a.report_term(&done(9)), Some(4), "answered after a new term began: still term 4's");
+        assert_eq!(a.report_term(&done(0)), None, "the member's own stop answers no command");
+        let mon = Event::Monitor { resource: r(), node: NodeId::from("a"), epoch: 1, outcome: MonitorOutcome::Running };
+        assert_eq!(a.report_term(&mon), Some(5));
+    }
+}
