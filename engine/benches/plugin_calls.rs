@@ -8,6 +8,14 @@
 //!
 //! The monitor is the example agents' real one with a grant that denies the pid-file check early,
 //! so what is measured is the host/guest boundary, not a file system.
+//!
+//! Count mode, for instruction counts (valgrind's callgrind; wall clock is noisy on a shared
+//! machine): `WARDEN_BENCH_CALLS=warm:N` (or `fresh:N`) loads one agent (`WARDEN_BENCH_AGENT`,
+//! default `example-rust`; `WARDEN_BENCH_PLUGIN` overrides its `.wasm` path) with the on-disk
+//! cache in `WARDEN_BENCH_CACHE` (default: a temporary directory), makes one warm-up call, then N
+//! monitor calls on the kept instance (`warm`) or each on a new instance (`fresh`), and prints
+//! nothing else. Instructions per call = (count at N2 - count at N1) / (N2 - N1): the difference
+//! removes loading and setup.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -33,6 +41,23 @@ fn fmt(d: Duration) -> String {
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    if let Ok(spec) = std::env::var("WARDEN_BENCH_CALLS") {
+        let (kind, n) = spec.split_once(':').expect("WARDEN_BENCH_CALLS=warm:N or fresh:N");
+        let fresh = match kind {
+            "warm" => false,
+            "fresh" => true,
+            _ => panic!("WARDEN_BENCH_CALLS: warm or fresh, not {kind}"),
+        };
+        let n: usize = n.parse().expect("WARDEN_BENCH_CALLS: a number of calls");
+        let name = std::env::var("WARDEN_BENCH_AGENT").unwrap_or_else(|_| "example-rust".into());
+        let path = std::env::var_os("WARDEN_BENCH_PLUGIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target/plugins").join(format!("{name}.wasm")));
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = std::env::var_os("WARDEN_BENCH_CACHE").map(PathBuf::from).unwrap_or_else(|| tmp.path().to_path_buf());
+        rt.block_on(count_calls(&name, &path, &cache, fresh, n));
+        return;
+    }
     let cache = tempfile::tempdir().unwrap();
     println!("| agent | warm monitor call | fresh-instance monitor call | load, uncached | load, cached |");
     println!("|---|---|---|---|---|");
@@ -40,6 +65,30 @@ fn main() {
         let path = root.join("target/plugins").join(format!("{name}.wasm"));
         assert!(path.exists(), "{} missing: run `cargo xtask plugins` first", path.display());
         rt.block_on(bench_one(name, &path, cache.path()));
+    }
+}
+
+fn monitor_params(name: &str) -> [(&'static str, &'static str); 3] {
+    match name {
+        "example-python" => [("port", "1"), ("start", "/bin/true"), ("stop", "/bin/true")],
+        _ => [("pidfile", "/nonexistent/pid"), ("start", "/bin/true"), ("start_args", "")],
+    }
+}
+
+/// Count mode: one warm-up call, then `n` monitor calls, warm or each on a fresh instance.
+async fn count_calls(name: &str, path: &Path, cache: &Path, fresh: bool, n: usize) {
+    let host = PluginHost::new(HostOptions { cache_dir: Some(cache.to_path_buf()), trusted_keys: vec![] }).unwrap();
+    let plugin = host.load(path).await.unwrap();
+    let given = monitor_params(name).iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let ctx = CallContext { resource: "bench".into(), node: "n".into(), epoch: 1, params: plugin.metadata.resolve_params(&given).unwrap() };
+    let mut inst = plugin.instance("bench", Default::default(), Limits::default());
+    let timeout = Some(Duration::from_secs(10));
+    assert!(inst.monitor(&ctx, timeout).await.is_err(), "the monitor is refused at its first host call");
+    for _ in 0..n {
+        if fresh {
+            inst.reset();
+        }
+        let _ = inst.monitor(&ctx, timeout).await;
     }
 }
 
@@ -59,11 +108,7 @@ async fn bench_one(name: &str, path: &Path, cache: &Path) {
     }
     let plugin = host.load(path).await.unwrap();
 
-    let params = match name {
-        "example-python" => [("port", "1"), ("start", "/bin/true"), ("stop", "/bin/true")],
-        _ => [("pidfile", "/nonexistent/pid"), ("start", "/bin/true"), ("start_args", "")],
-    };
-    let given = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let given = monitor_params(name).iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let ctx = CallContext { resource: "bench".into(), node: "n".into(), epoch: 1, params: plugin.metadata.resolve_params(&given).unwrap() };
     let mut inst = plugin.instance("bench", Default::default(), Limits::default());
     let timeout = Some(Duration::from_secs(10));
