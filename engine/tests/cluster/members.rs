@@ -2,11 +2,13 @@ use std::time::Duration;
 
 use crate::cluster::{TestCluster, WAIT};
 
-/// Status from `via` shows a leader with a quorum and group `app` started on `owner`.
+/// Status from `via` shows group `app` started on `owner`, its services run there and its
+/// virtual IP is there.
 fn started_on(c: &TestCluster, via: &str, owner: &str) -> bool {
     c.group(via, "app").is_some_and(|(state, o, _)| state == "started" && o.as_deref() == Some(owner))
         && c.service(owner, "app-1").is_some()
         && c.service(owner, "app-2").is_some()
+        && c.has_vip(owner)
 }
 
 #[test]
@@ -19,7 +21,8 @@ fn forms_a_cluster_runs_the_group_once_and_switches_it_over() {
         l.is_some() && ["b", "w"].iter().all(|m| c.status(m).is_some_and(|s| s["cluster_info"]["leader"].as_str() == l.as_deref()))
     });
     c.wait("group app started on a (first in priority)", WAIT, |c| started_on(c, "b", "a"));
-    assert!(c.service("b", "app-1").is_none(), "{}", c.logs());
+    assert!(c.service("b", "app-1").is_none() && !c.has_vip("b"), "{}", c.logs());
+    assert!(c.vip_answers(), "the virtual IP does not answer from the client\n{}", c.logs());
     let (_, _, epoch) = c.group("w", "app").unwrap();
 
     // Status from any member shows the whole cluster: every member reachable over both paths.
@@ -32,7 +35,8 @@ fn forms_a_cluster_runs_the_group_once_and_switches_it_over() {
     let o = c.cli("w", &["group", "move", "app", "--to", "b"]);
     assert!(o.status.success(), "{o:?}\n{}", c.logs());
     c.wait("group app started on b", WAIT, |c| started_on(c, "a", "b"));
-    assert!(c.service("a", "app-1").is_none() && c.service("a", "app-2").is_none(), "still running on a\n{}", c.logs());
+    assert!(c.service("a", "app-1").is_none() && c.service("a", "app-2").is_none() && !c.has_vip("a"), "still running on a\n{}", c.logs());
+    assert!(c.vip_answers(), "the virtual IP does not answer from the client after the switchover\n{}", c.logs());
     let (_, _, after) = c.group("a", "app").unwrap();
     assert!(after > epoch, "the move must take a new epoch: {epoch} -> {after}");
 
@@ -80,13 +84,13 @@ fn one_path_cut_changes_nothing_and_a_cut_owner_stops_its_group() {
     // everything; b and w keep a quorum but do not start the group without a fence
     // confirmation (failover is not in this milestone): the group waits, and status says why.
     c.cut("a", 2);
-    c.wait("a stopped its services after losing its lease", WAIT, |c| {
-        c.service("a", "app-1").is_none() && c.service("a", "app-2").is_none()
+    c.wait("a stopped its services and its virtual IP after losing its lease", WAIT, |c| {
+        c.service("a", "app-1").is_none() && c.service("a", "app-2").is_none() && !c.has_vip("a")
     });
     c.wait("b and w see a lost", WAIT, |c| {
         c.status("b").is_some_and(|st| st["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "a" && n["up"] == false))
     });
-    assert!(c.service("b", "app-1").is_none(), "started on b without a fence confirmation\n{}", c.logs());
+    assert!(c.service("b", "app-1").is_none() && !c.has_vip("b"), "started on b without a fence confirmation\n{}", c.logs());
 
     // Healed: a comes back, the group runs again, once.
     c.heal("a");

@@ -12,6 +12,11 @@
 //! member sees its own, so a service running on two members at once is visible to the test
 //! (`<dir>/node-<name>/<resource>.pid` from outside). [`Sampler`] checks that every few ms.
 //! Cuts are iptables rules inside a member's namespace (a silent path, as a pulled cable).
+//!
+//! A third network is the service network: the group's virtual IP ([`VIP`], the ip agent) is
+//! added there on the member that runs it, and a client namespace checks that it answers. The
+//! sampler also reads each member namespace's local addresses (through a long-lived process in
+//! it), so the address on two members at once is caught like a service running twice.
 #![allow(dead_code, unsafe_code)] // setns(2) through libc
 
 use std::path::{Path, PathBuf};
@@ -26,6 +31,9 @@ use crate::node::{pid_file_resource, root, warden_bin};
 /// How long cluster-tier waits may take before the test fails (they poll, never sleep to sync).
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// The group's virtual IP on the service network (interface `eth3` of the members).
+pub const VIP: &str = "10.213.3.100";
+
 pub struct Member {
     pub name: String,
     pub ns: String,
@@ -35,6 +43,9 @@ pub struct Member {
     /// Where this member's `<dir>/run` really is (its pid files), seen from outside.
     pub run_dir: PathBuf,
     child: Option<Child>,
+    /// A process that lives in the member's network namespace for the whole test: its
+    /// `/proc/<pid>/net/fib_trie` shows the namespace's addresses.
+    probe: Child,
 }
 
 pub struct TestCluster {
@@ -42,6 +53,8 @@ pub struct TestCluster {
     pub config: PathBuf,
     pub members: Vec<Member>,
     pub sw: String,
+    /// The client namespace on the service network.
+    pub client: String,
     nets: Namespaces,
 }
 
@@ -58,7 +71,7 @@ impl TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let mut nets = Namespaces::new();
         let sw = nets.add("wsw");
-        for br in ["br1", "br2"] {
+        for br in ["br1", "br2", "br3"] {
             run("/usr/sbin/ip", &["-n", &sw, "link", "add", br, "type", "bridge"]);
             run("/usr/sbin/ip", &["-n", &sw, "link", "set", br, "up"]);
         }
@@ -75,6 +88,17 @@ impl TestCluster {
                 run("/usr/sbin/ip", &["-n", &sw, "link", "set", &outer, "master", &format!("br{path}")]);
                 run("/usr/sbin/ip", &["-n", &sw, "link", "set", &outer, "up"]);
             }
+            if !witness {
+                // The service network: no address; the ip agent adds the virtual IP.
+                run(
+                    "/usr/sbin/ip",
+                    &["-n", &ns, "link", "add", "eth3", "type", "veth", "peer", "name", &format!("s3{name}"), "netns", &sw],
+                );
+                run("/usr/sbin/ip", &["-n", &ns, "link", "set", "eth3", "up"]);
+                run("/usr/sbin/ip", &["-n", &sw, "link", "set", &format!("s3{name}"), "master", "br3"]);
+                run("/usr/sbin/ip", &["-n", &sw, "link", "set", &format!("s3{name}"), "up"]);
+            }
+            let probe = Command::new("/usr/sbin/ip").args(["netns", "exec", &ns, "/bin/sleep", "1000000"]).spawn().unwrap();
             let run_dir = dir.path().join(format!("node-{name}"));
             std::fs::create_dir_all(&run_dir).unwrap();
             members.push(Member {
@@ -85,8 +109,15 @@ impl TestCluster {
                 state: dir.path().join(format!("state-{name}")),
                 run_dir,
                 child: None,
+                probe,
             });
         }
+        let client = nets.add("wcl");
+        run("/usr/sbin/ip", &["-n", &client, "link", "add", "eth3", "type", "veth", "peer", "name", "s3c", "netns", &sw]);
+        run("/usr/sbin/ip", &["-n", &client, "addr", "add", "10.213.3.200/24", "dev", "eth3"]);
+        run("/usr/sbin/ip", &["-n", &client, "link", "set", "eth3", "up"]);
+        run("/usr/sbin/ip", &["-n", &sw, "link", "set", "s3c", "master", "br3"]);
+        run("/usr/sbin/ip", &["-n", &sw, "link", "set", "s3c", "up"]);
         std::fs::create_dir_all(dir.path().join("run")).unwrap();
         let pki = dir.path().join("pki");
         let out =
@@ -106,13 +137,15 @@ impl TestCluster {
             );
         }
         text += &format!("\n[[plugins]]\nname = \"example-rust\"\npath = \"{}\"\n", plugin.display());
+        text += &format!("\n[[plugins]]\nname = \"ip\"\npath = \"{}\"\n", root().join("target/plugins/ip.wasm").display());
+        text += &vip_resource();
         text += &resource(dir.path(), "app-1", "500ms");
         text += &resource(dir.path(), "app-2", "500ms");
-        text += "\n[[groups]]\nname = \"app\"\nresources = [\"app-1\", \"app-2\"]\npriority = [\"a\", \"b\"]\n";
+        text += "\n[[groups]]\nname = \"app\"\nresources = [\"vip\", \"app-1\", \"app-2\"]\npriority = [\"a\", \"b\"]\n";
         text += extra;
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, text).unwrap();
-        Self { dir, config, members, sw, nets }
+        Self { dir, config, members, sw, client, nets }
     }
 
     pub fn member(&self, name: &str) -> &Member {
@@ -229,6 +262,16 @@ impl TestCluster {
         assert!(f(self), "timed out after {limit:?} waiting for {what}\n{}", self.logs());
     }
 
+    /// The virtual IP is an address of member `name`'s namespace.
+    pub fn has_vip(&self, name: &str) -> bool {
+        has_address(self.member(name).probe.id(), VIP)
+    }
+
+    /// The virtual IP answers from the client namespace.
+    pub fn vip_answers(&self) -> bool {
+        crate::netns::answers_from(&self.client, VIP.parse().unwrap())
+    }
+
     /// Pid of `resource`'s service on member `name`, if it is alive.
     pub fn service(&self, name: &str, resource: &str) -> Option<u32> {
         service_pid(&self.member(name).run_dir, resource)
@@ -276,10 +319,10 @@ impl TestCluster {
         run("/usr/sbin/ip", &["netns", "exec", ns, "iptables", "-F"]);
     }
 
-    /// Starts sampling every runner's services of `resources` every 5 ms.
+    /// Starts sampling, every 5 ms, every runner's services of `resources` and the virtual IP.
     pub fn sampler(&self, resources: &[&str]) -> Sampler {
-        let runs: Vec<(String, PathBuf)> =
-            self.members.iter().filter(|m| !m.witness).map(|m| (m.name.clone(), m.run_dir.clone())).collect();
+        let runs: Vec<(String, PathBuf, u32)> =
+            self.members.iter().filter(|m| !m.witness).map(|m| (m.name.clone(), m.run_dir.clone(), m.probe.id())).collect();
         Sampler::start(runs, resources.iter().map(|r| r.to_string()).collect())
     }
 }
@@ -291,6 +334,8 @@ impl Drop for TestCluster {
                 let _ = c.kill();
                 let _ = c.wait();
             }
+            let _ = m.probe.kill();
+            let _ = m.probe.wait();
             // The services the members started (detached `sleep`s).
             for entry in std::fs::read_dir(&m.run_dir).into_iter().flatten().flatten() {
                 if let Some(pid) = std::fs::read_to_string(entry.path()).ok().and_then(|s| s.trim().parse::<u32>().ok()) {
@@ -302,6 +347,39 @@ impl Drop for TestCluster {
         }
         let _ = &self.nets;
     }
+}
+
+/// `addr` is a local address of the network namespace process `pid` is in.
+fn has_address(pid: u32, addr: &str) -> bool {
+    // fib_trie lists each local address as the line `|-- ADDR` followed by `/32 host LOCAL`.
+    let trie = std::fs::read_to_string(format!("/proc/{pid}/net/fib_trie")).unwrap_or_default();
+    let mut lines = trie.lines();
+    while let Some(l) = lines.next() {
+        if l.trim_start().strip_prefix("|-- ") == Some(addr) && lines.next().is_some_and(|n| n.contains("host LOCAL")) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The virtual IP resource: the ip agent on `eth3`, as the demo's.
+fn vip_resource() -> String {
+    format!(
+        r#"
+[[resources]]
+name = "vip"
+plugin = "ip"
+params = {{ address = "{VIP}/24", interface = "eth3", arping_count = "1" }}
+grants = {{ exec = [
+    {{ program = "/usr/sbin/ip", args = ["-o", "link", "show", "dev", "eth3"] }},
+    {{ program = "/usr/sbin/ip", args = ["-o", "addr", "show", "dev", "eth3"] }},
+    {{ program = "/usr/sbin/ip", args = ["addr", "add", "{VIP}/24", "dev", "eth3"] }},
+    {{ program = "/usr/sbin/ip", args = ["addr", "del", "{VIP}/24", "dev", "eth3"] }},
+    {{ program = "/usr/bin/arping", args = ["-U", "-c", "*", "-I", "eth3", "{VIP}"] }},
+], read = ["/usr/bin/arping", "/usr/sbin/arping"] }}
+monitor_interval = "500ms"
+"#
+    )
 }
 
 /// The demo daemon's process (`sleep 100000`) with this pid is alive.
@@ -325,7 +403,7 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    fn start(runs: Vec<(String, PathBuf)>, resources: Vec<String>) -> Self {
+    fn start(runs: Vec<(String, PathBuf, u32)>, resources: Vec<String>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let samples = Arc::new(Mutex::new(0));
@@ -334,10 +412,14 @@ impl Sampler {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     for r in &resources {
-                        let on: Vec<&str> = runs.iter().filter(|(_, d)| service_pid(d, r).is_some()).map(|(n, _)| n.as_str()).collect();
+                        let on: Vec<&str> = runs.iter().filter(|(_, d, _)| service_pid(d, r).is_some()).map(|(n, ..)| n.as_str()).collect();
                         if on.len() > 1 {
                             seen.lock().unwrap().push(format!("{r} alive on {} at once", on.join(" and ")));
                         }
+                    }
+                    let on: Vec<&str> = runs.iter().filter(|(.., p)| has_address(*p, VIP)).map(|(n, ..)| n.as_str()).collect();
+                    if on.len() > 1 {
+                        seen.lock().unwrap().push(format!("the virtual IP on {} at once", on.join(" and ")));
                     }
                     *samples.lock().unwrap() += 1;
                     std::thread::sleep(Duration::from_millis(5));
