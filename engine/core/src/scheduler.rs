@@ -1427,6 +1427,12 @@ impl Scheduler {
                 return Some(m.clone());
             }
         }
+        // A lost owner on which the group may still run keeps it: nothing can start elsewhere
+        // before that node answers or is fenced anyway, and a decision moved away would move the
+        // group as soon as the node came back (after nothing worse than a restart of its daemon).
+        if let Some(o) = gs.owner.as_ref().filter(|o| !self.up(o) && self.may_run_on(g, o)) {
+            return Some(o.clone());
+        }
         if g.switchback == Switchback::Intelligent {
             if let Some(o) = &gs.owner {
                 if self.eligible(g, o, false) {
@@ -1437,7 +1443,19 @@ impl Scheduler {
         g.priority.iter().find(|n| self.eligible(g, n, false)).cloned()
     }
 
+    /// Some member of `g` (that the cluster manages or the operator left alone) may be active on
+    /// `node`: not known stopped there.
+    fn may_run_on(&self, g: &GroupModel, node: &NodeId) -> bool {
+        g.members.iter().any(|r| !self.external(r) && self.activity(r, node).is_some())
+    }
+
     fn reconcile(&mut self, _now: Millis, out: &mut Vec<Command>) {
+        // Placement reads `needs_fence` (through `eligible`): derive it from what is known now,
+        // not from the previous round (a node that just came back is not stuck any more).
+        let stuck = self.stuck_nodes();
+        for (n, nd) in self.state.decisions.nodes.iter_mut() {
+            nd.needs_fence = stuck.contains(n);
+        }
         let groups: Vec<std::sync::Arc<GroupModel>> = self.model.groups.values().cloned().collect();
         for g in &groups {
             if self.blocked_member(g).is_some() {
@@ -1494,23 +1512,7 @@ impl Scheduler {
                 self.state.decisions.groups.get_mut(&g.name).unwrap().move_to = None;
             }
         }
-        // A node needs fencing while something may run there that we cannot stop: a failed stop,
-        // or anything at all on a node we lost. (Derived every time, so a node that comes back
-        // and answers its probes is cleared.)
-        let mut stuck: BTreeSet<&NodeId> = BTreeSet::new();
-        for (r, st) in &self.state.observations.resources {
-            // A member left alone by the operator (unmanage, maintenance) still counts: it may
-            // run there and must not run twice.
-            if self.external(r) {
-                continue;
-            }
-            for (n, a) in &st.on {
-                if *a == Activity::StopFailed || !self.up(n) {
-                    stuck.insert(n);
-                }
-            }
-        }
-        let stuck: BTreeSet<NodeId> = stuck.into_iter().cloned().collect();
+        let stuck = self.stuck_nodes();
         for m in &self.model.nodes {
             let stuck = stuck.contains(&m.name);
             let Some(nd) = self.state.decisions.nodes.get_mut(&m.name) else { continue };
@@ -1522,6 +1524,26 @@ impl Scheduler {
                 out.push(Command::Fence { node: m.name.clone() });
             }
         }
+    }
+
+    /// Nodes that need fencing: something may run there that we cannot stop (a failed stop, or
+    /// anything at all on a node we lost). Derived every time, so a node that comes back and
+    /// answers its probes is cleared.
+    fn stuck_nodes(&self) -> BTreeSet<NodeId> {
+        let mut stuck: BTreeSet<NodeId> = BTreeSet::new();
+        for (r, st) in &self.state.observations.resources {
+            // A member left alone by the operator (unmanage, maintenance) still counts: it may
+            // run there and must not run twice.
+            if self.external(r) {
+                continue;
+            }
+            for (n, a) in &st.on {
+                if *a == Activity::StopFailed || !self.up(n) {
+                    stuck.insert(n.clone());
+                }
+            }
+        }
+        stuck
     }
 
     fn group_running_on(&self, g: &GroupModel, node: Option<&NodeId>) -> bool {

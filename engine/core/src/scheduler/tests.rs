@@ -452,11 +452,12 @@ fn late_start_on_a_cut_off_node_is_seen_by_the_probe_after_it() {
     s.handle(3, done("app", "a", start, ActionKind::Start, Ok(())));
     assert_eq!(act(&s, "app", "a"), Some(&Activity::Probing));
     let cmds = s.handle(4, probe("app", "a", p, MonitorOutcome::Running));
-    // The group was placed on b when a was lost (waiting for a): app is found running on a and
-    // stopped there before b starts it.
-    assert_eq!(s.state().decisions.groups["g"].owner.as_deref(), Some("b"));
+    // The group stayed with a while a was lost (it may have run there): app is found running on
+    // a and adopted there; nothing starts on b.
+    assert_eq!(s.state().decisions.groups["g"].owner.as_deref(), Some("a"));
     assert!(starts(&cmds).is_empty(), "{cmds:?}");
-    assert_eq!(stops(&cmds), vec![rn("app", "a")]);
+    assert!(stops(&cmds).is_empty(), "{cmds:?}");
+    assert_eq!(act(&s, "app", "a"), Some(&Activity::Running));
 }
 
 #[test]
@@ -1709,4 +1710,27 @@ fn a_lost_node_in_maintenance_is_fenced_and_its_groups_then_run_elsewhere() {
     assert!(cmds.iter().any(|c| matches!(c, Command::Fence { node } if node == "a")), "{cmds:?}");
     let cmds = settle(&mut s, 3, Event::Fenced("a".into()));
     assert_eq!(starts(&cmds), vec![rn("app", "b")]);
+}
+
+#[test]
+fn a_lost_owner_that_comes_back_running_keeps_its_group() {
+    // The owner's daemon is lost for a while (killed and restarted, a silence): without a fence
+    // confirmation nothing moves, and when it answers again with the group running, the group
+    // stays there: no needless switchover (intelligent switchback).
+    let mut s = two_nodes(false, &["ip", "app"]);
+    let epoch = s.state().decisions.groups["g"].epoch;
+    settle(&mut s, 1, Event::NodeDown("a".into()));
+    assert_eq!(s.state().decisions.groups["g"].owner.as_deref(), Some("a"), "a lost owner that may run the group keeps it");
+    assert_eq!(s.state().decisions.groups["g"].epoch, epoch);
+    let cmds = s.handle(2, Event::NodeUp("a".into()));
+    assert_eq!(s.state().decisions.groups["g"].owner.as_deref(), Some("a"), "still a while a's probes run: {cmds:?}");
+    let cmds = s.handle(3, Event::NodeRestarted("a".into()));
+    let mut all = Vec::new();
+    for r in ["ip", "app"] {
+        let op = op_of(&cmds, "probe", r, "a");
+        all.extend(s.handle(4, probe(r, "a", op, MonitorOutcome::Running)));
+    }
+    assert!(stops(&all).is_empty() && starts(&all).is_empty(), "nothing moves: {all:?}");
+    assert_eq!(s.state().decisions.groups["g"].owner.as_deref(), Some("a"));
+    assert_eq!(s.state().decisions.groups["g"].epoch, epoch, "no new placement");
 }
