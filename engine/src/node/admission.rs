@@ -31,6 +31,11 @@ pub(super) struct Admission {
     term_seen: u64,
     taken: HashMap<ResourceId, (u64, u64)>,
     lease_until: Option<Instant>,
+    /// The (term, sequence number) of the last lease taken: a late copy of an older one must
+    /// not bring back an older monitor set.
+    last_lease: (u64, u64),
+    /// The lease is the start's grace, not a leader's renewal (see [`Admission::started`]).
+    grace: bool,
 }
 
 impl Admission {
@@ -62,18 +67,31 @@ impl Admission {
         Verdict::Run
     }
 
-    /// A leader of `term` renewed the lease at `now` for `lease`. False (nothing renewed) when
-    /// the term is older than one already seen.
-    pub(super) fn renew(&mut self, term: u64, now: Instant, lease: Duration) -> bool {
-        if term < self.term_seen {
+    /// A leader of `term` renewed the lease (its `seq`-th) at `now` for `lease`. False (nothing
+    /// renewed) when the term is older than one already seen, or the lease older than one taken.
+    pub(super) fn renew(&mut self, term: u64, seq: u64, now: Instant, lease: Duration) -> bool {
+        if term < self.term_seen || (term, seq) <= self.last_lease {
             return false;
         }
         self.term_seen = term;
+        self.last_lease = (term, seq);
+        self.grace = false;
         self.lease_until = Some(now + lease);
         true
     }
 
+    /// A member just started holds a lease as if granted now: if no leader reaches it within
+    /// `lease`, what may run here (left by a previous daemon) is stopped like after any lost
+    /// lease. Starts still need a leader's renewal: this grace lets nothing start.
+    pub(super) fn started(&mut self, now: Instant, lease: Duration) {
+        self.lease_until = Some(now + lease);
+        self.grace = true;
+    }
+
     pub(super) fn holds_lease(&self, now: Instant) -> bool {
+        if self.grace {
+            return false;
+        }
         self.lease_until.is_some_and(|t| now < t)
     }
 
@@ -82,6 +100,7 @@ impl Admission {
     pub(super) fn lease_ran_out(&mut self, now: Instant) -> bool {
         if self.lease_until.is_some_and(|t| t <= now) {
             self.lease_until = None;
+            self.grace = false;
             return true;
         }
         false
@@ -130,22 +149,22 @@ mod tests {
     #[test]
     fn a_deposed_leaders_late_command_is_refused() {
         let (mut a, t0) = (Admission::default(), Instant::now());
-        assert!(a.renew(2, t0, LEASE));
+        assert!(a.renew(2, 1, t0, LEASE));
         // The new leader (term 3) probes; the old one's start (term 2) arrives after.
         assert_eq!(a.admit(3, &r(), &probe(1), t0, false), Verdict::Run);
         assert_eq!(a.admit(2, &r(), &start(7), t0, false), Verdict::Stale);
         // Also when Raft told us of the new term before any of its commands came.
         let mut b = Admission::default();
-        b.renew(2, t0, LEASE);
+        b.renew(2, 1, t0, LEASE);
         b.saw_term(3);
         assert_eq!(b.admit(2, &r(), &start(7), t0, false), Verdict::Stale);
-        assert!(!b.renew(2, t0, LEASE), "an old leader cannot renew the lease either");
+        assert!(!b.renew(2, 2, t0, LEASE), "an old leader cannot renew the lease either");
     }
 
     #[test]
     fn copies_and_older_operations_are_dropped() {
         let (mut a, t0) = (Admission::default(), Instant::now());
-        a.renew(1, t0, LEASE);
+        a.renew(1, 1, t0, LEASE);
         assert_eq!(a.admit(1, &r(), &start(5), t0, false), Verdict::Run);
         assert_eq!(a.admit(1, &r(), &start(5), t0, false), Verdict::Duplicate, "the copy over the second path");
         assert_eq!(a.admit(1, &r(), &probe(4), t0, false), Verdict::Duplicate, "older than one taken");
@@ -161,7 +180,7 @@ mod tests {
         let (mut a, t0) = (Admission::default(), Instant::now());
         assert_eq!(a.admit(1, &r(), &start(1), t0, false), Verdict::NoLease, "never renewed");
         assert_eq!(a.admit(1, &r(), &probe(2), t0, false), Verdict::Run);
-        a.renew(1, t0, LEASE);
+        a.renew(1, 1, t0, LEASE);
         assert_eq!(a.admit(1, &r(), &start(3), t0, false), Verdict::Run);
         assert_eq!(a.admit(1, &r(), &start(4), t0, true), Verdict::NoLease, "shutting down");
         let later = t0 + LEASE;
@@ -173,9 +192,34 @@ mod tests {
     }
 
     #[test]
+    fn a_started_member_without_a_leader_runs_out_of_its_grace_and_starts_nothing_meanwhile() {
+        let (mut a, t0) = (Admission::default(), Instant::now());
+        a.started(t0, LEASE);
+        assert!(!a.holds_lease(t0), "the grace is not a lease to start anything");
+        assert_eq!(a.admit(1, &r(), &start(1), t0, false), Verdict::NoLease);
+        assert!(!a.lease_ran_out(t0));
+        assert!(a.lease_ran_out(t0 + LEASE), "no leader within the grace: stop what may run here");
+        // With a leader's renewal in time, it is an ordinary lease.
+        let mut b = Admission::default();
+        b.started(t0, LEASE);
+        b.renew(1, 1, t0, LEASE);
+        assert!(b.holds_lease(t0));
+    }
+
+    #[test]
+    fn a_late_copy_of_an_older_lease_is_ignored() {
+        let (mut a, t0) = (Admission::default(), Instant::now());
+        assert!(a.renew(3, 1, t0, LEASE));
+        assert!(a.renew(3, 2, t0, LEASE));
+        assert!(!a.renew(3, 1, t0, LEASE), "the copy of lease 1 over the slower path");
+        assert!(!a.renew(3, 2, t0, LEASE), "the copy of lease 2");
+        assert!(a.renew(4, 1, t0, LEASE), "a new leader counts again");
+    }
+
+    #[test]
     fn results_carry_the_term_of_the_command_they_answer() {
         let (mut a, t0) = (Admission::default(), Instant::now());
-        a.renew(4, t0, LEASE);
+        a.renew(4, 1, t0, LEASE);
         a.admit(4, &r(), &start(9), t0, false);
         let done = |op| Event::ActionDone { resource: r(), node: NodeId::from("a"), op, action: ActionKind::Start, result: Ok(()) };
         assert_eq!(a.report_term(&done(9)), Some(4));

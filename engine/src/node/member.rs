@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use warden_cluster::pki::TlsIdentity;
 use warden_cluster::transport::TlsNetwork;
-use warden_cluster::{AuthorityConfig, ClusterNode, ClusterRequest, Messenger, NodeConfig, Peer, RaftId};
+use warden_cluster::{AuthorityConfig, ClusterNode, ClusterRequest, ClusterResponse, Messenger, NodeConfig, Peer, RaftId};
 
 use super::admission::{op_of, Admission, Verdict};
 use super::history::{unix_ms, History};
@@ -92,7 +92,7 @@ const REJOIN_WINDOW: Duration = Duration::from_secs(2);
 /// How long a command or status request forwarded to the leader may take.
 const FORWARD_WAIT: Duration = Duration::from_secs(10);
 /// Messages queued per peer before sending fails (a peer that does not take them is down).
-const OUTBOX: usize = 4096;
+const OUTBOX: usize = 64;
 
 /// The engine's messages between members.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,17 +101,18 @@ enum Msg {
     /// Leader → member: carry out a probe, start, stop or recover.
     Exec { term: u64, command: Command },
     /// Leader → member: the lease renewed, and what to monitor there (resource → group epoch).
-    Lease { term: u64, monitors: BTreeMap<ResourceId, u64> },
+    /// `seq` grows with every lease of a term: a late copy of an older one is ignored.
+    Lease { term: u64, seq: u64, monitors: BTreeMap<ResourceId, u64> },
     /// Member → leader: alive; `instance` changes at every daemon start, `rejoins` each time the
     /// member's lease ran out (either way the leader forgets what it knew and probes again).
-    Hello { instance: String, rejoins: u64 },
-    /// Member → leader: the result of a command or a monitor.
-    Report { term: u64, report: Report },
-    /// Member → leader: this member is shutting down; its groups move to other members (it is
-    /// put in standby, and brought online when it says hello again as a new instance).
-    Leaving,
+    /// `leaving`: it is shutting down, and its groups move to other members (it is put in
+    /// standby, and brought online when it says hello again as a new instance).
+    Hello { instance: String, rejoins: u64, leaving: bool },
+    /// Member → leader: the result of a command or a monitor. `seq` grows with every report or
+    /// operator command a member sends (they travel in order): a copy is dropped.
+    Report { term: u64, seq: u64, report: Report },
     /// Member → leader: an operator command given on the member; answered with `Reply`.
-    Operator { id: u64, command: OperatorCommand, user: String, uid: u32 },
+    Operator { seq: u64, id: u64, command: OperatorCommand, user: String, uid: u32 },
     /// Member → leader: the cluster's status; answered with `Status`.
     StatusRequest { id: u64 },
     /// Leader → member: the answer to `Operator`.
@@ -145,6 +146,18 @@ impl Report {
             Report::Monitor { resource, epoch, outcome } => Event::Monitor { resource, node, epoch, outcome },
             Report::Done { resource, op, action, result } => Event::ActionDone { resource, node, op, action, result },
         }
+    }
+}
+
+impl Decider {
+    /// Takes `seq` from member `from` if it is newer than every one taken (else a copy).
+    fn take_seq(&mut self, from: &str, seq: u64) -> bool {
+        let last = self.seen.entry(from.to_string()).or_default();
+        if seq <= *last {
+            return false;
+        }
+        *last = seq;
+        true
     }
 }
 
@@ -255,6 +268,12 @@ struct Decider {
     up: BTreeSet<String>,
     /// Members put in standby because they shut down: online again when they come back.
     left: BTreeSet<String>,
+    /// Per member, the highest report or operator sequence number taken (copies are dropped).
+    seen: HashMap<String, u64>,
+    /// The last lease sequence number sent.
+    lease_seq: u64,
+    /// After a failed commit, decisions are proposed again from then on.
+    retry_at: Option<Instant>,
     /// Until then, members that say hello are not yet told to the core.
     joining_until: Option<Instant>,
     /// The cluster had never placed a group when this leader took over (it waits for every
@@ -396,8 +415,15 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     next = later;
                 }
                 let (term, generation, decisions) = next;
+                // A proposal of an earlier term of ours must not overwrite what this node, leader
+                // again in a later term, restored and decides now.
+                if raft.metrics().borrow().current_term != term {
+                    let _ = commit_tx.send((term, generation, Err("leadership changed before it was proposed".into())));
+                    continue;
+                }
                 let r = match raft.client_write(ClusterRequest::SetDecisions { config_version: 0, decisions }).await {
-                    Ok(_) => Ok(()),
+                    Ok(w) if matches!(w.data, ClusterResponse::Applied { .. }) => Ok(()),
+                    Ok(w) => Err(format!("refused: {:?}", w.data)),
                     Err(e) => Err(e.to_string()),
                 };
                 let _ = commit_tx.send((term, generation, r));
@@ -434,14 +460,25 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     let mut schedule = super::schedule::MonitorSchedule::new(intervals, unix_ms(SystemTime::now()));
     // The highest term any leader spoke to us in: commands of older terms are refused.
     let mut admission = Admission::default();
+    if runner {
+        admission.started(Instant::now(), LEASE);
+    }
     // What the leader says to monitor here (resource → epoch), and until when it holds.
     let mut monitors: BTreeMap<ResourceId, u64> = BTreeMap::new();
+    // What may run here as this member knows it: everything at start (a previous daemon may have
+    // left it running), then what its own probes, monitors and actions show. A lost lease or a
+    // shutdown stops these, whatever the leader last listed.
+    let mut maybe_running: BTreeSet<ResourceId> =
+        if runner { model.resources.keys().filter(|r| !model.resources[*r].unmanaged).cloned().collect() } else { BTreeSet::new() };
     let mut rejoins = 0u64;
     // The stops of a lost lease, one at a time, top down.
     let mut self_stop: VecDeque<ResourceId> = VecDeque::new();
     let mut self_stopping: Option<ResourceId> = None;
     // Requests forwarded to the leader, waiting for its answer.
     let mut next_id = 0u64;
+    // Reports and forwarded operator commands are numbered from the clock (so numbers keep
+    // growing across restarts of this member): the leader drops a copy it already took.
+    let mut out_seq = unix_ms(SystemTime::now()).saturating_mul(1000);
     let mut forwarded: HashMap<u64, (oneshot::Sender<Response>, Instant)> = HashMap::new();
     let mut forwarded_status: HashMap<u64, (oneshot::Sender<Response>, Instant)> = HashMap::new();
 
@@ -457,7 +494,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     let config_hash = blake3::hash(node.cfg.text().as_bytes()).to_hex().to_string();
     let mut committed_rx = cluster.state();
     let mut config_ok = false;
-    let mut config_proposed = false;
+    // When (and in which term) this node, leading, last proposed its config's hash.
+    let mut config_proposed: Option<(u64, Instant)> = None;
     let mut refused: Option<String> = None;
     let mut pending: Vec<Command> = Vec::new();
     let mut shutdown_fallback: Option<Instant> = None;
@@ -484,7 +522,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 _ => {}
             }
         }
-        if refused.is_some() && monitors.is_empty() && busy.is_empty() {
+        if refused.is_some() && maybe_running.is_empty() && busy.is_empty() {
             break;
         }
         // Leadership: the decider lives while this node leads its term; it acts only with
@@ -515,12 +553,13 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
             if decider.is_none()
                 && leads
                 && !config_ok
-                && !config_proposed
+                && config_proposed.is_none_or(|(t, at)| t != current_term || at.elapsed() > Duration::from_secs(2))
                 && refused.is_none()
                 && committed_rx.borrow().config_hash.is_none()
             {
-                // The first leader records the cluster's config.
-                config_proposed = true;
+                // The first leader records the cluster's config (again after 2 s if it did not
+                // get through).
+                config_proposed = Some((current_term, Instant::now()));
                 let (raft, hash) = (cluster.raft().clone(), config_hash.clone());
                 tasks.spawn(async move {
                     if let Err(e) = raft.client_write(ClusterRequest::SetConfigHash { hash }).await {
@@ -528,10 +567,13 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     }
                 });
             }
-            if !leads {
-                config_proposed = false;
-            }
-            if decider.is_none() && leads && config_ok && cluster.authority().is_some() && !shutting_down {
+
+            // A member shutting down may lead too (else nobody would renew the others' leases
+            // until it is gone); it moves its own groups away like any leaving member.
+            // Only once this leader has applied the log up to its own term's first entry: then
+            // everything committed before it is in the state it restores.
+            let applied_own_term = raft_metrics.borrow().last_applied.is_some_and(|l| l.leader_id.term == current_term);
+            if decider.is_none() && leads && config_ok && applied_own_term && cluster.authority().is_some() {
                 let committed = cluster.state().borrow().clone();
                 let committed_fresh = committed.decisions.groups.values().all(|g| g.owner.is_none());
                 let mut sched = Scheduler::new(model.clone());
@@ -553,6 +595,9 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     hellos: HashMap::new(),
                     up: BTreeSet::new(),
                     left: BTreeSet::new(),
+                    seen: HashMap::new(),
+                    lease_seq: 0,
+                    retry_at: None,
                     // A cluster that never placed a group is forming: wait for its members.
                     joining_until: Some(Instant::now() + if committed_fresh { JOIN_WINDOW } else { REJOIN_WINDOW }),
                     fresh: committed_fresh,
@@ -563,7 +608,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
         // Propose, commit, act (the leader only).
         if let Some(d) = decider.as_mut() {
             let dec = d.sched.decisions();
-            if d.last.as_ref() != Some(&dec) {
+            if d.last.as_ref() != Some(&dec) && d.retry_at.is_none_or(|t| Instant::now() >= t) {
+                d.retry_at = None;
                 d.proposed += 1;
                 let _ = propose_tx.send((d.term, d.proposed, dec.clone()));
                 d.last = Some(dec);
@@ -597,7 +643,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
         schedule.follow(monitors.keys(), &busy);
         // Shutdown ends when nothing runs here as far as the leader knows (it moved our groups
         // away) or our own stops are done, and no call is in flight.
-        if shutting_down && busy.is_empty() && self_stop.is_empty() && self_stopping.is_none() && monitors.is_empty() {
+        if shutting_down && busy.is_empty() && self_stop.is_empty() && self_stopping.is_none() && maybe_running.is_empty() {
             note(&mut history, "node", &node.name, "member stopped".into());
             break;
         }
@@ -606,8 +652,9 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
         tokio::select! {
             Some(r) = results_rx.recv() => {
                 busy.done(&r.resource);
-                let plugin = plugin_of[&r.resource].clone();
+                let plugin = plugin_of.get(&r.resource).cloned().unwrap_or_default();
                 let event = job_event(&me, &r, &plugin, &mut metrics, &mut history);
+                note_running(&mut maybe_running, &event);
                 schedule.returned(&r.resource, matches!(r.kind, JobKind::Monitor), monitors.contains_key(r.resource.as_str()));
                 if self_stopping.as_deref() == Some(r.resource.as_str()) {
                     self_stopping = None;
@@ -626,7 +673,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 let term = admission.report_term(&event);
                 if let (Some(report), Some(term)) = (Report::from_event(event), term) {
                     if let Some(leader) = current_leader(&raft_metrics, &members) {
-                        outbox.send(&leader, Msg::Report { term, report });
+                        out_seq += 1;
+                        outbox.send(&leader, Msg::Report { term, seq: out_seq, report });
                     }
                 }
             }
@@ -664,9 +712,9 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         }
                     }
                 }
-                Msg::Lease { term, monitors: set } => {
+                Msg::Lease { term, seq, monitors: set } => {
                     let had = admission.holds_lease(Instant::now());
-                    if !admission.renew(term, Instant::now(), LEASE) {
+                    if !admission.renew(term, seq, Instant::now(), LEASE) {
                         continue;
                     }
                     if !had && rejoins > 0 {
@@ -676,7 +724,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         monitors = set;
                     }
                 }
-                Msg::Hello { instance, rejoins } => {
+                Msg::Hello { instance, rejoins, leaving } => {
                     if let Some(d) = decider.as_mut() {
                         let name = from.clone();
                         let now = Instant::now();
@@ -695,25 +743,23 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                             // It restarted or stopped everything on its own: what we knew is gone.
                             pending.extend(d.sched.handle(now_ms(), Event::NodeRestarted(n.clone())));
                         }
-                        if restarted && d.left.remove(&name) {
+                        if restarted && !leaving && d.left.remove(&name) {
                             cluster_note(&mut history, &name, "member back after its shutdown: online again".into());
-                            pending.extend(d.sched.handle(now_ms(), Event::Operator(OperatorCommand::Online { node: n })));
+                            pending.extend(d.sched.handle(now_ms(), Event::Operator(OperatorCommand::Online { node: n.clone() })));
                         }
-                    }
-                }
-                Msg::Leaving => {
-                    if let Some(d) = decider.as_mut() {
-                        let n = NodeId::from(from.as_str());
                         let standby = d.sched.state().decisions.nodes.get(&n).is_some_and(|s| s.standby);
-                        if !standby {
-                            cluster_note(&mut history, &from, "member shutting down: its groups move to other members".into());
-                            d.left.insert(from.clone());
+                        if leaving && !standby {
+                            cluster_note(&mut history, &name, "member shutting down: its groups move to other members".into());
+                            d.left.insert(name.clone());
                             pending.extend(d.sched.handle(now_ms(), Event::Operator(OperatorCommand::Standby { node: n })));
                         }
                     }
                 }
-                Msg::Report { term, report } => {
+                Msg::Report { term, seq, report } => {
                     if let Some(d) = decider.as_mut() {
+                        if !d.take_seq(&from, seq) {
+                            continue; // a copy over another path
+                        }
                         // A probe's or action's result answers a command of this leader only (an
                         // older leader's operation ids mean nothing here); a monitor carries
                         // its epoch, which the core checks.
@@ -724,18 +770,24 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         }
                     }
                 }
-                Msg::Operator { id, command, user, uid } => {
+                Msg::Operator { seq, id, command, user, uid } => {
                     let reply = ReplyTo::Remote { to: from.clone(), id };
+                    if decider.as_mut().is_some_and(|d| !d.take_seq(&from, seq)) {
+                        continue; // a copy over another path
+                    }
                     match decider.as_mut() {
                         None => answer(&outbox, reply, Response::Error { message: "this member is not the leader (the leader changed: try again)".into() }),
                         Some(d) => operator(d, &mut pending, &mut history, &outbox, now_ms(), command, &format!("{user}, uid {uid}, on {from}"), reply),
                     }
                 }
                 Msg::StatusRequest { id } => {
-                    if let Some(d) = decider.as_ref() {
-                        let st = cluster_status(StatusParts { node: &node, history: &history, cluster: &cluster, net: &net, members: &members, shutting_down, clock, metrics_addr: metrics_bound.clone() }, &d.sched, Some(d));
-                        outbox.send(&from, Msg::Status { id, status: Box::new(st) });
-                    }
+                    let parts = StatusParts { node: &node, history: &history, cluster: &cluster, net: &net, members: &members, shutting_down, clock, metrics_addr: metrics_bound.clone() };
+                    // Without a decider (an election under way) the last committed decisions.
+                    let st = match decider.as_ref() {
+                        Some(d) => cluster_status(parts, &d.sched, Some(d)),
+                        None => local_status(parts, &model),
+                    };
+                    outbox.send(&from, Msg::Status { id, status: Box::new(st) });
                 }
                 Msg::Reply { id, response } => {
                     if let Some((tx, _)) = forwarded.remove(&id) {
@@ -773,8 +825,9 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         Err(e) => {
                             tracing::warn!(error = %e, "decisions not committed");
                             cluster_note(&mut history, &node.name, format!("decisions not committed ({e}); held commands wait"));
-                            // Propose again at the next change or tick.
+                            // Propose again, after a pause (an immediate error must not spin).
                             d.last = None;
+                            d.retry_at = Some(Instant::now() + Duration::from_millis(500));
                         }
                     }
                 }
@@ -820,7 +873,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         } else if let Some(leader) = current_leader(&raft_metrics, &members).filter(|l| *l != members.me) {
                             next_id += 1;
                             forwarded.insert(next_id, (reply, Instant::now()));
-                            outbox.send(&leader, Msg::Operator { id: next_id, command, user: caller.user.clone(), uid: caller.uid });
+                            out_seq += 1;
+                            outbox.send(&leader, Msg::Operator { seq: out_seq, id: next_id, command, user: caller.user.clone(), uid: caller.uid });
                         } else {
                             let _ = reply.send(Response::Error { message: "no leader with a quorum: operator commands need one (see `warden status`)".into() });
                         }
@@ -845,7 +899,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     continue; // not a member until it runs the cluster's config
                 }
                 if let Some(leader) = current_leader(&raft_metrics, &members) {
-                    outbox.send(&leader, Msg::Hello { instance: instance.clone(), rejoins });
+                    outbox.send(&leader, Msg::Hello { instance: instance.clone(), rejoins, leaving: shutting_down });
                 }
             }
             _ = lease_tick.tick() => {
@@ -857,7 +911,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                                 let e = d.sched.epoch(&r);
                                 (r, e)
                             }).collect();
-                            outbox.send(name, Msg::Lease { term: d.term, monitors: set });
+                            d.lease_seq += 1;
+                            outbox.send(name, Msg::Lease { term: d.term, seq: d.lease_seq, monitors: set });
                         }
                     }
                     // Members silent too long are down (their groups wait: no failover yet).
@@ -871,10 +926,10 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 }
                 // This member's own lease.
                 if self_stop.is_empty() && self_stopping.is_none() && admission.lease_ran_out(Instant::now()) {
-                    let running = to_stop(&model, &monitors, &busy);
+                    let running = to_stop(&model, &maybe_running, &busy, &unmanaged_now(&committed_rx));
                     if !running.is_empty() {
                         rejoins += 1;
-                        let msg = format!("lease lost: no leader with a quorum reached this member for {LEASE:?}; stopping everything here ({})", names(&running));
+                        let msg = format!("lease lost: no leader with a quorum reached this member for {LEASE:?}; stopping what may run here ({})", names(&running));
                         tracing::warn!("{msg}");
                         cluster_note(&mut history, &node.name, msg);
                         self_stop = running.into();
@@ -897,7 +952,11 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                             pending.extend(d.sched.handle(now_ms(), Event::NodeUp(NodeId::from(n.as_str()))));
                         }
                     }
-                    pending.extend(d.sched.handle(now_ms(), Event::Tick));
+                    // Not while members join: with nobody up yet, the core would count every
+                    // member lost.
+                    if d.joining_until.is_none() {
+                        pending.extend(d.sched.handle(now_ms(), Event::Tick));
+                    }
                     // Commands or replies held too long: a commit that does not come.
                     let now = Instant::now();
                     let (late, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut d.waiting).into_iter().partition(|(.., since)| now.duration_since(*since) >= FORWARD_WAIT);
@@ -927,11 +986,11 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 match current_leader(&raft_metrics, &members) {
                     Some(leader) => {
                         note(&mut history, "node", &node.name, format!("shutting down: asking the leader ({leader}) to move this member's groups away"));
-                        outbox.send(&leader, Msg::Leaving);
+                        outbox.send(&leader, Msg::Hello { instance: instance.clone(), rejoins, leaving: true });
                         shutdown_fallback = Some(Instant::now() + SHUTDOWN_FALLBACK);
                     }
                     None => {
-                        let running = to_stop(&model, &monitors, &busy);
+                        let running = to_stop(&model, &maybe_running, &busy, &unmanaged_now(&committed_rx));
                         note(&mut history, "node", &node.name, format!("shutting down without a leader: stopping what runs here ({})", names(&running)));
                         self_stop = running.into();
                         monitors.clear();
@@ -941,8 +1000,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
             }
             _ = sleep_until(shutdown_fallback) => {
                 shutdown_fallback = None;
-                if !monitors.is_empty() && self_stop.is_empty() && self_stopping.is_none() {
-                    let running = to_stop(&model, &monitors, &busy);
+                if !maybe_running.is_empty() && self_stop.is_empty() && self_stopping.is_none() {
+                    let running = to_stop(&model, &maybe_running, &busy, &unmanaged_now(&committed_rx));
                     note(&mut history, "node", &node.name, format!("shutting down: the leader has not moved everything within {SHUTDOWN_FALLBACK:?}; stopping what runs here ({})", names(&running)));
                     self_stop = running.into();
                     monitors.clear();
@@ -1021,14 +1080,47 @@ fn current_leader(m: &tokio::sync::watch::Receiver<warden_cluster::RaftMetrics>,
 
 /// What this member must stop when it stops on its own: every resource of each group that runs
 /// or is busy here, dependents before what they need (groups in config order).
-fn to_stop(model: &crate::scheduler::Model, monitors: &BTreeMap<ResourceId, u64>, busy: &Busy) -> Vec<ResourceId> {
+fn to_stop(
+    model: &crate::scheduler::Model,
+    maybe: &BTreeSet<ResourceId>,
+    busy: &Busy,
+    unmanaged: &BTreeSet<ResourceId>,
+) -> Vec<ResourceId> {
     let mut out = Vec::new();
     for g in model.groups.values() {
-        if g.members.iter().any(|r| monitors.contains_key(r) || busy.contains(r)) {
-            out.extend(g.members.iter().rev().cloned());
+        if g.members.iter().any(|r| maybe.contains(r) || busy.contains(r)) {
+            // Never what the cluster does not manage (config or operator): it is left alone.
+            out.extend(g.members.iter().rev().filter(|r| !model.resources[*r].unmanaged && !unmanaged.contains(*r)).cloned());
         }
     }
     out
+}
+
+/// Resources the operator unmanaged (`resource unmanage`), as committed.
+fn unmanaged_now(committed: &tokio::sync::watch::Receiver<warden_cluster::ClusterState>) -> BTreeSet<ResourceId> {
+    committed.borrow().decisions.resources.iter().filter(|(_, d)| d.managed == Some(false)).map(|(r, _)| r.clone()).collect()
+}
+
+/// Keeps what may run here up to date from a result of this member's own calls.
+fn note_running(maybe: &mut BTreeSet<ResourceId>, event: &Event) {
+    match event {
+        Event::Probe { resource, outcome, .. } | Event::Monitor { resource, outcome, .. } => match outcome {
+            MonitorOutcome::Stopped => {
+                maybe.remove(resource);
+            }
+            // Running, degraded, failed or unsure: it may run.
+            _ => {
+                maybe.insert(resource.clone());
+            }
+        },
+        Event::ActionDone { resource, action: ActionKind::Stop, result: Ok(()), .. } => {
+            maybe.remove(resource);
+        }
+        Event::ActionDone { resource, .. } => {
+            maybe.insert(resource.clone());
+        }
+        _ => {}
+    }
 }
 
 fn names(rs: &[ResourceId]) -> String {
@@ -1049,9 +1141,13 @@ fn next_self_stop(
     if current.is_some() {
         return;
     }
-    if let Some(r) = queue.pop_front() {
-        dispatch(workers, busy, results, &r, Job { kind: JobKind::Stop, op: 0, epoch: 0 });
-        *current = Some(r);
+    // A resource without a worker here (a witness runs none) has nothing to stop.
+    while let Some(r) = queue.pop_front() {
+        if workers.contains_key(r.as_str()) {
+            dispatch(workers, busy, results, &r, Job { kind: JobKind::Stop, op: 0, epoch: 0 });
+            *current = Some(r);
+            return;
+        }
     }
 }
 

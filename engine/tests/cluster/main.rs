@@ -4,9 +4,14 @@
 
 #[path = "../support/cluster.rs"]
 mod cluster;
+#[path = "../support/jp1.rs"]
+mod jp1;
 #[path = "../support/netns.rs"]
 mod netns;
 #[path = "../support/node.rs"]
 mod node;
+#[path = "../support/plugins.rs"]
+mod support;
 
+mod jp1_host;
 mod members;

@@ -58,6 +58,104 @@ pub struct TestCluster {
     nets: Namespaces,
 }
 
+/// The JP1 logical host of [`TestCluster::jp1`].
+pub const JP1_LHOST: &str = "jp1lh1";
+
+/// The JP1 commands the agents use (the first three are the `.cluster` scripts), as the demo's.
+const BASE_CMDS: [&str; 5] = [
+    "etc/opt/jp1base/jbs_start.cluster",
+    "etc/opt/jp1base/jbs_stop.cluster",
+    "etc/opt/jp1base/jbs_killall.cluster",
+    "opt/jp1base/bin/jbs_spmd_status",
+    "opt/jp1base/bin/jevstat",
+];
+const AJS_CMDS: [&str; 6] = [
+    "etc/opt/jp1ajs2/jajs_start.cluster",
+    "etc/opt/jp1ajs2/jajs_stop.cluster",
+    "etc/opt/jp1ajs2/jajs_killall.cluster",
+    "opt/jp1ajs2/bin/jajs_spmd_status",
+    "opt/jp1ajs2/bin/ajsqlstatus",
+    "opt/jp1ajs2/bin/jajs_status",
+];
+
+/// Plugins, resources and group `app` of the JP1 logical host (the shape of
+/// `examples/jp1-cluster.toml`), with the simulator under `<dir>/run/jp1`.
+fn jp1_group(dir: &Path, image: &Path, shared: &Path) -> String {
+    let pl = root().join("target/plugins");
+    let p = dir.join("run/jp1").display().to_string();
+    let s = shared.display().to_string();
+    let img = image.display().to_string();
+    let quoted = |cmds: &[&str]| cmds.iter().map(|c| format!("\"{p}/{c}\"")).collect::<Vec<_>>().join(", ");
+    let lh = JP1_LHOST;
+    let base_exec: Vec<String> = BASE_CMDS[..3]
+        .iter()
+        .map(|c| format!("{{ program = \"{p}/{c}\", args = [\"{lh}\"] }}"))
+        .chain([
+            format!("{{ program = \"{p}/opt/jp1base/bin/jbs_spmd_status\", args = [\"-h\", \"{lh}\", \"-t\", \"*\"] }}"),
+            format!("{{ program = \"{p}/opt/jp1base/bin/jevstat\", args = [\"{lh}\", \"-t\", \"*\"] }}"),
+        ])
+        .collect();
+    let ajs_exec: Vec<String> = AJS_CMDS[..3]
+        .iter()
+        .map(|c| format!("{{ program = \"{p}/{c}\", args = [\"{lh}\"] }}"))
+        .chain([
+            format!("{{ program = \"{p}/opt/jp1ajs2/bin/jajs_spmd_status\", args = [\"-h\", \"{lh}\", \"-t\", \"*\"] }}"),
+            format!("{{ program = \"{p}/opt/jp1ajs2/bin/ajsqlstatus\", args = [\"-h\", \"{lh}\"] }}"),
+            format!("{{ program = \"{p}/opt/jp1ajs2/bin/jajs_status\", args = [\"-h\", \"{lh}\"] }}"),
+        ])
+        .collect();
+    format!(
+        r#"
+[[plugins]]
+name = "filesystem"
+path = "{pl}/filesystem.wasm"
+[[plugins]]
+name = "jp1-base"
+path = "{pl}/jp1-base.wasm"
+[[plugins]]
+name = "jp1-ajs3-manager"
+path = "{pl}/jp1-ajs3-manager.wasm"
+{vip}
+[[resources]]
+name = "shared-disk"
+plugin = "filesystem"
+params = {{ device = "{img}", mountpoint = "{s}", fstype = "ext4", options = "noatime" }}
+grants = {{ exec = [
+    {{ program = "/bin/mount", args = ["-t", "ext4", "-o", "noatime", "{img}", "{s}"] }},
+    {{ program = "/bin/umount", args = ["{s}"] }},
+    {{ program = "/bin/fuser", args = ["-m", "-M", "{s}"] }},
+], read = ["/proc/self/mounts", "/proc/*/mounts", "/proc/*/comm", "/sys/block/loop*/loop/backing_file", "/sys/devices/virtual/block/loop*/loop/backing_file"] }}
+monitor_interval = "1s"
+
+[[resources]]
+name = "jp1-base"
+plugin = "jp1-base"
+params = {{ logical_host = "{lh}", prefix = "{p}", shared_dir = "{s}" }}
+grants = {{ exec = [{base_exec}], read = [{base_read}, "{s}/jp1base"], env = ["LANG"] }}
+monitor_interval = "1s"
+
+[[resources]]
+name = "jp1-ajs3"
+plugin = "jp1-ajs3-manager"
+params = {{ logical_host = "{lh}", prefix = "{p}", shared_dir = "{s}", base_resource = "jp1-base" }}
+grants = {{ exec = [{ajs_exec}], read = [{ajs_read}, "{p}/etc/.hitachi/pplistd/pplistd", "{s}/jp1ajs2"], env = ["LANG"] }}
+monitor_interval = "1s"
+
+[[groups]]
+name = "app"
+resources = ["vip", "shared-disk", "jp1-base", "jp1-ajs3"]
+depends_on = {{ jp1-base = ["vip", "shared-disk"], jp1-ajs3 = ["jp1-base"] }}
+priority = ["a", "b"]
+"#,
+        pl = pl.display(),
+        vip = vip_resource(),
+        base_exec = base_exec.join(", "),
+        ajs_exec = ajs_exec.join(", "),
+        base_read = quoted(&BASE_CMDS),
+        ajs_read = quoted(&AJS_CMDS),
+    )
+}
+
 /// The example agent's pid-file resource `name`, its pid file under `<dir>/run`.
 fn resource(dir: &Path, name: &str, interval: &str) -> String {
     let program = root().join("examples/agents/demo-daemon.sh");
@@ -66,8 +164,49 @@ fn resource(dir: &Path, name: &str, interval: &str) -> String {
 
 impl TestCluster {
     /// Members `a` and `b` (run resources) and `w` (witness); one group `app` of resources
-    /// `app-1` ← `app-2` preferring `a`. `extra` TOML is appended to the config.
+    /// `vip` ← `app-1` ← `app-2` preferring `a`. `extra` TOML is appended to the config.
     pub fn new(extra: &str) -> Self {
+        Self::build(|dir| {
+            let plugin = root().join("target/plugins/example-rust.wasm");
+            assert!(plugin.exists(), "{} missing: run `cargo xtask plugins`", plugin.display());
+            let mut text = format!("\n[[plugins]]\nname = \"example-rust\"\npath = \"{}\"\n", plugin.display());
+            text += &vip_resource();
+            text += &resource(dir, "app-1", "500ms");
+            text += &resource(dir, "app-2", "500ms");
+            text += "\n[[groups]]\nname = \"app\"\nresources = [\"vip\", \"app-1\", \"app-2\"]\npriority = [\"a\", \"b\"]\n";
+            text + extra
+        })
+    }
+
+    /// The JP1 logical host of `examples/jp1-cluster.toml` as group `app`: the virtual IP, a
+    /// shared disk (an ext4 image both members can mount, at `<dir>/shared`), JP1/Base and
+    /// JP1/AJS3 Manager (the simulator, installed on each member under `<dir>/run/jp1`).
+    pub fn jp1() -> Self {
+        Self::build(|dir| {
+            let sim = crate::jp1::sim();
+            let image = dir.join("shared-disk.img");
+            let shared = dir.join("shared");
+            std::fs::create_dir_all(&shared).unwrap();
+            run("/usr/bin/truncate", &["-s", "64M", image.to_str().unwrap()]);
+            run("/usr/sbin/mkfs.ext4", &["-q", "-F", image.to_str().unwrap()]);
+            run("/usr/bin/mount", &["-o", "loop", image.to_str().unwrap(), shared.to_str().unwrap()]);
+            for m in ["a", "b"] {
+                // Installed on each member (its own `<dir>/run`); the logical host's data on the
+                // shared disk.
+                let prefix = dir.join(format!("node-{m}/jp1"));
+                std::fs::create_dir_all(dir.join(format!("node-{m}"))).unwrap();
+                run(sim.to_str().unwrap(), &["install", prefix.to_str().unwrap(), "--ajs", "manager"]);
+                run(
+                    sim.to_str().unwrap(),
+                    &["setup-lhost", prefix.to_str().unwrap(), JP1_LHOST, shared.to_str().unwrap(), "--ajs", "manager"],
+                );
+            }
+            run("/usr/bin/umount", &[shared.to_str().unwrap()]);
+            jp1_group(dir, &image, &shared)
+        })
+    }
+
+    fn build(body: impl FnOnce(&Path) -> String) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut nets = Namespaces::new();
         let sw = nets.add("wsw");
@@ -98,9 +237,19 @@ impl TestCluster {
                 run("/usr/sbin/ip", &["-n", &sw, "link", "set", &format!("s3{name}"), "master", "br3"]);
                 run("/usr/sbin/ip", &["-n", &sw, "link", "set", &format!("s3{name}"), "up"]);
             }
-            let probe = Command::new("/usr/sbin/ip").args(["netns", "exec", &ns, "/bin/sleep", "1000000"]).spawn().unwrap();
             let run_dir = dir.path().join(format!("node-{name}"));
             std::fs::create_dir_all(&run_dir).unwrap();
+            std::fs::create_dir_all(dir.path().join("run")).unwrap();
+            // The member's "machine": a process that holds its network namespace and a private
+            // mount namespace where `<dir>/run` is its own directory. Every daemon of this
+            // member (restarts included) joins both, as a restarted daemon on a real server sees
+            // the mounts its predecessor made.
+            let script = format!("mount --bind '{}' '{}' && exec /bin/sleep 1000000", run_dir.display(), dir.path().join("run").display());
+            let probe = Command::new("/usr/sbin/ip")
+                .args(["netns", "exec", &ns, "/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", &script])
+                .spawn()
+                .unwrap();
+            wait_for_bind(probe.id(), &dir.path().join("run"));
             members.push(Member {
                 name: name.to_string(),
                 ns,
@@ -123,8 +272,6 @@ impl TestCluster {
         let out =
             Command::new(warden_bin()).args(["cluster", "init", "--dir"]).arg(&pki).args(["--name", "t", "a", "b", "w"]).output().unwrap();
         assert!(out.status.success(), "cluster init: {out:?}");
-        let plugin = root().join("target/plugins/example-rust.wasm");
-        assert!(plugin.exists(), "{} missing: run `cargo xtask plugins`", plugin.display());
         let mut text = format!(
             "version = 1\n[cluster]\nname = \"t\"\n\n[daemon]\npki_dir = \"{}\"\nmetrics_addr = \"127.0.0.1:9464\"\n",
             pki.display()
@@ -136,13 +283,8 @@ impl TestCluster {
                 role = if *witness { "role = \"witness\"\n" } else { "" }
             );
         }
-        text += &format!("\n[[plugins]]\nname = \"example-rust\"\npath = \"{}\"\n", plugin.display());
         text += &format!("\n[[plugins]]\nname = \"ip\"\npath = \"{}\"\n", root().join("target/plugins/ip.wasm").display());
-        text += &vip_resource();
-        text += &resource(dir.path(), "app-1", "500ms");
-        text += &resource(dir.path(), "app-2", "500ms");
-        text += "\n[[groups]]\nname = \"app\"\nresources = [\"vip\", \"app-1\", \"app-2\"]\npriority = [\"a\", \"b\"]\n";
-        text += extra;
+        text += &body(dir.path());
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, text).unwrap();
         Self { dir, config, members, sw, client, nets }
@@ -170,9 +312,9 @@ impl TestCluster {
         let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache");
         let m = self.member_mut(name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log"))).unwrap();
-        let script = format!("mount --bind '{}' '{}' && exec \"$@\"", m.run_dir.display(), dir.join("run").display());
-        let child = Command::new("/usr/sbin/ip")
-            .args(["netns", "exec", &m.ns, "/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", &script, "sh"])
+        let target = m.probe.id().to_string();
+        let child = Command::new("/usr/bin/nsenter")
+            .args(["--target", &target, "--mount", "--net", "--"])
             .arg(warden_bin())
             .args(["--log", "info", "--cache-dir"])
             .arg(cache)
@@ -267,6 +409,21 @@ impl TestCluster {
         has_address(self.member(name).probe.id(), VIP)
     }
 
+    /// The shared disk is mounted in member `name`'s daemon's mount namespace.
+    pub fn has_disk(&self, name: &str) -> bool {
+        let pid = self.member(name).probe.id();
+        let shared = self.dir.path().join("shared").display().to_string();
+        std::fs::read_to_string(format!("/proc/{pid}/mounts"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split(' ').nth(1) == Some(shared.as_str()))
+    }
+
+    /// Simulated JP1 daemons of the logical host running in member `name`'s network namespace.
+    pub fn jp1_daemons(&self, name: &str) -> usize {
+        jp1_daemons_in(&self.member(name).ns)
+    }
+
     /// The virtual IP answers from the client namespace.
     pub fn vip_answers(&self) -> bool {
         crate::netns::answers_from(&self.client, VIP.parse().unwrap())
@@ -321,9 +478,21 @@ impl TestCluster {
 
     /// Starts sampling, every 5 ms, every runner's services of `resources` and the virtual IP.
     pub fn sampler(&self, resources: &[&str]) -> Sampler {
-        let runs: Vec<(String, PathBuf, u32)> =
-            self.members.iter().filter(|m| !m.witness).map(|m| (m.name.clone(), m.run_dir.clone(), m.probe.id())).collect();
-        Sampler::start(runs, resources.iter().map(|r| r.to_string()).collect())
+        Sampler::start(self.runs(), resources.iter().map(|r| r.to_string()).collect(), false)
+    }
+
+    /// A sampler of the JP1 logical host: the virtual IP and the simulated JP1 daemons (whose
+    /// processes carry the shared disk's state) on two members at once.
+    pub fn jp1_sampler(&self) -> Sampler {
+        Sampler::start(self.runs(), Vec::new(), true)
+    }
+
+    fn runs(&self) -> Vec<Run> {
+        self.members
+            .iter()
+            .filter(|m| !m.witness)
+            .map(|m| Run { name: m.name.clone(), run_dir: m.run_dir.clone(), probe: m.probe.id(), ns: m.ns.clone() })
+            .collect()
     }
 }
 
@@ -345,8 +514,48 @@ impl Drop for TestCluster {
                 }
             }
         }
+        // For a post-mortem: WARDEN_TEST_KEEP=DIR copies every member's log and history there.
+        if let Some(keep) = std::env::var_os("WARDEN_TEST_KEEP") {
+            let keep = PathBuf::from(keep);
+            let _ = std::fs::create_dir_all(&keep);
+            for m in &self.members {
+                let _ = std::fs::copy(self.dir.path().join(format!("{}.log", m.name)), keep.join(format!("{}.log", m.name)));
+                let _ = std::fs::copy(m.state.join("events.jsonl"), keep.join(format!("{}.events.jsonl", m.name)));
+            }
+        }
         let _ = &self.nets;
     }
+}
+
+/// Waits until the member process `pid` sees its bind mount on `run` (its shell mounts it, then
+/// becomes `sleep`).
+fn wait_for_bind(pid: u32, run: &Path) {
+    let run = run.display().to_string();
+    let start = Instant::now();
+    while start.elapsed() < WAIT {
+        let mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts")).unwrap_or_default();
+        if mounts.lines().any(|l| l.split(' ').nth(1) == Some(run.as_str())) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("member namespace of pid {pid} never mounted {run}");
+}
+
+/// A runner member as the sampler watches it.
+struct Run {
+    name: String,
+    run_dir: PathBuf,
+    probe: u32,
+    ns: String,
+}
+
+/// Simulated JP1 daemons (`jp1-sim daemon …`) in network namespace `ns`.
+fn jp1_daemons_in(ns: &str) -> usize {
+    Namespaces::pids(ns)
+        .into_iter()
+        .filter(|p| std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default().split(|b| *b == 0).any(|a| a == b"daemon"))
+        .count()
 }
 
 /// `addr` is a local address of the network namespace process `pid` is in.
@@ -403,7 +612,7 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    fn start(runs: Vec<(String, PathBuf, u32)>, resources: Vec<String>) -> Self {
+    fn start(runs: Vec<Run>, resources: Vec<String>, jp1: bool) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let samples = Arc::new(Mutex::new(0));
@@ -412,14 +621,20 @@ impl Sampler {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     for r in &resources {
-                        let on: Vec<&str> = runs.iter().filter(|(_, d, _)| service_pid(d, r).is_some()).map(|(n, ..)| n.as_str()).collect();
+                        let on: Vec<&str> = runs.iter().filter(|x| service_pid(&x.run_dir, r).is_some()).map(|x| x.name.as_str()).collect();
                         if on.len() > 1 {
                             seen.lock().unwrap().push(format!("{r} alive on {} at once", on.join(" and ")));
                         }
                     }
-                    let on: Vec<&str> = runs.iter().filter(|(.., p)| has_address(*p, VIP)).map(|(n, ..)| n.as_str()).collect();
+                    let on: Vec<&str> = runs.iter().filter(|x| has_address(x.probe, VIP)).map(|x| x.name.as_str()).collect();
                     if on.len() > 1 {
                         seen.lock().unwrap().push(format!("the virtual IP on {} at once", on.join(" and ")));
+                    }
+                    if jp1 {
+                        let on: Vec<&str> = runs.iter().filter(|x| jp1_daemons_in(&x.ns) > 0).map(|x| x.name.as_str()).collect();
+                        if on.len() > 1 {
+                            seen.lock().unwrap().push(format!("JP1 daemons of the logical host on {} at once", on.join(" and ")));
+                        }
                     }
                     *samples.lock().unwrap() += 1;
                     std::thread::sleep(Duration::from_millis(5));
