@@ -46,7 +46,7 @@ use warden_cluster::pki::TlsIdentity;
 use warden_cluster::transport::TlsNetwork;
 use warden_cluster::{AuthorityConfig, ClusterNode, ClusterRequest, ClusterResponse, Messenger, NodeConfig, Peer, RaftId};
 
-use super::admission::{op_of, Admission, Verdict};
+use super::admission::{op_of, Admission, Lead, Verdict};
 use super::history::{unix_ms, History};
 use super::worker::{Job, JobKind, JobResult};
 use super::{
@@ -99,18 +99,28 @@ const OUTBOX: usize = 64;
 #[serde(tag = "msg", rename_all = "kebab-case")]
 enum Msg {
     /// Leader → member: carry out a probe, start, stop or recover.
-    Exec { term: u64, command: Command },
+    /// `lead`: the leadership that sent it (see [`Lead`]), as on every leader's message.
+    Exec { lead: Lead, command: Command },
     /// Leader → member: the lease renewed, and what to monitor there (resource → group epoch).
-    /// `seq` grows with every lease of a term: a late copy of an older one is ignored.
-    Lease { term: u64, seq: u64, monitors: BTreeMap<ResourceId, u64> },
+    /// `seq` grows with every lease of a leadership: a late copy of an older one is ignored.
+    Lease { lead: Lead, seq: u64, monitors: BTreeMap<ResourceId, u64> },
     /// Member → leader: alive; `instance` changes at every daemon start, `rejoins` each time the
     /// member's lease ran out (either way the leader forgets what it knew and probes again).
     /// `leaving`: it is shutting down, and its groups move to other members (it is put in
     /// standby, and brought online when it says hello again as a new instance).
-    Hello { instance: String, rejoins: u64, leaving: bool },
+    /// `back`: it went to standby by shutting down and has not been brought online since (a
+    /// marker in its state directory, so that it works whichever member leads by then).
+    Hello {
+        instance: String,
+        rejoins: u64,
+        leaving: bool,
+        #[serde(default)]
+        back: bool,
+    },
     /// Member → leader: the result of a command or a monitor. `seq` grows with every report or
     /// operator command a member sends (they travel in order): a copy is dropped.
-    Report { term: u64, seq: u64, report: Report },
+    /// `lead`: the leadership whose command it answers (a monitor: the newest seen).
+    Report { lead: Lead, seq: u64, report: Report },
     /// Member → leader: an operator command given on the member; answered with `Reply`.
     Operator { seq: u64, id: u64, command: OperatorCommand, user: String, uid: u32 },
     /// Member → leader: the cluster's status; answered with `Status`.
@@ -252,7 +262,7 @@ impl Outbox {
 
 /// The leader's part: the decision core for the whole cluster, while this node has authority.
 struct Decider {
-    term: u64,
+    lead: Lead,
     sched: Scheduler,
     /// Decisions generations: proposed, and committed through Raft.
     proposed: u64,
@@ -293,6 +303,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     }
     let clock = SchedClock::new();
     let instance = format!("{}-{}", super::boot_id(), unix_ms(SystemTime::now()));
+    // Present while this member is in standby because it shut down (see `Msg::Hello::back`).
+    let left_marker = node.state_dir.join("left-standby");
 
     // Credentials and the peer transport.
     let pki_dir = node.pki_dir();
@@ -404,8 +416,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     node.spawn_alerts(&history, &cancel, &tasks);
 
     // The proposer: commits the leader's decisions in order, latest first when several queue.
-    let (propose_tx, mut propose_rx) = mpsc::unbounded_channel::<(u64, u64, Decisions)>();
-    let (commit_tx, mut commit_rx) = mpsc::unbounded_channel::<(u64, u64, Result<(), String>)>();
+    let (propose_tx, mut propose_rx) = mpsc::unbounded_channel::<(Lead, u64, Decisions)>();
+    let (commit_tx, mut commit_rx) = mpsc::unbounded_channel::<(Lead, u64, Result<(), String>)>();
     {
         let raft = cluster.raft().clone();
         let cancel = cancel.clone();
@@ -414,11 +426,11 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 while let Ok(later) = propose_rx.try_recv() {
                     next = later;
                 }
-                let (term, generation, decisions) = next;
+                let (lead, generation, decisions) = next;
                 // A proposal of an earlier term of ours must not overwrite what this node, leader
                 // again in a later term, restored and decides now.
-                if raft.metrics().borrow().current_term != term {
-                    let _ = commit_tx.send((term, generation, Err("leadership changed before it was proposed".into())));
+                if raft.metrics().borrow().current_term != lead.term {
+                    let _ = commit_tx.send((lead, generation, Err("leadership changed before it was proposed".into())));
                     continue;
                 }
                 let r = match raft.client_write(ClusterRequest::SetDecisions { config_version: 0, decisions }).await {
@@ -426,7 +438,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     Ok(w) => Err(format!("refused: {:?}", w.data)),
                     Err(e) => Err(e.to_string()),
                 };
-                let _ = commit_tx.send((term, generation, r));
+                let _ = commit_tx.send((lead, generation, r));
             }
         });
     }
@@ -499,6 +511,10 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     let mut refused: Option<String> = None;
     let mut pending: Vec<Command> = Vec::new();
     let mut shutdown_fallback: Option<Instant> = None;
+    // The barrier this node, leading, commits before deciding: (term, its index once committed,
+    // when proposed).
+    let mut barrier: Option<(u64, Option<u64>, Instant)> = None;
+    let (barrier_tx, mut barrier_rx) = mpsc::unbounded_channel::<(u64, Result<u64, String>)>();
 
     loop {
         // The committed config against ours.
@@ -522,6 +538,10 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 _ => {}
             }
         }
+        // Online again (by a leader that saw us back, or the operator): the marker has done its job.
+        if !shutting_down && left_marker.exists() && committed_rx.borrow().decisions.nodes.get(&me).is_some_and(|s| !s.standby) {
+            let _ = std::fs::remove_file(&left_marker);
+        }
         if refused.is_some() && maybe_running.is_empty() && busy.is_empty() {
             break;
         }
@@ -534,9 +554,10 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
             };
             admission.saw_term(current_term);
             let leads = state == openraft::ServerState::Leader && leader_id == Some(members.my_id);
-            if decider.as_ref().is_some_and(|d| !leads || d.term != current_term) {
+            if decider.as_ref().is_some_and(|d| !leads || d.lead.term != current_term) {
                 let d = decider.take().expect("checked");
-                cluster_note(&mut history, &node.name, format!("no longer the leader (term {}); the new leader decides", d.term));
+                barrier = None;
+                cluster_note(&mut history, &node.name, format!("no longer the leader (term {}); the new leader decides", d.lead.term));
                 for (_, reply, text, _) in d.waiting {
                     answer(
                         &outbox,
@@ -568,12 +589,27 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 });
             }
 
+            // Before deciding, a leader commits a barrier of its own: once it is applied,
+            // everything committed before is in the state it restores, and its index makes this
+            // leadership newer than any earlier one, also than this node's own before a restart
+            // (openraft restores a restarted leader in its term without a new entry of its own).
+            if decider.is_none()
+                && leads
+                && config_ok
+                && barrier.is_none_or(|(t, index, at)| t != current_term || (index.is_none() && at.elapsed() > Duration::from_secs(2)))
+            {
+                barrier = Some((current_term, None, Instant::now()));
+                let (raft, tx) = (cluster.raft().clone(), barrier_tx.clone());
+                tasks.spawn(async move {
+                    let r = raft.client_write(ClusterRequest::Barrier).await.map(|w| w.log_id.index).map_err(|e| e.to_string());
+                    let _ = tx.send((current_term, r));
+                });
+            }
+            let lead = barrier.and_then(|(term, index, _)| index.filter(|_| term == current_term).map(|index| Lead { term, index }));
+
             // A member shutting down may lead too (else nobody would renew the others' leases
             // until it is gone); it moves its own groups away like any leaving member.
-            // Only once this leader has applied the log up to its own term's first entry: then
-            // everything committed before it is in the state it restores.
-            let applied_own_term = raft_metrics.borrow().last_applied.is_some_and(|l| l.leader_id.term == current_term);
-            if decider.is_none() && leads && config_ok && applied_own_term && cluster.authority().is_some() {
+            if let Some(lead) = lead.filter(|_| decider.is_none() && leads && config_ok && cluster.authority().is_some()) {
                 let committed = cluster.state().borrow().clone();
                 let committed_fresh = committed.decisions.groups.values().all(|g| g.owner.is_none());
                 let mut sched = Scheduler::new(model.clone());
@@ -585,7 +621,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     format!("leader in term {current_term} with a quorum: restoring the committed decisions and probing every member"),
                 );
                 decider = Some(Decider {
-                    term: current_term,
+                    lead,
                     sched,
                     proposed: 0,
                     committed: 0,
@@ -611,7 +647,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
             if d.last.as_ref() != Some(&dec) && d.retry_at.is_none_or(|t| Instant::now() >= t) {
                 d.retry_at = None;
                 d.proposed += 1;
-                let _ = propose_tx.send((d.term, d.proposed, dec.clone()));
+                let _ = propose_tx.send((d.lead, d.proposed, dec.clone()));
                 d.last = Some(dec);
             }
             let authority = cluster.authority().is_some();
@@ -628,13 +664,13 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         "fencing needed: fence devices are not driven in cluster mode yet; its groups wait (status says why)".into(),
                     ),
                     c if d.proposed > d.committed || !d.held.is_empty() || !authority => d.held.push_back((d.proposed, c)),
-                    c => route(&outbox, d.term, c),
+                    c => route(&outbox, d.lead, c),
                 }
             }
             if authority {
                 while d.held.front().is_some_and(|(g, _)| *g <= d.committed) {
                     let (_, c) = d.held.pop_front().expect("checked");
-                    route(&outbox, d.term, c);
+                    route(&outbox, d.lead, c);
                 }
             }
         }
@@ -668,13 +704,13 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     }
                     next_self_stop(&mut self_stop, &mut self_stopping, &workers, &mut busy, &results_tx);
                 }
-                // Results go to the leader, with the term of the command they answer (a monitor:
-                // the current one); our own stops answer no command.
-                let term = admission.report_term(&event);
-                if let (Some(report), Some(term)) = (Report::from_event(event), term) {
+                // Results go to the leader, with the leadership of the command they answer (a
+                // monitor: the newest one); our own stops answer no command.
+                let lead = admission.report_lead(&event);
+                if let (Some(report), Some(lead)) = (Report::from_event(event), lead) {
                     if let Some(leader) = current_leader(&raft_metrics, &members) {
                         out_seq += 1;
-                        outbox.send(&leader, Msg::Report { term, seq: out_seq, report });
+                        outbox.send(&leader, Msg::Report { lead, seq: out_seq, report });
                     }
                 }
             }
@@ -692,15 +728,15 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 }
             }
             Some((from, msg)) = inbox.recv() => match msg {
-                Msg::Exec { term, command } => {
+                Msg::Exec { lead, command } => {
                     let Some(resource) = super::command_resource(&command).map(ResourceId::from) else { continue };
                     if !config_ok {
                         tracing::warn!(resource = %resource, "command refused: this member does not run the cluster's config");
                         continue;
                     }
-                    match admission.admit(term, &resource, &command, Instant::now(), shutting_down) {
+                    match admission.admit(lead, &resource, &command, Instant::now(), shutting_down) {
                         Verdict::Run => carry_out_local(command, &workers, &mut busy, &results_tx, &mut history),
-                        Verdict::Stale => tracing::info!(from = %from, term, resource = %resource, "command of an old term refused"),
+                        Verdict::Stale => tracing::info!(from = %from, lead = %lead, resource = %resource, "command of an old leadership refused"),
                         Verdict::Duplicate => {} // a copy over another path
                         Verdict::NoLease => {
                             // Nothing starts here without a lease (a leader that reached us would
@@ -712,9 +748,9 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         }
                     }
                 }
-                Msg::Lease { term, seq, monitors: set } => {
+                Msg::Lease { lead, seq, monitors: set } => {
                     let had = admission.holds_lease(Instant::now());
-                    if !admission.renew(term, seq, Instant::now(), LEASE) {
+                    if !admission.renew(lead, seq, Instant::now(), LEASE) {
                         continue;
                     }
                     if !had && rejoins > 0 {
@@ -724,12 +760,13 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         monitors = set;
                     }
                 }
-                Msg::Hello { instance, rejoins, leaving } => {
+                Msg::Hello { instance, rejoins, leaving, back } => {
                     if let Some(d) = decider.as_mut() {
                         let name = from.clone();
                         let now = Instant::now();
                         let n = NodeId::from(name.as_str());
                         let known = d.hellos.get(&name).map(|(_, i, r)| (i.clone(), *r));
+                        let first_hello = known.is_none();
                         d.hellos.insert(name.clone(), (now, instance.clone(), rejoins));
                         if d.joining_until.is_some() {
                             // Told to the core when the join window ends.
@@ -743,7 +780,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                             // It restarted or stopped everything on its own: what we knew is gone.
                             pending.extend(d.sched.handle(now_ms(), Event::NodeRestarted(n.clone())));
                         }
-                        if restarted && !leaving && d.left.remove(&name) {
+                        let standby_now = d.sched.state().decisions.nodes.get(&n).is_some_and(|s| s.standby);
+                        if !leaving && standby_now && ((restarted && d.left.remove(&name)) || (back && first_hello)) {
                             cluster_note(&mut history, &name, "member back after its shutdown: online again".into());
                             pending.extend(d.sched.handle(now_ms(), Event::Operator(OperatorCommand::Online { node: n.clone() })));
                         }
@@ -755,7 +793,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         }
                     }
                 }
-                Msg::Report { term, seq, report } => {
+                Msg::Report { lead, seq, report } => {
                     if let Some(d) = decider.as_mut() {
                         if !d.take_seq(&from, seq) {
                             continue; // a copy over another path
@@ -763,7 +801,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         // A probe's or action's result answers a command of this leader only (an
                         // older leader's operation ids mean nothing here); a monitor carries
                         // its epoch, which the core checks.
-                        let ours = term == d.term || matches!(report, Report::Monitor { .. });
+                        let ours = lead == d.lead || matches!(report, Report::Monitor { .. });
                         if ours && d.up.contains(&from) {
                             let ev = report.into_event(NodeId::from(from.as_str()));
                             pending.extend(d.sched.handle(now_ms(), ev));
@@ -803,16 +841,24 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
             Some((to, msg)) = failed_rx.recv() => {
                 // An undelivered command is answered as not carried out (a host fault: the
                 // core probes again). If it was delivered after all, the probe queues behind it.
-                if let (Msg::Exec { term, command }, Some(d)) = (&msg, decider.as_mut()) {
-                    if *term == d.term {
+                if let (Msg::Exec { lead, command }, Some(d)) = (&msg, decider.as_mut()) {
+                    if *lead == d.lead {
                         if let Some(ev) = undelivered(command, &to) {
                             pending.extend(d.sched.handle(now_ms(), ev));
                         }
                     }
                 }
             }
-            Some((term, generation, result)) = commit_rx.recv() => {
-                if let Some(d) = decider.as_mut().filter(|d| d.term == term) {
+            Some((term, result)) = barrier_rx.recv() => {
+                match (result, barrier.as_mut()) {
+                    (Ok(index), Some(b)) if b.0 == term => b.1 = Some(index),
+                    (Ok(_), _) => {}
+                    // Proposed again after 2 s while this node still leads.
+                    (Err(e), _) => tracing::info!(term, error = %e, "leader's barrier not committed"),
+                }
+            }
+            Some((lead, generation, result)) = commit_rx.recv() => {
+                if let Some(d) = decider.as_mut().filter(|d| d.lead == lead) {
                     match result {
                         Ok(()) => {
                             d.committed = d.committed.max(generation);
@@ -899,7 +945,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     continue; // not a member until it runs the cluster's config
                 }
                 if let Some(leader) = current_leader(&raft_metrics, &members) {
-                    outbox.send(&leader, Msg::Hello { instance: instance.clone(), rejoins, leaving: shutting_down });
+                    let back = !shutting_down && left_marker.exists();
+                    outbox.send(&leader, Msg::Hello { instance: instance.clone(), rejoins, leaving: shutting_down, back });
                 }
             }
             _ = lease_tick.tick() => {
@@ -912,7 +959,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                                 (r, e)
                             }).collect();
                             d.lease_seq += 1;
-                            outbox.send(name, Msg::Lease { term: d.term, seq: d.lease_seq, monitors: set });
+                            outbox.send(name, Msg::Lease { lead: d.lead, seq: d.lease_seq, monitors: set });
                         }
                     }
                     // Members silent too long are down (their groups wait: no failover yet).
@@ -986,7 +1033,15 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 match current_leader(&raft_metrics, &members) {
                     Some(leader) => {
                         note(&mut history, "node", &node.name, format!("shutting down: asking the leader ({leader}) to move this member's groups away"));
-                        outbox.send(&leader, Msg::Hello { instance: instance.clone(), rejoins, leaving: true });
+                        outbox.send(&leader, Msg::Hello { instance: instance.clone(), rejoins, leaving: true, back: false });
+                        // Not in standby now: the standby that leaving brings is ours to undo when
+                        // we are back (an operator's standby stays).
+                        let standby = committed_rx.borrow().decisions.nodes.get(&me).is_some_and(|s| s.standby);
+                        if !standby {
+                            if let Err(e) = std::fs::write(&left_marker, b"") {
+                                tracing::warn!(error = %e, "cannot record the shutdown; this member may stay in standby when it comes back");
+                            }
+                        }
                         shutdown_fallback = Some(Instant::now() + SHUTDOWN_FALLBACK);
                     }
                     None => {
@@ -1033,14 +1088,14 @@ fn cluster_note(history: &mut History, subject: &str, message: String) {
 }
 
 /// Sends a command to the member it is for (this node included, by loopback).
-fn route(outbox: &Outbox, term: u64, c: Command) {
+fn route(outbox: &Outbox, lead: Lead, c: Command) {
     let to = match &c {
         Command::Probe { node, .. } | Command::Start { node, .. } | Command::Stop { node, .. } | Command::Recover { node, .. } => {
             node.to_string()
         }
         _ => return,
     };
-    outbox.send(&to, Msg::Exec { term, command: c });
+    outbox.send(&to, Msg::Exec { lead, command: c });
 }
 
 fn answer(outbox: &Outbox, to: ReplyTo, response: Response) {

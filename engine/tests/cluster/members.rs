@@ -204,5 +204,16 @@ fn a_member_shut_down_moves_its_groups_away_and_comes_back_online() {
             .is_some_and(|st| st["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "a" && n["up"] == true && n["standby"] == false))
     });
     assert!(started_on(&c, "w", "b"), "{}", c.logs());
+
+    // The leader itself shut down and started again (the member that put it in standby is gone
+    // by then): it comes back online too, and the group runs once throughout.
+    let leader = c.leader("w").expect("a leader");
+    c.signal(&leader, "-TERM");
+    c.wait_exit(&leader, WAIT).expect("the leader exits");
+    c.start(&leader);
+    c.wait("every member up and online", WAIT, |c| {
+        c.status("a").is_some_and(|st| st["nodes"].as_array().unwrap().iter().all(|n| n["up"] == true && n["standby"] == false))
+    });
+    c.wait("group app running", WAIT, |c| started_on(c, "w", "a") || started_on(c, "w", "b"));
     s1.check();
 }
