@@ -55,6 +55,6 @@ pub fn nothing() -> Result<(), AgentError> {
 /// (the resource is still monitored at its interval).
 pub fn try_watch(result: Result<(), AgentError>) {
     if let Err(e) = result {
-        crate::log::debug(&format!("no process watch ({e:?}); failures are seen at the next monitor"));
+        crate::log::debug(format!("no process watch ({e:?}); failures are seen at the next monitor"));
     }
 }
