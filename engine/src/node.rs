@@ -609,12 +609,12 @@ impl Node {
                         }
                         held.push_back((decision_gen, c));
                     }
-                    c => carry_out(c, &workers, &mut busy, &results_tx, &mut history, false),
+                    c => carry_out(c, &workers, &mut busy, &results_tx, &mut history, false, None),
                 }
             }
             while held.front().is_some_and(|(g, _)| *g <= durable_gen) {
                 let (_, c) = held.pop_front().expect("checked");
-                carry_out(c, &workers, &mut busy, &results_tx, &mut history, true);
+                carry_out(c, &workers, &mut busy, &results_tx, &mut history, true, None);
             }
             // Monitor schedule follows what is running here.
             if !routine {
@@ -660,7 +660,7 @@ impl Node {
                 }
                 _ = sleep_until(due) => {
                     for r in schedule.take_due(&busy) {
-                        dispatch(&workers, &mut busy, &results_tx, &r, Job { kind: JobKind::Monitor, op: 0, epoch: sched.epoch(&r) });
+                        dispatch(&workers, &mut busy, &results_tx, &r, Job::new(JobKind::Monitor, 0, sched.epoch(&r)));
                     }
                 }
                 Some(ack) = ack_rx.recv() => match ack.result {
@@ -778,7 +778,7 @@ impl Node {
                                 let why = "not carried out: the node is shutting down and the decision was never durable";
                                 let _ = results_tx.send(not_carried_out(&resource, kind, op, epoch, why));
                             }
-                            c => carry_out(c, &workers, &mut busy, &results_tx, &mut history, true),
+                            c => carry_out(c, &workers, &mut busy, &results_tx, &mut history, true, None),
                         }
                     }
                     pending = sched.stop_all(now_ms());
@@ -1218,6 +1218,7 @@ fn carry_out(
     results: &mpsc::UnboundedSender<JobResult>,
     history: &mut History,
     counted: bool,
+    lease: Option<tokio::sync::watch::Receiver<Option<Instant>>>,
 ) {
     if counted {
         if let Some(r) = command_resource(&c) {
@@ -1225,11 +1226,17 @@ fn carry_out(
         }
     }
     match c {
-        Command::Probe { resource, op, epoch, .. } => dispatch(workers, busy, results, &resource, Job { kind: JobKind::Probe, op, epoch }),
-        Command::Start { resource, op, epoch, .. } => dispatch(workers, busy, results, &resource, Job { kind: JobKind::Start, op, epoch }),
-        Command::Stop { resource, op, epoch, .. } => dispatch(workers, busy, results, &resource, Job { kind: JobKind::Stop, op, epoch }),
+        Command::Probe { resource, op, epoch, .. } => {
+            dispatch(workers, busy, results, &resource, Job { lease, ..Job::new(JobKind::Probe, op, epoch) })
+        }
+        Command::Start { resource, op, epoch, .. } => {
+            dispatch(workers, busy, results, &resource, Job { lease, ..Job::new(JobKind::Start, op, epoch) })
+        }
+        Command::Stop { resource, op, epoch, .. } => {
+            dispatch(workers, busy, results, &resource, Job { lease, ..Job::new(JobKind::Stop, op, epoch) })
+        }
         Command::Recover { resource, op, epoch, .. } => {
-            dispatch(workers, busy, results, &resource, Job { kind: JobKind::Recover, op, epoch })
+            dispatch(workers, busy, results, &resource, Job { lease, ..Job::new(JobKind::Recover, op, epoch) })
         }
         Command::Fence { node } => {
             note(history, "decision", &node, "fencing needed, but no fence device is configured for this node: confirm by hand".into())
@@ -1239,15 +1246,17 @@ fn carry_out(
 }
 
 /// Hand a command from the cluster's leader to its resource's worker (never held here: the
-/// leader held it until its decisions were committed).
+/// leader held it until its decisions were committed). A start or recover begins only while
+/// the member's `lease` holds.
 fn carry_out_local(
     c: Command,
     workers: &HashMap<String, mpsc::Sender<Job>>,
     busy: &mut Busy,
     results: &mpsc::UnboundedSender<JobResult>,
     history: &mut History,
+    lease: &tokio::sync::watch::Receiver<Option<Instant>>,
 ) {
-    carry_out(c, workers, busy, results, history, false)
+    carry_out(c, workers, busy, results, history, false, Some(lease.clone()))
 }
 
 async fn sleep_until(t: Option<Instant>) {

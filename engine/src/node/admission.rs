@@ -117,6 +117,12 @@ impl Admission {
         self.grace = true;
     }
 
+    /// Until when this member holds a leader's lease (`None`: it holds none, or only the
+    /// start's grace): what a queued start checks before it begins.
+    pub(super) fn lease_until(&self) -> Option<Instant> {
+        self.lease_until.filter(|_| !self.grace)
+    }
+
     pub(super) fn holds_lease(&self, now: Instant) -> bool {
         if self.grace {
             return false;

@@ -470,11 +470,14 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     // Executor state.
     let mut busy = Busy::default();
     let mut schedule = super::schedule::MonitorSchedule::new(intervals, unix_ms(SystemTime::now()));
-    // The highest term any leader spoke to us in: commands of older terms are refused.
+    // The newest leadership any leader spoke to us in: commands of older ones are refused.
     let mut admission = Admission::default();
     if runner {
         admission.started(Instant::now(), LEASE);
     }
+    // The lease as the workers see it: a start queued behind a slow call checks it again
+    // before it begins (published at every turn of the loop; the deadline itself is absolute).
+    let (lease_tx, lease_rx) = tokio::sync::watch::channel(admission.lease_until());
     // What the leader says to monitor here (resource → epoch), and until when it holds.
     let mut monitors: BTreeMap<ResourceId, u64> = BTreeMap::new();
     // What may run here as this member knows it: everything at start (a previous daemon may have
@@ -517,6 +520,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     let (barrier_tx, mut barrier_rx) = mpsc::unbounded_channel::<(u64, Result<u64, String>)>();
 
     loop {
+        lease_tx.send_if_modified(|v| std::mem::replace(v, admission.lease_until()) != *v);
         // The committed config against ours.
         {
             let committed = committed_rx.borrow().config_hash.clone();
@@ -724,7 +728,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
             _ = sleep_until(due) => {
                 for r in schedule.take_due(&busy) {
                     let epoch = monitors.get(&r).copied().unwrap_or(0);
-                    dispatch(&workers, &mut busy, &results_tx, &r, Job { kind: JobKind::Monitor, op: 0, epoch });
+                    dispatch(&workers, &mut busy, &results_tx, &r, Job::new(JobKind::Monitor, 0, epoch));
                 }
             }
             Some((from, msg)) = inbox.recv() => match msg {
@@ -735,7 +739,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         continue;
                     }
                     match admission.admit(lead, &resource, &command, Instant::now(), shutting_down) {
-                        Verdict::Run => carry_out_local(command, &workers, &mut busy, &results_tx, &mut history),
+                        Verdict::Run => carry_out_local(command, &workers, &mut busy, &results_tx, &mut history, &lease_rx),
                         Verdict::Stale => tracing::info!(from = %from, lead = %lead, resource = %resource, "command of an old leadership refused"),
                         Verdict::Duplicate => {} // a copy over another path
                         Verdict::NoLease => {
@@ -1199,7 +1203,7 @@ fn next_self_stop(
     // A resource without a worker here (a witness runs none) has nothing to stop.
     while let Some(r) = queue.pop_front() {
         if workers.contains_key(r.as_str()) {
-            dispatch(workers, busy, results, &r, Job { kind: JobKind::Stop, op: 0, epoch: 0 });
+            dispatch(workers, busy, results, &r, Job::new(JobKind::Stop, 0, 0));
             *current = Some(r);
             return;
         }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use std::path::PathBuf;
 
@@ -44,6 +44,25 @@ pub struct Job {
     pub op: u64,
     /// The placement epoch: the agent's fencing token.
     pub epoch: u64,
+    /// A cluster member's lease (until when it holds one; `None`: it holds none): a start or
+    /// recover admitted under it may have waited here behind a slow call, and must not begin
+    /// once the lease ran out. `None` on a single node, and for probes, monitors and stops.
+    pub lease: Option<watch::Receiver<Option<Instant>>>,
+}
+
+impl Job {
+    pub fn new(kind: JobKind, op: u64, epoch: u64) -> Job {
+        Job { kind, op, epoch, lease: None }
+    }
+
+    /// Why this job must not begin at `now`: a start or recover whose lease ran out while it
+    /// waited. Answered as a host fault (nothing ran; the leader probes and decides again).
+    pub fn expired(&self, now: Instant) -> Option<&'static str> {
+        let lease = self.lease.as_ref()?;
+        let starts = matches!(self.kind, JobKind::Start | JobKind::Recover);
+        let held = lease.borrow().is_some_and(|until| now < until);
+        (starts && !held).then_some("this member's lease ran out before the action could begin: not carried out")
+    }
 }
 
 /// What a job produced, sent back to the node loop.
@@ -327,7 +346,10 @@ impl Worker {
                 // The processes are about to exit on purpose.
                 self.set_watch(WatchSet::default());
             }
-            let outcome = self.execute(&job).await;
+            let outcome = match job.expired(Instant::now()) {
+                Some(why) => JobOutcome::Done(Err(Failure::HostFault(why.into()))),
+                None => self.execute(&job).await,
+            };
             guard.armed = false;
             self.update_watch(job.kind, &outcome);
             let r = JobResult {
@@ -449,5 +471,31 @@ impl Drop for PanicAnswer<'_> {
         while let Ok(j) = self.queued.try_recv() {
             answer(j.kind, j.op, j.epoch, "the resource's worker crashed before this action ran");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_whose_lease_ran_out_while_it_waited_does_not_begin() {
+        let t0 = Instant::now();
+        let (tx, rx) = watch::channel(Some(t0 + Duration::from_secs(10)));
+        let start = Job { lease: Some(rx.clone()), ..Job::new(JobKind::Start, 7, 2) };
+        let recover = Job { lease: Some(rx.clone()), ..Job::new(JobKind::Recover, 8, 2) };
+        let stop = Job { lease: Some(rx.clone()), ..Job::new(JobKind::Stop, 9, 2) };
+        assert_eq!(start.expired(t0), None, "within the lease");
+        assert!(start.expired(t0 + Duration::from_secs(10)).is_some(), "the lease ran out while it waited");
+        assert!(recover.expired(t0 + Duration::from_secs(11)).is_some());
+        assert_eq!(stop.expired(t0 + Duration::from_secs(11)), None, "stopping is always safe");
+        // Renewed meanwhile: it begins.
+        tx.send_replace(Some(t0 + Duration::from_secs(20)));
+        assert_eq!(start.expired(t0 + Duration::from_secs(11)), None);
+        // The lease lost (no leader): nothing starts.
+        tx.send_replace(None);
+        assert!(start.expired(t0).is_some());
+        // A single node has no lease.
+        assert_eq!(Job::new(JobKind::Start, 1, 1).expired(t0), None);
     }
 }
