@@ -1183,6 +1183,7 @@ fn operator_text(c: &crate::scheduler::OperatorCommand) -> String {
         O::SetManaged { resource, managed: false } => format!("unmanage resource `{resource}` (monitor only)"),
         O::Maintenance { node, on: true } => format!("put node `{node}` in maintenance (nothing is acted on)"),
         O::Maintenance { node, on: false } => format!("end maintenance on node `{node}`"),
+        O::ConfirmDown { node } => format!("confirm node `{node}` is off (its groups may run elsewhere)"),
     }
 }
 

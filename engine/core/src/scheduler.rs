@@ -430,6 +430,12 @@ pub enum OperatorCommand {
         node: NodeId,
         on: bool,
     },
+    /// The operator confirms that `node`, lost, is really off (powered off, or nothing of ours
+    /// can run there): a manual fence confirmation, like Pacemaker's `stonith_admin --confirm`,
+    /// for nodes without a fence device. Refused while the node is up.
+    ConfirmDown {
+        node: NodeId,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -684,6 +690,15 @@ impl Scheduler {
             OperatorCommand::Standby { node: n } | OperatorCommand::Online { node: n } | OperatorCommand::Maintenance { node: n, .. } => {
                 node(n)
             }
+            OperatorCommand::ConfirmDown { node: n } => {
+                node(n)?;
+                if self.up(n) {
+                    return Err(format!(
+                        "node `{n}` is up (it answers): confirm-down is only for a lost node that is really off; if it must stop, stop it first"
+                    ));
+                }
+                Ok(())
+            }
             OperatorCommand::StopResource { resource } => {
                 let rm = self.model.resources.get(resource).ok_or_else(|| format!("no resource named `{resource}`"))?;
                 let d = &self.state.decisions.resources[resource];
@@ -877,20 +892,7 @@ impl Scheduler {
                     });
                 }
             }
-            Event::Fenced(n) => {
-                self.forget_node_ops(&n);
-                for r in self.state.observations.resources.values_mut() {
-                    r.on.remove(&n);
-                    r.may_have_run.remove(&n);
-                    r.monitor_timeouts.remove(&n);
-                }
-                if let Some(ns) = self.state.decisions.nodes.get_mut(&n) {
-                    ns.needs_fence = false;
-                    ns.fence_requested = false;
-                    ns.last_fenced = Some(now);
-                }
-                out.push(Command::Note { subject: n.to_string(), message: "fenced: nothing runs there any more".into() });
-            }
+            Event::Fenced(n) => self.fenced(now, n, "fenced: nothing runs there any more", out),
             Event::Probe { resource, node, op, outcome } => self.on_probe(now, resource, node, op, outcome, out),
             Event::Monitor { resource, node, epoch, outcome } => self.on_monitor(now, resource, node, epoch, outcome, out),
             Event::ActionDone { resource, node, op, action, result } => self.on_action(now, resource, node, op, action, result, out),
@@ -1203,11 +1205,26 @@ impl Scheduler {
         }
     }
 
+    /// `n` is known off (a fence device confirmed it, or the operator did): nothing runs there.
+    fn fenced(&mut self, now: Millis, n: NodeId, why: &str, out: &mut Vec<Command>) {
+        self.forget_node_ops(&n);
+        for r in self.state.observations.resources.values_mut() {
+            r.on.remove(&n);
+            r.may_have_run.remove(&n);
+            r.monitor_timeouts.remove(&n);
+        }
+        if let Some(ns) = self.state.decisions.nodes.get_mut(&n) {
+            ns.needs_fence = false;
+            ns.fence_requested = false;
+            ns.last_fenced = Some(now);
+        }
+        out.push(Command::Note { subject: n.to_string(), message: why.into() });
+    }
+
     fn on_operator(&mut self, now: Millis, cmd: OperatorCommand, out: &mut Vec<Command>) {
         if self.check_operator(&cmd).is_err() {
             return;
         }
-        let _ = now;
         match cmd {
             OperatorCommand::MoveGroup { group, to } => {
                 let target = to.or_else(|| self.next_node(&self.model.groups[&group]));
@@ -1278,6 +1295,9 @@ impl Scheduler {
                         self.issue(OpKind::Probe, &resource, &n, out);
                     }
                 }
+            }
+            OperatorCommand::ConfirmDown { node } => {
+                self.fenced(now, node, "confirmed off by the operator: nothing runs there any more", out)
             }
             OperatorCommand::Maintenance { node, on } => {
                 self.state.decisions.nodes.get_mut(&node).unwrap().maintenance = on;

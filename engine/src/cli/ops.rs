@@ -102,6 +102,17 @@ pub enum NodeCommand {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Confirm that NODE, lost, is really off (powered off, or cut from its services' storage
+    /// and network): a manual fence confirmation for a node no fence device covers, like
+    /// Pacemaker's `stonith_admin --confirm`. Its groups then start elsewhere with the next
+    /// epoch. Refused while NODE answers. Confirming a node that still runs a group makes it
+    /// run twice: check first.
+    ConfirmDown {
+        /// The node, by its name in the config.
+        node: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -343,6 +354,7 @@ pub async fn node(cmd: &NodeCommand, cli: &crate::cli::Cli) -> anyhow::Result<Ex
         NodeCommand::Maintenance { state, node, socket } => {
             operator(&socket.path()?, OperatorCommand::Maintenance { node: node.into(), on: state == "on" }).await
         }
+        NodeCommand::ConfirmDown { node, socket } => operator(&socket.path()?, OperatorCommand::ConfirmDown { node: node.into() }).await,
     }
 }
 

@@ -819,7 +819,10 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     }
                     match decider.as_mut() {
                         None => answer(&outbox, reply, Response::Error { message: "this member is not the leader (the leader changed: try again)".into() }),
-                        Some(d) => operator(d, &mut pending, &mut history, &outbox, now_ms(), command, &format!("{user}, uid {uid}, on {from}"), reply),
+                        Some(d) => match reachable_refusal(&command, &net) {
+                            Some(message) => answer(&outbox, reply, Response::Error { message }),
+                            None => operator(d, &mut pending, &mut history, &outbox, now_ms(), command, &format!("{user}, uid {uid}, on {from}"), reply),
+                        },
                     }
                 }
                 Msg::StatusRequest { id } => {
@@ -919,7 +922,10 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                             let _ = reply.send(Response::Error { message: "the node is shutting down".into() });
                         } else if let Some(d) = decider.as_mut() {
                             let who = format!("{}, uid {}", caller.user, caller.uid);
-                            operator(d, &mut pending, &mut history, &outbox, now_ms(), command, &who, ReplyTo::Local(reply));
+                            match reachable_refusal(&command, &net) {
+                                Some(message) => { let _ = reply.send(Response::Error { message }); }
+                                None => operator(d, &mut pending, &mut history, &outbox, now_ms(), command, &who, ReplyTo::Local(reply)),
+                            }
                         } else if let Some(leader) = current_leader(&raft_metrics, &members).filter(|l| *l != members.me) {
                             next_id += 1;
                             forwarded.insert(next_id, (reply, Instant::now()));
@@ -1238,6 +1244,17 @@ fn operator(
     } else {
         answer(outbox, reply, Response::Ok { message: format!("accepted: {text}") });
     }
+}
+
+/// `confirm-down` of a member this one's transport still reaches is refused (the core refuses
+/// it for a member up by its hellos; a member that answers pings but has not said hello, say one
+/// that refuses the config, is not off either).
+fn reachable_refusal(command: &OperatorCommand, net: &TlsNetwork) -> Option<String> {
+    let OperatorCommand::ConfirmDown { node } = command else { return None };
+    net.links()
+        .get(node.as_str())
+        .is_some_and(|l| l.up)
+        .then(|| format!("node `{node}` answers on the cluster network: confirm-down is only for a lost node that is really off"))
 }
 
 /// The cluster part of status, as this member sees it.

@@ -217,3 +217,47 @@ fn a_member_shut_down_moves_its_groups_away_and_comes_back_online() {
     c.wait("group app running", WAIT, |c| started_on(c, "w", "a") || started_on(c, "w", "b"));
     s1.check();
 }
+
+#[test]
+fn a_lost_owner_confirmed_off_by_the_operator_fails_over_and_runs_once() {
+    let mut c = TestCluster::new("");
+    let s1 = c.sampler(&["app-1", "app-2"]);
+    c.start_all();
+    c.wait("group app started on a", WAIT, |c| started_on(c, "w", "a"));
+    // Not while a answers.
+    let o = c.cli("b", &["node", "confirm-down", "a"]);
+    assert!(!o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("answers") || err.contains("is up"), "{o:?}");
+
+    // a loses power. No fence device: its group waits (the cluster cannot know a is off).
+    c.power_off("a");
+    let lost = |c: &TestCluster| {
+        c.status("b").is_some_and(|st| st["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "a" && n["up"] == false))
+    };
+    c.wait("a seen lost", WAIT, lost);
+    // What must not happen has no event to wait for: give it time to.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(c.service("b", "app-1").is_none() && !c.has_vip("b"), "started on b without a confirmation\n{}", c.logs());
+    let (_, owner, epoch) = c.group("w", "app").unwrap();
+    assert_eq!(owner.as_deref(), Some("a"));
+
+    // The operator confirms a is off: the group starts on b with the next epoch.
+    let o = c.cli("w", &["node", "confirm-down", "a"]);
+    assert!(o.status.success(), "{o:?}\n{}", c.logs());
+    c.wait("group app started on b", WAIT, |c| started_on(c, "w", "b"));
+    assert!(c.vip_answers(), "the virtual IP does not answer from the client\n{}", c.logs());
+    let (_, _, after) = c.group("b", "app").unwrap();
+    assert!(after > epoch, "{epoch} -> {after}");
+
+    // a powered on again: it joins, runs nothing, the group stays on b.
+    c.power_on("a");
+    c.start("a");
+    c.wait("a up again", WAIT, |c| {
+        c.status("w").is_some_and(|st| st["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "a" && n["up"] == true))
+    });
+    // (It is probed first: the group shows as starting until a answers.)
+    c.wait("group app started on b, a probed", WAIT, |c| started_on(c, "w", "b"));
+    assert!(c.service("a", "app-1").is_none() && !c.has_vip("a"), "{}", c.logs());
+    s1.check();
+}

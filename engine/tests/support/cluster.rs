@@ -344,6 +344,39 @@ impl TestCluster {
         Command::new("/bin/kill").args([sig, &pid.to_string()]).status().unwrap();
     }
 
+    /// Member `name`'s machine loses power: its daemon and every process of its services die at
+    /// once (kill -9 of everything in its network namespace but the process that holds it), its
+    /// links go down and the service address goes with it (an off machine answers nothing).
+    /// [`TestCluster::power_on`] brings the links back; its daemon is then started again.
+    pub fn power_off(&mut self, name: &str) {
+        let m = self.member_mut(name);
+        let keep = m.probe.id();
+        for pid in crate::netns::Namespaces::pids(&m.ns).into_iter().filter(|p| *p != keep) {
+            let _ = Command::new("/bin/kill").args(["-KILL", &pid.to_string()]).status();
+        }
+        if let Some(mut child) = m.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let ns = m.ns.clone();
+        let links: &[&str] = if m.witness { &["eth1", "eth2"] } else { &["eth1", "eth2", "eth3"] };
+        for dev in links {
+            run("/usr/sbin/ip", &["-n", &ns, "link", "set", dev, "down"]);
+        }
+        if !m.witness {
+            run("/usr/sbin/ip", &["-n", &ns, "addr", "flush", "dev", "eth3"]);
+        }
+    }
+
+    /// Member `name`'s machine powered on again: its links up (its daemon is not started).
+    pub fn power_on(&mut self, name: &str) {
+        let m = self.member(name);
+        let links: &[&str] = if m.witness { &["eth1", "eth2"] } else { &["eth1", "eth2", "eth3"] };
+        for dev in links {
+            run("/usr/sbin/ip", &["-n", &m.ns, "link", "set", dev, "up"]);
+        }
+    }
+
     /// Waits for member `name`'s daemon to exit.
     pub fn wait_exit(&mut self, name: &str, limit: Duration) -> Option<std::process::ExitStatus> {
         let start = Instant::now();

@@ -424,6 +424,25 @@ fn lost_node_without_fence_device_keeps_its_groups_blocked() {
 }
 
 #[test]
+fn a_lost_node_confirmed_off_by_the_operator_gives_its_groups_up() {
+    let mut s = two_nodes(false, &["ip", "app"]);
+    let confirm = OperatorCommand::ConfirmDown { node: "a".into() };
+    // While a answers, the operator cannot declare it off.
+    assert!(s.check_operator(&confirm).unwrap_err().contains("is up"));
+    let cmds = settle(&mut s, 1, Event::Operator(confirm.clone()));
+    assert!(starts(&cmds).is_empty() && stops(&cmds).is_empty(), "refused: nothing changes: {cmds:?}");
+    // Lost: the group waits (no fence device) until the operator confirms a is off.
+    let cmds = settle(&mut s, 2, Event::NodeDown("a".into()));
+    assert!(starts(&cmds).is_empty(), "{cmds:?}");
+    assert!(s.check_operator(&confirm).is_ok());
+    let cmds = settle(&mut s, 3, Event::Operator(confirm));
+    assert_eq!(starts(&cmds), vec![rn("ip", "b"), rn("app", "b")]);
+    assert_eq!(s.state().decisions.groups["g"].epoch, 2, "the next epoch: a's late results cannot count");
+    assert!(!s.state().decisions.nodes["a"].needs_fence);
+    assert!(s.check_operator(&OperatorCommand::ConfirmDown { node: "x".into() }).is_err(), "unknown node");
+}
+
+#[test]
 fn lost_node_with_fence_device_fails_over_after_fencing() {
     let mut s = two_nodes(true, &["ip", "app"]);
     let cmds = s.handle(1, Event::NodeDown("a".into()));
