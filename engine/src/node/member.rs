@@ -289,6 +289,10 @@ struct Decider {
     /// The cluster had never placed a group when this leader took over (it waits for every
     /// member, not only those its links reach).
     fresh: bool,
+    /// Fencing in flight (node → since when), and per node the next attempt after a failure
+    /// with its backoff.
+    fencing: HashMap<String, Instant>,
+    fence_retry: HashMap<String, (Instant, Duration)>,
 }
 
 /// Runs this node as a member of its cluster until `stop`.
@@ -518,6 +522,23 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     // when proposed).
     let mut barrier: Option<(u64, Option<u64>, Instant)> = None;
     let (barrier_tx, mut barrier_rx) = mpsc::unbounded_channel::<(u64, Result<u64, String>)>();
+    // Fence devices: any member may lead, so every member can drive them.
+    let fence_devices: Vec<FenceDevice> = node
+        .cfg
+        .fencing
+        .iter()
+        .map(|f| {
+            let plugin = node.plugins[f.plugin.get_ref()].clone();
+            FenceDevice {
+                name: f.name.get_ref().clone(),
+                params: plugin.metadata.resolve_params(&f.params).unwrap_or_default(),
+                plugin,
+                grants: f.grants.clone(),
+                nodes: f.nodes.iter().map(|n| n.get_ref().clone()).collect(),
+            }
+        })
+        .collect();
+    let (fence_tx, mut fence_rx) = mpsc::unbounded_channel::<(Lead, String, Result<String, String>)>();
 
     loop {
         lease_tx.send_if_modified(|v| std::mem::replace(v, admission.lease_until()) != *v);
@@ -641,6 +662,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     // A cluster that never placed a group is forming: wait for its members.
                     joining_until: Some(Instant::now() + if committed_fresh { JOIN_WINDOW } else { REJOIN_WINDOW }),
                     fresh: committed_fresh,
+                    fencing: HashMap::new(),
+                    fence_retry: HashMap::new(),
                 });
             }
         }
@@ -661,14 +684,42 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         tracing::info!(subject = %subject, "{message}");
                         note(&mut history, "decision", &subject, message);
                     }
-                    Command::Fence { node: n } => note(
-                        &mut history,
-                        "decision",
-                        &n,
-                        "fencing needed: fence devices are not driven in cluster mode yet; its groups wait (status says why)".into(),
-                    ),
+                    // Driven below from the committed `needs_fence` (so also after a new leader
+                    // took over), once it is safe to judge the node lost.
+                    Command::Fence { node: n } => note(&mut history, "decision", &n, "fencing required".into()),
                     c if d.proposed > d.committed || !d.held.is_empty() || !authority => d.held.push_back((d.proposed, c)),
                     c => route(&outbox, d.lead, c),
+                }
+            }
+            // Fence who needs it: with authority, after the join window (a member that has not
+            // said hello yet is not lost), never a member that says hello or that the transport
+            // reaches, one attempt at a time per node, again after a failure with backoff.
+            if authority && d.joining_until.is_none() {
+                let now = Instant::now();
+                let links = net.links();
+                let wanted: Vec<String> = d
+                    .sched
+                    .state()
+                    .decisions
+                    .nodes
+                    .iter()
+                    .filter(|(n, s)| s.needs_fence && fence_devices.iter().any(|f| f.covers(n.as_str())))
+                    .map(|(n, _)| n.to_string())
+                    .collect();
+                d.fence_retry.retain(|n, _| wanted.contains(n));
+                for n in wanted {
+                    let reachable = links.get(n.as_str()).is_some_and(|l| l.up);
+                    let due = d.fence_retry.get(&n).is_none_or(|(at, _)| now >= *at);
+                    if d.up.contains(&n) || reachable || d.fencing.contains_key(&n) || !due {
+                        continue;
+                    }
+                    d.fencing.insert(n.clone(), now);
+                    cluster_note(&mut history, &n, "lost while it may run resources: fencing it".into());
+                    let (devices, me, tx, lead) = (fence_devices.clone(), me.to_string(), fence_tx.clone(), d.lead);
+                    tasks.spawn(async move {
+                        let r = fence_node(&devices, &me, &n).await;
+                        let _ = tx.send((lead, n, r));
+                    });
                 }
             }
             if authority {
@@ -856,6 +907,26 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     }
                 }
             }
+            Some((lead, n, result)) = fence_rx.recv() => {
+                if let Some(d) = decider.as_mut().filter(|d| d.lead == lead) {
+                    let since = d.fencing.remove(&n);
+                    match result {
+                        Ok(device) => {
+                            let took = since.map(|t| t.elapsed().as_secs_f64()).unwrap_or_default();
+                            cluster_note(&mut history, &n, format!("fenced by `{device}` in {took:.2} s: its groups may run elsewhere"));
+                            d.fence_retry.remove(&n);
+                            pending.extend(d.sched.handle(now_ms(), Event::Fenced(NodeId::from(n.as_str()))));
+                        }
+                        Err(e) => {
+                            let backoff = d.fence_retry.get(&n).map_or(Duration::from_secs(1), |(_, b)| (*b * 2).min(Duration::from_secs(30)));
+                            d.fence_retry.insert(n.clone(), (Instant::now() + backoff, backoff));
+                            let msg = format!("fencing FAILED ({e}); its groups wait; again in {} s", backoff.as_secs());
+                            tracing::error!(subject = %n, "{msg}");
+                            note(&mut history, "cluster", &n, msg);
+                        }
+                    }
+                }
+            }
             Some((term, result)) = barrier_rx.recv() => {
                 match (result, barrier.as_mut()) {
                     (Ok(index), Some(b)) if b.0 == term => b.1 = Some(index),
@@ -977,7 +1048,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     let silent: Vec<String> = d.up.iter().filter(|n| **n != members.me && d.hellos.get(*n).is_none_or(|(t, ..)| now.duration_since(*t) > MEMBER_SILENT)).cloned().collect();
                     for n in silent {
                         d.up.remove(&n);
-                        cluster_note(&mut history, &n, "member lost (no hello); its groups wait: failover needs a fence confirmation".into());
+                        cluster_note(&mut history, &n, "member lost (no hello): its groups wait for a fence confirmation (a fence device, or `warden node confirm-down`)".into());
                         pending.extend(d.sched.handle(now_ms(), Event::NodeDown(NodeId::from(n.as_str()))));
                     }
                 }
@@ -1089,6 +1160,44 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
         Some(msg) => Err(NodeError::Setup(msg)),
         None => Ok(()),
     }
+}
+
+/// A configured fence device, as the leader drives it.
+#[derive(Clone)]
+struct FenceDevice {
+    name: String,
+    plugin: Arc<crate::plugin::Plugin>,
+    params: BTreeMap<String, String>,
+    grants: warden_manifest::Capabilities,
+    /// The nodes it can fence (empty: every node).
+    nodes: Vec<String>,
+}
+
+impl FenceDevice {
+    fn covers(&self, node: &str) -> bool {
+        self.nodes.is_empty() || self.nodes.iter().any(|n| n == node)
+    }
+}
+
+/// Fences `target` with the devices that cover it, in config order, until one succeeds (the
+/// agent confirms the node off: fence-exec checks its status after `off`). `Ok(device)`, or
+/// every device's error.
+async fn fence_node(devices: &[FenceDevice], me: &str, target: &str) -> Result<String, String> {
+    use tracing::Instrument;
+    let mut errors = Vec::new();
+    for d in devices.iter().filter(|d| d.covers(target)) {
+        let mut inst = d.plugin.instance(&d.name, d.grants.clone(), crate::plugin::Limits::default());
+        let ctx = crate::plugin::CallContext { resource: d.name.clone(), node: me.to_string(), epoch: 0, params: d.params.clone() };
+        let span = tracing::info_span!("fence", device = %d.name, target);
+        match inst.fence(&ctx, target, None).instrument(span).await {
+            Ok(()) => return Ok(d.name.clone()),
+            Err(e) => errors.push(format!("`{}`: {e}", d.name)),
+        }
+    }
+    if errors.is_empty() {
+        errors.push(format!("no fence device covers `{target}`"));
+    }
+    Err(errors.join("; "))
 }
 
 /// A cluster event: in the history and the log.

@@ -187,7 +187,8 @@ fn a_member_with_another_config_file_refuses_to_run() {
 
 #[test]
 fn a_member_shut_down_moves_its_groups_away_and_comes_back_online() {
-    let mut c = TestCluster::new("");
+    // With a fence device: a member that shut down cleanly runs nothing and is never fenced.
+    let mut c = TestCluster::with_power_fencing();
     let s1 = c.sampler(&["app-1", "app-2"]);
     c.start_all();
     c.wait("group app started on a", WAIT, |c| started_on(c, "w", "a"));
@@ -215,6 +216,7 @@ fn a_member_shut_down_moves_its_groups_away_and_comes_back_online() {
         c.status("a").is_some_and(|st| st["nodes"].as_array().unwrap().iter().all(|n| n["up"] == true && n["standby"] == false))
     });
     c.wait("group app running", WAIT, |c| started_on(c, "w", "a") || started_on(c, "w", "b"));
+    assert!(!c.logs().contains("fencing it"), "a member that shut down was fenced\n{}", c.logs());
     s1.check();
 }
 
@@ -257,6 +259,43 @@ fn a_lost_owner_confirmed_off_by_the_operator_fails_over_and_runs_once() {
         c.status("w").is_some_and(|st| st["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "a" && n["up"] == true))
     });
     // (It is probed first: the group shows as starting until a answers.)
+    c.wait("group app started on b, a probed", WAIT, |c| started_on(c, "w", "b"));
+    assert!(c.service("a", "app-1").is_none() && !c.has_vip("a"), "{}", c.logs());
+    s1.check();
+}
+
+#[test]
+fn a_lost_owner_is_fenced_then_its_group_starts_on_the_other_member() {
+    let mut c = TestCluster::with_power_fencing();
+    let s1 = c.sampler(&["app-1", "app-2"]);
+    c.start_all();
+    c.wait("group app started on a", WAIT, |c| started_on(c, "w", "a"));
+    let (_, _, epoch) = c.group("w", "app").unwrap();
+
+    // Only a's daemon dies: its services and the address keep running there. While the power
+    // switch is broken, fencing fails and the group waits (it may still run on a).
+    let broken = c.dir.path().join("power-broken");
+    std::fs::write(&broken, "").unwrap();
+    c.signal("a", "-KILL");
+    c.wait("fencing failed", WAIT, |c| c.logs().contains("fencing FAILED"));
+    assert!(c.service("a", "app-1").is_some() && c.has_vip("a"), "a was not off yet\n{}", c.logs());
+    assert!(c.service("b", "app-1").is_none() && !c.has_vip("b"), "started on b without a fence\n{}", c.logs());
+
+    // Repaired: the next attempt powers a off, then the group starts on b with the next epoch.
+    std::fs::remove_file(&broken).unwrap();
+    c.wait("group app started on b", WAIT, |c| started_on(c, "w", "b"));
+    assert!(c.logs().contains("fenced by `power`"), "{}", c.logs());
+    assert!(c.service("a", "app-1").is_none() && !c.has_vip("a"), "{}", c.logs());
+    assert!(c.vip_answers(), "the virtual IP does not answer from the client\n{}", c.logs());
+    let (_, _, after) = c.group("b", "app").unwrap();
+    assert!(after > epoch, "{epoch} -> {after}");
+
+    // a powered on again: it joins, runs nothing, the group stays on b.
+    c.power_on("a");
+    c.start("a");
+    c.wait("a up again", WAIT, |c| {
+        c.status("w").is_some_and(|st| st["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "a" && n["up"] == true))
+    });
     c.wait("group app started on b, a probed", WAIT, |c| started_on(c, "w", "b"));
     assert!(c.service("a", "app-1").is_none() && !c.has_vip("a"), "{}", c.logs());
     s1.check();

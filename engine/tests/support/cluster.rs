@@ -215,9 +215,12 @@ impl TestCluster {
             run("/usr/sbin/ip", &["-n", &sw, "link", "set", br, "up"]);
         }
         let names = [("a", false), ("b", false), ("w", true)];
+        // Every member's namespace exists before any member's mount namespace is made, so that
+        // each sees the others' (a fence device run by the leader reaches them by name).
+        let nss: Vec<String> = names.iter().map(|(name, _)| nets.add(&format!("w{name}"))).collect();
         let mut members = Vec::new();
         for (i, (name, witness)) in names.iter().enumerate() {
-            let ns = nets.add(&format!("w{name}"));
+            let ns = nss[i].clone();
             for path in 1..=2 {
                 let inner = format!("eth{path}");
                 let outer = format!("s{path}{name}");
@@ -288,6 +291,70 @@ impl TestCluster {
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, text).unwrap();
         Self { dir, config, members, sw, client, nets }
+    }
+
+    /// Like [`TestCluster::new`], with a fence device: `power`, fence-exec driving a script
+    /// that powers a member's machine off as [`TestCluster::power_off`] does (kill -9 of all
+    /// it runs, links down, addresses gone) and reports it off. While `<dir>/power-broken`
+    /// exists, the switch fails.
+    pub fn with_power_fencing() -> Self {
+        let c = Self::new("");
+        let script = c.dir.path().join("power");
+        let cases: String = c.members.iter().map(|m| format!("  {}) ns={}; keep={} ;;\n", m.name, m.ns, m.probe.id())).collect();
+        let broken = c.dir.path().join("power-broken");
+        std::fs::write(
+            &script,
+            format!(
+                r#"#!/bin/sh
+# The cluster tier's power switch: `power off|status MEMBER` (fence-exec, args style).
+case "$2" in
+{cases}  *) echo "no such machine: $2" >&2; exit 1 ;;
+esac
+if [ -e '{broken}' ]; then echo "power switch broken" >&2; exit 1; fi
+alive() {{
+  for p in $(/usr/sbin/ip netns pids "$ns"); do
+    [ "$p" = "$keep" ] && continue
+    s=$(cut -d' ' -f3 "/proc/$p/stat" 2>/dev/null) || continue
+    [ -n "$s" ] && [ "$s" != Z ] && return 0
+  done
+  return 1
+}}
+case "$1" in
+  off)
+    for d in eth1 eth2 eth3; do /usr/sbin/ip -n "$ns" link set "$d" down 2>/dev/null; done
+    /usr/sbin/ip -n "$ns" addr flush dev eth3 2>/dev/null
+    for p in $(/usr/sbin/ip netns pids "$ns"); do [ "$p" = "$keep" ] || kill -KILL "$p" 2>/dev/null; done
+    exit 0 ;;
+  status) if alive; then exit 0; else exit 2; fi ;;
+esac
+exit 1
+"#,
+                broken = broken.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let plugin = root().join("target/plugins/fence-exec.wasm");
+        let s = script.display();
+        let fencing = format!(
+            r#"
+[[plugins]]
+name = "fence-exec"
+path = "{plugin}"
+
+[[fencing]]
+name = "power"
+plugin = "fence-exec"
+params = {{ command = "{s}", style = "args", off_args = "off {{target}}", status_args = "status {{target}}", verify_timeout_ms = "5000" }}
+grants = {{ exec = [{{ program = "{s}", args = ["*", "*"] }}] }}
+"#,
+            plugin = plugin.display()
+        );
+        let mut text = std::fs::read_to_string(&c.config).unwrap();
+        text += &fencing;
+        std::fs::write(&c.config, text).unwrap();
+        c
     }
 
     pub fn member(&self, name: &str) -> &Member {
