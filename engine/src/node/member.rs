@@ -77,10 +77,17 @@ const SHUTDOWN_FALLBACK: Duration = Duration::from_secs(60);
 /// timing above, a restarted voter's silence included), or a leader's death would stop groups
 /// on healthy members.
 const LEASE: Duration = Duration::from_secs(10);
-/// How often a member says hello to the leader.
-const HELLO_EVERY: Duration = Duration::from_millis(500);
-/// The leader counts a member down after this long without its hello.
-const MEMBER_SILENT: Duration = Duration::from_secs(3);
+/// How often a member says hello to the leader (over every path), and how often the leader
+/// looks for silent members.
+const HELLO_EVERY: Duration = Duration::from_millis(250);
+/// The leader counts a member lost after this long without its hello when none of its paths
+/// answers the transport's pings either (they go every 200 ms; a path is dead after 1 s without
+/// an answer): two signals from two parts of the member, so a stall of its main loop alone is
+/// not taken for its death. Detection is most of a fail-over's time.
+const MEMBER_SILENT: Duration = Duration::from_secs(1);
+/// ... and after this long without a hello whatever its paths say (its transport answers, but
+/// the member itself does not).
+const MEMBER_WEDGED: Duration = Duration::from_secs(3);
 /// A new cluster (no group placed yet) waits this long for every member to say hello before it
 /// places anything, so that groups start on their preferred member rather than the first to
 /// answer (Pacemaker's dc-deadtime). Ends early when every member has said hello.
@@ -686,7 +693,13 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     }
                     // Driven below from the committed `needs_fence` (so also after a new leader
                     // took over), once it is safe to judge the node lost.
-                    Command::Fence { node: n } => note(&mut history, "decision", &n, "fencing required".into()),
+                    // (A member told up a moment later, as members are one at a time when a
+                    // window ends, is no case for fencing: not noted.)
+                    Command::Fence { node: n } => {
+                        if !d.up.contains(n.as_str()) {
+                            note(&mut history, "decision", &n, "fencing required".into());
+                        }
+                    }
                     c if d.proposed > d.committed || !d.held.is_empty() || !authority => d.held.push_back((d.proposed, c)),
                     c => route(&outbox, d.lead, c),
                 }
@@ -1029,6 +1042,44 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     let back = !shutting_down && left_marker.exists();
                     outbox.send(&leader, Msg::Hello { instance: instance.clone(), rejoins, leaving: shutting_down, back });
                 }
+                // The leader: the join window ends when every member expected has said hello
+                // (checked at this pace, not the core's tick: it delays a new leader's first
+                // decisions, a fail-over's among them).
+                if let Some(d) = decider.as_mut() {
+                    let links = cluster.link_figures();
+                    let expected = |n: &String| *n == members.me || d.fresh || links.get(n).is_some_and(|l| l.up);
+                    let all_joined = members.ids.keys().filter(|n| expected(n)).all(|n| d.hellos.contains_key(n));
+                    if d.joining_until.is_some_and(|t| all_joined || Instant::now() >= t) {
+                        d.joining_until = None;
+                        let joined: Vec<String> = members.ids.keys().filter(|n| d.hellos.contains_key(*n)).cloned().collect();
+                        cluster_note(&mut history, &node.name, format!("cluster formed with {}: placing groups", joined.join(", ")));
+                        for n in joined {
+                            d.up.insert(n.clone());
+                            pending.extend(d.sched.handle(now_ms(), Event::NodeUp(NodeId::from(n.as_str()))));
+                        }
+                    }
+                }
+                // The leader: members silent too long are lost (fenced, if they may run
+                // resources and a device covers them; else their groups wait).
+                if let Some(d) = decider.as_mut() {
+                    let now = Instant::now();
+                    let links = net.links();
+                    let silent: Vec<String> = d
+                        .up
+                        .iter()
+                        .filter(|n| {
+                            let quiet = d.hellos.get(*n).map_or(Duration::MAX, |(t, ..)| now.duration_since(*t));
+                            let reachable = links.get(n.as_str()).is_some_and(|l| l.up);
+                            **n != members.me && (quiet > MEMBER_WEDGED || (quiet > MEMBER_SILENT && !reachable))
+                        })
+                        .cloned()
+                        .collect();
+                    for n in silent {
+                        d.up.remove(&n);
+                        cluster_note(&mut history, &n, "member lost (no hello): its groups wait for a fence confirmation (a fence device, or `warden node confirm-down`)".into());
+                        pending.extend(d.sched.handle(now_ms(), Event::NodeDown(NodeId::from(n.as_str()))));
+                    }
+                }
             }
             _ = lease_tick.tick() => {
                 // The leader renews every member's lease while it holds authority.
@@ -1042,14 +1093,6 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                             d.lease_seq += 1;
                             outbox.send(name, Msg::Lease { lead: d.lead, seq: d.lease_seq, monitors: set });
                         }
-                    }
-                    // Members silent too long are down (their groups wait: no failover yet).
-                    let now = Instant::now();
-                    let silent: Vec<String> = d.up.iter().filter(|n| **n != members.me && d.hellos.get(*n).is_none_or(|(t, ..)| now.duration_since(*t) > MEMBER_SILENT)).cloned().collect();
-                    for n in silent {
-                        d.up.remove(&n);
-                        cluster_note(&mut history, &n, "member lost (no hello): its groups wait for a fence confirmation (a fence device, or `warden node confirm-down`)".into());
-                        pending.extend(d.sched.handle(now_ms(), Event::NodeDown(NodeId::from(n.as_str()))));
                     }
                 }
                 // This member's own lease.
@@ -1068,18 +1111,6 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
             }
             _ = tick.tick() => {
                 if let Some(d) = decider.as_mut() {
-                    let links = cluster.link_figures();
-                    let expected = |n: &String| *n == members.me || d.fresh || links.get(n).is_some_and(|l| l.up);
-                    let all_joined = members.ids.keys().filter(|n| expected(n)).all(|n| d.hellos.contains_key(n));
-                    if d.joining_until.is_some_and(|t| all_joined || Instant::now() >= t) {
-                        d.joining_until = None;
-                        let joined: Vec<String> = members.ids.keys().filter(|n| d.hellos.contains_key(*n)).cloned().collect();
-                        cluster_note(&mut history, &node.name, format!("cluster formed with {}: placing groups", joined.join(", ")));
-                        for n in joined {
-                            d.up.insert(n.clone());
-                            pending.extend(d.sched.handle(now_ms(), Event::NodeUp(NodeId::from(n.as_str()))));
-                        }
-                    }
                     // Not while members join: with nobody up yet, the core would count every
                     // member lost.
                     if d.joining_until.is_none() {
