@@ -248,19 +248,7 @@ fn a_lost_owner_confirmed_off_by_the_operator_fails_over_and_runs_once() {
     let o = c.cli("w", &["node", "confirm-down", "a"]);
     assert!(o.status.success(), "{o:?}\n{}", c.logs());
     c.wait("group app started on b", WAIT, |c| started_on(c, "w", "b"));
-    assert!(c.vip_answers(), "the virtual IP does not answer from the client\n{}", c.logs());
-    let (_, _, after) = c.group("b", "app").unwrap();
-    assert!(after > epoch, "{epoch} -> {after}");
-
-    // a powered on again: it joins, runs nothing, the group stays on b.
-    c.power_on("a");
-    c.start("a");
-    c.wait("a up again", WAIT, |c| {
-        c.status("w").is_some_and(|st| st["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "a" && n["up"] == true))
-    });
-    // (It is probed first: the group shows as starting until a answers.)
-    c.wait("group app started on b, a probed", WAIT, |c| started_on(c, "w", "b"));
-    assert!(c.service("a", "app-1").is_none() && !c.has_vip("a"), "{}", c.logs());
+    failed_over_then_a_back_runs_nothing(&mut c, epoch);
     s1.check();
 }
 
@@ -286,17 +274,22 @@ fn a_lost_owner_is_fenced_then_its_group_starts_on_the_other_member() {
     c.wait("group app started on b", WAIT, |c| started_on(c, "w", "b"));
     assert!(c.logs().contains("fenced by `power`"), "{}", c.logs());
     assert!(c.service("a", "app-1").is_none() && !c.has_vip("a"), "{}", c.logs());
+    failed_over_then_a_back_runs_nothing(&mut c, epoch);
+    s1.check();
+}
+
+/// After a fail-over from `a` to `b` (epoch `epoch` before it): the address answers, the epoch
+/// grew; `a` powered on again joins, is probed, runs nothing, and the group stays on `b`.
+fn failed_over_then_a_back_runs_nothing(c: &mut TestCluster, epoch: u64) {
     assert!(c.vip_answers(), "the virtual IP does not answer from the client\n{}", c.logs());
     let (_, _, after) = c.group("b", "app").unwrap();
     assert!(after > epoch, "{epoch} -> {after}");
-
-    // a powered on again: it joins, runs nothing, the group stays on b.
     c.power_on("a");
     c.start("a");
     c.wait("a up again", WAIT, |c| {
         c.status("w").is_some_and(|st| st["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "a" && n["up"] == true))
     });
+    // (It is probed first: the group shows as starting until a answers.)
     c.wait("group app started on b, a probed", WAIT, |c| started_on(c, "w", "b"));
     assert!(c.service("a", "app-1").is_none() && !c.has_vip("a"), "{}", c.logs());
-    s1.check();
 }
