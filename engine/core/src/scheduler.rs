@@ -223,6 +223,11 @@ pub struct NodeDecision {
     /// never started, stopped, recovered or moved; nothing new is placed there.
     #[serde(default, skip_serializing_if = "is_false")]
     pub maintenance: bool,
+    /// The node's daemon left cleanly with nothing of ours running there (a member's shutdown,
+    /// [`Event::NodeLeft`]): until it is back, nothing runs there, so a new leader neither
+    /// waits for its probes nor fences it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub left: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -449,6 +454,10 @@ pub enum Event {
     NodeRestarted(NodeId),
     /// A fence device confirmed `node` is off: nothing runs there.
     Fenced(NodeId),
+    /// `node`'s daemon is shutting down cleanly and says nothing of ours runs there any more
+    /// (its own record of what it stopped). Resources left alone there (unmanaged by the
+    /// operator, maintenance) stay possibly active, and then the node has not left cleanly.
+    NodeLeft(NodeId),
     /// Answer to `Command::Probe` with the same `op`.
     Probe {
         resource: ResourceId,
@@ -607,6 +616,7 @@ impl Scheduler {
                 cur.standby = n.standby;
                 cur.maintenance = n.maintenance;
                 cur.last_fenced = n.last_fenced;
+                cur.left = n.left;
             }
         }
         for (name, per_node) in &saved.restarts {
@@ -617,7 +627,14 @@ impl Scheduler {
         self.recount_overrides();
         // We ran before and do not know what still runs where: every resource is possibly
         // active on every node until that node answers its probes (or is fenced).
-        let runners: Vec<NodeId> = self.model.nodes.iter().filter(|n| n.role == Role::Node).map(|n| n.name.clone()).collect();
+        // A node that left cleanly runs nothing until it is back.
+        let runners: Vec<NodeId> = self
+            .model
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Node && !self.state.decisions.nodes.get(&n.name).is_some_and(|d| d.left))
+            .map(|n| n.name.clone())
+            .collect();
         for r in self.state.observations.resources.values_mut() {
             for n in &runners {
                 r.may_have_run.insert(n.clone());
@@ -843,6 +860,9 @@ impl Scheduler {
                 if let Some(ns) = self.state.observations.nodes.get_mut(&n) {
                     ns.up = true;
                 }
+                if let Some(d) = self.state.decisions.nodes.get_mut(&n) {
+                    d.left = false;
+                }
                 // Ask about every resource there: what we knew may be stale, and what ran
                 // before (a restarted daemon, late commands) is adopted. A probe answers after
                 // every earlier command for that resource there.
@@ -893,6 +913,37 @@ impl Scheduler {
                 }
             }
             Event::Fenced(n) => self.fenced(now, n, "fenced: nothing runs there any more", out),
+            Event::NodeLeft(n) => {
+                if let Some(ns) = self.state.observations.nodes.get_mut(&n) {
+                    ns.up = false;
+                }
+                self.forget_node_ops(&n);
+                let kept: Vec<ResourceId> =
+                    self.model.resources.keys().filter(|r| self.unmanaged(r) && !self.external(r)).cloned().collect();
+                let mut left_alone = Vec::new();
+                for (name, r) in self.state.observations.resources.iter_mut() {
+                    if kept.contains(name) && r.on.contains_key(&n) {
+                        r.on.insert(n.clone(), Activity::Unknown);
+                        left_alone.push(name.to_string());
+                    } else {
+                        r.on.remove(&n);
+                        r.may_have_run.remove(&n);
+                    }
+                    r.monitor_timeouts.remove(&n);
+                }
+                if let Some(d) = self.state.decisions.nodes.get_mut(&n) {
+                    d.left = left_alone.is_empty();
+                }
+                let message = if left_alone.is_empty() {
+                    "left cleanly: nothing runs there".to_string()
+                } else {
+                    format!(
+                        "left with resources it leaves alone possibly running ({}): their groups wait for it or a fence",
+                        left_alone.join(", ")
+                    )
+                };
+                out.push(Command::Note { subject: n.to_string(), message });
+            }
             Event::Probe { resource, node, op, outcome } => self.on_probe(now, resource, node, op, outcome, out),
             Event::Monitor { resource, node, epoch, outcome } => self.on_monitor(now, resource, node, epoch, outcome, out),
             Event::ActionDone { resource, node, op, action, result } => self.on_action(now, resource, node, op, action, result, out),

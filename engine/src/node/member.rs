@@ -70,6 +70,11 @@ const DRIFT: f64 = 0.01;
 const MARGIN: Duration = Duration::from_millis(50);
 /// How often the leader renews every member's lease (and tells it what to monitor).
 const LEASE_EVERY: Duration = Duration::from_millis(500);
+/// `confirm-down` waits this long beyond [`LEASE`] after the member's last hello.
+const CONFIRM_MARGIN: Duration = Duration::from_secs(2);
+/// A member that shut down with nothing running waits at most this long for the leader to
+/// record that it left cleanly.
+const GONE_WAIT: Duration = Duration::from_secs(3);
 /// A member shutting down stops what still runs itself after this long (the leader did not move it).
 const SHUTDOWN_FALLBACK: Duration = Duration::from_secs(60);
 /// A member not renewed for this long stops everything it runs. It must outlast the election
@@ -117,12 +122,16 @@ enum Msg {
     /// standby, and brought online when it says hello again as a new instance).
     /// `back`: it went to standby by shutting down and has not been brought online since (a
     /// marker in its state directory, so that it works whichever member leads by then).
+    /// `gone`: it is exiting, and by its own record nothing of ours runs there any more (its
+    /// last hellos; the leader records that it left cleanly, so that no leader fences it).
     Hello {
         instance: String,
         rejoins: u64,
         leaving: bool,
         #[serde(default)]
         back: bool,
+        #[serde(default)]
+        gone: bool,
     },
     /// Member → leader: the result of a command or a monitor. `seq` grows with every report or
     /// operator command a member sends (they travel in order): a copy is dropped.
@@ -300,6 +309,12 @@ struct Decider {
     /// with its backoff.
     fencing: HashMap<String, Instant>,
     fence_retry: HashMap<String, (Instant, Duration)>,
+    /// Members that said they left cleanly, by the instance that said so: its later (or
+    /// reordered) hellos are ignored; a new instance is a new start.
+    gone: HashMap<String, String>,
+    /// When this leadership began (a member's lease from an earlier leader may run until
+    /// [`LEASE`] after it).
+    since: Instant,
 }
 
 /// Runs this node as a member of its cluster until `stop`.
@@ -525,6 +540,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     let mut refused: Option<String> = None;
     let mut pending: Vec<Command> = Vec::new();
     let mut shutdown_fallback: Option<Instant> = None;
+    // Since when this member, shutting down, has nothing left running and says it is gone.
+    let mut gone_since: Option<Instant> = None;
     // The barrier this node, leading, commits before deciding: (term, its index once committed,
     // when proposed).
     let mut barrier: Option<(u64, Option<u64>, Instant)> = None;
@@ -671,6 +688,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     fresh: committed_fresh,
                     fencing: HashMap::new(),
                     fence_retry: HashMap::new(),
+                    gone: HashMap::new(),
+                    since: Instant::now(),
                 });
             }
         }
@@ -723,7 +742,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 for n in wanted {
                     let reachable = links.get(n.as_str()).is_some_and(|l| l.up);
                     let due = d.fence_retry.get(&n).is_none_or(|(at, _)| now >= *at);
-                    if d.up.contains(&n) || reachable || d.fencing.contains_key(&n) || !due {
+                    if n == members.me || d.up.contains(&n) || reachable || d.fencing.contains_key(&n) || !due {
                         continue;
                     }
                     d.fencing.insert(n.clone(), now);
@@ -747,9 +766,18 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
         schedule.follow(monitors.keys(), &busy);
         // Shutdown ends when nothing runs here as far as the leader knows (it moved our groups
         // away) or our own stops are done, and no call is in flight.
+        // Before it exits, a member that runs resources says so until the leader has recorded
+        // that it left cleanly (then no new leader fences it), for at most GONE_WAIT.
         if shutting_down && busy.is_empty() && self_stop.is_empty() && self_stopping.is_none() && maybe_running.is_empty() {
-            note(&mut history, "node", &node.name, "member stopped".into());
-            break;
+            let since = *gone_since.get_or_insert_with(Instant::now);
+            let recorded = committed_rx.borrow().decisions.nodes.get(&me).is_some_and(|s| s.left);
+            if !runner || recorded || since.elapsed() >= GONE_WAIT || current_leader(&raft_metrics, &members).is_none() {
+                if runner && !recorded {
+                    tracing::warn!("the leader did not record that this member left cleanly: a new leader may fence it");
+                }
+                note(&mut history, "node", &node.name, "member stopped".into());
+                break;
+            }
         }
         let due = schedule.due();
 
@@ -828,11 +856,27 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         monitors = set;
                     }
                 }
-                Msg::Hello { instance, rejoins, leaving, back } => {
+                Msg::Hello { instance, rejoins, leaving, back, gone } => {
                     if let Some(d) = decider.as_mut() {
                         let name = from.clone();
                         let now = Instant::now();
                         let n = NodeId::from(name.as_str());
+                        // An instance that said it left: its copies and late hellos change nothing.
+                        match d.gone.get(&name) {
+                            Some(i) if *i == instance => continue,
+                            Some(_) => {
+                                d.gone.remove(&name);
+                            }
+                            None => {}
+                        }
+                        if gone {
+                            d.gone.insert(name.clone(), instance.clone());
+                            d.up.remove(&name);
+                            d.hellos.remove(&name);
+                            cluster_note(&mut history, &name, "member exiting with nothing running there: it left cleanly".into());
+                            pending.extend(d.sched.handle(now_ms(), Event::NodeLeft(n)));
+                            continue;
+                        }
                         let known = d.hellos.get(&name).map(|(_, i, r)| (i.clone(), *r));
                         let first_hello = known.is_none();
                         d.hellos.insert(name.clone(), (now, instance.clone(), rejoins));
@@ -883,7 +927,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     }
                     match decider.as_mut() {
                         None => answer(&outbox, reply, Response::Error { message: "this member is not the leader (the leader changed: try again)".into() }),
-                        Some(d) => match reachable_refusal(&command, &net) {
+                        Some(d) => match confirm_down_refusal(&command, &net, d, &members.me) {
                             Some(message) => answer(&outbox, reply, Response::Error { message }),
                             None => operator(d, &mut pending, &mut history, &outbox, now_ms(), command, &format!("{user}, uid {uid}, on {from}"), reply),
                         },
@@ -928,6 +972,10 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                             let took = since.map(|t| t.elapsed().as_secs_f64()).unwrap_or_default();
                             cluster_note(&mut history, &n, format!("fenced by `{device}` in {took:.2} s: its groups may run elsewhere"));
                             d.fence_retry.remove(&n);
+                            // Back meanwhile (a short cut) and now off: lost first, then fenced.
+                            if d.up.remove(&n) {
+                                pending.extend(d.sched.handle(now_ms(), Event::NodeDown(NodeId::from(n.as_str()))));
+                            }
                             pending.extend(d.sched.handle(now_ms(), Event::Fenced(NodeId::from(n.as_str()))));
                         }
                         Err(e) => {
@@ -1006,7 +1054,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                             let _ = reply.send(Response::Error { message: "the node is shutting down".into() });
                         } else if let Some(d) = decider.as_mut() {
                             let who = format!("{}, uid {}", caller.user, caller.uid);
-                            match reachable_refusal(&command, &net) {
+                            match confirm_down_refusal(&command, &net, d, &members.me) {
                                 Some(message) => { let _ = reply.send(Response::Error { message }); }
                                 None => operator(d, &mut pending, &mut history, &outbox, now_ms(), command, &who, ReplyTo::Local(reply)),
                             }
@@ -1040,7 +1088,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 }
                 if let Some(leader) = current_leader(&raft_metrics, &members) {
                     let back = !shutting_down && left_marker.exists();
-                    outbox.send(&leader, Msg::Hello { instance: instance.clone(), rejoins, leaving: shutting_down, back });
+                    outbox.send(&leader, Msg::Hello { instance: instance.clone(), rejoins, leaving: shutting_down, back, gone: gone_since.is_some() });
                 }
                 // The leader: the join window ends when every member expected has said hello
                 // (checked at this pace, not the core's tick: it delays a new leader's first
@@ -1145,7 +1193,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 match current_leader(&raft_metrics, &members) {
                     Some(leader) => {
                         note(&mut history, "node", &node.name, format!("shutting down: asking the leader ({leader}) to move this member's groups away"));
-                        outbox.send(&leader, Msg::Hello { instance: instance.clone(), rejoins, leaving: true, back: false });
+                        outbox.send(&leader, Msg::Hello { instance: instance.clone(), rejoins, leaving: true, back: false, gone: false });
                         // Not in standby now: the standby that leaving brings is ours to undo when
                         // we are back (an operator's standby stays).
                         let standby = committed_rx.borrow().decisions.nodes.get(&me).is_some_and(|s| s.standby);
@@ -1386,15 +1434,30 @@ fn operator(
     }
 }
 
-/// `confirm-down` of a member this one's transport still reaches is refused (the core refuses
-/// it for a member up by its hellos; a member that answers pings but has not said hello, say one
-/// that refuses the config, is not off either).
-fn reachable_refusal(command: &OperatorCommand, net: &TlsNetwork) -> Option<String> {
+/// What the leader refuses of `confirm-down` besides the core (which refuses it for a member up
+/// by its hellos): the leader itself; a member the transport still reaches (one that answers
+/// pings but says no hello, say one that refuses the config, is not off either); and a member
+/// whose lease may still let it run its groups (cut off but alive, it stops them when its lease
+/// runs out: [`LEASE`] after its last hello, or after this leadership began, plus a margin for
+/// a late lease message).
+fn confirm_down_refusal(command: &OperatorCommand, net: &TlsNetwork, d: &Decider, me: &str) -> Option<String> {
     let OperatorCommand::ConfirmDown { node } = command else { return None };
-    net.links()
-        .get(node.as_str())
-        .is_some_and(|l| l.up)
-        .then(|| format!("node `{node}` answers on the cluster network: confirm-down is only for a lost node that is really off"))
+    if node.as_str() == me {
+        return Some(format!("node `{node}` is the leader answering this command: it is up"));
+    }
+    if net.links().get(node.as_str()).is_some_and(|l| l.up) {
+        return Some(format!("node `{node}` answers on the cluster network: confirm-down is only for a lost node that is really off"));
+    }
+    let heard = d.hellos.get(node.as_str()).map_or(d.since, |(t, ..)| (*t).max(d.since));
+    let left = (LEASE + CONFIRM_MARGIN).saturating_sub(heard.elapsed());
+    (!left.is_zero()).then(|| {
+        format!(
+            "node `{node}` was heard {:.0} s ago: if it is cut off but alive, its lease lets it run its groups until it runs out; \
+             confirm-down is accepted {:.0} s from now",
+            heard.elapsed().as_secs_f64(),
+            left.as_secs_f64().ceil()
+        )
+    })
 }
 
 /// The cluster part of status, as this member sees it.

@@ -388,8 +388,22 @@ impl Worker {
                     JobKind::Stop => t.stop,
                     _ => t.recover,
                 };
+                if job.kind == JobKind::Start && !self.validated {
+                    // Before the journal: validate starts nothing (wit/agent.wit).
+                    if let Err(e) = self.instance.validate(&ctx, Some(t.validate)).await {
+                        let host_faults = self.instance.last_stats().host_faults;
+                        return JobOutcome::Done(Err(failure(&e, host_faults, "validate: ")));
+                    }
+                    self.validated = true;
+                }
                 if let Err(e) = self.record(job.kind, job.epoch, timeout).await {
                     return JobOutcome::Done(Err(Failure::HostFault(e)));
+                }
+                // The validation and the journal write took time: a cluster member's lease is
+                // checked again right before the agent acts.
+                if let Some(why) = job.expired(Instant::now()) {
+                    self.forget().await;
+                    return JobOutcome::Done(Err(Failure::HostFault(why.into())));
                 }
                 let out = self.act(job, &ctx).await;
                 let timed_out = matches!(&out, Err((CallError::Timeout { .. }, _)));
@@ -408,18 +422,12 @@ impl Worker {
         }
     }
 
-    /// Run the agent's action. Validation errors say so, so an operator sees which call failed.
+    /// Run the agent's action (validated first, see `execute`).
     async fn act(&mut self, job: &Job, ctx: &CallContext) -> Result<(), (CallError, &'static str)> {
         let t = self.timeouts;
         match job.kind {
             JobKind::Probe | JobKind::Monitor => unreachable!("health checks are not journalled"),
-            JobKind::Start => {
-                if !self.validated {
-                    self.instance.validate(ctx, Some(t.validate)).await.map_err(|e| (e, "validate: "))?;
-                    self.validated = true;
-                }
-                self.instance.start(ctx, Some(t.start)).await.map_err(|e| (e, ""))
-            }
+            JobKind::Start => self.instance.start(ctx, Some(t.start)).await.map_err(|e| (e, "")),
             JobKind::Stop => self.instance.stop(ctx, Some(t.stop)).await.map_err(|e| (e, "")),
             JobKind::Recover => self.instance.recover(ctx, Some(t.recover)).await.map_err(|e| (e, "")),
         }

@@ -443,6 +443,46 @@ fn a_lost_node_confirmed_off_by_the_operator_gives_its_groups_up() {
 }
 
 #[test]
+fn a_node_that_left_cleanly_is_neither_waited_for_nor_fenced_by_a_new_leader() {
+    let mut s = two_nodes(true, &["ip", "app"]);
+    // a shuts down: its group moves to b, then its daemon says it leaves with nothing running.
+    settle(&mut s, 1, Event::Operator(OperatorCommand::Standby { node: "a".into() }));
+    assert_eq!(s.state().decisions.groups["g"].owner.as_deref(), Some("b"));
+    settle(&mut s, 2, Event::NodeLeft("a".into()));
+    assert!(s.state().decisions.nodes["a"].left && !s.state().decisions.nodes["a"].needs_fence);
+    // A new leader restores the committed decisions; only b says hello.
+    let restore = |left: bool| {
+        let mut saved = s.persisted();
+        saved.decisions.nodes.get_mut("a").unwrap().left = left;
+        let mut n = Scheduler::new(s.model().clone());
+        n.restore(&saved, 0);
+        let cmds = settle(&mut n, 3, Event::NodeUp("b".into()));
+        (n, cmds)
+    };
+    let (n, cmds) = restore(true);
+    assert!(!cmds.iter().any(|c| matches!(c, Command::Fence { .. })), "a left cleanly: no fence: {cmds:?}");
+    assert!(!n.state().decisions.nodes["a"].needs_fence);
+    assert!(starts(&cmds).contains(&rn("app", "b")), "the group runs on b without waiting for a: {cmds:?}");
+    // The same without the clean leave: a must be fenced first (the test's own check).
+    let (_, cmds) = restore(false);
+    assert!(cmds.contains(&Command::Fence { node: "a".into() }), "{cmds:?}");
+    // Back: up again, no longer marked as left.
+    settle(&mut s, 4, Event::NodeUp("a".into()));
+    assert!(!s.state().decisions.nodes["a"].left);
+}
+
+#[test]
+fn a_node_leaving_with_a_resource_left_alone_has_not_left_cleanly() {
+    let mut s = two_nodes(true, &["ip", "app"]);
+    settle(&mut s, 1, Event::Operator(OperatorCommand::SetManaged { resource: "app".into(), managed: false }));
+    let cmds = s.handle(2, Event::NodeLeft("a".into()));
+    assert!(!s.state().decisions.nodes["a"].left);
+    assert_eq!(act(&s, "app", "a"), Some(&Activity::Unknown), "still possibly running there");
+    assert!(cmds.contains(&Command::Fence { node: "a".into() }), "it must be fenced before app runs elsewhere: {cmds:?}");
+    assert!(!starts(&cmds).contains(&rn("app", "b")), "{cmds:?}");
+}
+
+#[test]
 fn lost_node_with_fence_device_fails_over_after_fencing() {
     let mut s = two_nodes(true, &["ip", "app"]);
     let cmds = s.handle(1, Event::NodeDown("a".into()));
@@ -1590,11 +1630,11 @@ fn persisted_state_format_is_unchanged() {
     );
     saved.decisions.nodes.insert(
         "a".into(),
-        NodeDecision { standby: false, needs_fence: false, fence_requested: false, last_fenced: None, maintenance: false },
+        NodeDecision { standby: false, needs_fence: false, fence_requested: false, last_fenced: None, maintenance: false, left: false },
     );
     saved.decisions.nodes.insert(
         "b".into(),
-        NodeDecision { standby: true, needs_fence: true, fence_requested: true, last_fenced: Some(9), maintenance: false },
+        NodeDecision { standby: true, needs_fence: true, fence_requested: true, last_fenced: Some(9), maintenance: false, left: false },
     );
     let mut ineligible = BTreeMap::new();
     ineligible.insert("b".into(), "no binary".to_string());
