@@ -280,6 +280,23 @@ fn a_lost_owner_is_fenced_then_its_group_starts_on_the_other_member() {
     s1.check();
 }
 
+#[test]
+fn an_owner_whose_daemon_hangs_is_fenced_and_its_group_runs_once() {
+    let mut c = TestCluster::with_power_fencing();
+    let s1 = c.sampler(&["app-1", "app-2"]);
+    c.start_all();
+    c.wait("group app started on a", WAIT, |c| started_on(c, "w", "a"));
+    let (_, _, epoch) = c.group("w", "app").unwrap();
+    // a's daemon stops dead (SIGSTOP: no hello, no ping answered, no self-stop either) while
+    // its services run. Only a fence makes moving them safe: the switch powers a off.
+    c.signal("a", "-STOP");
+    c.wait("group app started on b", WAIT, |c| started_on(c, "w", "b"));
+    assert!(c.logs().contains("fenced by `power`"), "{}", c.logs());
+    assert!(c.service("a", "app-1").is_none() && !c.has_vip("a"), "{}", c.logs());
+    failed_over_then_a_back_runs_nothing(&mut c, epoch);
+    s1.check();
+}
+
 /// After a fail-over from `a` to `b` (epoch `epoch` before it): the address answers, the epoch
 /// grew; `a` powered on again joins, is probed, runs nothing, and the group stays on `b`.
 fn failed_over_then_a_back_runs_nothing(c: &mut TestCluster, epoch: u64) {
