@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use crate::cluster::{TestCluster, WAIT};
+use crate::cluster::{Sampler, TestCluster, WAIT};
 
 /// Status from `via` shows group `app` started on `owner`, its services run there and its
 /// virtual IP is there.
@@ -188,16 +188,8 @@ fn a_member_with_another_config_file_refuses_to_run() {
 #[test]
 fn a_member_shut_down_moves_its_groups_away_and_comes_back_online() {
     // With a fence device: a member that shut down cleanly runs nothing and is never fenced.
-    let mut c = TestCluster::with_power_fencing();
-    let s1 = c.sampler(&["app-1", "app-2"]);
-    c.start_all();
-    c.wait("group app started on a", WAIT, |c| started_on(c, "w", "a"));
-    // SIGTERM on the owner: its groups move to b (stop on a first), then a exits.
-    c.signal("a", "-TERM");
-    c.wait("group app on b", WAIT, |c| started_on(c, "w", "b"));
-    let status = c.wait_exit("a", WAIT).expect("a exits once nothing runs there");
-    assert!(status.success(), "{status:?}\n{}", c.log("a"));
-    assert!(c.service("a", "app-1").is_none() && !c.has_vip("a"), "{}", c.logs());
+    let (mut c, s1, _) = fenced_cluster_running_on_a();
+    a_shut_down_moves_the_group_to_b(&mut c);
     // Back: online again (not left in standby), and the group stays on b.
     c.start("a");
     c.wait("a online again", WAIT, |c| {
@@ -256,11 +248,7 @@ fn a_lost_owner_confirmed_off_by_the_operator_fails_over_and_runs_once() {
 
 #[test]
 fn a_lost_owner_is_fenced_then_its_group_starts_on_the_other_member() {
-    let mut c = TestCluster::with_power_fencing();
-    let s1 = c.sampler(&["app-1", "app-2"]);
-    c.start_all();
-    c.wait("group app started on a", WAIT, |c| started_on(c, "w", "a"));
-    let (_, _, epoch) = c.group("w", "app").unwrap();
+    let (mut c, s1, epoch) = fenced_cluster_running_on_a();
 
     // Only a's daemon dies: its services and the address keep running there. While the power
     // switch is broken, fencing fails and the group waits (it may still run on a).
@@ -282,11 +270,7 @@ fn a_lost_owner_is_fenced_then_its_group_starts_on_the_other_member() {
 
 #[test]
 fn an_owner_whose_daemon_hangs_is_fenced_and_its_group_runs_once() {
-    let mut c = TestCluster::with_power_fencing();
-    let s1 = c.sampler(&["app-1", "app-2"]);
-    c.start_all();
-    c.wait("group app started on a", WAIT, |c| started_on(c, "w", "a"));
-    let (_, _, epoch) = c.group("w", "app").unwrap();
+    let (mut c, s1, epoch) = fenced_cluster_running_on_a();
     // a's daemon stops dead (SIGSTOP: no hello, no ping answered, no self-stop either) while
     // its services run. Only a fence makes moving them safe: the switch powers a off.
     c.signal("a", "-STOP");
@@ -315,14 +299,8 @@ fn failed_over_then_a_back_runs_nothing(c: &mut TestCluster, epoch: u64) {
 
 #[test]
 fn a_member_that_left_cleanly_is_not_fenced_when_the_others_restart() {
-    let mut c = TestCluster::with_power_fencing();
-    let s1 = c.sampler(&["app-1", "app-2"]);
-    c.start_all();
-    c.wait("group app started on a", WAIT, |c| started_on(c, "w", "a"));
-    c.signal("a", "-TERM");
-    c.wait("group app on b", WAIT, |c| started_on(c, "w", "b"));
-    let status = c.wait_exit("a", WAIT).expect("a exits once nothing runs there");
-    assert!(status.success(), "{status:?}\n{}", c.log("a"));
+    let (mut c, s1, _) = fenced_cluster_running_on_a();
+    a_shut_down_moves_the_group_to_b(&mut c);
     // Both other daemons die and start again while a is away: the new leader restores the
     // committed decisions, in which a left cleanly. It must neither fence a nor wait for it.
     for m in ["b", "w"] {
@@ -337,4 +315,25 @@ fn a_member_that_left_cleanly_is_not_fenced_when_the_others_restart() {
     assert!(!c.logs().contains("fencing it"), "a member that left cleanly was fenced\n{}", c.logs());
     assert!(started_on(&c, "w", "b"), "{}", c.logs());
     s1.check();
+}
+
+/// A cluster with the power-switch fence device, the S1 sampler on, group `app` started on `a`,
+/// and its epoch.
+fn fenced_cluster_running_on_a() -> (TestCluster, Sampler, u64) {
+    let mut c = TestCluster::with_power_fencing();
+    let s1 = c.sampler(&["app-1", "app-2"]);
+    c.start_all();
+    c.wait("group app started on a", WAIT, |c| started_on(c, "w", "a"));
+    let (_, _, epoch) = c.group("w", "app").unwrap();
+    (c, s1, epoch)
+}
+
+/// SIGTERM on the owner `a`: its groups move to `b` (stopped on `a` first), then `a` exits
+/// cleanly with nothing running there.
+fn a_shut_down_moves_the_group_to_b(c: &mut TestCluster) {
+    c.signal("a", "-TERM");
+    c.wait("group app on b", WAIT, |c| started_on(c, "w", "b"));
+    let status = c.wait_exit("a", WAIT).expect("a exits once nothing runs there");
+    assert!(status.success(), "{status:?}\n{}", c.log("a"));
+    assert!(c.service("a", "app-1").is_none() && !c.has_vip("a"), "{}", c.logs());
 }
