@@ -728,9 +728,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
             // Fence who needs it: with authority, after the join window (a member that has not
             // said hello yet is not lost), never a member that says hello or that the transport
             // reaches, one attempt at a time per node, again after a failure with backoff.
-            if authority && d.joining_until.is_none() {
+            if authority && d.joining_until.is_none() && !fence_devices.is_empty() {
                 let now = Instant::now();
-                let links = net.links();
                 let wanted: Vec<String> = d
                     .sched
                     .state()
@@ -741,6 +740,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     .map(|(n, _)| n.to_string())
                     .collect();
                 d.fence_retry.retain(|n, _| wanted.contains(n));
+                let links = if wanted.is_empty() { Default::default() } else { net.links() };
                 for n in wanted {
                     let reachable = links.get(n.as_str()).is_some_and(|l| l.up);
                     let due = d.fence_retry.get(&n).is_none_or(|(at, _)| now >= *at);
