@@ -141,6 +141,10 @@ pub struct NodeStatus {
     /// The operator's maintenance: what runs there is left alone.
     #[serde(default)]
     pub maintenance: bool,
+    /// In a cluster: its daemon shut down cleanly with nothing running there (not fenced, not
+    /// waited for).
+    #[serde(default)]
+    pub left: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

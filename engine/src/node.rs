@@ -1082,6 +1082,7 @@ impl Node {
                         standby: d.standby,
                         needs_fence: d.needs_fence,
                         maintenance: d.maintenance,
+                        left: d.left,
                     }
                 })
                 .collect(),

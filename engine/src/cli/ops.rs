@@ -899,6 +899,7 @@ pub fn render_status(r: &StatusReport) -> String {
             (true, _, _) if n.maintenance => "MAINTENANCE (resources left alone)",
             (true, true, _) => "standby",
             (true, false, _) => "online",
+            (false, _, _) if n.left => "offline (shut down cleanly: nothing runs there)",
             (false, _, _) => "offline",
         };
         // In a cluster: whether the answering member reaches it, per path.

@@ -313,6 +313,9 @@ fn a_member_that_left_cleanly_is_not_fenced_when_the_others_restart() {
     // What must not happen has no event to wait for: give it time to.
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert!(!c.logs().contains("fencing it"), "a member that left cleanly was fenced\n{}", c.logs());
+    let st = c.status("w").unwrap();
+    let a = st["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "a").unwrap().clone();
+    assert!(a["up"] == false && a["left"] == true && a["needs_fence"] == false, "{a}");
     assert!(started_on(&c, "w", "b"), "{}", c.logs());
     s1.check();
 }
