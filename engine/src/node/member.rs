@@ -72,6 +72,9 @@ const DRIFT: f64 = 0.01;
 const MARGIN: Duration = Duration::from_millis(50);
 /// How often the leader renews every member's lease (and tells it what to monitor).
 const LEASE_EVERY: Duration = Duration::from_millis(500);
+/// A fence attempt without an answer after this long counts as failed (each device call has
+/// its own, shorter timeout: this only catches a task that died).
+const FENCE_STUCK: Duration = Duration::from_secs(300);
 /// `confirm-down` waits this long beyond [`LEASE`] after the member's last hello.
 const CONFIRM_MARGIN: Duration = Duration::from_secs(2);
 /// A member that shut down with nothing running waits at most this long for the leader to
@@ -742,6 +745,11 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 d.fence_retry.retain(|n, _| wanted.contains(n));
                 let links = if wanted.is_empty() { Default::default() } else { net.links() };
                 for n in wanted {
+                    // An attempt that never answered (its task died): counted as failed.
+                    if d.fencing.get(&n).is_some_and(|t| t.elapsed() > FENCE_STUCK) {
+                        d.fencing.remove(&n);
+                        cluster_note(&mut history, &n, format!("fencing gave no answer within {FENCE_STUCK:?}: tried again"));
+                    }
                     let reachable = links.get(n.as_str()).is_some_and(|l| l.up);
                     let due = d.fence_retry.get(&n).is_none_or(|(at, _)| now >= *at);
                     if n == members.me || d.up.contains(&n) || reachable || d.fencing.contains_key(&n) || !due {
