@@ -7,7 +7,7 @@
 
 mod agent_exec;
 mod cluster_cmd;
-mod demo;
+pub mod demo;
 pub mod ops;
 mod plugin_cmd;
 

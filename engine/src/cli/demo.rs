@@ -56,6 +56,70 @@ fn quoted(prefix: &str, cmds: &[&str]) -> String {
     cmds.iter().map(|c| format!("\"{prefix}/{c}\"")).collect::<Vec<_>>().join(", ")
 }
 
+/// The resources of JP1 logical host `lhost` below its virtual IP, as config TOML: the shared
+/// disk (an ext4 `disk_image` mounted on `shared`; none without an image), JP1/Base and
+/// JP1/AJS3 Manager with the JP1 commands installed under `prefix` (the simulator's layout) and
+/// exactly the grants they need. The demo and the cluster tier run the same hierarchy.
+pub fn jp1_resources(lhost: &str, prefix: &str, shared: &str, disk_image: Option<&Path>) -> String {
+    let p = prefix;
+    let s = shared;
+    let base_exec: Vec<String> = BASE_CMDS[..3]
+        .iter()
+        .map(|c| format!("{{ program = \"{p}/{c}\", args = [\"{lhost}\"] }}"))
+        .chain([
+            format!("{{ program = \"{p}/opt/jp1base/bin/jbs_spmd_status\", args = [\"-h\", \"{lhost}\", \"-t\", \"*\"] }}"),
+            format!("{{ program = \"{p}/opt/jp1base/bin/jevstat\", args = [\"{lhost}\", \"-t\", \"*\"] }}"),
+        ])
+        .collect();
+    let ajs_exec: Vec<String> = AJS_CMDS[..3]
+        .iter()
+        .map(|c| format!("{{ program = \"{p}/{c}\", args = [\"{lhost}\"] }}"))
+        .chain([
+            format!("{{ program = \"{p}/opt/jp1ajs2/bin/jajs_spmd_status\", args = [\"-h\", \"{lhost}\", \"-t\", \"*\"] }}"),
+            format!("{{ program = \"{p}/opt/jp1ajs2/bin/ajsqlstatus\", args = [\"-h\", \"{lhost}\"] }}"),
+            format!("{{ program = \"{p}/opt/jp1ajs2/bin/jajs_status\", args = [\"-h\", \"{lhost}\"] }}"),
+        ])
+        .collect();
+    let disk = disk_image.map_or(String::new(), |image| {
+        let img = image.display();
+        format!(
+            r#"
+[[resources]]
+name = "shared-disk"
+plugin = "filesystem"
+params = {{ device = "{img}", mountpoint = "{s}", fstype = "ext4", options = "noatime" }}
+grants = {{ exec = [
+    {{ program = "/bin/mount", args = ["-t", "ext4", "-o", "noatime", "{img}", "{s}"] }},
+    {{ program = "/bin/umount", args = ["{s}"] }},
+    {{ program = "/bin/fuser", args = ["-m", "-M", "{s}"] }},
+], read = ["/proc/self/mounts", "/proc/*/mounts", "/proc/*/comm", "/sys/block/loop*/loop/backing_file", "/sys/devices/virtual/block/loop*/loop/backing_file"] }}
+monitor_interval = "1s"
+"#
+        )
+    });
+    format!(
+        r#"{disk}
+[[resources]]
+name = "jp1-base"
+plugin = "jp1-base"
+params = {{ logical_host = "{lhost}", prefix = "{p}", shared_dir = "{s}" }}
+grants = {{ exec = [{base_exec}], read = [{base_read}, "{s}/jp1base"], env = ["LANG"] }}
+monitor_interval = "1s"
+
+[[resources]]
+name = "jp1-ajs3"
+plugin = "jp1-ajs3-manager"
+params = {{ logical_host = "{lhost}", prefix = "{p}", shared_dir = "{s}", base_resource = "jp1-base" }}
+grants = {{ exec = [{ajs_exec}], read = [{ajs_read}, "{p}/etc/.hitachi/pplistd/pplistd", "{s}/jp1ajs2"], env = ["LANG"] }}
+monitor_interval = "1s"
+"#,
+        base_exec = base_exec.join(", "),
+        ajs_exec = ajs_exec.join(", "),
+        base_read = quoted(p, &BASE_CMDS),
+        ajs_read = quoted(p, &AJS_CMDS),
+    )
+}
+
 fn step(msg: &str) {
     println!("\n==> {msg}");
 }
@@ -239,23 +303,6 @@ pub async fn run_demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
 
     let p = prefix.display().to_string();
     let s = shared.display().to_string();
-    let base_exec: Vec<String> = BASE_CMDS[..3]
-        .iter()
-        .map(|c| format!("{{ program = \"{p}/{c}\", args = [\"{LHOST}\"] }}"))
-        .chain([
-            format!("{{ program = \"{p}/opt/jp1base/bin/jbs_spmd_status\", args = [\"-h\", \"{LHOST}\", \"-t\", \"*\"] }}"),
-            format!("{{ program = \"{p}/opt/jp1base/bin/jevstat\", args = [\"{LHOST}\", \"-t\", \"*\"] }}"),
-        ])
-        .collect();
-    let ajs_exec: Vec<String> = AJS_CMDS[..3]
-        .iter()
-        .map(|c| format!("{{ program = \"{p}/{c}\", args = [\"{LHOST}\"] }}"))
-        .chain([
-            format!("{{ program = \"{p}/opt/jp1ajs2/bin/jajs_spmd_status\", args = [\"-h\", \"{LHOST}\", \"-t\", \"*\"] }}"),
-            format!("{{ program = \"{p}/opt/jp1ajs2/bin/ajsqlstatus\", args = [\"-h\", \"{LHOST}\"] }}"),
-            format!("{{ program = \"{p}/opt/jp1ajs2/bin/jajs_status\", args = [\"-h\", \"{LHOST}\"] }}"),
-        ])
-        .collect();
     let vip_resource = if with_vip {
         format!(
             r#"
@@ -277,25 +324,7 @@ monitor_interval = "1s"
     } else {
         String::new()
     };
-    let disk_resource = if with_disk {
-        let (img, mp) = (image.display().to_string(), s.clone());
-        format!(
-            r#"
-[[resources]]
-name = "shared-disk"
-plugin = "filesystem"
-params = {{ device = "{img}", mountpoint = "{mp}", fstype = "ext4", options = "noatime" }}
-grants = {{ exec = [
-    {{ program = "/bin/mount", args = ["-t", "ext4", "-o", "noatime", "{img}", "{mp}"] }},
-    {{ program = "/bin/umount", args = ["{mp}"] }},
-    {{ program = "/bin/fuser", args = ["-m", "-M", "{mp}"] }},
-], read = ["/proc/self/mounts", "/proc/*/mounts", "/proc/*/comm", "/sys/block/loop*/loop/backing_file", "/sys/devices/virtual/block/loop*/loop/backing_file"] }}
-monitor_interval = "1s"
-"#
-        )
-    } else {
-        String::new()
-    };
+    let jp1_resources = jp1_resources(LHOST, &p, &s, with_disk.then_some(image.as_path()));
     let below_base: Vec<&str> = [with_vip.then_some("vip"), with_disk.then_some("shared-disk")].into_iter().flatten().collect();
     let members: Vec<String> =
         below_base.iter().map(|r| format!("\"{r}\"")).chain(["\"jp1-base\"".into(), "\"jp1-ajs3\"".into()]).collect();
@@ -325,21 +354,7 @@ path = "{pl}/jp1-base.wasm"
 [[plugins]]
 name = "jp1-ajs3-manager"
 path = "{pl}/jp1-ajs3-manager.wasm"
-{vip_resource}{disk_resource}
-[[resources]]
-name = "jp1-base"
-plugin = "jp1-base"
-params = {{ logical_host = "{LHOST}", prefix = "{p}", shared_dir = "{s}" }}
-grants = {{ exec = [{base_exec}], read = [{base_read}, "{s}/jp1base"], env = ["LANG"] }}
-monitor_interval = "1s"
-
-[[resources]]
-name = "jp1-ajs3"
-plugin = "jp1-ajs3-manager"
-params = {{ logical_host = "{LHOST}", prefix = "{p}", shared_dir = "{s}", base_resource = "jp1-base" }}
-grants = {{ exec = [{ajs_exec}], read = [{ajs_read}, "{p}/etc/.hitachi/pplistd/pplistd", "{s}/jp1ajs2"], env = ["LANG"] }}
-monitor_interval = "1s"
-
+{vip_resource}{jp1_resources}
 [[groups]]
 name = "{LHOST}"
 resources = {members}
@@ -347,10 +362,6 @@ max_restarts = 3
 restart_window = "10m"
 "#,
         pl = plugins.display(),
-        base_exec = base_exec.join(", "),
-        ajs_exec = ajs_exec.join(", "),
-        base_read = quoted(&p, &BASE_CMDS),
-        ajs_read = quoted(&p, &AJS_CMDS),
     );
     let config_path = dir.join("cluster.toml");
     std::fs::write(&config_path, &config)?;

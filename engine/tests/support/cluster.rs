@@ -61,49 +61,13 @@ pub struct TestCluster {
 /// The JP1 logical host of [`TestCluster::jp1`].
 pub const JP1_LHOST: &str = "jp1lh1";
 
-/// The JP1 commands the agents use (the first three are the `.cluster` scripts), as the demo's.
-const BASE_CMDS: [&str; 5] = [
-    "etc/opt/jp1base/jbs_start.cluster",
-    "etc/opt/jp1base/jbs_stop.cluster",
-    "etc/opt/jp1base/jbs_killall.cluster",
-    "opt/jp1base/bin/jbs_spmd_status",
-    "opt/jp1base/bin/jevstat",
-];
-const AJS_CMDS: [&str; 6] = [
-    "etc/opt/jp1ajs2/jajs_start.cluster",
-    "etc/opt/jp1ajs2/jajs_stop.cluster",
-    "etc/opt/jp1ajs2/jajs_killall.cluster",
-    "opt/jp1ajs2/bin/jajs_spmd_status",
-    "opt/jp1ajs2/bin/ajsqlstatus",
-    "opt/jp1ajs2/bin/jajs_status",
-];
-
 /// Plugins, resources and group `app` of the JP1 logical host (the shape of
-/// `examples/jp1-cluster.toml`), with the simulator under `<dir>/run/jp1`.
+/// `examples/jp1-cluster.toml`), with the simulator under `<dir>/run/jp1`: the demo's resources
+/// below the virtual IP ([`warden::cli::demo::jp1_resources`]) and this fixture's address.
 fn jp1_group(dir: &Path, image: &Path, shared: &Path) -> String {
     let pl = root().join("target/plugins");
-    let p = dir.join("run/jp1").display().to_string();
-    let s = shared.display().to_string();
-    let img = image.display().to_string();
-    let quoted = |cmds: &[&str]| cmds.iter().map(|c| format!("\"{p}/{c}\"")).collect::<Vec<_>>().join(", ");
-    let lh = JP1_LHOST;
-    let base_exec: Vec<String> = BASE_CMDS[..3]
-        .iter()
-        .map(|c| format!("{{ program = \"{p}/{c}\", args = [\"{lh}\"] }}"))
-        .chain([
-            format!("{{ program = \"{p}/opt/jp1base/bin/jbs_spmd_status\", args = [\"-h\", \"{lh}\", \"-t\", \"*\"] }}"),
-            format!("{{ program = \"{p}/opt/jp1base/bin/jevstat\", args = [\"{lh}\", \"-t\", \"*\"] }}"),
-        ])
-        .collect();
-    let ajs_exec: Vec<String> = AJS_CMDS[..3]
-        .iter()
-        .map(|c| format!("{{ program = \"{p}/{c}\", args = [\"{lh}\"] }}"))
-        .chain([
-            format!("{{ program = \"{p}/opt/jp1ajs2/bin/jajs_spmd_status\", args = [\"-h\", \"{lh}\", \"-t\", \"*\"] }}"),
-            format!("{{ program = \"{p}/opt/jp1ajs2/bin/ajsqlstatus\", args = [\"-h\", \"{lh}\"] }}"),
-            format!("{{ program = \"{p}/opt/jp1ajs2/bin/jajs_status\", args = [\"-h\", \"{lh}\"] }}"),
-        ])
-        .collect();
+    let prefix = dir.join("run/jp1").display().to_string();
+    let resources = warden::cli::demo::jp1_resources(JP1_LHOST, &prefix, &shared.display().to_string(), Some(image));
     format!(
         r#"
 [[plugins]]
@@ -115,32 +79,7 @@ path = "{pl}/jp1-base.wasm"
 [[plugins]]
 name = "jp1-ajs3-manager"
 path = "{pl}/jp1-ajs3-manager.wasm"
-{vip}
-[[resources]]
-name = "shared-disk"
-plugin = "filesystem"
-params = {{ device = "{img}", mountpoint = "{s}", fstype = "ext4", options = "noatime" }}
-grants = {{ exec = [
-    {{ program = "/bin/mount", args = ["-t", "ext4", "-o", "noatime", "{img}", "{s}"] }},
-    {{ program = "/bin/umount", args = ["{s}"] }},
-    {{ program = "/bin/fuser", args = ["-m", "-M", "{s}"] }},
-], read = ["/proc/self/mounts", "/proc/*/mounts", "/proc/*/comm", "/sys/block/loop*/loop/backing_file", "/sys/devices/virtual/block/loop*/loop/backing_file"] }}
-monitor_interval = "1s"
-
-[[resources]]
-name = "jp1-base"
-plugin = "jp1-base"
-params = {{ logical_host = "{lh}", prefix = "{p}", shared_dir = "{s}" }}
-grants = {{ exec = [{base_exec}], read = [{base_read}, "{s}/jp1base"], env = ["LANG"] }}
-monitor_interval = "1s"
-
-[[resources]]
-name = "jp1-ajs3"
-plugin = "jp1-ajs3-manager"
-params = {{ logical_host = "{lh}", prefix = "{p}", shared_dir = "{s}", base_resource = "jp1-base" }}
-grants = {{ exec = [{ajs_exec}], read = [{ajs_read}, "{p}/etc/.hitachi/pplistd/pplistd", "{s}/jp1ajs2"], env = ["LANG"] }}
-monitor_interval = "1s"
-
+{vip}{resources}
 [[groups]]
 name = "app"
 resources = ["vip", "shared-disk", "jp1-base", "jp1-ajs3"]
@@ -149,10 +88,6 @@ priority = ["a", "b"]
 "#,
         pl = pl.display(),
         vip = vip_resource(),
-        base_exec = base_exec.join(", "),
-        ajs_exec = ajs_exec.join(", "),
-        base_read = quoted(&BASE_CMDS),
-        ajs_read = quoted(&AJS_CMDS),
     )
 }
 
