@@ -56,6 +56,28 @@ fn quoted(prefix: &str, cmds: &[&str]) -> String {
     cmds.iter().map(|c| format!("\"{prefix}/{c}\"")).collect::<Vec<_>>().join(", ")
 }
 
+/// Virtual IP `address` (`A.B.C.D/N`) on `interface` as a resource `vip` of the ip agent, with
+/// exactly the grants it needs, monitored every `interval`.
+pub fn vip_resource(address: &str, interface: &str, interval: &str) -> String {
+    let ip = address.split('/').next().unwrap_or_default();
+    format!(
+        r#"
+[[resources]]
+name = "vip"
+plugin = "ip"
+params = {{ address = "{address}", interface = "{interface}", arping_count = "1" }}
+grants = {{ exec = [
+    {{ program = "/usr/sbin/ip", args = ["-o", "link", "show", "dev", "{interface}"] }},
+    {{ program = "/usr/sbin/ip", args = ["-o", "addr", "show", "dev", "{interface}"] }},
+    {{ program = "/usr/sbin/ip", args = ["addr", "add", "{address}", "dev", "{interface}"] }},
+    {{ program = "/usr/sbin/ip", args = ["addr", "del", "{address}", "dev", "{interface}"] }},
+    {{ program = "/usr/bin/arping", args = ["-U", "-c", "*", "-I", "{interface}", "{ip}"] }},
+], read = ["/usr/bin/arping", "/usr/sbin/arping"] }}
+monitor_interval = "{interval}"
+"#
+    )
+}
+
 /// The resources of JP1 logical host `lhost` below its virtual IP, as config TOML: the shared
 /// disk (an ext4 `disk_image` mounted on `shared`; none without an image), JP1/Base and
 /// JP1/AJS3 Manager with the JP1 commands installed under `prefix` (the simulator's layout) and
@@ -303,27 +325,7 @@ pub async fn run_demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
 
     let p = prefix.display().to_string();
     let s = shared.display().to_string();
-    let vip_resource = if with_vip {
-        format!(
-            r#"
-[[resources]]
-name = "vip"
-plugin = "ip"
-params = {{ address = "{vip}", interface = "{link}", arping_count = "1" }}
-grants = {{ exec = [
-    {{ program = "/usr/sbin/ip", args = ["-o", "link", "show", "dev", "{link}"] }},
-    {{ program = "/usr/sbin/ip", args = ["-o", "addr", "show", "dev", "{link}"] }},
-    {{ program = "/usr/sbin/ip", args = ["addr", "add", "{vip}", "dev", "{link}"] }},
-    {{ program = "/usr/sbin/ip", args = ["addr", "del", "{vip}", "dev", "{link}"] }},
-    {{ program = "/usr/bin/arping", args = ["-U", "-c", "*", "-I", "{link}", "{ip}"] }},
-], read = ["/usr/bin/arping", "/usr/sbin/arping"] }}
-monitor_interval = "1s"
-"#,
-            ip = vip.split('/').next().unwrap_or_default()
-        )
-    } else {
-        String::new()
-    };
+    let vip_resource = if with_vip { vip_resource(&vip, &link, "1s") } else { String::new() };
     let jp1_resources = jp1_resources(LHOST, &p, &s, with_disk.then_some(image.as_path()));
     let below_base: Vec<&str> = [with_vip.then_some("vip"), with_disk.then_some("shared-disk")].into_iter().flatten().collect();
     let members: Vec<String> =

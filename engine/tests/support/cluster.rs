@@ -606,24 +606,9 @@ fn has_address(pid: u32, addr: &str) -> bool {
     false
 }
 
-/// The virtual IP resource: the ip agent on `eth3`, as the demo's.
+/// The virtual IP resource: the ip agent on `eth3` (the demo's resource).
 fn vip_resource() -> String {
-    format!(
-        r#"
-[[resources]]
-name = "vip"
-plugin = "ip"
-params = {{ address = "{VIP}/24", interface = "eth3", arping_count = "1" }}
-grants = {{ exec = [
-    {{ program = "/usr/sbin/ip", args = ["-o", "link", "show", "dev", "eth3"] }},
-    {{ program = "/usr/sbin/ip", args = ["-o", "addr", "show", "dev", "eth3"] }},
-    {{ program = "/usr/sbin/ip", args = ["addr", "add", "{VIP}/24", "dev", "eth3"] }},
-    {{ program = "/usr/sbin/ip", args = ["addr", "del", "{VIP}/24", "dev", "eth3"] }},
-    {{ program = "/usr/bin/arping", args = ["-U", "-c", "*", "-I", "eth3", "{VIP}"] }},
-], read = ["/usr/bin/arping", "/usr/sbin/arping"] }}
-monitor_interval = "500ms"
-"#
-    )
+    warden::cli::demo::vip_resource(&format!("{VIP}/24"), "eth3", "500ms")
 }
 
 /// The demo daemon's process (`sleep 100000`) with this pid is alive.
