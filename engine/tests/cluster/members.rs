@@ -57,10 +57,7 @@ fn forms_a_cluster_runs_the_group_once_and_switches_it_over() {
 
 #[test]
 fn one_path_cut_changes_nothing_and_a_cut_owner_stops_its_group() {
-    let mut c = TestCluster::new("");
-    let s1 = c.sampler(&["app-1", "app-2"]);
-    c.start_all();
-    c.wait("group app started on a", WAIT, |c| started_on(c, "w", "a"));
+    let (c, s1, _) = running_on_a(TestCluster::new(""));
     let pid = c.service("a", "app-1").unwrap();
 
     // One path of a cut: a stays reachable over the other, nothing moves or restarts.
@@ -105,10 +102,7 @@ fn one_path_cut_changes_nothing_and_a_cut_owner_stops_its_group() {
 
 #[test]
 fn the_witness_lost_keeps_the_quorum_and_a_killed_leader_is_replaced() {
-    let mut c = TestCluster::new("");
-    let s1 = c.sampler(&["app-1", "app-2"]);
-    c.start_all();
-    c.wait("group app started on a", WAIT, |c| started_on(c, "b", "a"));
+    let (mut c, s1, _) = running_on_a(TestCluster::new(""));
     let pid = c.service("a", "app-1").unwrap();
 
     // The witness dies: a and b are still a quorum; commands still work.
@@ -141,10 +135,7 @@ fn the_witness_lost_keeps_the_quorum_and_a_killed_leader_is_replaced() {
 
 #[test]
 fn a_member_that_can_hear_but_not_speak_never_runs_a_group_twice() {
-    let mut c = TestCluster::new("");
-    let s1 = c.sampler(&["app-1", "app-2"]);
-    c.start_all();
-    c.wait("group app started on a", WAIT, |c| started_on(c, "w", "a"));
+    let (c, s1, _) = running_on_a(TestCluster::new(""));
     // a's outgoing traffic is lost on both paths; it still receives everything. Whether a led
     // (it loses its authority and then its own lease) or not (the leader hears no hello and
     // counts it lost), the group must not start on b: a may still run it.
@@ -214,10 +205,7 @@ fn a_member_shut_down_moves_its_groups_away_and_comes_back_online() {
 
 #[test]
 fn a_lost_owner_confirmed_off_by_the_operator_fails_over_and_runs_once() {
-    let mut c = TestCluster::new("");
-    let s1 = c.sampler(&["app-1", "app-2"]);
-    c.start_all();
-    c.wait("group app started on a", WAIT, |c| started_on(c, "w", "a"));
+    let (mut c, s1, _) = running_on_a(TestCluster::new(""));
     // Not while a answers.
     let o = c.cli("b", &["node", "confirm-down", "a"]);
     assert!(!o.status.success(), "{o:?}");
@@ -320,10 +308,13 @@ fn a_member_that_left_cleanly_is_not_fenced_when_the_others_restart() {
     s1.check();
 }
 
-/// A cluster with the power-switch fence device, the S1 sampler on, group `app` started on `a`,
-/// and its epoch.
+/// [`running_on_a`] with the power-switch fence device.
 fn fenced_cluster_running_on_a() -> (TestCluster, Sampler, u64) {
-    let mut c = TestCluster::with_power_fencing();
+    running_on_a(TestCluster::with_power_fencing())
+}
+
+/// Cluster `c` started, the S1 sampler on, group `app` started on `a`, and its epoch.
+fn running_on_a(mut c: TestCluster) -> (TestCluster, Sampler, u64) {
     let s1 = c.sampler(&["app-1", "app-2"]);
     c.start_all();
     c.wait("group app started on a", WAIT, |c| started_on(c, "w", "a"));
