@@ -1,11 +1,12 @@
-//! `warden demo`: a real node protecting a simulated JP1 logical host, with nothing to configure.
+//! `warden demo`: Warden protecting a simulated JP1 logical host, with nothing to configure.
 //!
-//! Sets up the JP1 simulator (`tests/jp1-sim`: a test double, JP1 itself is proprietary) with a
-//! logical host, writes a config (virtual IP on a dummy interface when run as root → JP1/Base →
-//! JP1/AJS3 Manager), starts `warden node run` as a separate process, shows `warden status`, kills
-//! an AJS3 daemon with `kill -9`, and shows the monitor catching it and local recovery bringing
-//! it back, with timings. Then SIGTERM stops the group top-down. Everything it started or
-//! created is removed at the end, also on failure.
+//! By default the cluster demo ([`cluster`]): two nodes and a witness in network namespaces
+//! ([`lab`]), local recovery of a killed AJS3 daemon, then node jp1-a powered off and the group
+//! failed over to jp1-b. `--single-node` runs the earlier demo that needs no root: one node (a
+//! virtual IP on a veth pair when run as root → shared disk → JP1/Base → JP1/AJS3 Manager), an
+//! AJS3 daemon killed with `kill -9` and brought back by local recovery, then SIGTERM stopping the
+//! group top-down. Both remove everything they started or created at the end, also on failure.
+//! The JP1 simulator (`tests/jp1-sim`) stands in for JP1, which is proprietary.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -17,6 +18,9 @@ use super::ops::{event_line, render_status};
 use super::Cli;
 use crate::api::{Client, Request, Response, StatusReport};
 use crate::node::history::EventRecord;
+
+mod cluster;
+pub mod lab;
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -30,6 +34,9 @@ pub struct DemoArgs {
     /// Keep the scratch directory (config, state, logs) for a look afterwards.
     #[arg(long)]
     pub keep: bool,
+    /// One node alone, without network namespaces (no root needed): local recovery only.
+    #[arg(long)]
+    pub single_node: bool,
 }
 
 const LHOST: &str = "jp1demo";
@@ -263,6 +270,14 @@ fn daemon_pid(shared: &Path, name: &str) -> Option<u32> {
 }
 
 pub async fn run_demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
+    if args.single_node {
+        run_single_node_demo(cli, args).await
+    } else {
+        cluster::run_cluster_demo(cli, args).await
+    }
+}
+
+async fn run_single_node_demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let sim = find_sim(args)?;
     let plugins = args
         .plugins

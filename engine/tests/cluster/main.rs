@@ -13,5 +13,6 @@ mod node;
 #[path = "../support/plugins.rs"]
 mod support;
 
+mod demo;
 mod jp1_host;
 mod members;
