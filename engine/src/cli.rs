@@ -53,9 +53,21 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// A real node protecting a simulated JP1 logical host: start, kill -9 a daemon, watch the
-    /// monitor catch it and local recovery bring it back, then stop top-down.
+    /// Two nodes and a witness in network namespaces protecting a simulated JP1 logical host:
+    /// an AJS3 daemon killed (local recovery), then node A powered off (fail-over to B).
     Demo(demo::DemoArgs),
+    /// The watchdog supervisor a cluster member with `watchdog_fencing` starts for itself (not
+    /// run by hand).
+    #[command(hide = true)]
+    WatchdogSupervise {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        cgroup: PathBuf,
+        /// `address:ADDR@IFACE` or `mount:PATH`, undone when it fires (repeatable).
+        #[arg(long = "release")]
+        releases: Vec<String>,
+    },
     /// Print shell completions (e.g. `warden completions bash > /etc/bash_completion.d/warden`).
     Completions {
         /// The shell.
@@ -194,6 +206,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent { command: AgentCommand::Exec(args) } => agent_exec::run(&cli, args).await,
         Command::Plugin { command } => plugin_cmd::run(&cli, command).await,
         Command::Demo(args) => demo::run_demo(&cli, args).await,
+        Command::WatchdogSupervise { socket, cgroup, releases } => {
+            use crate::node::watchdog::{supervise, Release};
+            let releases = releases.iter().map(|r| Release::from_arg(r)).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
+            supervise(socket, cgroup, &releases)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(*shell, &mut Cli::command(), "warden", &mut std::io::stdout());

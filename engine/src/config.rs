@@ -110,6 +110,11 @@ pub struct ClusterSection {
     /// operator to confirm that the lost node is really down (`warden node confirm-down`).
     #[serde(default)]
     pub manual_confirm: bool,
+    /// Members fence themselves: each runs a watchdog (a supervising process) that kills its
+    /// resources' processes when its lease runs out, so a lost member's groups move once its
+    /// lease has provably run out, without a fence device. The lease is then 4.5 s (else 10 s).
+    #[serde(default)]
+    pub watchdog_fencing: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -13,9 +13,11 @@
 mod admission;
 pub mod alerts;
 pub mod cgroup;
+mod lease;
 mod member;
 pub mod rlimit;
 mod schedule;
+pub mod watchdog;
 pub mod worker;
 
 pub use warden_store::history;

@@ -130,10 +130,18 @@ impl Admission {
         self.lease_until.is_some_and(|t| now < t)
     }
 
-    /// The lease ran out at `now` (it had been granted): true once, then it counts as never
-    /// granted until the next renewal.
-    pub(super) fn lease_ran_out(&mut self, now: Instant) -> bool {
-        if self.lease_until.is_some_and(|t| t <= now) {
+    /// Gives the lease up (the watchdog could not be armed): it counts as never granted until
+    /// the next renewal.
+    pub(super) fn drop_lease(&mut self) {
+        self.lease_until = None;
+        self.grace = false;
+    }
+
+    /// The lease ran out at `now` (it had been granted), or is within `ahead` of its end (a
+    /// member with a watchdog stops that early, see [`super::lease::stop_from`]): true once,
+    /// then it counts as never granted until the next renewal.
+    pub(super) fn lease_ran_out(&mut self, now: Instant, ahead: Duration) -> bool {
+        if self.lease_until.is_some_and(|t| super::lease::stop_from(t, ahead) <= now) {
             self.lease_until = None;
             self.grace = false;
             return true;
@@ -240,9 +248,19 @@ mod tests {
         let later = t0 + LEASE;
         assert_eq!(a.admit(l(1), &r(), &start(5), later, false), Verdict::NoLease, "the lease ran out");
         assert_eq!(a.admit(l(1), &r(), &stop(6), later, false), Verdict::Run);
-        assert!(a.lease_ran_out(later));
-        assert!(!a.lease_ran_out(later), "reported once");
+        assert!(a.lease_ran_out(later, Duration::ZERO));
+        assert!(!a.lease_ran_out(later, Duration::ZERO), "reported once");
         assert!(!a.holds_lease(later));
+    }
+
+    #[test]
+    fn a_member_with_a_watchdog_stops_ahead_of_its_leases_end() {
+        let (mut a, t0) = (Admission::default(), Instant::now());
+        let ahead = Duration::from_secs(1);
+        a.renew(l(1), 1, t0, LEASE);
+        assert!(!a.lease_ran_out(t0 + LEASE - ahead - Duration::from_millis(1), ahead));
+        assert!(a.lease_ran_out(t0 + LEASE - ahead, ahead), "a second early, before its watchdog fires");
+        assert_eq!(a.admit(l(1), &r(), &start(1), t0 + LEASE - ahead, false), Verdict::NoLease, "and nothing starts after that");
     }
 
     #[test]
@@ -251,8 +269,8 @@ mod tests {
         a.started(t0, LEASE);
         assert!(!a.holds_lease(t0), "the grace is not a lease to start anything");
         assert_eq!(a.admit(l(1), &r(), &start(1), t0, false), Verdict::NoLease);
-        assert!(!a.lease_ran_out(t0));
-        assert!(a.lease_ran_out(t0 + LEASE), "no leader within the grace: stop what may run here");
+        assert!(!a.lease_ran_out(t0, Duration::ZERO));
+        assert!(a.lease_ran_out(t0 + LEASE, Duration::ZERO), "no leader within the grace: stop what may run here");
         // With a leader's renewal in time, it is an ordinary lease.
         let mut b = Admission::default();
         b.started(t0, LEASE);

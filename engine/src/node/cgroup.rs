@@ -109,26 +109,23 @@ pub struct ResourceCgroup {
 }
 
 impl ResourceCgroup {
+    /// The cgroup at `path` (the watchdog supervisor walks the node's tree).
+    pub fn at(path: PathBuf) -> Self {
+        Self { path }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Pids of every process in the cgroup.
-    pub fn pids(&self) -> Vec<i32> {
-        std::fs::read_to_string(self.path.join("cgroup.procs"))
-            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
-            .unwrap_or_default()
-    }
-
-    /// Kill every process in the cgroup and wait (bounded) until it is empty. Returns how many
-    /// processes were there.
-    pub async fn kill_all(&self, wait: Duration) -> usize {
+    /// Kill every process in the cgroup now, without waiting for them to go. Returns how many
+    /// there were.
+    pub fn kill_now(&self) -> usize {
         let before = self.pids();
         if before.is_empty() {
             return 0;
         }
-        let kill_file = self.path.join("cgroup.kill");
-        if std::fs::write(&kill_file, b"1").is_err() {
+        if std::fs::write(self.path.join("cgroup.kill"), b"1").is_err() {
             // Kernels before 5.14 have no cgroup.kill: freeze the cgroup (frozen processes
             // cannot fork or exit, so no pid is reused between the read and the signal), signal
             // every member, thaw so the signals are delivered.
@@ -141,11 +138,28 @@ impl ResourceCgroup {
                 let _ = std::fs::write(&freeze, b"0");
             }
         }
+        before.len()
+    }
+
+    /// Pids of every process in the cgroup.
+    pub fn pids(&self) -> Vec<i32> {
+        std::fs::read_to_string(self.path.join("cgroup.procs"))
+            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Kill every process in the cgroup and wait (bounded) until it is empty. Returns how many
+    /// processes were there.
+    pub async fn kill_all(&self, wait: Duration) -> usize {
+        let n = self.kill_now();
+        if n == 0 {
+            return 0;
+        }
         let until = Instant::now() + wait;
         while !self.pids().is_empty() && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        before.len()
+        n
     }
 }
 

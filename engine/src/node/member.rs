@@ -24,7 +24,7 @@
 //!   late command is refused once the new leader has spoken. Commands for one resource run in
 //!   order on its worker, so the new leader's probe answers after anything the old one started.
 //! - The lease: the leader renews each member's lease every [`LEASE_EVERY`]. A member whose lease
-//!   ran out ([`LEASE`]: no leader with authority reached it) stops every resource it runs, top
+//!   ran out ([`lease::LEASE`]: no leader with authority reached it) stops every resource it runs, top
 //!   down (Pacemaker's `no-quorum-policy=stop`), and refuses starts until a leader renews it.
 //!   It then says so in its next `Hello`, and the leader forgets and re-probes it.
 //! - A new leader knows nothing of what runs: it restores the committed decisions (every resource
@@ -48,6 +48,7 @@ use warden_cluster::{AuthorityConfig, ClusterNode, ClusterRequest, ClusterRespon
 
 use super::admission::{op_of, Admission, Lead, Verdict};
 use super::history::{unix_ms, History};
+use super::lease::{self, LEASE, STOP_AHEAD, WATCHDOG_LEASE};
 use super::worker::{Job, JobKind, JobResult};
 use super::{
     carry_out_local, dispatch, job_event, not_carried_out, note, operator_text, sleep_until, Busy, Node, NodeError, SchedClock, Workers,
@@ -71,22 +72,20 @@ const RAFT_ELECTION_MAX_MS: u64 = 800;
 const DRIFT: f64 = 0.01;
 const MARGIN: Duration = Duration::from_millis(50);
 /// How often the leader renews every member's lease (and tells it what to monitor).
-const LEASE_EVERY: Duration = Duration::from_millis(500);
+const LEASE_EVERY: Duration = Duration::from_millis(250);
 /// A fence attempt without an answer after this long counts as failed (each device call has
 /// its own, shorter timeout: this only catches a task that died).
 const FENCE_STUCK: Duration = Duration::from_secs(300);
-/// `confirm-down` waits this long beyond [`LEASE`] after the member's last hello.
+/// `confirm-down` waits this long beyond the lease after the member's last hello.
 const CONFIRM_MARGIN: Duration = Duration::from_secs(2);
 /// A member that shut down with nothing running waits at most this long for the leader to
 /// record that it left cleanly.
 const GONE_WAIT: Duration = Duration::from_secs(3);
 /// A member shutting down stops what still runs itself after this long (the leader did not move it).
 const SHUTDOWN_FALLBACK: Duration = Duration::from_secs(60);
-/// A member not renewed for this long stops everything it runs. It must outlast the election
-/// of a new leader after the old one dies (about 2 s with the timing above, a restarted voter's
-/// silence included; ~4 s was measured with 700–1400 ms), or a leader's death would stop groups
-/// on healthy members.
-const LEASE: Duration = Duration::from_secs(10);
+// The member lease (`LEASE`, `WATCHDOG_LEASE`) and its rules are in `lease.rs`. It must outlast
+// the election of a new leader after the old one dies (about 2 s with the timing above, a
+// restarted voter's silence included), or a leader's death would stop groups on healthy members.
 /// How often a member says hello to the leader (over every path), and how often the leader
 /// looks for silent members.
 const HELLO_EVERY: Duration = Duration::from_millis(250);
@@ -120,7 +119,16 @@ enum Msg {
     Exec { lead: Lead, command: Command },
     /// Leader → member: the lease renewed, and what to monitor there (resource → group epoch).
     /// `seq` grows with every lease of a leadership: a late copy of an older one is ignored.
-    Lease { lead: Lead, seq: u64, monitors: BTreeMap<ResourceId, u64> },
+    /// `nonce`: the member's newest hello the leader has, which the grant answers: the member
+    /// counts its lease from when it sent that hello. `None`: no grant (a member the leader
+    /// counts lost), only what to monitor.
+    Lease {
+        lead: Lead,
+        seq: u64,
+        monitors: BTreeMap<ResourceId, u64>,
+        #[serde(default)]
+        nonce: Option<u64>,
+    },
     /// Member → leader: alive; `instance` changes at every daemon start, `rejoins` each time the
     /// member's lease ran out (either way the leader forgets what it knew and probes again).
     /// `leaving`: it is shutting down, and its groups move to other members (it is put in
@@ -137,6 +145,9 @@ enum Msg {
         back: bool,
         #[serde(default)]
         gone: bool,
+        /// Grows with every hello of this daemon; echoed by the leader's lease grant.
+        #[serde(default)]
+        nonce: u64,
     },
     /// Member → leader: the result of a command or a monitor. `seq` grows with every report or
     /// operator command a member sends (they travel in order): a copy is dropped.
@@ -303,6 +314,9 @@ struct Decider {
     seen: HashMap<String, u64>,
     /// The last lease sequence number sent.
     lease_seq: u64,
+    /// Per member: its newest hello nonce, and when this leader last granted it a lease.
+    nonces: HashMap<String, u64>,
+    granted: HashMap<String, Instant>,
     /// After a failed commit, decisions are proposed again from then on.
     retry_at: Option<Instant>,
     /// Until then, members that say hello are not yet told to the core.
@@ -318,7 +332,7 @@ struct Decider {
     /// reordered) hellos are ignored; a new instance is a new start.
     gone: HashMap<String, String>,
     /// When this leadership began (a member's lease from an earlier leader may run until
-    /// [`LEASE`] after it).
+    /// the lease after it).
     since: Instant,
 }
 
@@ -424,6 +438,24 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
 
     // The executor: this node's resources (a witness has none).
     let cgroups = if runner { node.detect_cgroups(&mut history).await } else { None };
+    // With watchdog fencing, a supervisor kills this member's resources when its lease runs out.
+    let watchdog_fencing = node.cfg.cluster.watchdog_fencing;
+    let lease_d = if watchdog_fencing { WATCHDOG_LEASE } else { LEASE };
+    let stop_ahead = if watchdog_fencing { STOP_AHEAD } else { Duration::ZERO };
+    let mut watchdog = match (&cgroups, runner && watchdog_fencing) {
+        (_, false) => None,
+        (None, true) => {
+            return Err(NodeError::Setup(
+                "watchdog_fencing needs a writable cgroup v2 hierarchy (the watchdog kills this member's resources by cgroup); \
+                 none is usable here"
+                    .into(),
+            ))
+        }
+        (Some(cg), true) => Some(
+            super::watchdog::Watchdog::attach(&node.state_dir, cg.base(), releases(&node))
+                .map_err(|e| NodeError::Setup(format!("watchdog: {e}")))?,
+        ),
+    };
     let journal_dir = node.state_dir.join("actions");
     std::fs::create_dir_all(&journal_dir).map_err(|source| NodeError::Io {
         what: "cannot create the action journal directory",
@@ -504,7 +536,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     // The newest leadership any leader spoke to us in: commands of older ones are refused.
     let mut admission = Admission::default();
     if runner {
-        admission.started(Instant::now(), LEASE);
+        admission.started(Instant::now(), lease_d);
     }
     // The lease as the workers see it: a start queued behind a slow call checks it again
     // before it begins (published at every turn of the loop; the deadline itself is absolute).
@@ -517,6 +549,9 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     let mut maybe_running: BTreeSet<ResourceId> =
         if runner { model.resources.keys().filter(|r| !model.resources[*r].unmanaged).cloned().collect() } else { BTreeSet::new() };
     let mut rejoins = 0u64;
+    // Hellos sent (nonce, when): a lease counts from the hello its grant answers.
+    let mut hello_nonce = 0u64;
+    let mut hellos_sent: VecDeque<(u64, Instant)> = VecDeque::new();
     // The stops of a lost lease, one at a time, top down.
     let mut self_stop: VecDeque<ResourceId> = VecDeque::new();
     let mut self_stopping: Option<ResourceId> = None;
@@ -687,6 +722,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     left: BTreeSet::new(),
                     seen: HashMap::new(),
                     lease_seq: 0,
+                    nonces: HashMap::new(),
+                    granted: HashMap::new(),
                     retry_at: None,
                     // A cluster that never placed a group is forming: wait for its members.
                     joining_until: Some(Instant::now() + if committed_fresh { JOIN_WINDOW } else { REJOIN_WINDOW }),
@@ -764,6 +801,35 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     });
                 }
             }
+            // Watchdog fencing: a lost member that may run resources counts as fenced once its
+            // lease has provably run out (from this leader's last grant to it, or from this
+            // leadership's start): its watchdog has killed what it ran by then.
+            if authority && d.joining_until.is_none() && watchdog_fencing {
+                let now = Instant::now();
+                let expired: Vec<NodeId> = d
+                    .sched
+                    .state()
+                    .decisions
+                    .nodes
+                    .iter()
+                    .filter(|(n, s)| s.needs_fence && n.as_str() != members.me && !d.up.contains(n.as_str()))
+                    .filter(|(n, _)| now >= lease::lease_wait_from(d.granted.get(n.as_str()).copied(), d.since, lease_d, DRIFT, MARGIN))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for n in expired {
+                    let granted = d
+                        .granted
+                        .get(n.as_str())
+                        .map_or("before this leader".into(), |t| format!("{:.1} s ago", t.elapsed().as_secs_f64()));
+                    cluster_note(
+                        &mut history,
+                        &n,
+                        format!("self-fenced: its lease (last granted {granted}) has run out and its watchdog killed what it ran: its groups may run elsewhere"),
+                    );
+                    d.fence_retry.remove(n.as_str());
+                    pending.extend(d.sched.handle(now_ms(), Event::Fenced(n)));
+                }
+            }
             if authority {
                 while d.held.front().is_some_and(|(g, _)| *g <= d.committed) {
                     let (_, c) = d.held.pop_front().expect("checked");
@@ -786,6 +852,10 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     tracing::warn!("the leader did not record that this member left cleanly: a new leader may fence it");
                 }
                 note(&mut history, "node", &node.name, "member stopped".into());
+                // Nothing of ours runs here: the watchdog has nothing left to guard.
+                if let Some(w) = watchdog.take() {
+                    w.release();
+                }
                 break;
             }
         }
@@ -854,10 +924,23 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         }
                     }
                 }
-                Msg::Lease { lead, seq, monitors: set } => {
-                    let had = admission.holds_lease(Instant::now());
-                    if !admission.renew(lead, seq, Instant::now(), LEASE) {
+                Msg::Lease { lead, seq, monitors: set, nonce } => {
+                    let now = Instant::now();
+                    let had = admission.holds_lease(now);
+                    // Counted from when we sent the hello it answers (an unknown one: no grant).
+                    let Some(sent) = nonce.and_then(|n| hellos_sent.iter().find(|(x, _)| *x == n).map(|(_, t)| *t)) else { continue };
+                    if lease::lease_until(sent, lease_d) <= now || !admission.renew(lead, seq, sent, lease_d) {
                         continue;
+                    }
+                    // No watchdog armed, no lease: a member that could not be stopped from
+                    // outside must not run anything.
+                    if let (Some(w), Some(until)) = (watchdog.as_mut(), admission.lease_until()) {
+                        if let Err(e) = w.arm(lease::watchdog_deadline(until).saturating_duration_since(now)) {
+                            tracing::error!("{e}; this member gives up its lease");
+                            cluster_note(&mut history, &node.name, format!("watchdog not armed ({e}): no lease, nothing starts here"));
+                            admission.drop_lease();
+                            continue;
+                        }
                     }
                     if !had && rejoins > 0 {
                         cluster_note(&mut history, &node.name, "a leader reached this member again: it holds a lease".into());
@@ -866,9 +949,11 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         monitors = set;
                     }
                 }
-                Msg::Hello { instance, rejoins, leaving, back, gone } => {
+                Msg::Hello { instance, rejoins, leaving, back, gone, nonce } => {
                     if let Some(d) = decider.as_mut() {
                         let name = from.clone();
+                        let newest = d.nonces.entry(name.clone()).or_default();
+                        *newest = (*newest).max(nonce);
                         let now = Instant::now();
                         let n = NodeId::from(name.as_str());
                         // An instance that said it left: its copies and late hellos change nothing.
@@ -937,7 +1022,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     }
                     match decider.as_mut() {
                         None => answer(&outbox, reply, Response::Error { message: "this member is not the leader (the leader changed: try again)".into() }),
-                        Some(d) => match confirm_down_refusal(&command, &net, d, &members.me) {
+                        Some(d) => match confirm_down_refusal(&command, &net, d, &members.me, lease_d) {
                             Some(message) => answer(&outbox, reply, Response::Error { message }),
                             None => operator(d, &mut pending, &mut history, &outbox, now_ms(), command, &format!("{user}, uid {uid}, on {from}"), reply),
                         },
@@ -1064,7 +1149,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                             let _ = reply.send(Response::Error { message: "the node is shutting down".into() });
                         } else if let Some(d) = decider.as_mut() {
                             let who = format!("{}, uid {}", caller.user, caller.uid);
-                            match confirm_down_refusal(&command, &net, d, &members.me) {
+                            match confirm_down_refusal(&command, &net, d, &members.me, lease_d) {
                                 Some(message) => { let _ = reply.send(Response::Error { message }); }
                                 None => operator(d, &mut pending, &mut history, &outbox, now_ms(), command, &who, ReplyTo::Local(reply)),
                             }
@@ -1098,7 +1183,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 }
                 if let Some(leader) = current_leader(&raft_metrics, &members) {
                     let back = !shutting_down && left_marker.exists();
-                    outbox.send(&leader, Msg::Hello { instance: instance.clone(), rejoins, leaving: shutting_down, back, gone: gone_since.is_some() });
+                    let nonce = next_hello(&mut hello_nonce, &mut hellos_sent);
+                    outbox.send(&leader, Msg::Hello { instance: instance.clone(), rejoins, leaving: shutting_down, back, gone: gone_since.is_some(), nonce });
                 }
                 // The leader: the join window ends when every member expected has said hello
                 // (checked at this pace, not the core's tick: it delays a new leader's first
@@ -1143,22 +1229,31 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 // The leader renews every member's lease while it holds authority.
                 if let Some(d) = decider.as_mut() {
                     if cluster.authority().is_some() {
+                        let now = Instant::now();
                         for name in members.ids.keys() {
                             let set: BTreeMap<ResourceId, u64> = d.sched.monitored_on(&NodeId::from(name.as_str())).into_iter().map(|r| {
                                 let e = d.sched.epoch(&r);
                                 (r, e)
                             }).collect();
                             d.lease_seq += 1;
-                            outbox.send(name, Msg::Lease { lead: d.lead, seq: d.lease_seq, monitors: set });
+                            // A grant only to a member counted up (or joining): a lost one's
+                            // lease runs out, which a lease-based fence relies on.
+                            let grant = d.hellos.contains_key(name) && (d.joining_until.is_some() || d.up.contains(name));
+                            let nonce = d.nonces.get(name).copied().filter(|_| grant);
+                            if nonce.is_some() {
+                                d.granted.insert(name.clone(), now);
+                            }
+                            outbox.send(name, Msg::Lease { lead: d.lead, seq: d.lease_seq, monitors: set, nonce });
                         }
                     }
                 }
                 // This member's own lease.
-                if self_stop.is_empty() && self_stopping.is_none() && admission.lease_ran_out(Instant::now()) {
+                // With a watchdog it stops STOP_AHEAD early, before the watchdog fires.
+                if self_stop.is_empty() && self_stopping.is_none() && admission.lease_ran_out(Instant::now(), stop_ahead) {
                     let running = to_stop(&model, &maybe_running, &busy, &unmanaged_now(&committed_rx));
                     if !running.is_empty() {
                         rejoins += 1;
-                        let msg = format!("lease lost: no leader with a quorum reached this member for {LEASE:?}; stopping what may run here ({})", names(&running));
+                        let msg = format!("lease lost: no leader with a quorum reached this member for {lease_d:?}; stopping what may run here ({})", names(&running));
                         tracing::warn!("{msg}");
                         cluster_note(&mut history, &node.name, msg);
                         self_stop = running.into();
@@ -1203,7 +1298,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 match current_leader(&raft_metrics, &members) {
                     Some(leader) => {
                         note(&mut history, "node", &node.name, format!("shutting down: asking the leader ({leader}) to move this member's groups away"));
-                        outbox.send(&leader, Msg::Hello { instance: instance.clone(), rejoins, leaving: true, back: false, gone: false });
+                        let nonce = next_hello(&mut hello_nonce, &mut hellos_sent);
+                        outbox.send(&leader, Msg::Hello { instance: instance.clone(), rejoins, leaving: true, back: false, gone: false, nonce });
                         // Not in standby now: the standby that leaving brings is ours to undo when
                         // we are back (an operator's standby stays).
                         let standby = committed_rx.borrow().decisions.nodes.get(&me).is_some_and(|s| s.standby);
@@ -1249,6 +1345,23 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
         Some(msg) => Err(NodeError::Setup(msg)),
         None => Ok(()),
     }
+}
+
+/// What the watchdog undoes when it fires besides killing processes: the virtual IPs and mounts
+/// of this member's managed resources.
+fn releases(node: &Node) -> Vec<super::watchdog::Release> {
+    node.cfg.resources.iter().filter(|r| !r.unmanaged).flat_map(|r| super::watchdog::Release::of_params(r.params.get_ref())).collect()
+}
+
+/// The next hello's nonce, remembered with its send time (the last 64: a grant answering an
+/// older one is not counted).
+fn next_hello(nonce: &mut u64, sent: &mut VecDeque<(u64, Instant)>) -> u64 {
+    *nonce += 1;
+    sent.push_back((*nonce, Instant::now()));
+    while sent.len() > 64 {
+        sent.pop_front();
+    }
+    *nonce
 }
 
 /// A configured fence device, as the leader drives it.
@@ -1448,9 +1561,9 @@ fn operator(
 /// by its hellos): the leader itself; a member the transport still reaches (one that answers
 /// pings but says no hello, say one that refuses the config, is not off either); and a member
 /// whose lease may still let it run its groups (cut off but alive, it stops them when its lease
-/// runs out: [`LEASE`] after its last hello, or after this leadership began, plus a margin for
+/// runs out: the lease after its last hello, or after this leadership began, plus a margin for
 /// a late lease message).
-fn confirm_down_refusal(command: &OperatorCommand, net: &TlsNetwork, d: &Decider, me: &str) -> Option<String> {
+fn confirm_down_refusal(command: &OperatorCommand, net: &TlsNetwork, d: &Decider, me: &str, lease_d: Duration) -> Option<String> {
     let OperatorCommand::ConfirmDown { node } = command else { return None };
     if node.as_str() == me {
         return Some(format!("node `{node}` is the leader answering this command: it is up"));
@@ -1459,7 +1572,7 @@ fn confirm_down_refusal(command: &OperatorCommand, net: &TlsNetwork, d: &Decider
         return Some(format!("node `{node}` answers on the cluster network: confirm-down is only for a lost node that is really off"));
     }
     let heard = d.hellos.get(node.as_str()).map_or(d.since, |(t, ..)| (*t).max(d.since));
-    let left = (LEASE + CONFIRM_MARGIN).saturating_sub(heard.elapsed());
+    let left = (lease_d + CONFIRM_MARGIN).saturating_sub(heard.elapsed());
     (!left.is_zero()).then(|| {
         format!(
             "node `{node}` was heard {:.0} s ago: if it is cut off but alive, its lease lets it run its groups until it runs out; \

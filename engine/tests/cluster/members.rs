@@ -331,3 +331,82 @@ fn a_shut_down_moves_the_group_to_b(c: &mut TestCluster) {
     assert!(status.success(), "{status:?}\n{}", c.log("a"));
     assert!(c.service("a", "app-1").is_none() && !c.has_vip("a"), "{}", c.logs());
 }
+
+#[test]
+fn a_hung_owner_is_stopped_by_its_watchdog_and_its_group_runs_once_on_b() {
+    let (mut c, s1, epoch) = running_on_a(TestCluster::with_watchdog());
+    // a's daemon stops dead (SIGSTOP) with its services running, and there is no fence device:
+    // only its watchdog (a separate process) can stop them, when its lease runs out; the
+    // leader moves the group once that lease has provably run out.
+    c.signal("a", "-STOP");
+    c.wait("group app started on b", WAIT, |c| started_on(c, "w", "b"));
+    assert!(c.logs().contains("self-fenced"), "{}", c.logs());
+    assert!(c.log("a").contains("watchdog: FIRED"), "{}", c.log("a"));
+    assert!(c.service("a", "app-1").is_none() && c.service("a", "app-2").is_none() && !c.has_vip("a"), "{}", c.logs());
+    let (_, _, after) = c.group("w", "app").unwrap();
+    assert!(after > epoch, "{epoch} -> {after}");
+    // a's daemon resumes: it finds its lease gone, runs nothing, the group stays on b.
+    c.signal("a", "-CONT");
+    c.wait("a up again", WAIT, |c| {
+        c.status("w").is_some_and(|st| st["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "a" && n["up"] == true))
+    });
+    c.wait("group app started on b, a probed", WAIT, |c| started_on(c, "w", "b"));
+    assert!(c.service("a", "app-1").is_none() && !c.has_vip("a"), "{}", c.logs());
+    s1.check();
+}
+
+#[test]
+fn an_owner_that_leads_and_is_cut_off_stops_its_group_before_it_starts_elsewhere() {
+    let (mut c, s1, _) = running_on_a(TestCluster::with_watchdog());
+    // The owner leads: cut off, it loses its authority, so nobody grants it a lease; the new
+    // leader never granted it one and does not know when the old leader last did, so it waits
+    // a whole lease from its own start before it moves the group (without that wait the
+    // group would start on the other member while the owner still runs it).
+    let owner = group_on_the_leader(&mut c);
+    let other = if owner == "a" { "b" } else { "a" };
+    c.cut(&owner, 1);
+    c.cut(&owner, 2);
+    c.wait("group app started on the other member", WAIT, |c| started_on(c, "w", other));
+    assert!(c.service(&owner, "app-1").is_none() && !c.has_vip(&owner), "{}", c.logs());
+    assert!(c.log(&owner).contains("lease lost"), "the owner did not stop its group itself\n{}", c.log(&owner));
+    assert!(c.logs().contains("self-fenced"), "{}", c.logs());
+    c.heal(&owner);
+    c.wait("the owner back", WAIT, |c| c.status("w").is_some_and(|st| st["nodes"].as_array().unwrap().iter().all(|n| n["up"] == true)));
+    c.wait("group app still on the other member", WAIT, |c| started_on(c, "w", other));
+    assert!(c.service(&owner, "app-1").is_none(), "{}", c.logs());
+    s1.check();
+}
+
+/// Moves group `app` to the Raft leader (while the witness leads, it is stopped until a node
+/// leads, then started again); returns the leader, which then runs the group.
+fn group_on_the_leader(c: &mut TestCluster) -> String {
+    let start = std::time::Instant::now();
+    while start.elapsed() < WAIT {
+        let Some(leader) = c.leader("a") else {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
+        if leader == "w" {
+            c.signal("w", "-KILL");
+            c.wait_exit("w", WAIT).expect("killed");
+            c.wait("a node leads", WAIT, |c| c.leader("a").is_some_and(|l| l != "w"));
+            c.start("w");
+            c.wait("the witness back", WAIT, |c| {
+                c.status("a").is_some_and(|st| {
+                    st["cluster_info"]["quorum"] == true
+                        && st["cluster_info"]["members"].as_array().unwrap().iter().all(|m| m["reachable"] == true)
+                })
+            });
+            continue;
+        }
+        if !started_on(c, "a", &leader) {
+            let o = c.cli("a", &["group", "move", "app", "--to", &leader]);
+            assert!(o.status.success(), "{o:?}\n{}", c.logs());
+            c.wait("group app on the leader", WAIT, |c| started_on(c, "a", &leader));
+        }
+        if c.leader("a").as_deref() == Some(leader.as_str()) {
+            return leader;
+        }
+    }
+    panic!("no node stayed the leader\n{}", c.logs());
+}

@@ -182,7 +182,13 @@ impl TestCluster {
             // mount namespace where `<dir>/run` is its own directory. Every daemon of this
             // member (restarts included) joins both, as a restarted daemon on a real server sees
             // the mounts its predecessor made.
-            let script = format!("mount --bind '{}' '{}' && exec /bin/sleep 1000000", run_dir.display(), dir.path().join("run").display());
+            // `ip netns exec` mounts a fresh /sys without the cgroup2 hierarchy: mount it again
+            // (the same hierarchy) so that the member's resources get their cgroups.
+            let script = format!(
+                "mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null; mount --bind '{}' '{}' && exec /bin/sleep 1000000",
+                run_dir.display(),
+                dir.path().join("run").display()
+            );
             let probe = Command::new("/usr/sbin/ip")
                 .args(["netns", "exec", &ns, "/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", &script])
                 .spawn()
@@ -288,6 +294,16 @@ grants = {{ exec = [{{ program = "{s}", args = ["*", "*"] }}] }}
         );
         let mut text = std::fs::read_to_string(&c.config).unwrap();
         text += &fencing;
+        std::fs::write(&c.config, text).unwrap();
+        c
+    }
+
+    /// Like [`TestCluster::new`], with `watchdog_fencing = true` and no fence device: a lost
+    /// member's groups move once its lease has run out (its watchdog kills what it ran).
+    pub fn with_watchdog() -> Self {
+        let c = Self::new("");
+        let text = std::fs::read_to_string(&c.config).unwrap().replacen("name = \"t\"\n", "name = \"t\"\nwatchdog_fencing = true\n", 1);
+        assert!(text.contains("watchdog_fencing"));
         std::fs::write(&c.config, text).unwrap();
         c
     }

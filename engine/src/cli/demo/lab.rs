@@ -132,7 +132,13 @@ impl Lab {
     /// namespace where `<dir>/run` is the member's own directory.
     fn holder(&self, m: &LabMember) -> anyhow::Result<Child> {
         let run = self.dir.join("run");
-        let script = format!("mount --bind '{}' '{}' && exec /bin/sleep 1000000", m.run_dir.display(), run.display());
+        // `ip netns exec` mounts a fresh /sys without the cgroup2 hierarchy: mount it again (the
+        // same hierarchy) so that the member's resources get their cgroups.
+        let script = format!(
+            "mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null; mount --bind '{}' '{}' && exec /bin/sleep 1000000",
+            m.run_dir.display(),
+            run.display()
+        );
         let child = Command::new("/usr/sbin/ip")
             .args(["netns", "exec", &m.ns, "/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", &script])
             .stdin(Stdio::null())
