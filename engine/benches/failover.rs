@@ -5,7 +5,9 @@
 //! and takes its links down, then reports it off).
 //!
 //! Run (root): `cargo xtask plugins && cargo bench -p warden --bench failover`
-//! (`WARDEN_BENCH_N` rounds of each kind, default 20).
+//! (`WARDEN_BENCH_N` rounds of each kind, default 20). `WARDEN_BENCH_FENCING=watchdog`: no fence
+//! device, `watchdog_fencing = true` instead (the group moves once the owner's lease has
+//! provably run out).
 //!
 //! Each round: once the group runs on its owner and the other member is up and has probed
 //! everything, wait 3 s plus a uniformly random part of 2 s, power the owner off,
@@ -126,7 +128,8 @@ fn main() {
         seed ^= seed << 17;
         seed
     };
-    let mut c = TestCluster::with_power_fencing();
+    let watchdog = std::env::var("WARDEN_BENCH_FENCING").is_ok_and(|v| v == "watchdog");
+    let mut c = if watchdog { TestCluster::with_watchdog() } else { TestCluster::with_power_fencing() };
     c.start_all();
     c.wait("group app settled on a", WAIT, |c| settled(c, "w", "a"));
     let mut owner = "a".to_string();
@@ -179,7 +182,8 @@ fn main() {
     }
     let pct = |v: &[f64], p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1];
     println!();
-    println!("| node powered off → VIP answers on the other (fence device) | n | median | p99 | min | max |");
+    let how = if watchdog { "watchdog only" } else { "fence device" };
+    println!("| node powered off → VIP answers on the other ({how}) | n | median | p99 | min | max |");
     println!("|---|---|---|---|---|---|");
     for (label, pick) in [("all rounds", None), ("the owner was not the leader", Some(false)), ("the owner was the leader", Some(true))] {
         let mut v: Vec<f64> = rounds.iter().filter(|r| pick.is_none_or(|l| r.1 == l)).map(|r| r.0).collect();
