@@ -68,6 +68,8 @@ pub use frame::{read_frame, write_frame, MAX_FRAME};
 pub const PROTOCOL_VERSION: u32 = 2;
 /// TLS handshake plus Hello, on both sides.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The TCP connect of a dial (within [`HANDSHAKE_TIMEOUT`]).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// A server closes a connection on which no request came for this long (pings come every
 /// liveness interval, so only a peer that stopped probing is closed).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -323,7 +325,12 @@ pub async fn connect(
 ) -> Result<TlsStream<TcpStream>, TransportError> {
     let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).map_err(|_| TransportError::Name(server_name.to_owned()))?;
     timeout(HANDSHAKE_TIMEOUT, async {
-        let tcp = TcpStream::connect(addr).await?;
+        // The TCP connect alone is bounded tighter: a SYN sent while the peer was unreachable
+        // is retried by the kernel only after 1 s, then 3 s; giving up after CONNECT_TIMEOUT
+        // and dialling again reaches a peer that came back within a ping or two.
+        let tcp = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TCP connect timed out"))??;
         tcp.set_nodelay(true)?;
         let mut tls = connector.connect(name, tcp).await?;
         write_frame(&mut tls, hello).await?;

@@ -6,7 +6,7 @@
 //!   cannot stretch the lease beyond what the leader knows.
 //! - The leader grants only within its authority, and only to members it counts up.
 //! - Without a fence confirmation a lost member's groups move only after
-//!   [`reassign_after`]`(last grant)`, and a new leader, which does not know the last grant of the
+//!   [`reassign_after`]`(arrival of the hello the last grant answered)`, and a new leader, which does not know the last grant of the
 //!   leader before it, waits that long from its own start ([`lease_wait_from`]).
 //! - A member with `watchdog_fencing` arms its watchdog to fire just before its lease ends
 //!   ([`watchdog_deadline`]) and starts stopping its groups [`STOP_AHEAD`] before that
@@ -45,9 +45,12 @@ pub fn stop_from(until: Instant, ahead: Duration) -> Instant {
     until.checked_sub(ahead).unwrap_or(until)
 }
 
-/// The earliest time (leader's clock) at which a member last granted at `last_grant` (leader's
-/// clock) has provably lost its lease: D(1+ρ)/(1−ρ) + ε later. The member counted its lease from
-/// a send before the grant, on a clock that may run slower by ρ; ours may run faster by ρ.
+/// The earliest time (leader's clock) at which a member has provably lost its lease, when
+/// `last_grant` (leader's clock) is when the hello that the leader's last grant answered arrived:
+/// D(1+ρ)/(1−ρ) + ε later. The member counted its lease from sending that hello, before it
+/// arrived, on a clock that may run slower by ρ; ours may run faster by ρ. (Counting from the
+/// hello's arrival rather than the grant saves the detection time: a leader keeps granting a
+/// member it has not yet counted lost, but no new hello comes from a dead one.)
 pub fn reassign_after(last_grant: Instant, d: Duration, rho: f64, eps: Duration) -> Instant {
     last_grant + d.mul_f64((1.0 + rho) / (1.0 - rho)) + eps
 }

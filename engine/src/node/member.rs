@@ -314,8 +314,10 @@ struct Decider {
     seen: HashMap<String, u64>,
     /// The last lease sequence number sent.
     lease_seq: u64,
-    /// Per member: its newest hello nonce, and when this leader last granted it a lease.
-    nonces: HashMap<String, u64>,
+    /// Per member: its newest hello nonce and when it arrived, and the arrival of the hello
+    /// this leader's last grant to it answered (the member's lease, counted from that hello's
+    /// sending, ends no later than D after it: the base of the lease-based fence).
+    nonces: HashMap<String, (u64, Instant)>,
     granted: HashMap<String, Instant>,
     /// After a failed commit, decisions are proposed again from then on.
     retry_at: Option<Instant>,
@@ -952,8 +954,11 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 Msg::Hello { instance, rejoins, leaving, back, gone, nonce } => {
                     if let Some(d) = decider.as_mut() {
                         let name = from.clone();
-                        let newest = d.nonces.entry(name.clone()).or_default();
-                        *newest = (*newest).max(nonce);
+                        let heard = Instant::now();
+                        let newest = d.nonces.entry(name.clone()).or_insert((0, heard));
+                        if nonce > newest.0 {
+                            *newest = (nonce, heard);
+                        }
                         let now = Instant::now();
                         let n = NodeId::from(name.as_str());
                         // An instance that said it left: its copies and late hellos change nothing.
@@ -1181,10 +1186,19 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 if !config_ok {
                     continue; // not a member until it runs the cluster's config
                 }
-                if let Some(leader) = current_leader(&raft_metrics, &members) {
-                    let back = !shutting_down && left_marker.exists();
-                    let nonce = next_hello(&mut hello_nonce, &mut hellos_sent);
-                    outbox.send(&leader, Msg::Hello { instance: instance.clone(), rejoins, leaving: shutting_down, back, gone: gone_since.is_some(), nonce });
+                // To the leader; without one known (say a restarted member campaigning while the
+                // leader cannot reach it yet), to every member: the leader among them counts it
+                // up instead of lost (the others ignore a hello).
+                let back = !shutting_down && left_marker.exists();
+                let nonce = next_hello(&mut hello_nonce, &mut hellos_sent);
+                let hello = Msg::Hello { instance: instance.clone(), rejoins, leaving: shutting_down, back, gone: gone_since.is_some(), nonce };
+                match current_leader(&raft_metrics, &members) {
+                    Some(leader) => outbox.send(&leader, hello),
+                    None => {
+                        for name in members.ids.keys() {
+                            outbox.send(name, hello.clone());
+                        }
+                    }
                 }
                 // The leader: the join window ends when every member expected has said hello
                 // (checked at this pace, not the core's tick: it delays a new leader's first
@@ -1229,7 +1243,6 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 // The leader renews every member's lease while it holds authority.
                 if let Some(d) = decider.as_mut() {
                     if cluster.authority().is_some() {
-                        let now = Instant::now();
                         for name in members.ids.keys() {
                             let set: BTreeMap<ResourceId, u64> = d.sched.monitored_on(&NodeId::from(name.as_str())).into_iter().map(|r| {
                                 let e = d.sched.epoch(&r);
@@ -1239,10 +1252,11 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                             // A grant only to a member counted up (or joining): a lost one's
                             // lease runs out, which a lease-based fence relies on.
                             let grant = d.hellos.contains_key(name) && (d.joining_until.is_some() || d.up.contains(name));
-                            let nonce = d.nonces.get(name).copied().filter(|_| grant);
-                            if nonce.is_some() {
-                                d.granted.insert(name.clone(), now);
+                            let newest = d.nonces.get(name).copied().filter(|_| grant);
+                            if let Some((_, heard)) = newest {
+                                d.granted.insert(name.clone(), heard);
                             }
+                            let nonce = newest.map(|(n, _)| n);
                             outbox.send(name, Msg::Lease { lead: d.lead, seq: d.lease_seq, monitors: set, nonce });
                         }
                     }

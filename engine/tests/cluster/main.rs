@@ -16,3 +16,4 @@ mod support;
 mod demo;
 mod jp1_host;
 mod members;
+mod nemesis;

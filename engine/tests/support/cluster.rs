@@ -395,6 +395,19 @@ grants = {{ exec = [{{ program = "{s}", args = ["*", "*"] }}] }}
         }
     }
 
+    /// Member `name`'s daemon was started and has not exited.
+    pub fn is_running(&mut self, name: &str) -> bool {
+        let m = self.member_mut(name);
+        match m.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                m.child = None;
+                false
+            }
+            None => false,
+        }
+    }
+
     /// Waits for member `name`'s daemon to exit.
     pub fn wait_exit(&mut self, name: &str, limit: Duration) -> Option<std::process::ExitStatus> {
         let start = Instant::now();
@@ -678,6 +691,11 @@ impl Sampler {
             })
         };
         Self { stop, seen, samples, thread: Some(thread) }
+    }
+
+    /// What was seen running twice so far, and how many samples were taken.
+    pub fn so_far(&self) -> (Vec<String>, u64) {
+        (self.seen.lock().unwrap().clone(), *self.samples.lock().unwrap())
     }
 
     /// Stops sampling; panics if a resource ever ran on two members at once.
