@@ -111,4 +111,160 @@ mod tests {
         let before = since.checked_sub(Duration::from_secs(5)).unwrap_or(since);
         assert_eq!(lease_wait_from(Some(before), since, d, RHO, EPS), reassign_after(since, d, RHO, EPS));
     }
+
+    /// A seeded simulation of the lease rules across two machines: a leader and a member with
+    /// clocks off by up to ρ in rate (and any offset), messages delayed up to 3 s (a grant may
+    /// arrive long after it was sent) or lost, a cut at a random moment after which nothing
+    /// new gets through (what is in flight still may), and a leader that, in half the runs,
+    /// loses its authority at the cut and is replaced 0–2 s later by one that never granted.
+    /// S1 for the lease: the leader's fence decision comes, in real time, after the last moment
+    /// the member may run anything (its watchdog's deadline on its own clock). With a rule
+    /// broken, the same simulation must find a violation.
+    #[derive(Clone, Copy)]
+    struct Rules {
+        /// The member counts from its hello's sending (else from the grant's arrival).
+        from_send: bool,
+        /// How far the clocks' rates really are from 1 (the rules assume ρ = RHO).
+        drift: f64,
+        /// The leader counts from the arrival of the hello its grant answered (else from the
+        /// grant), and a new leader from its start (else from nothing: at once).
+        new_leader_waits: bool,
+    }
+
+    const SAFE: Rules = Rules { from_send: true, drift: RHO, new_leader_waits: true };
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        /// Uniform in [lo, hi).
+        fn f(&mut self, lo: f64, hi: f64) -> f64 {
+            lo + (hi - lo) * (self.next() % 1_000_000) as f64 / 1_000_000.0
+        }
+    }
+
+    /// A clock: reading = offset + rate × real time (seconds).
+    #[derive(Clone, Copy)]
+    struct Clock {
+        offset: f64,
+        rate: f64,
+    }
+    impl Clock {
+        fn read(&self, t: f64) -> f64 {
+            self.offset + self.rate * t
+        }
+        fn real(&self, reading: f64) -> f64 {
+            (reading - self.offset) / self.rate
+        }
+    }
+
+    /// One run; `Err` says how S1 broke.
+    fn lease_sim(seed: u64, rules: Rules) -> Result<(), String> {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let d = WATCHDOG_LEASE;
+        let base = Instant::now();
+        // Instants for the functions under test: a clock reading (s) as an Instant.
+        let at = |secs: f64| base + Duration::from_secs_f64(secs.max(0.0));
+        let secs = |i: Instant| i.duration_since(base).as_secs_f64();
+        let leader = Clock { offset: rng.f(0.0, 100.0), rate: 1.0 + rng.f(-rules.drift, rules.drift) };
+        let member = Clock { offset: rng.f(0.0, 100.0), rate: 1.0 + rng.f(-rules.drift, rules.drift) };
+        let cut = rng.f(1.0, 20.0);
+        let leader_dies = rng.next() % 2 == 0;
+        let new_since_real = cut + rng.f(0.0, 2.0);
+        let loss = rng.f(0.0, 0.3);
+        let max_delay = if rng.next() % 3 == 0 { 3.0 } else { 0.05 };
+        // Hellos: member clock every 0.25 s; arrival at the leader (real time), if any.
+        let mut hellos: Vec<(u64, f64, Option<f64>)> = Vec::new();
+        let mut t = 0.0;
+        let mut nonce = 0;
+        while t < cut {
+            nonce += 1;
+            let arrives = (rng.f(0.0, 1.0) >= loss).then(|| t + rng.f(0.0, max_delay));
+            hellos.push((nonce, member.read(t), arrives));
+            t = member.real(member.read(t) + 0.25);
+        }
+        // Grants: leader clock every 0.25 s until the cut (with authority, the member counted
+        // up), each answering the newest hello arrived by then; arrival at the member, if any.
+        let mut grants: Vec<(f64, u64, f64, f64)> = Vec::new(); // (sent real, nonce, base leader-clock, arrival real)
+        let mut last_base: Option<f64> = None;
+        let mut t = 0.0;
+        while t < cut {
+            let newest = hellos.iter().filter(|(_, _, a)| a.is_some_and(|a| a <= t)).max_by_key(|(n, ..)| *n);
+            if let Some((n, _, Some(arrived))) = newest {
+                let basis = if rules.new_leader_waits { leader.read(*arrived) } else { leader.read(t) };
+                last_base = Some(basis);
+                if rng.f(0.0, 1.0) >= loss {
+                    grants.push((t, *n, basis, t + rng.f(0.0, max_delay)));
+                }
+            }
+            t = leader.real(leader.read(t) + 0.25);
+        }
+        // The member: each grant arriving (in seq order; a late one with an older sequence is
+        // ignored) sets its lease's end; it may run until its watchdog's deadline.
+        let mut lease_end: Option<f64> = None; // member clock
+        let mut newest_seq = None;
+        let mut arrivals: Vec<(usize, &(f64, u64, f64, f64))> = grants.iter().enumerate().collect();
+        arrivals.sort_by(|a, b| a.1 .3.total_cmp(&b.1 .3));
+        for (seq, (_, n, _, arrival)) in arrivals {
+            if newest_seq.is_some_and(|s| seq <= s) {
+                continue;
+            }
+            newest_seq = Some(seq);
+            let from = if rules.from_send {
+                hellos.iter().find(|(x, ..)| x == n).map(|(_, sent, _)| *sent).unwrap()
+            } else {
+                member.read(*arrival)
+            };
+            lease_end = Some(secs(lease_until(at(from), d)));
+        }
+        let Some(end) = lease_end else { return Ok(()) }; // never granted: it never ran
+        let member_stops_real = member.real(secs(watchdog_deadline(at(end))));
+        // The leader's (or its successor's) fence decision, in real time.
+        let (rho, eps) = (RHO, EPS);
+        let fence_real = if leader_dies {
+            let since = leader.read(new_since_real);
+            let wait = if rules.new_leader_waits { secs(lease_wait_from(None, at(since), d, rho, eps)) } else { since };
+            leader.real(wait)
+        } else {
+            let since = leader.read(0.0);
+            leader.real(secs(lease_wait_from(last_base.map(at), at(since), d, rho, eps)))
+        };
+        if fence_real < member_stops_real {
+            return Err(format!(
+                "seed {seed}: the member may run until {member_stops_real:.3} s but the group moves at {fence_real:.3} s \
+                 (cut {cut:.2} s, leader dies {leader_dies}, rates {:.4}/{:.4}, delays up to {max_delay} s)",
+                leader.rate, member.rate
+            ));
+        }
+        Ok(())
+    }
+
+    fn seeds() -> u64 {
+        std::env::var("WARDEN_LEASE_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000)
+    }
+
+    #[test]
+    fn the_lease_rules_keep_s1_across_clock_drift_late_grants_and_new_leaders() {
+        for seed in 1..=seeds() {
+            lease_sim(seed, SAFE).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_lease_simulation_fails_when_a_rule_is_broken() {
+        for (name, broken) in [
+            ("the member counting from the grant's arrival", Rules { from_send: false, ..SAFE }),
+            // With ρ = 1 % the 100 ms kill margin alone covers 2ρD (90 ms): what the rate term
+            // guards against shows with clocks drifting more than the rules assume.
+            ("clocks drifting 5 % while the rules assume 1 %", Rules { drift: 0.05, ..SAFE }),
+            ("no new-leader wait, the leader counting from its grant", Rules { new_leader_waits: false, ..SAFE }),
+        ] {
+            let failed = (1..=seeds()).find(|s| lease_sim(*s, broken).is_err());
+            assert!(failed.is_some(), "{name}: no violation in {} seeds: the simulation cannot catch it", seeds());
+        }
+    }
 }
