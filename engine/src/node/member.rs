@@ -317,7 +317,8 @@ struct Decider {
     /// Per member: its newest hello nonce and when it arrived, and the arrival of the hello
     /// this leader's last grant to it answered (the member's lease, counted from that hello's
     /// sending, ends no later than D after it: the base of the lease-based fence).
-    nonces: HashMap<String, (u64, Instant)>,
+    /// Keyed by the member's instance too: a restarted daemon numbers its hellos from 1 again.
+    nonces: HashMap<String, (String, u64, Instant)>,
     granted: HashMap<String, Instant>,
     /// After a failed commit, decisions are proposed again from then on.
     retry_at: Option<Instant>,
@@ -551,8 +552,10 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     let mut maybe_running: BTreeSet<ResourceId> =
         if runner { model.resources.keys().filter(|r| !model.resources[*r].unmanaged).cloned().collect() } else { BTreeSet::new() };
     let mut rejoins = 0u64;
-    // Hellos sent (nonce, when): a lease counts from the hello its grant answers.
-    let mut hello_nonce = 0u64;
+    // Hellos sent (nonce, when): a lease counts from the hello its grant answers. Numbered from
+    // the clock, so a grant answering an earlier daemon's hello never matches one of ours (its
+    // lease would be counted from the wrong send).
+    let mut hello_nonce = unix_ms(SystemTime::now()).saturating_mul(1000);
     let mut hellos_sent: VecDeque<(u64, Instant)> = VecDeque::new();
     // The stops of a lost lease, one at a time, top down.
     let mut self_stop: VecDeque<ResourceId> = VecDeque::new();
@@ -803,9 +806,10 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     });
                 }
             }
-            // Watchdog fencing: a lost member that may run resources counts as fenced once its
-            // lease has provably run out (from this leader's last grant to it, or from this
-            // leadership's start): its watchdog has killed what it ran by then.
+            // Watchdog fencing: a member that needs fencing (lost, or back but not yet fenced, or
+            // whose stop failed) gets no lease renewal, and counts as fenced once its lease has
+            // provably run out (from the hello this leader's last grant to it answered, or from
+            // this leadership's start): its watchdog has killed what it ran by then.
             if authority && d.joining_until.is_none() && watchdog_fencing {
                 let now = Instant::now();
                 let expired: Vec<NodeId> = d
@@ -814,7 +818,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     .decisions
                     .nodes
                     .iter()
-                    .filter(|(n, s)| s.needs_fence && n.as_str() != members.me && !d.up.contains(n.as_str()))
+                    .filter(|(n, s)| s.needs_fence && n.as_str() != members.me)
                     .filter(|(n, _)| now >= lease::lease_wait_from(d.granted.get(n.as_str()).copied(), d.since, lease_d, DRIFT, MARGIN))
                     .map(|(n, _)| n.clone())
                     .collect();
@@ -955,9 +959,9 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     if let Some(d) = decider.as_mut() {
                         let name = from.clone();
                         let heard = Instant::now();
-                        let newest = d.nonces.entry(name.clone()).or_insert((0, heard));
-                        if nonce > newest.0 {
-                            *newest = (nonce, heard);
+                        let newest = d.nonces.entry(name.clone()).or_insert_with(|| (instance.clone(), 0, heard));
+                        if newest.0 != instance || nonce > newest.1 {
+                            *newest = (instance.clone(), nonce, heard);
                         }
                         let now = Instant::now();
                         let n = NodeId::from(name.as_str());
@@ -1250,9 +1254,14 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                             }).collect();
                             d.lease_seq += 1;
                             // A grant only to a member counted up (or joining): a lost one's
-                            // lease runs out, which a lease-based fence relies on.
-                            let grant = d.hellos.contains_key(name) && (d.joining_until.is_some() || d.up.contains(name));
-                            let newest = d.nonces.get(name).copied().filter(|_| grant);
+                            // lease runs out, which a lease-based fence relies on. With watchdog
+                            // fencing, none to a member that needs fencing either, even one that
+                            // is back: its lease runs out, its watchdog fires, then it counts
+                            // as fenced (SBD's poison pill, without the disk).
+                            let needs_fence = watchdog_fencing
+                                && d.sched.state().decisions.nodes.get(&NodeId::from(name.as_str())).is_some_and(|s| s.needs_fence);
+                            let grant = !needs_fence && d.hellos.contains_key(name) && (d.joining_until.is_some() || d.up.contains(name));
+                            let newest = d.nonces.get(name).filter(|_| grant).map(|(_, n, heard)| (*n, *heard));
                             if let Some((_, heard)) = newest {
                                 d.granted.insert(name.clone(), heard);
                             }
