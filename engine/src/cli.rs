@@ -60,8 +60,10 @@ pub enum Command {
     /// run by hand).
     #[command(hide = true)]
     WatchdogSupervise {
+        /// The socket the daemon arms it through (`<state_dir>/watchdog.sock`).
         #[arg(long)]
         socket: PathBuf,
+        /// The member's cgroup tree: every process below it is killed when it fires.
         #[arg(long)]
         cgroup: PathBuf,
         /// `address:ADDR@IFACE` or `mount:PATH`, undone when it fires (repeatable).
