@@ -794,11 +794,22 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     }
                     let reachable = links.get(n.as_str()).is_some_and(|l| l.up);
                     let due = d.fence_retry.get(&n).is_none_or(|(at, _)| now >= *at);
-                    if n == members.me || d.up.contains(&n) || reachable || d.fencing.contains_key(&n) || !due {
+                    // A node that answers is fenced only for a failed stop (Pacemaker's
+                    // on-fail=fence for stop): what it may still run cannot be stopped any other
+                    // way. One merely cut off (it still answers the transport) is left to its lease.
+                    let stop_failed = d
+                        .sched
+                        .state()
+                        .observations
+                        .resources
+                        .values()
+                        .any(|r| r.on.get(&NodeId::from(n.as_str())) == Some(&crate::scheduler::Activity::StopFailed));
+                    if n == members.me || d.fencing.contains_key(&n) || !due || ((d.up.contains(&n) || reachable) && !stop_failed) {
                         continue;
                     }
                     d.fencing.insert(n.clone(), now);
-                    cluster_note(&mut history, &n, "lost while it may run resources: fencing it".into());
+                    let why = if stop_failed { "a stop failed there: fencing it" } else { "lost while it may run resources: fencing it" };
+                    cluster_note(&mut history, &n, why.into());
                     let (devices, me, tx, lead) = (fence_devices.clone(), me.to_string(), fence_tx.clone(), d.lead);
                     tasks.spawn(async move {
                         let r = fence_node(&devices, &me, &n).await;

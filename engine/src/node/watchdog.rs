@@ -93,6 +93,7 @@ impl Release {
 /// Runs the supervisor (the hidden `warden watchdog-supervise` command) until told to exit, or
 /// until the daemon is gone and nothing is armed.
 pub fn supervise(socket: &Path, cgroup: &Path, releases: &[Release]) -> std::io::Result<()> {
+    ignore_stop_signals();
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket)?;
     let state = Arc::new(Mutex::new(Armed::default()));
@@ -133,6 +134,19 @@ pub fn supervise(socket: &Path, cgroup: &Path, releases: &[Release]) -> std::io:
     }
     let _ = std::fs::remove_file(socket);
     Ok(())
+}
+
+/// A service manager stopping the daemon (SIGTERM to its whole unit, say) must not take the
+/// watchdog down while the daemon may still run resources: it exits when the daemon releases it,
+/// or when the daemon is gone and nothing is armed.
+#[allow(unsafe_code)] // signal(2) through libc
+fn ignore_stop_signals() {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: SIG_IGN installs no handler code; it only changes this process's disposition.
+        unsafe {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+    }
 }
 
 fn serve(conn: UnixStream, state: &Mutex<Armed>) {

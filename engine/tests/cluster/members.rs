@@ -410,3 +410,104 @@ fn group_on_the_leader(c: &mut TestCluster) -> String {
     }
     panic!("no node stayed the leader\n{}", c.logs());
 }
+
+/// Adds group `lk` (preferring `a`) of one LifeKeeper-style resource `lk-1` (the generic agent:
+/// restore, remove and quickCheck scripts) whose service is a `sleep` with its pid in
+/// `<dir>/run/lk-1.pid` (so the sampler sees it), and whose remove script fails, leaving the
+/// service running, while `<dir>/remove-fails` exists.
+fn with_lifekeeper_group(c: TestCluster) -> TestCluster {
+    let dir = c.dir.path();
+    let run = dir.join("run");
+    let fails = dir.join("remove-fails");
+    let scripts = [
+        ("lk-restore", format!("setsid sleep 100000 </dev/null >/dev/null 2>&1 &\necho $! > '{}/lk-1.pid'\n", run.display())),
+        (
+            "lk-remove",
+            format!(
+                "[ -e '{f}' ] && {{ echo 'remove failed (test)'; exit 1; }}\n[ -f '{r}/lk-1.pid' ] && kill -9 $(cat '{r}/lk-1.pid') 2>/dev/null\nrm -f '{r}/lk-1.pid'\nexit 0\n",
+                f = fails.display(),
+                r = run.display()
+            ),
+        ),
+        ("lk-check", format!("[ -f '{r}/lk-1.pid' ] && kill -0 $(cat '{r}/lk-1.pid') 2>/dev/null\n", r = run.display())),
+    ];
+    for (name, body) in &scripts {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let d = dir.display();
+    let extra = format!(
+        r#"
+[[plugins]]
+name = "generic"
+path = "{plugin}"
+
+[[resources]]
+name = "lk-1"
+plugin = "generic"
+params = {{ style = "lifekeeper", restore = "{d}/lk-restore", remove = "{d}/lk-remove", quickcheck = "{d}/lk-check", watch = "none" }}
+grants = {{ read = ["/**"], exec = [{{ program = "{d}/lk-restore" }}, {{ program = "{d}/lk-remove" }}, {{ program = "{d}/lk-check" }}], env = ["LK*"] }}
+monitor_interval = "500ms"
+
+[[groups]]
+name = "lk"
+resources = ["lk-1"]
+priority = ["a", "b"]
+"#,
+        plugin = crate::node::root().join("target/plugins/generic.wasm").display()
+    );
+    let mut text = std::fs::read_to_string(&c.config).unwrap();
+    text += &extra;
+    std::fs::write(&c.config, text).unwrap();
+    c
+}
+
+/// Group `lk` started on `owner` (its service alive there) as `via` reports it.
+fn lk_on(c: &TestCluster, via: &str, owner: &str) -> bool {
+    c.group(via, "lk").is_some_and(|(state, o, _)| state == "started" && o.as_deref() == Some(owner)) && c.service(owner, "lk-1").is_some()
+}
+
+#[test]
+fn a_failed_stop_fences_the_node_before_the_group_starts_elsewhere() {
+    let mut c = with_lifekeeper_group(TestCluster::with_power_fencing());
+    let s1 = c.sampler(&["app-1", "app-2", "lk-1"]);
+    c.start_all();
+    c.wait("group lk started on a", WAIT, |c| lk_on(c, "w", "a"));
+    // Switchover with a remove script that fails: lk-1 may still run on a (it does), so b must
+    // not start it until a is fenced.
+    std::fs::write(c.dir.path().join("remove-fails"), b"").unwrap();
+    let o = c.cli("w", &["group", "move", "lk", "--to", "b"]);
+    assert!(o.status.success(), "{o:?}\n{}", c.logs());
+    c.wait("group lk started on b", WAIT, |c| lk_on(c, "w", "b"));
+    assert!(c.logs().contains("fenced by `power`"), "{}", c.logs());
+    assert!(c.service("a", "lk-1").is_none(), "{}", c.logs());
+    std::fs::remove_file(c.dir.path().join("remove-fails")).unwrap();
+    c.power_on("a");
+    c.start("a");
+    c.wait("a up again, both groups running once", WAIT, |c| {
+        c.status("w").is_some_and(|st| st["nodes"].as_array().unwrap().iter().all(|n| n["up"] == true)) && lk_on(c, "w", "b")
+    });
+    s1.check();
+}
+
+#[test]
+fn a_restart_storm_ends_with_the_group_on_the_other_node_and_never_on_two() {
+    let (c, s1, _) = fenced_cluster_running_on_a();
+    // app-1's service on a dies again and again (faster than local recovery can keep up):
+    // local restarts up to the group's limit, then the group fails over to b, once.
+    let start = std::time::Instant::now();
+    while start.elapsed() < WAIT && !started_on(&c, "w", "b") {
+        if let Some(pid) = c.service("a", "app-1") {
+            let _ = std::process::Command::new("/bin/kill").args(["-9", &pid.to_string()]).status();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.wait("group app started on b", WAIT, |c| started_on(c, "w", "b"));
+    let st = c.status("w").unwrap();
+    let g = st["groups"].as_array().unwrap().iter().find(|g| g["name"] == "app").unwrap().clone();
+    assert!(g["failed_on"].as_array().unwrap().iter().any(|n| n == "a"), "{g}");
+    assert!(c.service("a", "app-1").is_none() && !c.has_vip("a"), "{}", c.logs());
+    s1.check();
+}
