@@ -63,6 +63,15 @@ fn quoted(prefix: &str, cmds: &[&str]) -> String {
     cmds.iter().map(|c| format!("\"{prefix}/{c}\"")).collect::<Vec<_>>().join(", ")
 }
 
+/// `[[plugins]]` entries, one per name, each `<dir>/<name>.wasm` (as `cargo xtask plugins` lays
+/// them out).
+pub fn plugins_toml(dir: &Path, names: &[&str]) -> String {
+    names.iter().map(|n| format!("[[plugins]]\nname = \"{n}\"\npath = \"{}\"\n", dir.join(format!("{n}.wasm")).display())).collect()
+}
+
+/// The plugins of the JP1 logical host: virtual IP, shared disk, JP1/Base, JP1/AJS3 Manager.
+pub const JP1_PLUGINS: [&str; 4] = ["ip", "filesystem", "jp1-base", "jp1-ajs3-manager"];
+
 /// Virtual IP `address` (`A.B.C.D/N`) on `interface` as a resource `vip` of the ip agent, with
 /// exactly the grants it needs, monitored every `interval`.
 pub fn vip_resource(address: &str, interface: &str, interval: &str) -> String {
@@ -359,26 +368,14 @@ name = "demo"
 [[nodes]]
 name = "demo-node"
 
-[[plugins]]
-name = "ip"
-path = "{pl}/ip.wasm"
-[[plugins]]
-name = "filesystem"
-path = "{pl}/filesystem.wasm"
-[[plugins]]
-name = "jp1-base"
-path = "{pl}/jp1-base.wasm"
-[[plugins]]
-name = "jp1-ajs3-manager"
-path = "{pl}/jp1-ajs3-manager.wasm"
-{vip_resource}{jp1_resources}
+{plugins}{vip_resource}{jp1_resources}
 [[groups]]
 name = "{LHOST}"
 resources = {members}
 max_restarts = 3
 restart_window = "10m"
 "#,
-        pl = plugins.display(),
+        plugins = plugins_toml(&plugins, &JP1_PLUGINS),
     );
     let config_path = dir.join("cluster.toml");
     std::fs::write(&config_path, &config)?;

@@ -162,6 +162,10 @@ mod tests {
         }
     }
 
+    /// A grant: (sent, real time; the hello nonce it answers; the leader's base for its wait, on
+    /// its clock; arrival at the member, real time).
+    type Grant = (f64, u64, f64, f64);
+
     /// One run; `Err` says how S1 broke.
     fn lease_sim(seed: u64, rules: Rules) -> Result<(), String> {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
@@ -173,10 +177,10 @@ mod tests {
         let leader = Clock { offset: rng.f(0.0, 100.0), rate: 1.0 + rng.f(-rules.drift, rules.drift) };
         let member = Clock { offset: rng.f(0.0, 100.0), rate: 1.0 + rng.f(-rules.drift, rules.drift) };
         let cut = rng.f(1.0, 20.0);
-        let leader_dies = rng.next() % 2 == 0;
+        let leader_dies = rng.next().is_multiple_of(2);
         let new_since_real = cut + rng.f(0.0, 2.0);
         let loss = rng.f(0.0, 0.3);
-        let max_delay = if rng.next() % 3 == 0 { 3.0 } else { 0.05 };
+        let max_delay = if rng.next().is_multiple_of(3) { 3.0 } else { 0.05 };
         // Hellos: member clock every 0.25 s; arrival at the leader (real time), if any.
         let mut hellos: Vec<(u64, f64, Option<f64>)> = Vec::new();
         let mut t = 0.0;
@@ -189,7 +193,7 @@ mod tests {
         }
         // Grants: leader clock every 0.25 s until the cut (with authority, the member counted
         // up), each answering the newest hello arrived by then; arrival at the member, if any.
-        let mut grants: Vec<(f64, u64, f64, f64)> = Vec::new(); // (sent real, nonce, base leader-clock, arrival real)
+        let mut grants: Vec<Grant> = Vec::new();
         let mut last_base: Option<f64> = None;
         let mut t = 0.0;
         while t < cut {
@@ -207,7 +211,7 @@ mod tests {
         // ignored) sets its lease's end; it may run until its watchdog's deadline.
         let mut lease_end: Option<f64> = None; // member clock
         let mut newest_seq = None;
-        let mut arrivals: Vec<(usize, &(f64, u64, f64, f64))> = grants.iter().enumerate().collect();
+        let mut arrivals: Vec<(usize, &Grant)> = grants.iter().enumerate().collect();
         arrivals.sort_by(|a, b| a.1 .3.total_cmp(&b.1 .3));
         for (seq, (_, n, _, arrival)) in arrivals {
             if newest_seq.is_some_and(|s| seq <= s) {

@@ -68,25 +68,17 @@ fn jp1_group(dir: &Path, image: &Path, shared: &Path) -> String {
     let pl = root().join("target/plugins");
     let prefix = dir.join("run/jp1").display().to_string();
     let resources = warden::cli::demo::jp1_resources(JP1_LHOST, &prefix, &shared.display().to_string(), Some(image));
+    // (`ip` is in every cluster's config already.)
+    let plugins = warden::cli::demo::plugins_toml(&pl, &warden::cli::demo::JP1_PLUGINS[1..]);
     format!(
         r#"
-[[plugins]]
-name = "filesystem"
-path = "{pl}/filesystem.wasm"
-[[plugins]]
-name = "jp1-base"
-path = "{pl}/jp1-base.wasm"
-[[plugins]]
-name = "jp1-ajs3-manager"
-path = "{pl}/jp1-ajs3-manager.wasm"
-{vip}{resources}
+{plugins}{vip}{resources}
 [[groups]]
 name = "app"
 resources = ["vip", "shared-disk", "jp1-base", "jp1-ajs3"]
 depends_on = {{ jp1-base = ["vip", "shared-disk"], jp1-ajs3 = ["jp1-base"] }}
 priority = ["a", "b"]
 "#,
-        pl = pl.display(),
         vip = vip_resource(),
     )
 }
@@ -241,39 +233,10 @@ impl TestCluster {
     pub fn with_power_fencing() -> Self {
         let c = Self::new("");
         let script = c.dir.path().join("power");
-        let cases: String = c.members.iter().map(|m| format!("  {}) ns={}; keep={} ;;\n", m.name, m.ns, m.probe.id())).collect();
         let broken = c.dir.path().join("power-broken");
-        std::fs::write(
-            &script,
-            format!(
-                r#"#!/bin/sh
-# The cluster tier's power switch: `power off|status MEMBER` (fence-exec, args style).
-case "$2" in
-{cases}  *) echo "no such machine: $2" >&2; exit 1 ;;
-esac
-if [ -e '{broken}' ]; then echo "power switch broken" >&2; exit 1; fi
-alive() {{
-  for p in $(/usr/sbin/ip netns pids "$ns"); do
-    [ "$p" = "$keep" ] && continue
-    s=$(cut -d' ' -f3 "/proc/$p/stat" 2>/dev/null) || continue
-    [ -n "$s" ] && [ "$s" != Z ] && return 0
-  done
-  return 1
-}}
-case "$1" in
-  off)
-    for d in eth1 eth2 eth3; do /usr/sbin/ip -n "$ns" link set "$d" down 2>/dev/null; done
-    /usr/sbin/ip -n "$ns" addr flush dev eth3 2>/dev/null
-    for p in $(/usr/sbin/ip netns pids "$ns"); do [ "$p" = "$keep" ] || kill -KILL "$p" 2>/dev/null; done
-    exit 0 ;;
-  status) if alive; then exit 0; else exit 2; fi ;;
-esac
-exit 1
-"#,
-                broken = broken.display()
-            ),
-        )
-        .unwrap();
+        let machines: Vec<(String, String, Option<u32>)> =
+            c.members.iter().map(|m| (m.name.clone(), m.ns.clone(), Some(m.probe.id()))).collect();
+        std::fs::write(&script, warden::cli::demo::lab::power_switch(&machines, Some(&broken))).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         let plugin = root().join("target/plugins/fence-exec.wasm");

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 
 use super::lab::{Lab, NET};
-use super::{daemon_pid, events_since, find_sim, indent, jp1_resources, run, status, step, vip_resource, DemoArgs};
+use super::{
+    daemon_pid, events_since, find_sim, indent, jp1_resources, plugins_toml, run, status, step, vip_resource, DemoArgs, JP1_PLUGINS,
+};
 use crate::api::StatusReport;
 use crate::cli::ops::{event_line, render_status};
 use crate::cli::Cli;
@@ -288,22 +290,7 @@ name = "demo"
 [daemon]
 pki_dir = "{pki}"
 {nodes}
-[[plugins]]
-name = "ip"
-path = "{pl}/ip.wasm"
-[[plugins]]
-name = "filesystem"
-path = "{pl}/filesystem.wasm"
-[[plugins]]
-name = "jp1-base"
-path = "{pl}/jp1-base.wasm"
-[[plugins]]
-name = "jp1-ajs3-manager"
-path = "{pl}/jp1-ajs3-manager.wasm"
-[[plugins]]
-name = "fence-exec"
-path = "{pl}/fence-exec.wasm"
-{vip}{jp1}
+{plugins}{vip}{jp1}
 [[groups]]
 name = "{GROUP}"
 resources = ["vip", "shared-disk", "jp1-base", "jp1-ajs3"]
@@ -321,7 +308,7 @@ grants = {{ exec = [{{ program = "{power}", args = ["*", "*"] }}] }}
 nodes = ["{A}", "{B}"]
 "#,
         pki = pki.display(),
-        pl = plugins.display(),
+        plugins = plugins_toml(&plugins, &[&JP1_PLUGINS[..], &["fence-exec"]].concat()),
         vip = vip_resource(&format!("{vip}/24"), "eth3", "1s"),
         jp1 = jp1_resources(LHOST, &prefix, &shared.display().to_string(), Some(&image)),
         power = power.display(),

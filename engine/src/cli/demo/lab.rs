@@ -169,38 +169,11 @@ impl Lab {
         Ok(cmd)
     }
 
-    /// Writes the lab's power switch to `path`: `power off|status MEMBER`, the fence-exec
-    /// `args` style. `off` takes the member's links down and kills every process in its
-    /// namespace, its holder included (a machine without power has no mounts either), and
-    /// reports success; `status` exits 0 while anything runs there, 2 when nothing does.
+    /// Writes the lab's power switch to `path` ([`power_switch`]; every process of a member
+    /// dies, its holder included: a machine without power has no mounts either).
     pub fn power_script(&self, path: &Path) -> anyhow::Result<()> {
-        let cases: String = self.members.iter().map(|m| format!("  {}) ns={} ;;\n", m.name, m.ns)).collect();
-        std::fs::write(
-            path,
-            format!(
-                r#"#!/bin/sh
-# The lab's power switch (written by `warden demo`): `power off|status MEMBER`.
-case "$2" in
-{cases}  *) echo "no such machine: $2" >&2; exit 1 ;;
-esac
-alive() {{
-  for p in $(/usr/sbin/ip netns pids "$ns"); do
-    s=$(cut -d' ' -f3 "/proc/$p/stat" 2>/dev/null) || continue
-    [ -n "$s" ] && [ "$s" != Z ] && return 0
-  done
-  return 1
-}}
-case "$1" in
-  off)
-    for d in eth1 eth2 eth3; do /usr/sbin/ip -n "$ns" link set "$d" down 2>/dev/null; done
-    for p in $(/usr/sbin/ip netns pids "$ns"); do kill -KILL "$p" 2>/dev/null; done
-    exit 0 ;;
-  status) if alive; then exit 0; else exit 2; fi ;;
-esac
-exit 1
-"#
-            ),
-        )?;
+        let machines: Vec<(String, String, Option<u32>)> = self.members.iter().map(|m| (m.name.clone(), m.ns.clone(), None)).collect();
+        std::fs::write(path, power_switch(&machines, None))?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
         Ok(())
@@ -221,6 +194,43 @@ exit 1
             let _ = h.wait();
         }
     }
+}
+
+/// A power switch for machines that are network namespaces, as a shell script: `SCRIPT off|status
+/// MACHINE` (the fence-exec `args` style). `machines`: (name, namespace, a pid to spare: the
+/// process holding the machine's mount namespace, or none). `off` takes the machine's links down,
+/// flushes its service address and kills every process in it but the spared one; `status` exits
+/// 0 while anything else runs there, 2 when nothing does. While the file `broken` exists, every
+/// call fails (a switch that does not answer).
+pub fn power_switch(machines: &[(String, String, Option<u32>)], broken: Option<&Path>) -> String {
+    let cases: String = machines.iter().map(|(name, ns, keep)| format!("  {name}) ns={ns}; keep={} ;;\n", keep.unwrap_or(0))).collect();
+    let broken =
+        broken.map_or(String::new(), |b| format!("if [ -e '{}' ]; then echo \"power switch broken\" >&2; exit 1; fi\n", b.display()));
+    format!(
+        r#"#!/bin/sh
+# A power switch for machines that are network namespaces: `power off|status MACHINE`.
+case "$2" in
+{cases}  *) echo "no such machine: $2" >&2; exit 1 ;;
+esac
+{broken}alive() {{
+  for p in $(/usr/sbin/ip netns pids "$ns"); do
+    [ "$p" = "$keep" ] && continue
+    s=$(cut -d' ' -f3 "/proc/$p/stat" 2>/dev/null) || continue
+    [ -n "$s" ] && [ "$s" != Z ] && return 0
+  done
+  return 1
+}}
+case "$1" in
+  off)
+    for d in eth1 eth2 eth3; do /usr/sbin/ip -n "$ns" link set "$d" down 2>/dev/null; done
+    /usr/sbin/ip -n "$ns" addr flush dev eth3 2>/dev/null
+    for p in $(/usr/sbin/ip netns pids "$ns"); do [ "$p" = "$keep" ] || kill -KILL "$p" 2>/dev/null; done
+    exit 0 ;;
+  status) if alive; then exit 0; else exit 2; fi ;;
+esac
+exit 1
+"#
+    )
 }
 
 impl Drop for Lab {
