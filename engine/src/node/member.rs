@@ -86,6 +86,8 @@ const SHUTDOWN_FALLBACK: Duration = Duration::from_secs(60);
 // The member lease (`LEASE`, `WATCHDOG_LEASE`) and its rules are in `lease.rs`. It must outlast
 // the election of a new leader after the old one dies (about 2 s with the timing above, a
 // restarted voter's silence included), or a leader's death would stop groups on healthy members.
+/// How long a member waits before it answers a start it refused for want of a lease.
+const NO_LEASE_PAUSE: Duration = Duration::from_millis(500);
 /// How often a member says hello to the leader (over every path), and how often the leader
 /// looks for silent members.
 const HELLO_EVERY: Duration = Duration::from_millis(250);
@@ -454,10 +456,19 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     .into(),
             ))
         }
-        (Some(cg), true) => Some(
-            super::watchdog::Watchdog::attach(&node.state_dir, cg.base(), releases(&node))
-                .map_err(|e| NodeError::Setup(format!("watchdog: {e}")))?,
-        ),
+        (Some(cg), true) => {
+            let (w, new) = super::watchdog::Watchdog::attach(&node.state_dir, cg.base(), releases(&node))
+                .map_err(|e| NodeError::Setup(format!("watchdog: {e}")))?;
+            if new {
+                note(
+                    &mut history,
+                    "node",
+                    &node.name,
+                    "watchdog started; no watchdog survived an earlier daemon, so whatever it left running was stopped".into(),
+                );
+            }
+            Some(w)
+        }
     };
     let journal_dir = node.state_dir.join("actions");
     std::fs::create_dir_all(&journal_dir).map_err(|source| NodeError::Io {
@@ -936,7 +947,15 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                             // have renewed it first): answered as not carried out.
                             let kind = if matches!(command, Command::Start { .. }) { JobKind::Start } else { JobKind::Recover };
                             let why = "this member holds no lease (no leader reached it) or is shutting down";
-                            let _ = results_tx.send(not_carried_out(&resource, kind, op_of(&command), command_epoch(&command), why));
+                            // Answered after a pause: the leader probes and starts again at once,
+                            // and without one a member that stays without a lease (its watchdog
+                            // cannot be armed, say) would spin with it.
+                            let result = not_carried_out(&resource, kind, op_of(&command), command_epoch(&command), why);
+                            let tx = results_tx.clone();
+                            tasks.spawn(async move {
+                                tokio::time::sleep(NO_LEASE_PAUSE).await;
+                                let _ = tx.send(result);
+                            });
                             *busy.0.entry(resource.to_string()).or_default() += 1;
                         }
                     }

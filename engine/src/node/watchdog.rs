@@ -189,17 +189,25 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
-    /// Connects to the supervisor of this state directory, starting one if none runs.
-    pub fn attach(state_dir: &Path, cgroup: &Path, releases: Vec<Release>) -> Result<Self, String> {
+    /// Connects to the supervisor of this state directory, starting one if none runs. With a
+    /// new one, whatever an earlier daemon left running is killed at once (`Ok(true)`): no
+    /// watchdog guarded it since that daemon died, so its lease cannot be vouched for (the
+    /// leader may already count this member fenced). A supervisor that survived the earlier
+    /// daemon keeps its deadline and what runs is adopted as usual (`Ok(false)`).
+    pub fn attach(state_dir: &Path, cgroup: &Path, releases: Vec<Release>) -> Result<(Self, bool), String> {
         let mut w = Self { socket: state_dir.join("watchdog.sock"), cgroup: cgroup.to_path_buf(), releases, conn: None };
-        w.connect()?;
-        Ok(w)
+        let new = w.connect()?;
+        if new {
+            w.arm(Duration::ZERO)?;
+        }
+        Ok((w, new))
     }
 
-    fn connect(&mut self) -> Result<(), String> {
+    /// True when it had to start a supervisor.
+    fn connect(&mut self) -> Result<bool, String> {
         if let Ok(c) = UnixStream::connect(&self.socket) {
             self.conn = Some(c);
-            return Ok(());
+            return Ok(false);
         }
         let exe = std::env::current_exe().map_err(|e| format!("cannot find the warden binary: {e}"))?;
         use std::os::unix::process::CommandExt;
@@ -220,7 +228,7 @@ impl Watchdog {
         while Instant::now() < until {
             if let Ok(c) = UnixStream::connect(&self.socket) {
                 self.conn = Some(c);
-                return Ok(());
+                return Ok(true);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -229,6 +237,7 @@ impl Watchdog {
 
     fn send(&mut self, line: &str) -> Result<(), String> {
         if self.conn.is_none() {
+            // A supervisor started now begins unarmed: the arm being sent arms it.
             self.connect()?;
         }
         let conn = self.conn.as_mut().expect("connected");

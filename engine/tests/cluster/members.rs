@@ -511,3 +511,38 @@ fn a_restart_storm_ends_with_the_group_on_the_other_node_and_never_on_two() {
     assert!(c.service("a", "app-1").is_none() && !c.has_vip("a"), "{}", c.logs());
     s1.check();
 }
+
+#[test]
+fn a_restarted_daemon_adopts_under_its_surviving_watchdog_and_stops_what_no_watchdog_guarded() {
+    let (mut c, s1, _) = running_on_a(TestCluster::with_watchdog());
+    let pid = c.service("a", "app-1").expect("running");
+    // The daemon alone dies: its watchdog lives on, the restarted daemon takes it over and
+    // adopts the services (a crash of Warden itself neither stops nor duplicates them).
+    c.signal("a", "-KILL");
+    c.wait_exit("a", WAIT).expect("killed");
+    c.start("a");
+    c.wait("a back with the group", WAIT, |c| {
+        c.status("w").is_some_and(|st| st["nodes"].as_array().unwrap().iter().all(|n| n["up"] == true)) && started_on(c, "w", "a")
+    });
+    assert_eq!(c.service("a", "app-1"), Some(pid), "not adopted\n{}", c.logs());
+    // The daemon and its watchdog both die: nothing vouches for the lease of what runs, so the
+    // restarted daemon stops it at once (a new watchdog fires immediately) and the group starts
+    // again from scratch, once.
+    let socket = c.member("a").state.join("watchdog.sock");
+    let supervisor =
+        std::process::Command::new("pgrep").args(["-f", &format!("watchdog-supervise --socket {}", socket.display())]).output().unwrap();
+    let supervisor = String::from_utf8_lossy(&supervisor.stdout).trim().to_string();
+    assert!(!supervisor.is_empty(), "no watchdog supervisor for a");
+    c.signal("a", "-KILL");
+    c.wait_exit("a", WAIT).expect("killed");
+    std::process::Command::new("/bin/kill").args(["-KILL", &supervisor]).status().unwrap();
+    c.start("a");
+    c.wait("the old service gone", WAIT, |c| crate::netns::is_alive(pid) == false);
+    c.wait("group app started again", WAIT, |c| {
+        let st = c.status("w");
+        st.is_some_and(|st| st["nodes"].as_array().unwrap().iter().all(|n| n["up"] == true))
+            && (started_on(c, "w", "a") || started_on(c, "w", "b"))
+    });
+    assert!(c.log("a").contains("FIRED"), "{}", c.log("a"));
+    s1.check();
+}
