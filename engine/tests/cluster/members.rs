@@ -537,7 +537,7 @@ fn a_restarted_daemon_adopts_under_its_surviving_watchdog_and_stops_what_no_watc
     c.wait_exit("a", WAIT).expect("killed");
     std::process::Command::new("/bin/kill").args(["-KILL", &supervisor]).status().unwrap();
     c.start("a");
-    c.wait("the old service gone", WAIT, |c| crate::netns::is_alive(pid) == false);
+    c.wait("the old service gone", WAIT, |_| !crate::netns::is_alive(pid));
     c.wait("group app started again", WAIT, |c| {
         let st = c.status("w");
         st.is_some_and(|st| st["nodes"].as_array().unwrap().iter().all(|n| n["up"] == true))
