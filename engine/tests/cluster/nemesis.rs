@@ -1,7 +1,8 @@
 //! A seeded random nemesis against a real cluster: one fault after another (a daemon killed,
 //! stopped dead, a member powered off, cut off on both paths, on one path, unable to speak, the
 //! leader killed, a switchover), each held for a random time, then everything healed and the
-//! cluster left to settle. The S1 sampler runs throughout and is read after every scenario; the
+//! cluster left to settle (healed again every 2 s meanwhile: a fence that lands after the heal
+//! powers the member off again, as a real device would, and an operator would power it on). The S1 sampler runs throughout and is read after every scenario; the
 //! group's epoch must never go back; the cluster must settle after every scenario (liveness).
 //!
 //! `WARDEN_NEMESIS_N` scenarios per cluster (default 25: 50 in CI over the two fencing kinds),
@@ -129,8 +130,16 @@ fn run(mut c: TestCluster, kind: &str) {
         };
         heal(&mut c);
         let t = Instant::now();
+        let mut healed = Instant::now();
         while settled(&c).is_none() && t.elapsed() < Duration::from_secs(90) {
             std::thread::sleep(Duration::from_millis(100));
+            // A fence that lands after the heal (the leader had not yet counted the member lost
+            // when it came back) powers it off again, as a real fence device would: like an
+            // operator, power it on again.
+            if healed.elapsed() > Duration::from_secs(2) {
+                heal(&mut c);
+                healed = Instant::now();
+            }
         }
         let (seen, _) = s1.so_far();
         assert!(
