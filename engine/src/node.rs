@@ -13,7 +13,8 @@
 mod admission;
 pub mod alerts;
 pub mod cgroup;
-mod lease;
+/// The lease rules live in the core, where the seeded simulation checks them.
+use warden_core::lease;
 mod member;
 pub mod rlimit;
 mod schedule;
@@ -1222,7 +1223,7 @@ fn carry_out(
     results: &mpsc::UnboundedSender<JobResult>,
     history: &mut History,
     counted: bool,
-    lease: Option<tokio::sync::watch::Receiver<Option<Instant>>>,
+    lease: Option<(tokio::sync::watch::Receiver<worker::LeaseView>, u64)>,
 ) {
     if counted {
         if let Some(r) = command_resource(&c) {
@@ -1258,9 +1259,11 @@ fn carry_out_local(
     busy: &mut Busy,
     results: &mpsc::UnboundedSender<JobResult>,
     history: &mut History,
-    lease: &tokio::sync::watch::Receiver<Option<Instant>>,
+    lease: &tokio::sync::watch::Receiver<worker::LeaseView>,
 ) {
-    carry_out(c, workers, busy, results, history, false, Some(lease.clone()))
+    // Admitted under the lease's current holding, which the member published before this.
+    let holding = lease.borrow().holding;
+    carry_out(c, workers, busy, results, history, false, Some((lease.clone(), holding)))
 }
 
 async fn sleep_until(t: Option<Instant>) {

@@ -7,6 +7,7 @@
 //! [`ResourceId`]), so one cannot be passed for another.
 
 pub mod id;
+pub mod lease;
 pub mod model;
 pub mod scheduler;
 

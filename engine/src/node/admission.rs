@@ -64,6 +64,8 @@ pub(super) struct Admission {
     last_lease: (Lead, u64),
     /// The lease is the start's grace, not a leader's renewal (see [`Admission::started`]).
     grace: bool,
+    /// How many times a lease was taken after none was held (see [`super::worker::LeaseView`]).
+    holding: u64,
 }
 
 impl Admission {
@@ -104,6 +106,12 @@ impl Admission {
         }
         self.seen = lead;
         self.last_lease = (lead, seq);
+        // A lease that does not join the one held (none held, the start's grace, or one that
+        // ended before this one begins) starts a new holding: what was admitted under the old
+        // one must not begin under this one.
+        if self.grace || self.lease_until.is_none_or(|t| t < now) {
+            self.holding += 1;
+        }
         self.grace = false;
         self.lease_until = Some(now + lease);
         true
@@ -121,6 +129,11 @@ impl Admission {
     /// start's grace): what a queued start checks before it begins.
     pub(super) fn lease_until(&self) -> Option<Instant> {
         self.lease_until.filter(|_| !self.grace)
+    }
+
+    /// The lease as the workers see it.
+    pub(super) fn view(&self) -> super::worker::LeaseView {
+        super::worker::LeaseView { until: self.lease_until(), holding: self.holding }
     }
 
     pub(super) fn holds_lease(&self, now: Instant) -> bool {
@@ -276,6 +289,26 @@ mod tests {
         b.started(t0, LEASE);
         b.renew(l(1), 1, t0, LEASE);
         assert!(b.holds_lease(t0));
+    }
+
+    #[test]
+    fn a_lease_taken_again_after_a_gap_is_a_new_holding() {
+        let (mut a, t0) = (Admission::default(), Instant::now());
+        a.renew(l(1), 1, t0, LEASE);
+        let first = a.view().holding;
+        // Renewed before it ended: the same holding (a start admitted under it may begin).
+        a.renew(l(1), 2, t0 + LEASE / 2, LEASE);
+        assert_eq!(a.view().holding, first);
+        // It ran out (the member stopped, its watchdog may have fired): the next is a new one.
+        let end = t0 + LEASE / 2 + LEASE;
+        assert!(a.lease_ran_out(end, Duration::ZERO));
+        a.renew(l(1), 3, end + Duration::from_secs(1), LEASE);
+        assert_ne!(a.view().holding, first, "a start admitted before the gap must not begin");
+        // A gap the loop never saw (it was stalled) counts too: the new lease begins after the old ended.
+        let second = a.view().holding;
+        let far = end + Duration::from_secs(1) + LEASE + Duration::from_secs(5);
+        a.renew(l(1), 4, far, LEASE);
+        assert_ne!(a.view().holding, second);
     }
 
     #[test]

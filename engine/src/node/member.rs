@@ -68,9 +68,9 @@ use crate::scheduler::{
 const RAFT_HEARTBEAT_MS: u64 = 100;
 const RAFT_ELECTION_MIN_MS: u64 = 400;
 const RAFT_ELECTION_MAX_MS: u64 = 800;
-/// Clock-rate error ρ and margin ε assumed for the authority window.
-const DRIFT: f64 = 0.01;
-const MARGIN: Duration = Duration::from_millis(50);
+/// Clock-rate error ρ and margin ε assumed for the authority window (those of the leases).
+const DRIFT: f64 = lease::RHO;
+const MARGIN: Duration = lease::EPS;
 /// How often the leader renews every member's lease (and tells it what to monitor).
 const LEASE_EVERY: Duration = Duration::from_millis(250);
 /// A fence attempt without an answer after this long counts as failed (each device call has
@@ -554,7 +554,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     }
     // The lease as the workers see it: a start queued behind a slow call checks it again
     // before it begins (published at every turn of the loop; the deadline itself is absolute).
-    let (lease_tx, lease_rx) = tokio::sync::watch::channel(admission.lease_until());
+    let (lease_tx, lease_rx) = tokio::sync::watch::channel(admission.view());
     // What the leader says to monitor here (resource → epoch), and until when it holds.
     let mut monitors: BTreeMap<ResourceId, u64> = BTreeMap::new();
     // What may run here as this member knows it: everything at start (a previous daemon may have
@@ -621,7 +621,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     let (fence_tx, mut fence_rx) = mpsc::unbounded_channel::<(Lead, String, Result<String, String>)>();
 
     loop {
-        lease_tx.send_if_modified(|v| std::mem::replace(v, admission.lease_until()) != *v);
+        lease_tx.send_if_modified(|v| std::mem::replace(v, admission.view()) != *v);
         // The committed config against ours.
         {
             let committed = committed_rx.borrow().config_hash.clone();
@@ -841,7 +841,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     .nodes
                     .iter()
                     .filter(|(n, s)| s.needs_fence && n.as_str() != members.me)
-                    .filter(|(n, _)| now >= lease::lease_wait_from(d.granted.get(n.as_str()).copied(), d.since, lease_d, DRIFT, MARGIN))
+                    .filter(|(n, _)| lease::fenced_by_lease(now, d.granted.get(n.as_str()).copied(), d.since, lease_d))
                     .map(|(n, _)| n.clone())
                     .collect();
                 for n in expired {
@@ -978,6 +978,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                             continue;
                         }
                     }
+                    // Published at once: a start admitted next is admitted under this holding.
+                    lease_tx.send_if_modified(|v| std::mem::replace(v, admission.view()) != *v);
                     if !had && rejoins > 0 {
                         cluster_note(&mut history, &node.name, "a leader reached this member again: it holds a lease".into());
                     }
@@ -1283,14 +1285,10 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                                 (r, e)
                             }).collect();
                             d.lease_seq += 1;
-                            // A grant only to a member counted up (or joining): a lost one's
-                            // lease runs out, which a lease-based fence relies on. With watchdog
-                            // fencing, none to a member that needs fencing either, even one that
-                            // is back: its lease runs out, its watchdog fires, then it counts
-                            // as fenced (SBD's poison pill, without the disk).
-                            let needs_fence = watchdog_fencing
-                                && d.sched.state().decisions.nodes.get(&NodeId::from(name.as_str())).is_some_and(|s| s.needs_fence);
-                            let grant = !needs_fence && d.hellos.contains_key(name) && (d.joining_until.is_some() || d.up.contains(name));
+                            let needs_fence =
+                                d.sched.state().decisions.nodes.get(&NodeId::from(name.as_str())).is_some_and(|s| s.needs_fence);
+                            let counted_up = d.hellos.contains_key(name) && (d.joining_until.is_some() || d.up.contains(name));
+                            let grant = lease::may_grant(counted_up, needs_fence, watchdog_fencing);
                             let newest = d.nonces.get(name).filter(|_| grant).map(|(_, n, heard)| (*n, *heard));
                             if let Some((_, heard)) = newest {
                                 d.granted.insert(name.clone(), heard);

@@ -44,10 +44,22 @@ pub struct Job {
     pub op: u64,
     /// The placement epoch: the agent's fencing token.
     pub epoch: u64,
-    /// A cluster member's lease (until when it holds one; `None`: it holds none): a start or
-    /// recover admitted under it may have waited here behind a slow call, and must not begin
-    /// once the lease ran out. `None` on a single node, and for probes, monitors and stops.
-    pub lease: Option<watch::Receiver<Option<Instant>>>,
+    /// A cluster member's lease as the member publishes it, and which of its holdings the job
+    /// was admitted under: a start or recover may have waited here behind a slow call, and must
+    /// not begin once that lease ran out, even if a later one holds now (when the lease lapsed
+    /// the member stopped, its watchdog may have fired and the leader may have moved the group:
+    /// the command is of a world that is gone). `None` on a single node.
+    pub lease: Option<(watch::Receiver<LeaseView>, u64)>,
+}
+
+/// A member's lease as its workers see it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseView {
+    /// Until when it holds one (`None`: it holds none).
+    pub until: Option<Instant>,
+    /// How many times it took a lease after holding none: the same number means the lease held
+    /// without a gap.
+    pub holding: u64,
 }
 
 impl Job {
@@ -58,9 +70,10 @@ impl Job {
     /// Why this job must not begin at `now`: a start or recover whose lease ran out while it
     /// waited. Answered as a host fault (nothing ran; the leader probes and decides again).
     pub fn expired(&self, now: Instant) -> Option<&'static str> {
-        let lease = self.lease.as_ref()?;
+        let (lease, admitted) = self.lease.as_ref()?;
         let starts = matches!(self.kind, JobKind::Start | JobKind::Recover);
-        let held = lease.borrow().is_some_and(|until| now < until);
+        let view = *lease.borrow();
+        let held = view.holding == *admitted && view.until.is_some_and(|until| now < until);
         (starts && !held).then_some("this member's lease ran out before the action could begin: not carried out")
     }
 }
@@ -489,20 +502,26 @@ mod tests {
     #[test]
     fn a_start_whose_lease_ran_out_while_it_waited_does_not_begin() {
         let t0 = Instant::now();
-        let (tx, rx) = watch::channel(Some(t0 + Duration::from_secs(10)));
-        let start = Job { lease: Some(rx.clone()), ..Job::new(JobKind::Start, 7, 2) };
-        let recover = Job { lease: Some(rx.clone()), ..Job::new(JobKind::Recover, 8, 2) };
-        let stop = Job { lease: Some(rx.clone()), ..Job::new(JobKind::Stop, 9, 2) };
+        let held = |until: Option<Instant>, holding| LeaseView { until, holding };
+        let (tx, rx) = watch::channel(held(Some(t0 + Duration::from_secs(10)), 1));
+        let start = Job { lease: Some((rx.clone(), 1)), ..Job::new(JobKind::Start, 7, 2) };
+        let recover = Job { lease: Some((rx.clone(), 1)), ..Job::new(JobKind::Recover, 8, 2) };
+        let stop = Job { lease: Some((rx.clone(), 1)), ..Job::new(JobKind::Stop, 9, 2) };
         assert_eq!(start.expired(t0), None, "within the lease");
         assert!(start.expired(t0 + Duration::from_secs(10)).is_some(), "the lease ran out while it waited");
         assert!(recover.expired(t0 + Duration::from_secs(11)).is_some());
         assert_eq!(stop.expired(t0 + Duration::from_secs(11)), None, "stopping is always safe");
-        // Renewed meanwhile: it begins.
-        tx.send_replace(Some(t0 + Duration::from_secs(20)));
+        // Renewed meanwhile without a gap: it begins.
+        tx.send_replace(held(Some(t0 + Duration::from_secs(20)), 1));
         assert_eq!(start.expired(t0 + Duration::from_secs(11)), None);
         // The lease lost (no leader): nothing starts.
-        tx.send_replace(None);
+        tx.send_replace(held(None, 1));
         assert!(start.expired(t0).is_some());
+        // Lost and taken again: a start admitted under the earlier holding never begins.
+        tx.send_replace(held(Some(t0 + Duration::from_secs(30)), 2));
+        assert!(start.expired(t0 + Duration::from_secs(11)).is_some(), "the lease lapsed since it was admitted");
+        let later = Job { lease: Some((rx.clone(), 2)), ..Job::new(JobKind::Start, 10, 3) };
+        assert_eq!(later.expired(t0 + Duration::from_secs(11)), None);
         // A single node has no lease.
         assert_eq!(Job::new(JobKind::Start, 1, 1).expired(t0), None);
     }

@@ -847,6 +847,17 @@ fn failed_probe_restarts_the_resource_and_its_dependents() {
 // Daemon restarts drop a node's queue (its processes keep running); fencing powers a node off.
 // S1 and dependency order are checked against the world after every step, not against the
 // scheduler's beliefs.
+//
+// A third simulation runs the same schedules with watchdog fencing instead of a fence device
+// (`LeaseSim`): per-node clock-rate error, leases renewed, lost and delivered late, watchdogs
+// that kill what runs when a lease ends, members that refuse starts without a lease, and the
+// leader counting a member fenced once its lease has provably run out, all through the engine's
+// own rules in `crate::lease`. Breaking any of three rules (the member counting from the grant,
+// clocks drifting beyond ρ, no new-leader wait) makes it find an S1 violation
+// (`the_lease_simulation_fails_when_a_rule_is_broken`). It found one real bug: a start queued
+// behind other work on a member whose lease lapsed (its watchdog fired, the leader counted it
+// fenced and moved the group) began once a later lease came; a start now begins only under
+// the lease holding it was admitted under (`LeaseView::holding` in the engine).
 
 /// xorshift64*: deterministic, no dependency.
 struct Rng(u64);
@@ -923,7 +934,8 @@ struct SimNode {
     connected: bool,
     powered: bool,
     /// Commands delivered to the node's executor, carried out in order.
-    queue: std::collections::VecDeque<Command>,
+    /// (With leases, each with the lease holding it was admitted under.)
+    queue: std::collections::VecDeque<(Command, u64)>,
     /// A result from it was lost: the node is cut off and returns during healing.
     lost_result: bool,
 }
@@ -969,6 +981,103 @@ struct Tally {
     probe_timeouts: usize,
     coordinator_restarts: usize,
     operator_extras: usize,
+    watchdog_fires: usize,
+    lease_fences: usize,
+    no_lease_refusals: usize,
+    early_fences: usize,
+}
+
+/// The lease rules' simulation switches: with all true and the real drift, the rules as the
+/// engine runs them; each false (or a drift beyond [`crate::lease::RHO`]) breaks one on purpose.
+#[derive(Clone, Copy, Debug)]
+struct LeaseRules {
+    /// The member counts its lease from sending the hello the grant answers (else from the
+    /// grant's arrival).
+    from_send: bool,
+    /// How far the clocks' rates really are from 1.
+    drift: f64,
+    /// The leader counts from the arrival of the hello its grant answered (else from the grant),
+    /// and a new leader from its own start (else it does not wait).
+    new_leader_waits: bool,
+}
+
+const LEASE_SAFE: LeaseRules = LeaseRules { from_send: true, drift: crate::lease::RHO, new_leader_waits: true };
+
+/// Watchdog fencing in the simulation (no fence device): the leader (the scheduler's side)
+/// renews every member it counts up and that needs no fence, each member's watchdog kills what
+/// runs there when its lease ends on its own (drifting) clock, a member refuses starts without a
+/// lease, and the leader counts a member that needs fencing as fenced once its lease has provably
+/// run out. Every rule is the engine's own function from [`crate::lease`]. Clocks read
+/// `rate × real ms`, each node's and the leader's rate within `drift` of 1.
+struct LeaseSim {
+    rules: LeaseRules,
+    rng: Rng,
+    base: std::time::Instant,
+    rates: BTreeMap<NodeId, f64>,
+    leader_rate: f64,
+    /// Leader's clock (ms): when this leadership began, and per member the arrival of the hello
+    /// its last grant answered.
+    since: f64,
+    granted: BTreeMap<NodeId, f64>,
+    /// Per member, on its clock (ms): the lease its daemon holds for starts (none after a daemon
+    /// restart until the next grant), and the end its watchdog is armed for (a restarted daemon
+    /// takes the surviving watchdog over).
+    start_lease: BTreeMap<NodeId, f64>,
+    watchdog: BTreeMap<NodeId, f64>,
+    /// Per member: how many times it took a lease after a gap (the engine's `LeaseView::holding`).
+    holding: BTreeMap<NodeId, u64>,
+    /// Grants on their way: (arrival, real ms; member; the hello's sending on its clock).
+    in_flight: Vec<(Millis, NodeId, f64)>,
+}
+
+impl LeaseSim {
+    fn new(seed: u64, rules: LeaseRules) -> Self {
+        let mut rng = Rng(seed.wrapping_mul(0xA24B_AED4_963E_E407) | 1);
+        // Half the runs at the worst: every clock as far off as it goes, in either direction.
+        let extreme = rng.chance(50);
+        let rate = |rng: &mut Rng| {
+            let u = if extreme { [-1.0, 1.0][rng.below(2) as usize] } else { (rng.below(2001) as f64 - 1000.0) / 1000.0 };
+            1.0 + rules.drift * u
+        };
+        let rates = NODES.iter().map(|n| (NodeId::from(*n), rate(&mut rng))).collect();
+        let leader_rate = rate(&mut rng);
+        LeaseSim {
+            rules,
+            rng,
+            base: std::time::Instant::now(),
+            rates,
+            leader_rate,
+            since: 0.0,
+            granted: BTreeMap::new(),
+            start_lease: BTreeMap::new(),
+            watchdog: BTreeMap::new(),
+            holding: BTreeMap::new(),
+            in_flight: Vec::new(),
+        }
+    }
+    fn at(&self, reading: f64) -> std::time::Instant {
+        self.base + std::time::Duration::from_secs_f64(reading.max(0.0) / 1000.0)
+    }
+    fn ms(&self, i: std::time::Instant) -> f64 {
+        i.duration_since(self.base).as_secs_f64() * 1000.0
+    }
+    fn node_clock(&self, n: &NodeId, real: Millis) -> f64 {
+        self.rates[n] * real as f64
+    }
+    fn leader_clock(&self, real: Millis) -> f64 {
+        self.leader_rate * real as f64
+    }
+    /// Whether the member's start lease (from `sent`, its clock) still lets starts begin at real
+    /// time `now`: it is not yet stopping ahead of its end.
+    fn live(&self, n: &NodeId, sent: f64, now: Millis) -> bool {
+        use crate::lease::{lease_until, stop_from, STOP_AHEAD, WATCHDOG_LEASE};
+        self.at(self.node_clock(n, now)) < stop_from(lease_until(self.at(sent), WATCHDOG_LEASE), STOP_AHEAD)
+    }
+    /// Whether the member may begin at real time `now` a start admitted under its lease holding
+    /// `admitted`: the lease has held without a gap since (the engine's `Job::expired`).
+    fn may_start(&self, n: &NodeId, now: Millis, admitted: u64) -> bool {
+        self.holding.get(n).copied().unwrap_or(0) == admitted && self.start_lease.get(n).is_some_and(|sent| self.live(n, *sent, now))
+    }
 }
 
 struct Sim {
@@ -981,6 +1090,7 @@ struct Sim {
     seed: u64,
     cfg: SimCfg,
     extras: Option<Extras>,
+    lease: Option<LeaseSim>,
 }
 
 type SimResult = Result<(), String>;
@@ -1009,7 +1119,111 @@ impl Sim {
         }
         let s = Scheduler::new(m.clone());
         let extras = extras.then(|| Extras { rng: Rng(seed.wrapping_mul(0xD6E8_FEB8_6659_FD93) | 1) });
-        Sim { m, s, w, rng, now: 0, log: log.then(Vec::new), seed, cfg: SimCfg { fenceable, faults: true }, extras }
+        Sim { m, s, w, rng, now: 0, log: log.then(Vec::new), seed, cfg: SimCfg { fenceable, faults: true }, extras, lease: None }
+    }
+
+    /// The leases' part of a step at `self.now` (real time), in the order things happen: the
+    /// watchdogs whose deadline has passed fire, grants arrive, the leader renews the members it
+    /// counts up, and it counts as fenced the members that need fencing and whose lease has
+    /// provably run out.
+    fn lease_tick(&mut self, tally: &mut Tally) -> SimResult {
+        use crate::lease::{fenced_by_lease, lease_until, may_grant, watchdog_deadline, WATCHDOG_LEASE};
+        let Some(l) = &mut self.lease else { return Ok(()) };
+        let now = self.now;
+        // Watchdogs: on the member's own clock, just before its lease ends.
+        let mut fired = Vec::new();
+        for (n, sent) in &l.watchdog {
+            let deadline = l.ms(watchdog_deadline(lease_until(l.at(*sent), WATCHDOG_LEASE)));
+            if deadline / l.rates[n] <= now as f64 {
+                fired.push(n.clone());
+            }
+        }
+        for n in &fired {
+            l.watchdog.remove(n);
+            l.start_lease.remove(n);
+        }
+        // Grants arrive (also at a member cut off since they were sent).
+        let mut arrived = Vec::new();
+        l.in_flight.retain(|(at, n, sent)| {
+            let here = *at <= now;
+            if here {
+                arrived.push((*at, n.clone(), *sent));
+            }
+            !here
+        });
+        arrived.sort_by_key(|a| a.0);
+        for (at, n, sent) in arrived {
+            let from = if l.rules.from_send { sent } else { l.node_clock(&n, at) };
+            // A late copy of an older grant does not shorten a newer one. A lease that does not
+            // join the one held (none, or one the member already stopped ahead of, or one that
+            // ended before this begins) is a new holding.
+            let held = l.start_lease.get(&n).copied();
+            if held.is_none_or(|s| s < from) {
+                let joins = held.is_some_and(|s| l.live(&n, s, at) && s + WATCHDOG_LEASE.as_secs_f64() * 1000.0 >= from);
+                if !joins {
+                    *l.holding.entry(n.clone()).or_default() += 1;
+                }
+                l.start_lease.insert(n.clone(), from);
+            }
+            if l.watchdog.get(&n).is_none_or(|s| *s < from) {
+                l.watchdog.insert(n.clone(), from);
+            }
+        }
+        // Renewals: a hello sent up to 250 ms ago, arrived since, answered now.
+        let faults = self.cfg.faults;
+        for n in RUNNERS {
+            let n = NodeId::from(n);
+            let needs_fence = self.s.state().decisions.nodes.get(&n).is_some_and(|d| d.needs_fence);
+            if !may_grant(self.w.nodes[&n].connected, needs_fence, true) {
+                continue;
+            }
+            let sent = now.saturating_sub(l.rng.below(250));
+            let heard = sent + l.rng.below(now - sent + 1);
+            let basis = if l.rules.new_leader_waits { l.leader_clock(heard) } else { l.leader_clock(now) };
+            l.granted.insert(n.clone(), basis);
+            if faults && l.rng.chance(5) {
+                continue; // the grant is lost
+            }
+            let delay = if faults && l.rng.chance(10) { l.rng.below(1500) } else { l.rng.below(30) };
+            let sent_reading = l.node_clock(&n, sent);
+            l.in_flight.push((now + delay, n, sent_reading));
+        }
+        // Lease-based fences.
+        let leader_now = l.at(l.leader_clock(now));
+        let since = if l.rules.new_leader_waits { l.at(l.since) } else { l.base };
+        let expired: Vec<NodeId> = RUNNERS
+            .iter()
+            .map(|n| NodeId::from(*n))
+            .filter(|n| self.s.state().decisions.nodes.get(n).is_some_and(|d| d.needs_fence))
+            .filter(|n| fenced_by_lease(leader_now, l.granted.get(n).map(|g| l.at(*g)), since, WATCHDOG_LEASE))
+            .collect();
+        let early: Vec<(NodeId, f64)> = expired
+            .iter()
+            .filter_map(|n| {
+                let sent = l.watchdog.get(n)?;
+                let deadline = l.ms(watchdog_deadline(lease_until(l.at(*sent), WATCHDOG_LEASE))) / l.rates[n];
+                (deadline > now as f64).then(|| (n.clone(), deadline))
+            })
+            .collect();
+        for n in fired {
+            tally.watchdog_fires += 1;
+            self.note(|| format!("{now}: {n}'s watchdog fires"));
+            // Everything of the member's resources dies (the base is not Warden's to kill).
+            let m = &self.m;
+            self.w.running.retain(|(r, x)| *x != n || m.resources[r].unmanaged);
+        }
+        for n in expired {
+            tally.lease_fences += 1;
+            self.feed(Event::Fenced(n))?;
+        }
+        // The lease rule itself: a member counts as fenced only once its watchdog has fired.
+        if let Some((n, deadline)) = early.first() {
+            tally.early_fences += 1;
+            if self.lease.as_ref().is_some_and(|l| l.rules.from_send && l.rules.new_leader_waits && l.rules.drift <= crate::lease::RHO) {
+                return self.fail(format!("lease: {n} counted fenced at {now} ms while its watchdog fires only at {deadline:.0} ms"));
+            }
+        }
+        Ok(())
     }
 
     fn note(&mut self, f: impl FnOnce() -> String) {
@@ -1034,7 +1248,8 @@ impl Sim {
                     // Sent to a node that is powered off: lost. Otherwise the executor gets it,
                     // even if the node is cut off right after.
                     if sn.powered {
-                        sn.queue.push_back(c.clone());
+                        let holding = self.lease.as_ref().map_or(0, |l| l.holding.get(node).copied().unwrap_or(0));
+                        self.w.nodes.get_mut(node).unwrap().queue.push_back((c.clone(), holding));
                     }
                 }
                 Command::Fence { node } => {
@@ -1079,7 +1294,7 @@ impl Sim {
 
     /// The executor of `node` carries out the head of its queue.
     fn execute(&mut self, node: &str, tally: &mut Tally) -> SimResult {
-        let Some(c) = self.w.nodes.get_mut(node).unwrap().queue.pop_front() else { return Ok(()) };
+        let Some((c, holding)) = self.w.nodes.get_mut(node).unwrap().queue.pop_front() else { return Ok(()) };
         if !self.w.nodes[node].connected {
             tally.late_commands += 1;
         }
@@ -1118,6 +1333,12 @@ impl Sim {
                     if !self.w.started.contains(&(d.clone(), node.clone())) {
                         return self.fail(format!("order: {resource} {action:?} on {node} while {d} was not started there"));
                     }
+                }
+                if self.lease.as_ref().is_some_and(|l| !l.may_start(&node, self.now, holding)) {
+                    tally.no_lease_refusals += 1;
+                    let result = Err(Failure::HostFault("no lease".into()));
+                    self.reply(&node, Event::ActionDone { resource, node: node.clone(), op, action, result });
+                    return Ok(());
                 }
                 if action == ActionKind::Recover {
                     tally.recovers += 1;
@@ -1242,7 +1463,17 @@ impl Sim {
     }
 
     fn step(&mut self, tally: &mut Tally) -> SimResult {
-        self.now += 1 + self.rng.below(2000);
+        let mut advance = 1 + self.rng.below(2000);
+        // With leases, time also runs in quick bursts (from their own random stream, so the
+        // other simulations' seeds stay as they were): a new leader probes, decides and starts
+        // within a lease, as a real one does in milliseconds.
+        if let Some(l) = &mut self.lease {
+            if l.rng.chance(80) {
+                advance = advance / 20 + 1;
+            }
+        }
+        self.now += advance;
+        self.lease_tick(tally)?;
         let choice = self.rng.below(100);
         match choice {
             0..=34 => {
@@ -1299,6 +1530,9 @@ impl Sim {
                     let sn = self.w.nodes.get_mut(&n).unwrap();
                     sn.queue.clear();
                     sn.lost_result = false;
+                    if let Some(l) = &mut self.lease {
+                        l.start_lease.remove(&n);
+                    }
                     self.feed(Event::NodeRestarted(n))?;
                 }
             }
@@ -1331,6 +1565,11 @@ impl Sim {
                 self.w.fences.clear();
                 self.s = Scheduler::new(self.m.clone());
                 self.s.restore(&saved, self.now);
+                if let Some(l) = &mut self.lease {
+                    // A new leader: it knows none of its predecessor's grants.
+                    l.since = l.leader_clock(self.now);
+                    l.granted.clear();
+                }
                 for n in NODES {
                     if self.w.nodes[n].connected {
                         self.feed(Event::NodeUp(n.into()))?;
@@ -1435,6 +1674,7 @@ impl Sim {
         let mut quiet = 0;
         for round in 0..3000 {
             self.now += 500;
+            self.lease_tick(tally)?;
             let mut busy = false;
             if let Some(n) = self.w.fences.pop() {
                 self.fence(n.clone(), tally)?;
@@ -1459,6 +1699,8 @@ impl Sim {
                 self.deliver(0, tally)?;
             }
             self.check_s1()?;
+            // A member waiting out its lease before it counts as fenced is not quiet.
+            busy |= self.lease.is_some() && self.s.state().decisions.nodes.values().any(|d| d.needs_fence);
             quiet = if busy { 0 } else { quiet + 1 };
             if quiet > 12 {
                 break;
@@ -1492,7 +1734,20 @@ impl Sim {
 }
 
 fn run_seed_with(seed: u64, steps: usize, fenceable: bool, extras: bool, tally: &mut Tally, log: bool) -> (SimResult, Option<Vec<String>>) {
+    run_seed_leases(seed, steps, fenceable, extras, None, tally, log)
+}
+
+fn run_seed_leases(
+    seed: u64,
+    steps: usize,
+    fenceable: bool,
+    extras: bool,
+    leases: Option<LeaseRules>,
+    tally: &mut Tally,
+    log: bool,
+) -> (SimResult, Option<Vec<String>>) {
     let mut sim = Sim::new(seed, fenceable, log, extras);
+    sim.lease = leases.map(|r| LeaseSim::new(seed, r));
     let res = (|| {
         for n in NODES {
             sim.feed(Event::NodeUp(n.into()))?;
@@ -1555,6 +1810,53 @@ fn random_schedules_keep_s1_and_order_without_fencing() {
     let n = t.seeds;
     // (Half the seeds leave resources alone at times (unmanage, maintenance): fewer failed stops.)
     assert!(t.starts > n * 3 && t.stop_failures > n / 150 && t.late_commands > 2 * n, "{t:?}");
+}
+
+/// Seeds for the lease simulation: `WARDEN_LEASE_SIM_SEEDS` raises it.
+fn lease_seeds() -> u64 {
+    std::env::var("WARDEN_LEASE_SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000)
+}
+const LEASE_SEED0: u64 = 2_000_000;
+
+/// Watchdog fencing (no fence device): the same random schedules with the leases, clocks
+/// drifting up to ρ, grants lost and late (up to 1.5 s, also after a cut), new leaders, daemon
+/// restarts, and S1 checked against the world after every step.
+#[test]
+fn random_schedules_keep_s1_with_watchdog_leases() {
+    let mut t = Tally::default();
+    for seed in LEASE_SEED0..LEASE_SEED0 + lease_seeds() {
+        if let (Err(_), _) = run_seed_leases(seed, STEPS, false, seed % 2 == 1, Some(LEASE_SAFE), &mut t, false) {
+            let (res, log) = run_seed_leases(seed, STEPS, false, seed % 2 == 1, Some(LEASE_SAFE), &mut Tally::default(), true);
+            let log = log.unwrap_or_default();
+            panic!("{}\n--- last events ---\n{}", res.unwrap_err(), log[log.len().saturating_sub(400)..].join("\n"));
+        }
+    }
+    eprintln!("with watchdog leases: {t:?}");
+    assert_eq!(t.fences, 0, "no fence device: only leases fence");
+    let n = t.seeds;
+    // The dangerous paths really happen: groups move off members fenced by their lease, whose
+    // watchdog fired, and members refuse starts without a lease.
+    assert!(t.lease_fences > n && t.watchdog_fires > n && t.no_lease_refusals > n / 50 && t.early_fences == 0, "{t:?}");
+    assert!(t.starts > n * 3 && t.coordinator_restarts > n / 2 && t.late_commands > n, "{t:?}");
+}
+
+/// The same simulation with one lease rule broken must find an S1 violation.
+#[test]
+fn the_lease_simulation_fails_when_a_rule_is_broken() {
+    for (name, broken) in [
+        ("the member counting its lease from the grant's arrival", LeaseRules { from_send: false, ..LEASE_SAFE }),
+        ("clocks drifting 5 % while the rules assume 1 %", LeaseRules { drift: 0.05, ..LEASE_SAFE }),
+        ("no new-leader wait, the leader counting from its grant", LeaseRules { new_leader_waits: false, ..LEASE_SAFE }),
+    ] {
+        let mut t = Tally::default();
+        let failed = (LEASE_SEED0..LEASE_SEED0 + lease_seeds()).find(|s| {
+            let (res, _) = run_seed_leases(*s, STEPS, false, s % 2 == 1, Some(broken), &mut t, false);
+            res.is_err_and(|e| e.contains("S1"))
+        });
+        eprintln!("{name}: {t:?}");
+        assert!(failed.is_some(), "{name}: no S1 violation in {} seeds: the simulation cannot catch it", lease_seeds());
+        eprintln!("{name}: caught by seed {}", failed.unwrap());
+    }
 }
 
 /// Print the event log of one seed: `WARDEN_SIM_SEED=17 WARDEN_SIM_FENCE=1 cargo test -p

@@ -26,6 +26,10 @@ pub const WATCHDOG_LEASE: Duration = Duration::from_millis(4500);
 pub const STOP_AHEAD: Duration = Duration::from_secs(1);
 /// The watchdog fires this long before the lease ends (the kill itself takes a few ms).
 pub const KILL_MARGIN: Duration = Duration::from_millis(100);
+/// The clock-rate error ρ between two machines that the rules assume (1 %: far beyond what NTP
+/// or even a free-running quartz gives), and the margin ε added to every wait.
+pub const RHO: f64 = 0.01;
+pub const EPS: Duration = Duration::from_millis(50);
 
 /// Until when a member holds a lease granted in answer to a hello it sent at `sent` (its own
 /// clock).
@@ -61,12 +65,25 @@ pub fn lease_wait_from(last_grant: Option<Instant>, since: Instant, d: Duration,
     reassign_after(last_grant.map_or(since, |g| g.max(since)), d, rho, eps)
 }
 
+/// Whether the leader renews a member's lease: only a member it counts up (or that is joining),
+/// so that a lost member's lease runs out, which a lease-based fence relies on; and, with
+/// watchdog fencing, never one that needs fencing, even one that is back and answers (its
+/// lease runs out, its watchdog fires, then it counts as fenced: SBD's poison pill without the
+/// disk).
+pub fn may_grant(counted_up: bool, needs_fence: bool, watchdog_fencing: bool) -> bool {
+    counted_up && !(watchdog_fencing && needs_fence)
+}
+
+/// Whether a member that needs fencing counts as fenced by its lease at `now` (leader's clock):
+/// its lease has provably run out, so its watchdog has killed what it ran. `last_grant` is the
+/// arrival of the hello this leader's last grant to it answered, `since` this leadership's start.
+pub fn fenced_by_lease(now: Instant, last_grant: Option<Instant>, since: Instant, d: Duration) -> bool {
+    now >= lease_wait_from(last_grant, since, d, RHO, EPS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const RHO: f64 = 0.01;
-    const EPS: Duration = Duration::from_millis(50);
 
     #[test]
     fn a_lease_counts_from_the_hello_not_from_the_grant() {
