@@ -69,6 +69,9 @@ pub enum Command {
         /// `address:ADDR@IFACE` or `mount:PATH`, undone when it fires (repeatable).
         #[arg(long = "release")]
         releases: Vec<String>,
+        /// A hardware watchdog to hold and pet while the lease lasts.
+        #[arg(long)]
+        device: Option<PathBuf>,
     },
     /// Print shell completions (e.g. `warden completions bash > /etc/bash_completion.d/warden`).
     Completions {
@@ -208,10 +211,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent { command: AgentCommand::Exec(args) } => agent_exec::run(&cli, args).await,
         Command::Plugin { command } => plugin_cmd::run(&cli, command).await,
         Command::Demo(args) => demo::run_demo(&cli, args).await,
-        Command::WatchdogSupervise { socket, cgroup, releases } => {
+        Command::WatchdogSupervise { socket, cgroup, releases, device } => {
             use crate::node::watchdog::{supervise, Release};
             let releases = releases.iter().map(|r| Release::from_arg(r)).collect::<Result<Vec<_>, _>>().map_err(anyhow::Error::msg)?;
-            supervise(socket, cgroup, &releases)?;
+            supervise(socket, cgroup, &releases, device.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Completions { shell } => {

@@ -115,6 +115,11 @@ pub struct ClusterSection {
     /// lease has provably run out, without a fence device. The lease is then 4.5 s (else 10 s).
     #[serde(default)]
     pub watchdog_fencing: bool,
+    /// A hardware watchdog (`/dev/watchdog`) the member's watchdog holds as well: petted only
+    /// while the lease lasts, so a member whose lease runs out is reset even if its kernel hangs.
+    /// Needs `watchdog_fencing`. Hardware only: `softdog` is not safe.
+    #[serde(default)]
+    pub watchdog_device: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -377,6 +382,22 @@ impl ClusterConfig {
                 "a two-node cluster with neither a witness nor a fence device cannot tell a dead peer from a lost network (split brain)".into(),
                 Some("add a third [[nodes]] entry with role = \"witness\", or a [[fencing]] device, or set manual_confirm = true under [cluster] to confirm fail-overs by hand"),
             );
+        }
+
+        if let Some(d) = &self.cluster.watchdog_device {
+            if !self.cluster.watchdog_fencing {
+                err(
+                    d.span(),
+                    "watchdog_device needs watchdog_fencing = true".into(),
+                    Some("the device is petted while the member's lease lasts; without watchdog fencing there is no such lease"),
+                );
+            } else if !d.get_ref().is_absolute() {
+                err(
+                    d.span(),
+                    format!("watchdog_device `{}` is not an absolute path", d.get_ref().display()),
+                    Some("for example \"/dev/watchdog\""),
+                );
+            }
         }
 
         // Plugins.

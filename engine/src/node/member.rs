@@ -457,7 +457,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
             ))
         }
         (Some(cg), true) => {
-            let (w, new) = super::watchdog::Watchdog::attach(&node.state_dir, cg.base(), releases(&node))
+            let device = node.cfg.cluster.watchdog_device.as_ref().map(|d| d.get_ref().as_path());
+            let (w, new) = super::watchdog::Watchdog::attach(&node.state_dir, cg.base(), releases(&node), device)
                 .map_err(|e| NodeError::Setup(format!("watchdog: {e}")))?;
             if new {
                 note(

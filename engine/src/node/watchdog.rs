@@ -16,10 +16,18 @@
 //! lazily unmounts its filesystems ([`Release`]: resources with `address` and `interface`
 //! parameters, resources with a `mountpoint`), as their agents' stops would.
 //!
-//! This is the weaker guarantee of the two the architecture names: a hardware watchdog resets the
-//! whole machine even when the kernel hangs; this process needs the kernel and itself alive (it is
-//! a small loop with no I/O but the socket and one write to `cgroup.kill`). A hardware
-//! `/dev/watchdog` is not supported yet.
+//! Alone, this is the weaker guarantee of the two the architecture names: a hardware watchdog
+//! resets the whole machine even when the kernel hangs; this process needs the kernel and itself
+//! alive (it is a small loop with no I/O but the socket and one write to `cgroup.kill`).
+//!
+//! With `watchdog_device` (a hardware `/dev/watchdog`) the supervisor also holds the device open
+//! and pets it only while the armed lease has more than the device's timeout left
+//! ([`should_pet`]): when the lease runs out the machine is reset by the time it ends, even if
+//! the kernel hangs (SBD's rule). It pets freely while nothing is armed (no lease, nothing may
+//! start). A supervisor that dies leaves the device unpetted: the machine resets. Only a clean
+//! `exit` disarms the device (the magic close, `V`); a driver built with `nowayout` cannot be
+//! disarmed, so stopping Warden there resets the machine. Software watchdogs (`softdog`) are
+//! not safe for this (a hung kernel takes them down with it) and must not be configured.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -90,9 +98,104 @@ impl Release {
     }
 }
 
+/// The timeout asked of a hardware watchdog, in seconds (drivers count whole seconds).
+const DEVICE_TIMEOUT_S: libc::c_int = 1;
+/// The longest device timeout accepted: a lease must be able to run out on it (the member's
+/// clean stop begins `STOP_AHEAD` before the lease ends; the reset must come after that).
+const DEVICE_TIMEOUT_MAX: Duration = Duration::from_secs(2);
+/// A pet must leave this much beyond the device's timeout before the lease's end (the loop's
+/// period and the timer's own inaccuracy).
+const PET_MARGIN: Duration = Duration::from_millis(100);
+
+/// Whether to pet a hardware watchdog of `timeout` at `now` with the lease armed until
+/// `deadline`: only while, if this were the last pet, the reset would still come before the
+/// lease ends; always while nothing is armed (no lease: nothing may start here).
+pub fn should_pet(now: Instant, deadline: Option<Instant>, timeout: Duration) -> bool {
+    deadline.is_none_or(|d| now + timeout + PET_MARGIN <= d)
+}
+
+// linux/watchdog.h: _IOR('W', 5, int), _IOWR('W', 6, int).
+const WDIOC_KEEPALIVE: libc::c_ulong = 0x8004_5705;
+const WDIOC_SETTIMEOUT: libc::c_ulong = 0xC004_5706;
+
+/// An open hardware watchdog device: it resets the machine unless petted within its timeout.
+pub struct Device {
+    file: std::fs::File,
+    path: PathBuf,
+    timeout: Duration,
+}
+
+impl Device {
+    /// Opens `path` (which starts its timer) and sets its timeout to [`DEVICE_TIMEOUT_S`].
+    pub fn open(path: &Path) -> Result<Device, String> {
+        let file = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let mut dev = Device { file, path: path.to_path_buf(), timeout: Duration::ZERO };
+        let mut t: libc::c_int = DEVICE_TIMEOUT_S;
+        if let Err(e) = dev.ioctl(WDIOC_SETTIMEOUT, &mut t) {
+            let msg = format!(
+                "{} is not a watchdog device, or cannot take a {DEVICE_TIMEOUT_S} s timeout (WDIOC_SETTIMEOUT: {e})",
+                path.display()
+            );
+            dev.disarm();
+            return Err(msg);
+        }
+        // The driver writes back the timeout in effect (rounded to what the hardware can do).
+        dev.timeout = Duration::from_secs(t.max(1) as u64);
+        if dev.timeout > DEVICE_TIMEOUT_MAX {
+            let msg = format!(
+                "{}: the watchdog's timeout is {} s (asked for {DEVICE_TIMEOUT_S} s), longer than the {} s a lease allows",
+                path.display(),
+                t,
+                DEVICE_TIMEOUT_MAX.as_secs()
+            );
+            dev.disarm();
+            return Err(msg);
+        }
+        dev.pet().map_err(|e| format!("{}: WDIOC_KEEPALIVE: {e}", path.display()))?;
+        Ok(dev)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    #[allow(unsafe_code)] // ioctl(2) on the device's descriptor, with an int we own
+    fn ioctl(&self, request: libc::c_ulong, arg: &mut libc::c_int) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor is open for the life of `self`; both requests take an int*.
+        let rc = unsafe { libc::ioctl(self.file.as_raw_fd(), request as _, arg as *mut libc::c_int) };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    pub fn pet(&self) -> std::io::Result<()> {
+        let mut unused: libc::c_int = 0;
+        self.ioctl(WDIOC_KEEPALIVE, &mut unused)
+    }
+
+    /// The magic close: `V`, then close. The timer stops (unless the driver is `nowayout`).
+    pub fn disarm(mut self) {
+        let _ = self.file.write_all(b"V");
+        eprintln!("watchdog: {} disarmed (magic close)", self.path.display());
+    }
+}
+
 /// Runs the supervisor (the hidden `warden watchdog-supervise` command) until told to exit, or
-/// until the daemon is gone and nothing is armed.
-pub fn supervise(socket: &Path, cgroup: &Path, releases: &[Release]) -> std::io::Result<()> {
+/// until the daemon is gone and nothing is armed. With `device`, it holds that hardware watchdog
+/// (opened before anything else: a device that cannot be used is an error at once).
+pub fn supervise(socket: &Path, cgroup: &Path, releases: &[Release], device: Option<&Path>) -> std::io::Result<()> {
+    let device = match device.map(Device::open).transpose() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("watchdog: {e}");
+            return Err(std::io::Error::other(e));
+        }
+    };
+    if let Some(d) = &device {
+        eprintln!("watchdog: holding {} (timeout {} s)", d.path.display(), d.timeout.as_secs());
+    }
     ignore_stop_signals();
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket)?;
@@ -109,9 +212,23 @@ pub fn supervise(socket: &Path, cgroup: &Path, releases: &[Release]) -> std::io:
     }
     eprintln!("watchdog: supervising {} (socket {})", cgroup.display(), socket.display());
     let started = Instant::now();
+    let mut petting = true;
     loop {
         std::thread::sleep(Duration::from_millis(5));
         let mut s = state.lock().expect("not poisoned");
+        if let Some(d) = &device {
+            let pet = should_pet(Instant::now(), s.deadline, d.timeout);
+            if pet {
+                if let Err(e) = d.pet() {
+                    eprintln!("watchdog: {}: WDIOC_KEEPALIVE: {e}", d.path.display());
+                }
+            } else if petting {
+                eprintln!(
+                    "watchdog: the lease has less than the device's timeout left: no more pets, the machine resets unless it is renewed"
+                );
+            }
+            petting = pet;
+        }
         if s.exit {
             eprintln!("watchdog: told to exit (the daemon stopped cleanly)");
             break;
@@ -133,6 +250,9 @@ pub fn supervise(socket: &Path, cgroup: &Path, releases: &[Release]) -> std::io:
         }
     }
     let _ = std::fs::remove_file(socket);
+    if let Some(d) = device {
+        d.disarm();
+    }
     Ok(())
 }
 
@@ -185,6 +305,7 @@ pub struct Watchdog {
     socket: PathBuf,
     cgroup: PathBuf,
     releases: Vec<Release>,
+    device: Option<PathBuf>,
     conn: Option<UnixStream>,
 }
 
@@ -194,8 +315,9 @@ impl Watchdog {
     /// watchdog guarded it since that daemon died, so its lease cannot be vouched for (the
     /// leader may already count this member fenced). A supervisor that survived the earlier
     /// daemon keeps its deadline and what runs is adopted as usual (`Ok(false)`).
-    pub fn attach(state_dir: &Path, cgroup: &Path, releases: Vec<Release>) -> Result<(Self, bool), String> {
-        let mut w = Self { socket: state_dir.join("watchdog.sock"), cgroup: cgroup.to_path_buf(), releases, conn: None };
+    pub fn attach(state_dir: &Path, cgroup: &Path, releases: Vec<Release>, device: Option<&Path>) -> Result<(Self, bool), String> {
+        let device = device.map(Path::to_path_buf);
+        let mut w = Self { socket: state_dir.join("watchdog.sock"), cgroup: cgroup.to_path_buf(), releases, device, conn: None };
         let new = w.connect()?;
         if new {
             w.arm(Duration::ZERO)?;
@@ -211,24 +333,40 @@ impl Watchdog {
         }
         let exe = std::env::current_exe().map_err(|e| format!("cannot find the warden binary: {e}"))?;
         use std::os::unix::process::CommandExt;
-        std::process::Command::new(exe)
-            .arg("watchdog-supervise")
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--cgroup")
-            .arg(&self.cgroup)
-            .args(self.releases.iter().flat_map(|r| ["--release".to_string(), r.to_arg()]))
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg("watchdog-supervise").arg("--socket").arg(&self.socket).arg("--cgroup").arg(&self.cgroup);
+        cmd.args(self.releases.iter().flat_map(|r| ["--release".to_string(), r.to_arg()]));
+        if let Some(d) = &self.device {
+            cmd.arg("--device").arg(d);
+        }
+        let mut child = cmd
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             // Its own process group: a signal to the daemon's group does not reach it.
             .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot start the watchdog supervisor: {e}"))?;
+        // Its messages go to the daemon's log (a thread copies them: the supervisor outlives
+        // nothing it needs from us).
+        if let Some(err) = child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    tracing::warn!("{line}");
+                }
+            });
+        }
         let until = Instant::now() + Duration::from_secs(5);
         while Instant::now() < until {
             if let Ok(c) = UnixStream::connect(&self.socket) {
                 self.conn = Some(c);
                 return Ok(true);
+            }
+            // A supervisor that cannot start (its device unusable) says why and exits.
+            if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50)); // its last words reach the log
+                let device = self.device.as_ref().map_or(String::new(), |d| format!(" (watchdog_device {})", d.display()));
+                return Err(format!("the watchdog supervisor exited at start ({status}){device}: see the log line before this one"));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -266,6 +404,28 @@ impl Watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hardware_watchdog_is_petted_only_while_the_lease_outlasts_its_timeout() {
+        let now = Instant::now();
+        let t = Duration::from_secs(1);
+        assert!(should_pet(now, None, t), "nothing armed: nothing may start, keep the machine up");
+        assert!(should_pet(now, Some(now + Duration::from_secs(4)), t));
+        // The last pet leaves the reset before the lease's end.
+        assert!(!should_pet(now, Some(now + t), t));
+        assert!(!should_pet(now, Some(now + t + PET_MARGIN - Duration::from_millis(1)), t));
+        assert!(should_pet(now, Some(now + t + PET_MARGIN), t));
+        // A lease already over is never petted.
+        assert!(!should_pet(now + Duration::from_secs(5), Some(now), t));
+    }
+
+    #[test]
+    fn a_device_that_is_not_a_watchdog_is_refused_with_its_reason() {
+        let e = Device::open(Path::new("/dev/null")).err().expect("/dev/null is no watchdog");
+        assert!(e.contains("/dev/null is not a watchdog device"), "{e}");
+        let e = Device::open(Path::new("/nonexistent/watchdog")).err().unwrap();
+        assert!(e.contains("cannot open /nonexistent/watchdog"), "{e}");
+    }
 
     #[test]
     fn releases_come_from_the_ip_and_filesystem_parameters_and_survive_the_command_line() {

@@ -124,6 +124,7 @@ async fn lifekeeper_scripts_receive_tag_id_and_app_info() {
     assert_eq!(env["LK_TAG"], "db-tag");
     assert_eq!(env["LK_ID"], "/dev/sdb1");
     assert_eq!(env["LK_NODE"], "node-a");
+    assert_eq!(env["LK_EPOCH"], "3", "the placement epoch, the fencing token");
     assert_eq!(env["LK_ACTION"], "restore");
     assert_eq!(env["LKROOT"], "/opt/LifeKeeper");
     assert_eq!(env["LANG"], "x y");
@@ -364,6 +365,7 @@ async fn ocf_parameters_and_environment_reach_the_agent() {
     assert_eq!(env["OCF_RA_VERSION_MINOR"], "0");
     assert_eq!(env["OCF_RESKEY_CRM_meta_timeout"], "30000", "the monitor's default timeout in ms");
     assert_eq!(env["OCF_RESKEY_CRM_meta_on_node"], "node-a");
+    assert_eq!(env["OCF_RESKEY_CRM_meta_warden_epoch"], "3");
     assert_eq!(env["TZ"], "1");
     for own in ["OCF_RESKEY_agent", "OCF_RESKEY_ocf_root", "OCF_RESKEY_env", "OCF_RESKEY_quickcheck_timeout_ms"] {
         assert!(!env.contains_key(own), "{own} is the generic agent's own parameter: {env:?}");

@@ -155,6 +155,26 @@ fn a_member_that_can_hear_but_not_speak_never_runs_a_group_twice() {
 }
 
 #[test]
+fn a_watchdog_device_that_is_not_a_watchdog_is_refused_at_start_with_its_reason() {
+    let mut c = TestCluster::with_watchdog();
+    // `/dev/null` opens and takes writes, but no watchdog ioctl: a member must not run believing
+    // a hardware reset backs its lease.
+    let text = std::fs::read_to_string(&c.config).unwrap().replacen(
+        "watchdog_fencing = true\n",
+        "watchdog_fencing = true\nwatchdog_device = \"/dev/null\"\n",
+        1,
+    );
+    std::fs::write(&c.config, text).unwrap();
+    c.start("a");
+    let status = c.wait_exit("a", WAIT).expect("a refuses to run and exits");
+    assert!(!status.success());
+    let log = c.log("a");
+    assert!(log.contains("/dev/null is not a watchdog device"), "{log}");
+    assert!(log.contains("the watchdog supervisor exited at start"), "{log}");
+    assert!(c.service("a", "app-1").is_none() && !c.has_vip("a"), "{log}");
+}
+
+#[test]
 fn a_member_with_another_config_file_refuses_to_run() {
     let mut c = TestCluster::new("");
     c.start("a");
@@ -438,12 +458,9 @@ fn with_lifekeeper_group(c: TestCluster) -> TestCluster {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let d = dir.display();
+    // (The generic plugin is in every test cluster's config: the ledger uses it.)
     let extra = format!(
         r#"
-[[plugins]]
-name = "generic"
-path = "{plugin}"
-
 [[resources]]
 name = "lk-1"
 plugin = "generic"
@@ -455,8 +472,7 @@ monitor_interval = "500ms"
 name = "lk"
 resources = ["lk-1"]
 priority = ["a", "b"]
-"#,
-        plugin = crate::node::root().join("target/plugins/generic.wasm").display()
+"#
     );
     let mut text = std::fs::read_to_string(&c.config).unwrap();
     text += &extra;
@@ -487,7 +503,9 @@ fn a_failed_stop_fences_the_node_before_the_group_starts_elsewhere() {
     c.power_on("a");
     c.start("a");
     c.wait("a up again, both groups running once", WAIT, |c| {
-        c.status("w").is_some_and(|st| st["nodes"].as_array().unwrap().iter().all(|n| n["up"] == true)) && lk_on(c, "w", "b")
+        c.status("w").is_some_and(|st| st["nodes"].as_array().unwrap().iter().all(|n| n["up"] == true))
+            && lk_on(c, "w", "b")
+            && started_on(c, "w", "b")
     });
     s1.check();
 }

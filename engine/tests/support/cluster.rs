@@ -75,7 +75,7 @@ fn jp1_group(dir: &Path, image: &Path, shared: &Path) -> String {
 {plugins}{vip}{resources}
 [[groups]]
 name = "app"
-resources = ["vip", "shared-disk", "jp1-base", "jp1-ajs3"]
+resources = ["vip", "shared-disk", "jp1-base", "jp1-ajs3", "ledger"]
 depends_on = {{ jp1-base = ["vip", "shared-disk"], jp1-ajs3 = ["jp1-base"] }}
 priority = ["a", "b"]
 "#,
@@ -100,7 +100,7 @@ impl TestCluster {
             text += &vip_resource();
             text += &resource(dir, "app-1", "500ms");
             text += &resource(dir, "app-2", "500ms");
-            text += "\n[[groups]]\nname = \"app\"\nresources = [\"vip\", \"app-1\", \"app-2\"]\npriority = [\"a\", \"b\"]\n";
+            text += "\n[[groups]]\nname = \"app\"\nresources = [\"vip\", \"app-1\", \"app-2\", \"ledger\"]\npriority = [\"a\", \"b\"]\n";
             text + extra
         })
     }
@@ -220,6 +220,7 @@ impl TestCluster {
             );
         }
         text += &format!("\n[[plugins]]\nname = \"ip\"\npath = \"{}\"\n", root().join("target/plugins/ip.wasm").display());
+        text += &ledger_resource(dir.path());
         text += &body(dir.path());
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, text).unwrap();
@@ -505,13 +506,18 @@ grants = {{ exec = [{{ program = "{s}", args = ["*", "*"] }}] }}
 
     /// Starts sampling, every 5 ms, every runner's services of `resources` and the virtual IP.
     pub fn sampler(&self, resources: &[&str]) -> Sampler {
-        Sampler::start(self.runs(), resources.iter().map(|r| r.to_string()).collect(), false)
+        Sampler::start(self.runs(), resources.iter().map(|r| r.to_string()).collect(), false, self.ledger_path())
+    }
+
+    /// The ledger that the group's `ledger` resource appends to on whichever member runs it.
+    pub fn ledger_path(&self) -> PathBuf {
+        self.dir.path().join("ledger")
     }
 
     /// A sampler of the JP1 logical host: the virtual IP and the simulated JP1 daemons (whose
     /// processes carry the shared disk's state) on two members at once.
     pub fn jp1_sampler(&self) -> Sampler {
-        Sampler::start(self.runs(), Vec::new(), true)
+        Sampler::start(self.runs(), Vec::new(), true, self.ledger_path())
     }
 
     fn runs(&self) -> Vec<Run> {
@@ -551,6 +557,12 @@ impl Drop for TestCluster {
             }
         }
         let _ = &self.nets;
+        // Every scenario ends with the ledger's check (unless the test already failed).
+        if !std::thread::panicking() {
+            if let Err(e) = read_ledger(&self.ledger_path()).and_then(|h| check_ledger(&h)) {
+                panic!("ledger: {e}");
+            }
+        }
     }
 }
 
@@ -617,6 +629,7 @@ fn service_pid(run_dir: &Path, resource: &str) -> Option<u32> {
 /// Watches for a resource's service alive on two members at once (safety property S1), in a
 /// thread, every 5 ms, until dropped or [`Sampler::stop`].
 pub struct Sampler {
+    ledger: PathBuf,
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<Vec<String>>>,
     samples: Arc<Mutex<u64>>,
@@ -624,7 +637,7 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    fn start(runs: Vec<Run>, resources: Vec<String>, jp1: bool) -> Self {
+    fn start(runs: Vec<Run>, resources: Vec<String>, jp1: bool, ledger: PathBuf) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let samples = Arc::new(Mutex::new(0));
@@ -653,7 +666,7 @@ impl Sampler {
                 }
             })
         };
-        Self { stop, seen, samples, thread: Some(thread) }
+        Self { ledger, stop, seen, samples, thread: Some(thread) }
     }
 
     /// What was seen running twice so far, and how many samples were taken.
@@ -670,11 +683,174 @@ impl Sampler {
         let seen = self.seen.lock().unwrap();
         assert!(*self.samples.lock().unwrap() > 10, "the sampler hardly ran");
         assert!(seen.is_empty(), "S1 violated: {:?}", &seen[..seen.len().min(5)]);
+        // The services' own account: what the group's ledger resource wrote wherever it ran.
+        let holdings = read_ledger(&self.ledger).unwrap_or_else(|e| panic!("ledger: {e}"));
+        assert!(!holdings.is_empty(), "the group's ledger resource never ran: {}", self.ledger.display());
+        let story: Vec<String> = holdings.iter().map(|h| format!("{}@{} ({} records)", h.node, h.epoch, h.records)).collect();
+        eprintln!("ledger: {}", story.join(" -> "));
+        if let Err(e) = check_ledger(&holdings) {
+            panic!("ledger: {e}");
+        }
     }
 }
 
 impl Drop for Sampler {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The group's `ledger` resource: the generic agent (LifeKeeper style) whose restore script starts
+/// the `ledger` program (`tests/jp1-sim/src/bin/ledger.rs`) with the member's name and the
+/// placement epoch it got (`LK_EPOCH`), appending to `<dir>/ledger` every 5 ms until killed; its
+/// remove script returns only once the writer is gone.
+fn ledger_resource(dir: &Path) -> String {
+    let bin = crate::jp1::sim().with_file_name("ledger");
+    let scripts = dir.join("ledger-scripts");
+    std::fs::create_dir_all(&scripts).unwrap();
+    let pid = dir.join("run/ledger.pid");
+    let alive = format!(
+        "alive() {{ pid=$(cat '{pid}' 2>/dev/null) || return 1; st=$(sed 's/.*) //' /proc/$pid/stat 2>/dev/null | cut -c1); [ -n \"$st\" ] && [ \"$st\" != Z ] && [ \"$st\" != X ]; }}\n",
+        pid = pid.display()
+    );
+    let bodies = [
+        (
+            "restore",
+            format!(
+                "alive && exit 0\nsetsid '{bin}' '{ledger}' \"$LK_NODE\" \"$LK_EPOCH\" </dev/null >/dev/null 2>&1 &\necho $! > '{pid}'\nsleep 0.05\nalive || {{ echo 'the ledger writer died'; exit 1; }}\n",
+                bin = bin.display(),
+                ledger = dir.join("ledger").display(),
+                pid = pid.display()
+            ),
+        ),
+        (
+            "remove",
+            format!(
+                "if alive; then kill -TERM $pid; i=0; while alive && [ $i -lt 200 ]; do sleep 0.02; i=$((i+1)); done; alive && kill -KILL $pid; fi\nalive && exit 1\nrm -f '{pid}'\nexit 0\n",
+                pid = pid.display()
+            ),
+        ),
+        ("check", "alive\n".to_string()),
+    ];
+    for (name, body) in &bodies {
+        let path = scripts.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{alive}{body}")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let s = scripts.display();
+    format!(
+        r#"
+[[plugins]]
+name = "generic"
+path = "{plugin}"
+
+[[resources]]
+name = "ledger"
+plugin = "generic"
+params = {{ style = "lifekeeper", restore = "{s}/restore", remove = "{s}/remove", quickcheck = "{s}/check", watch = "none" }}
+grants = {{ read = ["/**"], exec = [{{ program = "{s}/restore" }}, {{ program = "{s}/remove" }}, {{ program = "{s}/check" }}], env = ["LK*"] }}
+monitor_interval = "1s"
+"#,
+        plugin = root().join("target/plugins/generic.wasm").display()
+    )
+}
+
+/// One writer's records in the ledger: the group's ledger resource running on `node` under
+/// placement `epoch`, alive at least from `first` to `last` (monotonic ns).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Holding {
+    pub node: String,
+    pub epoch: u64,
+    pub pid: u32,
+    pub first: u128,
+    pub last: u128,
+    pub records: usize,
+}
+
+/// Reads the ledger (none yet: empty). A malformed line fails: records are written whole.
+pub fn read_ledger(path: &Path) -> Result<Vec<Holding>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    parse_ledger(&text)
+}
+
+pub fn parse_ledger(text: &str) -> Result<Vec<Holding>, String> {
+    let mut by_writer: std::collections::BTreeMap<(String, u32), Holding> = std::collections::BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let bad = || format!("line {}: `{line}` is not `NODE EPOCH PID NS`", i + 1);
+        let [node, epoch, pid, ns] = f[..] else { return Err(bad()) };
+        let (epoch, pid, ns) = (epoch.parse().map_err(|_| bad())?, pid.parse().map_err(|_| bad())?, ns.parse().map_err(|_| bad())?);
+        let h =
+            by_writer.entry((node.to_string(), pid)).or_insert(Holding { node: node.into(), epoch, pid, first: ns, last: ns, records: 0 });
+        if h.epoch != epoch {
+            return Err(format!("line {}: writer {pid} on {node} changed its epoch", i + 1));
+        }
+        h.first = h.first.min(ns);
+        h.last = h.last.max(ns);
+        h.records += 1;
+    }
+    let mut all: Vec<Holding> = by_writer.into_values().collect();
+    all.sort_by_key(|h| h.first);
+    Ok(all)
+}
+
+/// S1 over the ledger: no two writers alive at once (on two members, or twice on one), and the
+/// placement epoch never going back, higher after every move to another member.
+pub fn check_ledger(holdings: &[Holding]) -> Result<(), String> {
+    for (i, a) in holdings.iter().enumerate() {
+        for b in &holdings[i + 1..] {
+            if b.first <= a.last {
+                return Err(format!(
+                    "S1 violated: the group ran on {} (epoch {}, pid {}) and on {} (epoch {}, pid {}) at once, for {:.1} ms",
+                    a.node,
+                    a.epoch,
+                    a.pid,
+                    b.node,
+                    b.epoch,
+                    b.pid,
+                    (a.last.min(b.last) - b.first) as f64 / 1e6
+                ));
+            }
+        }
+    }
+    for w in holdings.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        if b.epoch < a.epoch || (b.node != a.node && b.epoch == a.epoch) {
+            return Err(format!(
+                "epoch order: {} ran under epoch {} after {} under epoch {} (a move must raise the epoch, nothing may lower it)",
+                b.node, b.epoch, a.node, a.epoch
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod ledger_tests {
+    use super::*;
+
+    #[test]
+    fn the_ledger_check_catches_overlaps_and_epochs_going_back() {
+        let ok = "a 1 10 100\na 1 10 200\nb 2 20 300\nb 2 20 400\na 3 30 500\n";
+        let h = parse_ledger(ok).unwrap();
+        assert_eq!(h.len(), 3);
+        check_ledger(&h).unwrap();
+        // b starts before a's last record: both ran at once.
+        let twice = "a 1 10 100\nb 2 20 150\na 1 10 200\n";
+        assert!(check_ledger(&parse_ledger(twice).unwrap()).unwrap_err().contains("S1"));
+        // Twice on one member counts too.
+        let local = "a 1 10 100\na 1 11 150\na 1 10 200\n";
+        assert!(check_ledger(&parse_ledger(local).unwrap()).is_err());
+        // A move without a new epoch, and an epoch going back.
+        assert!(check_ledger(&parse_ledger("a 1 10 100\nb 1 20 200\n").unwrap()).unwrap_err().contains("epoch"));
+        assert!(check_ledger(&parse_ledger("a 2 10 100\na 1 11 200\n").unwrap()).unwrap_err().contains("epoch"));
+        // Same member, same epoch again (a local restart) is fine.
+        check_ledger(&parse_ledger("a 1 10 100\na 1 11 200\n").unwrap()).unwrap();
+        assert!(parse_ledger("a 1 10\n").is_err(), "a torn record");
     }
 }

@@ -8,7 +8,8 @@
 //! | recover | recover    | `unsupported`: no local recovery, fail over      |
 //!
 //! Each is called as `SCRIPT -t TAG -i ID` (plus `APP_INFO_FLAG INFO` when `app_info_flag` is
-//! set), with `LK_TAG`, `LK_ID`, `LK_APP_INFO`, `LK_NODE` and `LK_ACTION` in its environment.
+//! set), with `LK_TAG`, `LK_ID`, `LK_APP_INFO`, `LK_NODE`, `LK_ACTION` and `LK_EPOCH` (Warden's
+//! placement epoch) in its environment.
 //! Exit 0 is success, anything else failure. A quickCheck killed at `quickcheck_timeout_ms` is not
 //! a failure (LifeKeeper's rule): the monitor reports degraded "check timed out".
 
@@ -91,6 +92,9 @@ impl Scripts<'_> {
             .env("LK_ID", self.id)
             .env("LK_APP_INFO", self.app_info)
             .env("LK_NODE", self.ctx.node.as_str())
+            // Not LifeKeeper's: the placement epoch, Warden's fencing token (it only grows; a
+            // script that writes to shared storage can tag its writes with it).
+            .env("LK_EPOCH", self.ctx.epoch.to_string())
             .env("LK_ACTION", action)
     }
 

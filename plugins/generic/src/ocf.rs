@@ -2,7 +2,7 @@
 //!
 //! The agent is called as `AGENT ACTION` with a cleared environment plus `OCF_ROOT`,
 //! `OCF_RA_VERSION_MAJOR`/`MINOR`, `OCF_RESOURCE_INSTANCE` (the resource name),
-//! `OCF_RESOURCE_TYPE`/`PROVIDER`, `OCF_RESKEY_CRM_meta_timeout` (ms), `OCF_RESKEY_CRM_meta_on_node`
+//! `OCF_RESOURCE_TYPE`/`PROVIDER`, `OCF_RESKEY_CRM_meta_timeout` (ms), `OCF_RESKEY_CRM_meta_on_node`, `OCF_RESKEY_CRM_meta_warden_epoch` (Warden's placement epoch)
 //! (and `..._interval` for monitor), and every parameter that is not the generic agent's own as
 //! `OCF_RESKEY_<name>`. Exit codes are mapped per the OCF table (see [`Code`] and README).
 
@@ -160,7 +160,9 @@ impl Ocf<'_> {
             .env("OCF_RESOURCE_INSTANCE", self.ctx.resource.as_str())
             .env("OCF_RESOURCE_TYPE", kind)
             .env("OCF_RESKEY_CRM_meta_timeout", timeout_ms.to_string())
-            .env("OCF_RESKEY_CRM_meta_on_node", self.ctx.node.as_str());
+            .env("OCF_RESKEY_CRM_meta_on_node", self.ctx.node.as_str())
+            // Not Pacemaker's: the placement epoch, Warden's fencing token.
+            .env("OCF_RESKEY_CRM_meta_warden_epoch", self.ctx.epoch.to_string());
         if let Some(p) = provider {
             cmd = cmd.env("OCF_RESOURCE_PROVIDER", p);
         }
