@@ -41,6 +41,10 @@ pub enum Request {
     },
     /// The config the node runs (`warden config show`).
     ConfigShow,
+    /// Make `text` the cluster's config (`warden config apply`); answered once committed.
+    ConfigApply {
+        text: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -254,7 +258,8 @@ impl Client {
 }
 
 /// The largest request line accepted (a request is a few hundred bytes).
-pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+/// (1 MiB: a `config apply` carries the whole config file.)
+pub const MAX_REQUEST_BYTES: u64 = 1024 * 1024;
 
 /// Read one request line from a server-side connection.
 pub async fn read_request(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> Result<Option<Request>, String> {

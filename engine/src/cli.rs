@@ -235,7 +235,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Group { command } => ops::group(command).await,
         Command::Resource { command } => ops::resource(command).await,
-        Command::Config { command } => ops::config(command).await,
+        Command::Config { command } => ops::config(command, &cli).await,
         Command::Cluster { command } => cluster_cmd::run(command),
     }
 }

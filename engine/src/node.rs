@@ -16,6 +16,7 @@ pub mod cgroup;
 /// The lease rules live in the core, where the seeded simulation checks them.
 use warden_core::lease;
 mod member;
+mod reload;
 pub mod rlimit;
 mod schedule;
 pub mod watchdog;
@@ -710,6 +711,11 @@ impl Node {
                         Request::ConfigShow => Response::Config {
                             path: self.cfg.source.display().to_string(),
                             text: self.cfg.text().to_string(),
+                        },
+                        Request::ConfigApply { .. } => Response::Error {
+                            message: "`config apply` changes a cluster's config; a single node reads its file at start: edit the file, \
+                                      check it (`warden node check`) and restart the node (`--leave-running` keeps what runs)"
+                                .into(),
                         },
                         Request::Operator { command } => match sched.check_operator(&command) {
                             Err(message) => Response::Error { message },

@@ -16,6 +16,11 @@ pub struct ClusterState {
     /// started with another file refuses to run.
     #[serde(default)]
     pub config_hash: Option<String>,
+    /// The text of that config once one was applied with `warden config apply` (the first one
+    /// is every member's own file): members reload it, and a member started with another file is
+    /// pointed to it.
+    #[serde(default)]
+    pub config_text: Option<String>,
     pub decisions: Decisions,
 }
 
@@ -36,6 +41,9 @@ pub enum ClusterRequest {
     /// Changes nothing: committed to learn which members acknowledge the log now (before a
     /// membership change).
     Barrier,
+    /// Replace the config (`warden config apply`, validated by the leader): applied only if the
+    /// cluster still runs `previous`, so two applies racing cannot both win.
+    ApplyConfig { previous: String, hash: String, text: String },
 }
 
 /// The answer to a [`ClusterRequest`], given after it was committed and applied.
@@ -76,6 +84,13 @@ impl ClusterState {
                 None => self.config_hash = Some(hash.clone()),
             },
             ClusterRequest::Barrier => return ClusterResponse::Internal,
+            ClusterRequest::ApplyConfig { previous, hash, text } => {
+                if self.config_hash.as_ref() != Some(previous) {
+                    return ClusterResponse::ConfigDiffers { committed: self.config_hash.clone().unwrap_or_default() };
+                }
+                self.config_hash = Some(hash.clone());
+                self.config_text = Some(text.clone());
+            }
         }
         self.revision += 1;
         ClusterResponse::Applied { revision: self.revision }
@@ -134,6 +149,25 @@ mod tests {
         let r = s.apply(&ClusterRequest::SetConfigHash { hash: "h2".into() });
         assert_eq!(r, ClusterResponse::ConfigDiffers { committed: "h1".into() });
         assert_eq!(s, before, "a refused hash changes nothing");
+    }
+
+    #[test]
+    fn an_applied_config_replaces_the_one_it_was_based_on_only() {
+        let mut s = ClusterState::default();
+        s.apply(&ClusterRequest::SetConfigHash { hash: "h1".into() });
+        let r = s.apply(&ClusterRequest::ApplyConfig { previous: "h1".into(), hash: "h2".into(), text: "two".into() });
+        assert_eq!(r, ClusterResponse::Applied { revision: 2 });
+        assert_eq!((s.config_hash.as_deref(), s.config_text.as_deref()), (Some("h2"), Some("two")));
+        // A second apply based on the first config lost the race: refused, nothing changes.
+        let before = s.clone();
+        let r = s.apply(&ClusterRequest::ApplyConfig { previous: "h1".into(), hash: "h3".into(), text: "three".into() });
+        assert_eq!(r, ClusterResponse::ConfigDiffers { committed: "h2".into() });
+        assert_eq!(s, before);
+        // The first leader's hash does not overwrite an applied config.
+        assert_eq!(
+            s.apply(&ClusterRequest::SetConfigHash { hash: "h1".into() }),
+            ClusterResponse::ConfigDiffers { committed: "h2".into() }
+        );
     }
 
     #[test]

@@ -448,6 +448,10 @@ pub enum Event {
     /// Re-evaluate: restart windows and `failed_on` entries age, unsure resources are probed.
     Tick,
     NodeUp(NodeId),
+    /// Several nodes up at once (a cluster formed, a new leader counting who answered): every
+    /// one is counted before anything is placed, so a group not placed yet goes to its
+    /// preferred node rather than to the first one told.
+    NodesUp(Vec<NodeId>),
     NodeDown(NodeId),
     /// The node's daemon restarted: its queue is gone (commands not yet begun never run), what
     /// we knew about its resources is forgotten and re-probed; its processes may still run.
@@ -871,6 +875,11 @@ impl Scheduler {
                     for r in names {
                         self.issue(OpKind::Probe, &r, &n, out);
                     }
+                }
+            }
+            Event::NodesUp(nodes) => {
+                for n in nodes {
+                    self.apply(now, Event::NodeUp(n), out);
                 }
             }
             Event::NodeRestarted(n) => {

@@ -1,7 +1,7 @@
 //! Operator commands against a running node: `status`, `events`, `group`, `resource`,
 //! `node standby|online`, and `node run` itself.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -240,12 +240,39 @@ pub enum ConfigCommand {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Make FILE the cluster's config: it is checked here as `node check` does (config, plugins,
+    /// every resource's and fence device's validate), then the leader checks it against what
+    /// runs and commits it, and every member reloads it: each restarts its daemon in place, one
+    /// at a time, the leader last; what runs keeps running (adopted, not restarted).
+    Apply {
+        /// The new config (TOML).
+        file: PathBuf,
+        /// Check it as this node would (default: the host name, or the first node).
+        #[arg(long)]
+        node: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
 }
 
-pub async fn config(cmd: &ConfigCommand) -> anyhow::Result<ExitCode> {
-    let ConfigCommand::Show { json, socket } = cmd;
+pub async fn config(cmd: &ConfigCommand, cli: &crate::cli::Cli) -> anyhow::Result<ExitCode> {
+    let (json, socket) = match cmd {
+        ConfigCommand::Show { json, socket } => (*json, socket),
+        ConfigCommand::Apply { file, node, socket } => {
+            check_config(file, node, cli).await?;
+            let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+            return match Client::call(&socket.path()?, Request::ConfigApply { text }).await? {
+                Response::Ok { message } => {
+                    println!("{message}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Response::Error { message } => anyhow::bail!("{message}"),
+                other => anyhow::bail!("unexpected answer: {other:?}"),
+            };
+        }
+    };
     match Client::call(&socket.path()?, Request::ConfigShow).await? {
-        Response::Config { path, text } if *json => println!("{}", serde_json::json!({ "path": path, "text": text })),
+        Response::Config { path, text } if json => println!("{}", serde_json::json!({ "path": path, "text": text })),
         Response::Config { path, text } => {
             println!("# {path} (as loaded by the running node)");
             print!("{text}");
@@ -286,6 +313,35 @@ fn humantime(d: Duration) -> String {
     crate::plugin::humantime(d)
 }
 
+/// `node check`: the config, its plugins, and every resource's and fence device's `validate`
+/// with its real grants, as node `node` would load them.
+async fn check_config(config: &Path, node: &Option<String>, cli: &crate::cli::Cli) -> anyhow::Result<()> {
+    let cache = if cli.no_cache { Some(None) } else { cli.cache_dir.clone().map(Some) };
+    let opts = NodeOptions {
+        config: config.to_path_buf(),
+        node: node.clone(),
+        state_dir: Some(std::env::temp_dir().join(format!("warden-check-{}", std::process::id()))),
+        check_only: true,
+        cache,
+        trusted_keys: cli.trusted_keys()?,
+        ..Default::default()
+    };
+    let r = Node::load(&opts).await;
+    let failures = match &r {
+        Ok(n) => n.validate_all().await,
+        Err(_) => vec![],
+    };
+    let _ = std::fs::remove_dir_all(opts.state_dir.as_ref().expect("set above"));
+    r?;
+    if !failures.is_empty() {
+        for f in &failures {
+            eprintln!("{}: {f}", config.display());
+        }
+        anyhow::bail!("{} of the config's resources and fence devices failed validation", failures.len());
+    }
+    Ok(())
+}
+
 pub async fn node(cmd: &NodeCommand, cli: &crate::cli::Cli) -> anyhow::Result<ExitCode> {
     // The global --cache-dir / --no-cache apply to the node's plugins too.
     let cache = if cli.no_cache { Some(None) } else { cli.cache_dir.clone().map(Some) };
@@ -324,28 +380,7 @@ pub async fn node(cmd: &NodeCommand, cli: &crate::cli::Cli) -> anyhow::Result<Ex
             Ok(ExitCode::SUCCESS)
         }
         NodeCommand::Check { config, node } => {
-            let opts = NodeOptions {
-                config: config.clone(),
-                node: node.clone(),
-                state_dir: Some(std::env::temp_dir().join(format!("warden-check-{}", std::process::id()))),
-                check_only: true,
-                cache: cache.clone(),
-                trusted_keys: cli.trusted_keys()?,
-                ..Default::default()
-            };
-            let r = Node::load(&opts).await;
-            let failures = match &r {
-                Ok(n) => n.validate_all().await,
-                Err(_) => vec![],
-            };
-            let _ = std::fs::remove_dir_all(opts.state_dir.as_ref().unwrap());
-            r?;
-            if !failures.is_empty() {
-                for f in &failures {
-                    eprintln!("{}: {f}", config.display());
-                }
-                anyhow::bail!("{} of the config's resources and fence devices failed validation", failures.len());
-            }
+            check_config(config, node, cli).await?;
             println!("{}: ok (config, plugins, and every resource's and fence device's validate)", config.display());
             Ok(ExitCode::SUCCESS)
         }

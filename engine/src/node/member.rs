@@ -49,6 +49,7 @@ use warden_cluster::{AuthorityConfig, ClusterNode, ClusterRequest, ClusterRespon
 use super::admission::{op_of, Admission, Lead, Verdict};
 use super::history::{unix_ms, History};
 use super::lease::{self, LEASE, STOP_AHEAD, WATCHDOG_LEASE};
+use super::reload;
 use super::worker::{Job, JobKind, JobResult};
 use super::{
     carry_out_local, dispatch, job_event, not_carried_out, note, operator_text, sleep_until, Busy, Node, NodeError, SchedClock, Workers,
@@ -88,9 +89,12 @@ const SHUTDOWN_FALLBACK: Duration = Duration::from_secs(60);
 // restarted voter's silence included), or a leader's death would stop groups on healthy members.
 /// How long a member waits before it answers a start it refused for want of a lease.
 const NO_LEASE_PAUSE: Duration = Duration::from_millis(500);
-/// How often a member says hello to the leader (over every path), and how often the leader
-/// looks for silent members.
+/// How often a member says hello to the leader (over every path).
 const HELLO_EVERY: Duration = Duration::from_millis(250);
+/// How often the leader looks for silent members: a member is counted lost within this long of
+/// its silence reaching [`MEMBER_SILENT`] (at the hello pace it was up to 250 ms more, a quarter
+/// of a fail-over).
+const LOST_CHECK: Duration = Duration::from_millis(20);
 /// The leader counts a member lost after this long without its hello when none of its paths
 /// answers the transport's pings either (they go every 200 ms; a path is dead after 1 s without
 /// an answer): two signals from two parts of the member, so a stall of its main loop alone is
@@ -159,6 +163,9 @@ enum Msg {
     Operator { seq: u64, id: u64, command: OperatorCommand, user: String, uid: u32 },
     /// Member → leader: the cluster's status; answered with `Status`.
     StatusRequest { id: u64 },
+    /// Member → leader: `warden config apply` given on the member; answered with `Reply`.
+    /// `seq` as for `Operator` (the same numbering: a copy over another path is dropped).
+    ConfigApply { seq: u64, id: u64, text: String, user: String, uid: u32 },
     /// Leader → member: the answer to `Operator`.
     Reply { id: u64, response: Response },
     /// Leader → member: the answer to `StatusRequest`.
@@ -586,6 +593,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     let mut tick = tokio::time::interval(TICK);
     let mut lease_tick = tokio::time::interval(LEASE_EVERY);
     let mut hello_tick = tokio::time::interval(HELLO_EVERY);
+    let mut lost_tick = tokio::time::interval(LOST_CHECK);
+    lost_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut raft_metrics = cluster.raft().metrics();
     // The cluster runs one config: its hash is committed by the first leader, and a member whose
     // file differs says so and refuses to run (it neither says hello nor carries out commands).
@@ -603,6 +612,13 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     // when proposed).
     let mut barrier: Option<(u64, Option<u64>, Instant)> = None;
     let (barrier_tx, mut barrier_rx) = mpsc::unbounded_channel::<(u64, Result<u64, String>)>();
+    // `config apply` answers, sent once the new config is committed (or refused).
+    let (apply_tx, mut apply_rx) = mpsc::unbounded_channel::<(ReplyTo, Response)>();
+    // This process ran under the committed config (so a new committed config is one applied
+    // while it ran: it reloads), and when it reloads (the new config's hash, when).
+    let mut ran_committed = false;
+    // (`None` due: the reload failed; this member runs the old config until restarted.)
+    let mut reload: Option<(String, Option<Instant>)> = None;
     // Fence devices: any member may lead, so every member can drive them.
     let fence_devices: Vec<FenceDevice> = node
         .cfg
@@ -625,14 +641,47 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
         lease_tx.send_if_modified(|v| std::mem::replace(v, admission.view()) != *v);
         // The committed config against ours.
         {
-            let committed = committed_rx.borrow().config_hash.clone();
+            let (committed, committed_text) = {
+                let c = committed_rx.borrow();
+                (c.config_hash.clone(), c.config_text.clone())
+            };
+            let applied = committed_text.filter(|t| committed.as_deref() == Some(blake3::hash(t.as_bytes()).to_hex().as_str()));
             match committed {
-                Some(h) if h == config_hash => config_ok = true,
+                Some(h) if h == config_hash => {
+                    config_ok = true;
+                    ran_committed = true;
+                }
+                // A config applied while this member ran the one before: it reloads, in turn.
+                Some(h) if ran_committed && reload.is_none() && applied.is_some() => {
+                    let leader = current_leader(&raft_metrics, &members);
+                    let wait = reload::FIRST + reload::STAGGER * reload::slot(&members.me, leader.as_deref(), members.ids.keys());
+                    cluster_note(
+                        &mut history,
+                        &node.name,
+                        format!(
+                            "config {} applied to the cluster: this member reloads it in {} s (its daemon restarts in place; what runs is adopted)",
+                            &h[..h.len().min(12)],
+                            wait.as_secs()
+                        ),
+                    );
+                    reload = Some((h, Some(Instant::now() + wait)));
+                }
+                Some(_) if ran_committed => {}
                 Some(h) if refused.is_none() => {
                     config_ok = false;
+                    // The cluster's config, when it was applied with `config apply`, is kept
+                    // beside the state for the operator to install.
+                    let copy = node.state_dir.join("committed-config.toml");
+                    let pointer = match applied.as_deref().map(|t| warden_store::state::replace_durably(&copy, t.as_bytes())) {
+                        Some(Ok(())) => format!(
+                            "; the cluster's config (applied with `warden config apply`) is in {}: install it as {} and start again",
+                            copy.display(),
+                            node.cfg.source.display()
+                        ),
+                        _ => "; give every member the same file".into(),
+                    };
                     let msg = format!(
-                        "this member's config file {} (hash {}) differs from the config the cluster runs (hash {}): it refuses to run; \
-                         give every member the same file",
+                        "this member's config file {} (hash {}) differs from the config the cluster runs (hash {}): it refuses to run{pointer}",
                         node.cfg.source.display(),
                         &config_hash[..12],
                         &h[..h.len().min(12)]
@@ -642,6 +691,33 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     refused = Some(msg);
                 }
                 _ => {}
+            }
+        }
+        // A config applied meanwhile is reloaded in this member's turn, once nothing is in flight
+        // (or after a while: an action cut short is settled by the restarted daemon).
+        if let Some((h, Some(due))) = reload.clone() {
+            let now = Instant::now();
+            // (Also once the answers it waits for from the leader are in: the `config apply` that
+            // caused this may be one of them, its caller still connected.)
+            if !shutting_down && now >= due && ((busy.is_empty() && forwarded.is_empty()) || now >= due + reload::IDLE_WAIT) {
+                let text = committed_rx.borrow().config_text.clone().unwrap_or_default();
+                let why = match reload::write_config(&node.cfg.source, &text) {
+                    Ok(()) => {
+                        cluster_note(
+                            &mut history,
+                            &node.name,
+                            format!("config {} written to {}: restarting in place", &h[..h.len().min(12)], node.cfg.source.display()),
+                        );
+                        // The history's writer gets a moment to put that on disk.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        format!("cannot restart in place: {}", reload::reexec())
+                    }
+                    Err(e) => format!("cannot write the applied config: {e}"),
+                };
+                let msg = format!("{why}; this member runs the old config until it is restarted with the new file");
+                tracing::error!("{msg}");
+                cluster_note(&mut history, &node.name, msg);
+                reload = Some((h, None));
             }
         }
         // Online again (by a leader that saw us back, or the operator): the marker has done its job.
@@ -1070,6 +1146,20 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         },
                     }
                 }
+                Msg::ConfigApply { seq, id, text, user, uid } => {
+                    let reply = ReplyTo::Remote { to: from.clone(), id };
+                    if decider.as_mut().is_some_and(|d| !d.take_seq(&from, seq)) {
+                        continue; // a copy over another path
+                    }
+                    match decider.as_ref() {
+                        None => answer(&outbox, reply, Response::Error { message: "this member is not the leader (the leader changed: try again)".into() }),
+                        Some(d) => {
+                            let committed = committed_rx.borrow().config_hash.clone();
+                            let who = format!("{user}, uid {uid}, on {from}");
+                            config_apply(d, &node.cfg, committed, text, cluster.raft().clone(), &tasks, reply, &apply_tx, &mut history, &who);
+                        }
+                    }
+                }
                 Msg::StatusRequest { id } => {
                     let parts = StatusParts { node: &node, history: &history, cluster: &cluster, net: &net, members: &members, shutting_down, clock, metrics_addr: metrics_bound.clone() };
                     // Without a decider (an election under way) the last committed decisions.
@@ -1125,6 +1215,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     }
                 }
             }
+            Some((to, response)) = apply_rx.recv() => answer(&outbox, to, response),
             Some((term, result)) = barrier_rx.recv() => {
                 match (result, barrier.as_mut()) {
                     (Ok(index), Some(b)) if b.0 == term => b.1 = Some(index),
@@ -1185,6 +1276,22 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     }
                     Request::ConfigShow => {
                         let _ = reply.send(Response::Config { path: node.cfg.source.display().to_string(), text: node.cfg.text().to_string() });
+                    }
+                    Request::ConfigApply { text } => {
+                        let who = format!("{}, uid {}", caller.user, caller.uid);
+                        if shutting_down {
+                            let _ = reply.send(Response::Error { message: "the node is shutting down".into() });
+                        } else if let Some(d) = decider.as_ref() {
+                            let committed = committed_rx.borrow().config_hash.clone();
+                            config_apply(d, &node.cfg, committed, text, cluster.raft().clone(), &tasks, ReplyTo::Local(reply), &apply_tx, &mut history, &who);
+                        } else if let Some(leader) = current_leader(&raft_metrics, &members).filter(|l| *l != members.me) {
+                            next_id += 1;
+                            forwarded.insert(next_id, (reply, Instant::now()));
+                            out_seq += 1;
+                            outbox.send(&leader, Msg::ConfigApply { seq: out_seq, id: next_id, text, user: caller.user.clone(), uid: caller.uid });
+                        } else {
+                            let _ = reply.send(Response::Error { message: "no leader with a quorum: `config apply` needs one (see `warden status`)".into() });
+                        }
                     }
                     Request::Operator { command } => {
                         if shutting_down {
@@ -1248,12 +1355,15 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         d.joining_until = None;
                         let joined: Vec<String> = members.ids.keys().filter(|n| d.hellos.contains_key(*n)).cloned().collect();
                         cluster_note(&mut history, &node.name, format!("cluster formed with {}: placing groups", joined.join(", ")));
-                        for n in joined {
-                            d.up.insert(n.clone());
-                            pending.extend(d.sched.handle(now_ms(), Event::NodeUp(NodeId::from(n.as_str()))));
-                        }
+                        // All at once: told one at a time, the core would place a new group on
+                        // the first member told rather than its preferred one.
+                        d.up.extend(joined.iter().cloned());
+                        let nodes = joined.iter().map(|n| NodeId::from(n.as_str())).collect();
+                        pending.extend(d.sched.handle(now_ms(), Event::NodesUp(nodes)));
                     }
                 }
+            }
+            _ = lost_tick.tick(), if decider.is_some() => {
                 // The leader: members silent too long are lost (fenced, if they may run
                 // resources and a device covers them; else their groups wait).
                 if let Some(d) = decider.as_mut() {
@@ -1455,6 +1565,67 @@ async fn fence_node(devices: &[FenceDevice], me: &str, target: &str) -> Result<S
 }
 
 /// A cluster event: in the history and the log.
+/// The leader's part of `warden config apply`: the new text is validated as this member loads its
+/// file and against what runs ([`reload::change_refusal`]), then committed with the hash of the
+/// config it replaces; the answer (through `tx`) comes once committed, or with the refusal.
+#[allow(clippy::too_many_arguments)]
+fn config_apply(
+    d: &Decider,
+    current: &crate::config::ClusterConfig,
+    committed: Option<String>,
+    text: String,
+    raft: warden_cluster::Raft,
+    tasks: &tokio_util::task::TaskTracker,
+    to: ReplyTo,
+    tx: &mpsc::UnboundedSender<(ReplyTo, Response)>,
+    history: &mut History,
+    who: &str,
+) {
+    let refusal = (|| {
+        let new = crate::config::ClusterConfig::parse(&current.source, &text).map_err(|e| format!("the new config is not valid:\n{e}"))?;
+        let previous = committed.ok_or("the cluster has not recorded its config yet: try again in a moment")?;
+        let hash = blake3::hash(text.as_bytes()).to_hex().to_string();
+        if hash == previous {
+            return Err("the cluster already runs this config".into());
+        }
+        match reload::change_refusal(current, &new, &d.sched) {
+            Some(why) => Err(why),
+            None => Ok((previous, hash)),
+        }
+    })();
+    let (previous, hash) = match refusal {
+        Ok(x) => x,
+        Err(message) => {
+            let _ = tx.send((to, Response::Error { message }));
+            return;
+        }
+    };
+    cluster_note(history, &current.cluster.name, format!("config {} applied by {who}: committing it", &hash[..12]));
+    let tx = tx.clone();
+    tasks.spawn(async move {
+        let short = hash[..12].to_string();
+        let response = match raft.client_write(ClusterRequest::ApplyConfig { previous, hash, text }).await {
+            Ok(w) => match w.data {
+                ClusterResponse::Applied { .. } => Response::Ok {
+                    message: format!(
+                        "config {short} committed; every member reloads it in turn (about {} s each, the leader last); what runs keeps running",
+                        reload::STAGGER.as_secs()
+                    ),
+                },
+                ClusterResponse::ConfigDiffers { committed } => Response::Error {
+                    message: format!(
+                        "another config was applied meanwhile (hash {}): see `warden config show`, then apply again",
+                        &committed[..committed.len().min(12)]
+                    ),
+                },
+                other => Response::Error { message: format!("unexpected answer from the replicated state: {other:?}") },
+            },
+            Err(e) => Response::Error { message: format!("the new config was not committed ({e}): its outcome is unknown; see `warden status`") },
+        };
+        let _ = tx.send((to, response));
+    });
+}
+
 fn cluster_note(history: &mut History, subject: &str, message: String) {
     tracing::info!(subject, "{message}");
     note(history, "cluster", subject, message);

@@ -35,6 +35,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A line to stderr that never panics: the supervisor must go on guarding even when nobody
+/// reads its stderr any more (`eprintln!` panics on a write error).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// The supervisor's state: when to kill, if armed.
 #[derive(Default)]
 struct Armed {
@@ -94,7 +102,7 @@ impl Release {
         };
         let out = std::process::Command::new(program).args(&args).output();
         let ok = out.as_ref().is_ok_and(|o| o.status.success());
-        eprintln!("watchdog: {program} {}: {}", args.join(" "), if ok { "done" } else { "nothing to undo or failed" });
+        say!("watchdog: {program} {}: {}", args.join(" "), if ok { "done" } else { "nothing to undo or failed" });
     }
 }
 
@@ -178,7 +186,7 @@ impl Device {
     /// The magic close: `V`, then close. The timer stops (unless the driver is `nowayout`).
     pub fn disarm(mut self) {
         let _ = self.file.write_all(b"V");
-        eprintln!("watchdog: {} disarmed (magic close)", self.path.display());
+        say!("watchdog: {} disarmed (magic close)", self.path.display());
     }
 }
 
@@ -189,12 +197,12 @@ pub fn supervise(socket: &Path, cgroup: &Path, releases: &[Release], device: Opt
     let device = match device.map(Device::open).transpose() {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("watchdog: {e}");
+            say!("watchdog: {e}");
             return Err(std::io::Error::other(e));
         }
     };
     if let Some(d) = &device {
-        eprintln!("watchdog: holding {} (timeout {} s)", d.path.display(), d.timeout.as_secs());
+        say!("watchdog: holding {} (timeout {} s)", d.path.display(), d.timeout.as_secs());
     }
     ignore_stop_signals();
     let _ = std::fs::remove_file(socket);
@@ -210,7 +218,7 @@ pub fn supervise(socket: &Path, cgroup: &Path, releases: &[Release], device: Opt
             }
         });
     }
-    eprintln!("watchdog: supervising {} (socket {})", cgroup.display(), socket.display());
+    say!("watchdog: supervising {} (socket {})", cgroup.display(), socket.display());
     let started = Instant::now();
     let mut petting = true;
     loop {
@@ -220,24 +228,22 @@ pub fn supervise(socket: &Path, cgroup: &Path, releases: &[Release], device: Opt
             let pet = should_pet(Instant::now(), s.deadline, d.timeout);
             if pet {
                 if let Err(e) = d.pet() {
-                    eprintln!("watchdog: {}: WDIOC_KEEPALIVE: {e}", d.path.display());
+                    say!("watchdog: {}: WDIOC_KEEPALIVE: {e}", d.path.display());
                 }
             } else if petting {
-                eprintln!(
-                    "watchdog: the lease has less than the device's timeout left: no more pets, the machine resets unless it is renewed"
-                );
+                say!("watchdog: the lease has less than the device's timeout left: no more pets, the machine resets unless it is renewed");
             }
             petting = pet;
         }
         if s.exit {
-            eprintln!("watchdog: told to exit (the daemon stopped cleanly)");
+            say!("watchdog: told to exit (the daemon stopped cleanly)");
             break;
         }
         if s.deadline.is_some_and(|d| Instant::now() >= d) {
             s.deadline = None;
             drop(s);
             let killed = kill_cgroup_tree(cgroup);
-            eprintln!("watchdog: FIRED: not armed again before the lease ran out; killed {killed} processes under {}", cgroup.display());
+            say!("watchdog: FIRED: not armed again before the lease ran out; killed {killed} processes under {}", cgroup.display());
             for r in releases {
                 r.run();
             }
@@ -245,7 +251,7 @@ pub fn supervise(socket: &Path, cgroup: &Path, releases: &[Release], device: Opt
         }
         // The daemon is gone (no connection) and nothing is armed: nothing to guard.
         if s.connections == 0 && s.deadline.is_none() && started.elapsed() > Duration::from_secs(5) {
-            eprintln!("watchdog: no daemon and not armed: exiting");
+            say!("watchdog: no daemon and not armed: exiting");
             break;
         }
     }
@@ -342,20 +348,13 @@ impl Watchdog {
         let mut child = cmd
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
+            // stderr is the daemon's (its log), inherited, never a pipe to this process: the
+            // supervisor outlives the daemon, and a write to a pipe nobody reads any more would
+            // fail (and `eprintln!` panic) just when it must go on guarding.
             // Its own process group: a signal to the daemon's group does not reach it.
             .process_group(0)
             .spawn()
             .map_err(|e| format!("cannot start the watchdog supervisor: {e}"))?;
-        // Its messages go to the daemon's log (a thread copies them: the supervisor outlives
-        // nothing it needs from us).
-        if let Some(err) = child.stderr.take() {
-            std::thread::spawn(move || {
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    tracing::warn!("{line}");
-                }
-            });
-        }
         let until = Instant::now() + Duration::from_secs(5);
         while Instant::now() < until {
             if let Ok(c) = UnixStream::connect(&self.socket) {

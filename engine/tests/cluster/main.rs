@@ -15,5 +15,6 @@ mod support;
 
 mod demo;
 mod jp1_host;
+mod ledger;
 mod members;
 mod nemesis;

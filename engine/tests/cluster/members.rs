@@ -564,3 +564,65 @@ fn a_restarted_daemon_adopts_under_its_surviving_watchdog_and_stops_what_no_watc
     assert!(c.log("a").contains("FIRED"), "{}", c.log("a"));
     s1.check();
 }
+
+#[test]
+fn config_apply_reloads_every_member_in_turn_keeps_what_runs_and_refuses_what_would_break_it() {
+    let (mut c, s1, epoch) = running_on_a(TestCluster::new(""));
+    let old = std::fs::read_to_string(&c.config).unwrap();
+    let pid = c.service("a", "app-1").expect("app-1 runs on a");
+    let apply = |c: &TestCluster, text: &str| {
+        let file = c.dir.path().join("new.toml");
+        std::fs::write(&file, text).unwrap();
+        c.cli_on("a", &["config", "apply", file.to_str().unwrap(), "--node", "a"])
+    };
+    // Refused, the cluster unchanged: the running VIP's address (its stop would delete the wrong
+    // one), a member's address, a file that does not parse.
+    let o = apply(&c, &old.replace("10.213.3.100/24", "10.213.3.101/24"));
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("group `app`") && err.contains("warden group stop"), "{err}");
+    let o = apply(&c, &old.replace("10.213.1.2:7400", "10.213.1.9:7400"));
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("nodes"), "{o:?}");
+    let o = apply(&c, &(old.clone() + "\n[[groups]\n"));
+    assert!(!o.status.success(), "{o:?}");
+    // Accepted: a new group with a new resource, and a new monitor interval for a running one.
+    let extra = c.dir.path().join("run");
+    let program = crate::node::root().join("examples/agents/demo-daemon.sh");
+    let new = old.replacen("monitor_interval = \"500ms\"", "monitor_interval = \"700ms\"", 1)
+        + &crate::node::pid_file_resource(&extra, "extra-1", &program, "monitor_interval = \"500ms\"")
+        + "\n[[groups]]\nname = \"extra\"\nresources = [\"extra-1\"]\npriority = [\"b\", \"a\"]\n";
+    let o = apply(&c, &new);
+    assert!(o.status.success(), "{o:?}\n{}", c.logs());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("committed"), "{o:?}");
+    // Every member restarts in place (the leader last), the new group starts, the old one never
+    // stopped: same service process, same epoch.
+    c.wait("every member reloaded and group extra started on b", WAIT, |c| {
+        c.members.iter().all(|m| c.log(&m.name).contains("restarting in place"))
+            && c.group("w", "extra").is_some_and(|(state, o, _)| state == "started" && o.as_deref() == Some("b"))
+            && c.status("w").is_some_and(|st| st["nodes"].as_array().unwrap().iter().all(|n| n["up"] == true))
+    });
+    assert_eq!(std::fs::read_to_string(&c.config).unwrap(), new);
+    for m in ["a", "b", "w"] {
+        assert!(c.is_running(m), "{m} exited\n{}", c.log(m));
+    }
+    assert_eq!(c.service("a", "app-1"), Some(pid), "app-1 was restarted by the reload\n{}", c.logs());
+    let (state, owner, after) = c.group("w", "app").unwrap();
+    assert_eq!((state.as_str(), owner.as_deref(), after), ("started", Some("a"), epoch), "{}", c.logs());
+    // A member started with the old file is refused and told where the cluster's config is.
+    c.signal("w", "-KILL");
+    c.wait_exit("w", WAIT);
+    let stale = c.dir.path().join("stale.toml");
+    std::fs::write(&stale, &old).unwrap();
+    c.start_with("w", &stale);
+    let status = c.wait_exit("w", WAIT).expect("w refuses and exits");
+    assert!(!status.success());
+    let log = c.log("w");
+    assert!(log.contains("committed-config.toml"), "{log}");
+    let copy = c.member("w").state.join("committed-config.toml");
+    assert_eq!(std::fs::read_to_string(copy).unwrap(), new);
+    c.start("w");
+    c.wait("w back with the new file", WAIT, |c| {
+        c.status("w").is_some_and(|st| st["nodes"].as_array().unwrap().iter().all(|n| n["up"] == true))
+    });
+    s1.check();
+}

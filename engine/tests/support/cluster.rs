@@ -399,6 +399,19 @@ grants = {{ exec = [{{ program = "{s}", args = ["*", "*"] }}] }}
         Command::new(warden_bin()).args(args).env("WARDEN_SOCKET", &self.member(via).socket).output().unwrap()
     }
 
+    /// The CLI run on member `name`'s machine (its network and mount namespaces), as an operator
+    /// logged in there would: what it checks locally (interfaces, files) is that machine's.
+    pub fn cli_on(&self, name: &str, args: &[&str]) -> std::process::Output {
+        let m = self.member(name);
+        Command::new("/usr/bin/nsenter")
+            .args(["--target", &m.probe.id().to_string(), "--mount", "--net", "--"])
+            .arg(warden_bin())
+            .args(args)
+            .env("WARDEN_SOCKET", &m.socket)
+            .output()
+            .unwrap()
+    }
+
     pub fn status(&self, via: &str) -> Option<serde_json::Value> {
         let o = self.cli(via, &["status", "--json"]);
         if !o.status.success() {
@@ -828,29 +841,4 @@ pub fn check_ledger(holdings: &[Holding]) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod ledger_tests {
-    use super::*;
-
-    #[test]
-    fn the_ledger_check_catches_overlaps_and_epochs_going_back() {
-        let ok = "a 1 10 100\na 1 10 200\nb 2 20 300\nb 2 20 400\na 3 30 500\n";
-        let h = parse_ledger(ok).unwrap();
-        assert_eq!(h.len(), 3);
-        check_ledger(&h).unwrap();
-        // b starts before a's last record: both ran at once.
-        let twice = "a 1 10 100\nb 2 20 150\na 1 10 200\n";
-        assert!(check_ledger(&parse_ledger(twice).unwrap()).unwrap_err().contains("S1"));
-        // Twice on one member counts too.
-        let local = "a 1 10 100\na 1 11 150\na 1 10 200\n";
-        assert!(check_ledger(&parse_ledger(local).unwrap()).is_err());
-        // A move without a new epoch, and an epoch going back.
-        assert!(check_ledger(&parse_ledger("a 1 10 100\nb 1 20 200\n").unwrap()).unwrap_err().contains("epoch"));
-        assert!(check_ledger(&parse_ledger("a 2 10 100\na 1 11 200\n").unwrap()).unwrap_err().contains("epoch"));
-        // Same member, same epoch again (a local restart) is fine.
-        check_ledger(&parse_ledger("a 1 10 100\na 1 11 200\n").unwrap()).unwrap();
-        assert!(parse_ledger("a 1 10\n").is_err(), "a torn record");
-    }
 }

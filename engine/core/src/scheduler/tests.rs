@@ -2095,3 +2095,17 @@ fn a_lost_owner_that_comes_back_running_keeps_its_group() {
     assert_eq!(s.state().decisions.groups["g"].owner.as_deref(), Some("a"));
     assert_eq!(s.state().decisions.groups["g"].epoch, epoch, "no new placement");
 }
+
+#[test]
+fn nodes_told_up_together_place_a_new_group_on_its_preferred_node() {
+    // Preference: b, then a. Told one at a time, a first, the group lands on a (why `NodesUp`
+    // exists: a cluster forming must not place by who said hello first).
+    let mut one = Scheduler::new(model(&["b", "a"], &[("g", &["app"])], false));
+    let mut cmds = settle(&mut one, 0, Event::NodeUp("a".into()));
+    cmds.extend(settle(&mut one, 0, Event::NodeUp("b".into())));
+    assert_eq!(starts(&cmds), vec![rn("app", "a")]);
+    let mut all = Scheduler::new(model(&["b", "a"], &[("g", &["app"])], false));
+    let cmds = settle(&mut all, 0, Event::NodesUp(vec!["a".into(), "b".into()]));
+    assert_eq!(starts(&cmds), vec![rn("app", "b")]);
+    assert_eq!(all.state().decisions.groups[&GroupId::from("g")].owner, Some(NodeId::from("b")));
+}
