@@ -619,6 +619,9 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     let mut ran_committed = false;
     // (`None` due: the reload failed; this member runs the old config until restarted.)
     let mut reload: Option<(String, Option<Instant>)> = None;
+    // The leader's commands being carried out here (monitors not counted: one cut short by a
+    // reload is simply run again).
+    let mut actions_in_flight: usize = 0;
     // Fence devices: any member may lead, so every member can drive them.
     let fence_devices: Vec<FenceDevice> = node
         .cfg
@@ -693,13 +696,13 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 _ => {}
             }
         }
-        // A config applied meanwhile is reloaded in this member's turn, once nothing is in flight
-        // (or after a while: an action cut short is settled by the restarted daemon).
+        // A config applied meanwhile is reloaded in this member's turn, once no action is in
+        // flight (a restart would cut a JP1 start short; every action ends by its timeout) and
+        // the answers it waits for from the leader are in (the `config apply` that caused this
+        // may be one of them, its caller still connected).
         if let Some((h, Some(due))) = reload.clone() {
             let now = Instant::now();
-            // (Also once the answers it waits for from the leader are in: the `config apply` that
-            // caused this may be one of them, its caller still connected.)
-            if !shutting_down && now >= due && ((busy.is_empty() && forwarded.is_empty()) || now >= due + reload::IDLE_WAIT) {
+            if !shutting_down && now >= due && actions_in_flight == 0 && forwarded.is_empty() {
                 let text = committed_rx.borrow().config_text.clone().unwrap_or_default();
                 let why = match reload::write_config(&node.cfg.source, &text) {
                     Ok(()) => {
@@ -969,6 +972,9 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
         tokio::select! {
             Some(r) = results_rx.recv() => {
                 busy.done(&r.resource);
+                if !matches!(r.kind, JobKind::Monitor) {
+                    actions_in_flight = actions_in_flight.saturating_sub(1);
+                }
                 let plugin = plugin_of.get(&r.resource).cloned().unwrap_or_default();
                 let event = job_event(&me, &r, &plugin, &mut metrics, &mut history);
                 note_running(&mut maybe_running, &event);
@@ -1016,7 +1022,10 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         continue;
                     }
                     match admission.admit(lead, &resource, &command, Instant::now(), shutting_down) {
-                        Verdict::Run => carry_out_local(command, &workers, &mut busy, &results_tx, &mut history, &lease_rx),
+                        Verdict::Run => {
+                            actions_in_flight += 1;
+                            carry_out_local(command, &workers, &mut busy, &results_tx, &mut history, &lease_rx)
+                        }
                         Verdict::Stale => tracing::info!(from = %from, lead = %lead, resource = %resource, "command of an old leadership refused"),
                         Verdict::Duplicate => {} // a copy over another path
                         Verdict::NoLease => {

@@ -25,9 +25,6 @@ pub const FIRST: Duration = Duration::from_secs(1);
 /// The pause between two members' reloads: enough for the one before to be back (its restart
 /// silence, a new election if it led) before the next goes.
 pub const STAGGER: Duration = Duration::from_secs(3);
-/// A member waits at most this long for its actions in flight to end before it reloads (an
-/// action cut short is settled by the restarted daemon, as after a crash).
-pub const IDLE_WAIT: Duration = Duration::from_secs(30);
 
 /// Why `new` cannot replace `old` while the cluster runs as `sched` says (`None`: it can).
 pub fn change_refusal(old: &ClusterConfig, new: &ClusterConfig, sched: &Scheduler) -> Option<String> {

@@ -14,6 +14,7 @@ mod node;
 mod support;
 
 mod demo;
+mod example;
 mod jp1_host;
 mod ledger;
 mod members;

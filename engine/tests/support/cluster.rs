@@ -519,7 +519,7 @@ grants = {{ exec = [{{ program = "{s}", args = ["*", "*"] }}] }}
 
     /// Starts sampling, every 5 ms, every runner's services of `resources` and the virtual IP.
     pub fn sampler(&self, resources: &[&str]) -> Sampler {
-        Sampler::start(self.runs(), resources.iter().map(|r| r.to_string()).collect(), false, self.ledger_path())
+        Sampler::start(self.runs(), resources.iter().map(|r| r.to_string()).collect(), false, VIP, Some(self.ledger_path()))
     }
 
     /// The ledger that the group's `ledger` resource appends to on whichever member runs it.
@@ -530,7 +530,7 @@ grants = {{ exec = [{{ program = "{s}", args = ["*", "*"] }}] }}
     /// A sampler of the JP1 logical host: the virtual IP and the simulated JP1 daemons (whose
     /// processes carry the shared disk's state) on two members at once.
     pub fn jp1_sampler(&self) -> Sampler {
-        Sampler::start(self.runs(), Vec::new(), true, self.ledger_path())
+        Sampler::start(self.runs(), Vec::new(), true, VIP, Some(self.ledger_path()))
     }
 
     fn runs(&self) -> Vec<Run> {
@@ -595,11 +595,13 @@ fn wait_for_bind(pid: u32, run: &Path) {
 }
 
 /// A runner member as the sampler watches it.
-struct Run {
-    name: String,
-    run_dir: PathBuf,
-    probe: u32,
-    ns: String,
+pub struct Run {
+    pub name: String,
+    /// Where its pid files are, seen from outside.
+    pub run_dir: PathBuf,
+    /// A process in its network namespace.
+    pub probe: u32,
+    pub ns: String,
 }
 
 /// Simulated JP1 daemons (`jp1-sim daemon …`) in network namespace `ns`.
@@ -611,7 +613,7 @@ fn jp1_daemons_in(ns: &str) -> usize {
 }
 
 /// `addr` is a local address of the network namespace process `pid` is in.
-fn has_address(pid: u32, addr: &str) -> bool {
+pub fn has_address(pid: u32, addr: &str) -> bool {
     // fib_trie lists each local address as the line `|-- ADDR` followed by `/32 host LOCAL`.
     let trie = std::fs::read_to_string(format!("/proc/{pid}/net/fib_trie")).unwrap_or_default();
     let mut lines = trie.lines();
@@ -642,7 +644,8 @@ fn service_pid(run_dir: &Path, resource: &str) -> Option<u32> {
 /// Watches for a resource's service alive on two members at once (safety property S1), in a
 /// thread, every 5 ms, until dropped or [`Sampler::stop`].
 pub struct Sampler {
-    ledger: PathBuf,
+    /// The ledger to check too (`None`: the config has no ledger resource).
+    ledger: Option<PathBuf>,
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<Vec<String>>>,
     samples: Arc<Mutex<u64>>,
@@ -650,7 +653,10 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    fn start(runs: Vec<Run>, resources: Vec<String>, jp1: bool, ledger: PathBuf) -> Self {
+    /// Samples `runs` every 5 ms: the services of `resources` (pid files), the address `vip`,
+    /// and with `jp1` the simulated JP1 daemons, each on two members at once.
+    pub fn start(runs: Vec<Run>, resources: Vec<String>, jp1: bool, vip: &str, ledger: Option<PathBuf>) -> Self {
+        let vip = vip.to_string();
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let samples = Arc::new(Mutex::new(0));
@@ -664,7 +670,7 @@ impl Sampler {
                             seen.lock().unwrap().push(format!("{r} alive on {} at once", on.join(" and ")));
                         }
                     }
-                    let on: Vec<&str> = runs.iter().filter(|x| has_address(x.probe, VIP)).map(|x| x.name.as_str()).collect();
+                    let on: Vec<&str> = runs.iter().filter(|x| has_address(x.probe, &vip)).map(|x| x.name.as_str()).collect();
                     if on.len() > 1 {
                         seen.lock().unwrap().push(format!("the virtual IP on {} at once", on.join(" and ")));
                     }
@@ -697,8 +703,9 @@ impl Sampler {
         assert!(*self.samples.lock().unwrap() > 10, "the sampler hardly ran");
         assert!(seen.is_empty(), "S1 violated: {:?}", &seen[..seen.len().min(5)]);
         // The services' own account: what the group's ledger resource wrote wherever it ran.
-        let holdings = read_ledger(&self.ledger).unwrap_or_else(|e| panic!("ledger: {e}"));
-        assert!(!holdings.is_empty(), "the group's ledger resource never ran: {}", self.ledger.display());
+        let Some(ledger) = &self.ledger else { return };
+        let holdings = read_ledger(ledger).unwrap_or_else(|e| panic!("ledger: {e}"));
+        assert!(!holdings.is_empty(), "the group's ledger resource never ran: {}", ledger.display());
         let story: Vec<String> = holdings.iter().map(|h| format!("{}@{} ({} records)", h.node, h.epoch, h.records)).collect();
         eprintln!("ledger: {}", story.join(" -> "));
         if let Err(e) = check_ledger(&holdings) {
