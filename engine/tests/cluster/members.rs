@@ -626,3 +626,42 @@ fn config_apply_reloads_every_member_in_turn_keeps_what_runs_and_refuses_what_wo
     });
     s1.check();
 }
+
+#[test]
+fn members_beyond_five_voters_join_as_learners_run_groups_and_outlive_a_leader() {
+    // Six members: the witness and four nodes vote (5), the fifth node is a learner.
+    let names = [("a", false), ("b", false), ("c", false), ("d", false), ("e", false), ("w", true)];
+    let program = crate::node::root().join("examples/agents/demo-daemon.sh");
+    let mut c = TestCluster::with_members(&names, "");
+    let extra = crate::node::pid_file_resource(&c.dir.path().join("run"), "e-1", &program, "monitor_interval = \"500ms\"")
+        + "\n[[groups]]\nname = \"on-e\"\nresources = [\"e-1\"]\npriority = [\"e\", \"a\"]\n";
+    let text = std::fs::read_to_string(&c.config).unwrap() + &extra;
+    std::fs::write(&c.config, text).unwrap();
+    let s1 = c.sampler(&["app-1", "app-2", "e-1"]);
+    c.start_all();
+    let raft_roles = |c: &TestCluster, via: &str| -> Option<Vec<(String, String)>> {
+        let st = c.status(via)?;
+        let members = st["cluster_info"]["members"].as_array()?.clone();
+        Some(members.iter().map(|m| (m["name"].as_str().unwrap_or("").to_string(), m["raft"].as_str().unwrap_or("").to_string())).collect())
+    };
+    let expected: Vec<(String, String)> =
+        ["a", "b", "c", "d", "e", "w"].iter().map(|n| (n.to_string(), if *n == "e" { "learner" } else { "voter" }.to_string())).collect();
+    c.wait("five voters and a learner, group app on a and on-e on the learner", WAIT, |c| {
+        raft_roles(c, "w").as_ref() == Some(&expected)
+            && started_on(c, "w", "a")
+            && c.group("w", "on-e").is_some_and(|(state, o, _)| state == "started" && o.as_deref() == Some("e"))
+            && c.service("e", "e-1").is_some()
+    });
+    // The leader dies: the voters elect another; the learner keeps its group and sees the new leader.
+    let leader = c.leader("w").expect("a leader");
+    c.signal(&leader, "-KILL");
+    let via = if leader == "w" { "a" } else { "w" };
+    c.wait("a new leader", WAIT, |c| c.leader(via).is_some_and(|l| l != leader));
+    let pid = c.service("e", "e-1");
+    c.wait("the learner reports the new leader and still runs on-e", WAIT, |c| {
+        c.leader("e").is_some_and(|l| l != leader)
+            && c.group("e", "on-e").is_some_and(|(s, o, _)| s == "started" && o.as_deref() == Some("e"))
+    });
+    assert_eq!(c.service("e", "e-1"), pid, "{}", c.logs());
+    s1.check();
+}
