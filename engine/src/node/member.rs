@@ -95,6 +95,10 @@ const HELLO_EVERY: Duration = Duration::from_millis(250);
 /// its silence reaching [`MEMBER_SILENT`] (at the hello pace it was up to 250 ms more, a quarter
 /// of a fail-over).
 const LOST_CHECK: Duration = Duration::from_millis(20);
+/// A gap this long between two of those checks is a stall of the leader's own loop (CPU
+/// starvation, SIGSTOP): the members' silence is then counted only from its end, since their
+/// hellos waited unread meanwhile.
+const OWN_STALL: Duration = Duration::from_millis(250);
 /// The leader counts a member lost after this long without its hello when none of its paths
 /// answers the transport's pings either (they go every 200 ms; a path is dead after 1 s without
 /// an answer): two signals from two parts of the member, so a stall of its main loop alone is
@@ -602,6 +606,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     let mut lease_tick = tokio::time::interval(LEASE_EVERY);
     let mut hello_tick = tokio::time::interval(HELLO_EVERY);
     let mut lost_tick = tokio::time::interval(LOST_CHECK);
+    // When the leader last looked for silent members, and when its own last stall ended.
+    let (mut last_lost_check, mut resumed) = (Instant::now(), Instant::now());
     lost_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut raft_metrics = cluster.raft().metrics();
     // The cluster runs one config: its hash is committed by the first leader, and a member whose
@@ -1410,12 +1416,17 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 // resources and a device covers them; else their groups wait).
                 if let Some(d) = decider.as_mut() {
                     let now = Instant::now();
+                    if now.duration_since(last_lost_check) > OWN_STALL {
+                        resumed = now;
+                    }
+                    last_lost_check = now;
                     let links = net.links();
                     let silent: Vec<String> = d
                         .up
                         .iter()
                         .filter(|n| {
-                            let quiet = d.hellos.get(*n).map_or(Duration::MAX, |(t, ..)| now.duration_since(*t));
+                            // Silence counts only while this loop ran (see OWN_STALL).
+                            let quiet = d.hellos.get(*n).map_or(Duration::MAX, |(t, ..)| now.duration_since((*t).max(resumed)));
                             let reachable = links.get(n.as_str()).is_some_and(|l| l.up);
                             **n != members.me && (quiet > MEMBER_WEDGED || (quiet > MEMBER_SILENT && !reachable))
                         })
