@@ -91,6 +91,9 @@ const SHUTDOWN_FALLBACK: Duration = Duration::from_secs(60);
 const NO_LEASE_PAUSE: Duration = Duration::from_millis(500);
 /// How often a member says hello to the leader (over every path).
 const HELLO_EVERY: Duration = Duration::from_millis(250);
+/// A member whose hellos the leader it knows has not answered for this long says hello to every
+/// member (the leader it knows may be stale).
+const HELLO_UNANSWERED: Duration = Duration::from_millis(750);
 /// How often the leader looks for silent members: a member is counted lost within this long of
 /// its silence reaching [`MEMBER_SILENT`] (at the hello pace it was up to 250 ms more, a quarter
 /// of a fail-over).
@@ -588,6 +591,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     // lease would be counted from the wrong send).
     let mut hello_nonce = unix_ms(SystemTime::now()).saturating_mul(1000);
     let mut hellos_sent: VecDeque<(u64, Instant)> = VecDeque::new();
+    // When a leader last answered one of our hellos (a grant echoing its number).
+    let mut last_answer: Option<Instant> = None;
     // The stops of a lost lease, one at a time, top down.
     let mut self_stop: VecDeque<ResourceId> = VecDeque::new();
     let mut self_stopping: Option<ResourceId> = None;
@@ -1090,6 +1095,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     let had = admission.holds_lease(now);
                     // Counted from when we sent the hello it answers (an unknown one: no grant).
                     let Some(sent) = nonce.and_then(|n| hellos_sent.iter().find(|(x, _)| *x == n).map(|(_, t)| *t)) else { continue };
+                    last_answer = Some(now);
                     if lease::lease_until(sent, lease_d) <= now || !admission.renew(lead, seq, sent, lease_d) {
                         continue;
                     }
@@ -1378,13 +1384,16 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 if !config_ok {
                     continue; // not a member until it runs the cluster's config
                 }
-                // To the leader; without one known (say a restarted member campaigning while the
-                // leader cannot reach it yet), to every member: the leader among them counts it
-                // up instead of lost (the others ignore a hello).
+                // To the leader while it answers; without one known, or one that has not answered
+                // for a while (a restarted member's Raft state names the leader it last knew, and
+                // the real leader's replication to a member it lost may be backing off), to every
+                // member: the leader among them counts it up instead of lost (the others ignore a
+                // hello).
                 let back = !shutting_down && left_marker.exists();
                 let nonce = next_hello(&mut hello_nonce, &mut hellos_sent);
                 let hello = Msg::Hello { instance: instance.clone(), rejoins, leaving: shutting_down, back, gone: gone_since.is_some(), nonce };
-                match current_leader(&raft_metrics, &members) {
+                let answered = last_answer.is_some_and(|t| t.elapsed() < HELLO_UNANSWERED);
+                match current_leader(&raft_metrics, &members).filter(|_| answered) {
                     Some(leader) => outbox.send(&leader, hello),
                     None => {
                         for name in members.ids.keys() {
