@@ -665,18 +665,20 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
         lease_tx.send_if_modified(|v| std::mem::replace(v, admission.view()) != *v);
         // The committed config against ours.
         {
-            let (committed, committed_text) = {
-                let c = committed_rx.borrow();
-                (c.config_hash.clone(), c.config_text.clone())
+            let committed = committed_rx.borrow().config_hash.clone();
+            // The committed text (cloned and checked only when it is not ours: the loop turns
+            // many times a second and the text can be large).
+            let applied = |hash: &str| {
+                let text = committed_rx.borrow().config_text.clone();
+                text.filter(|t| blake3::hash(t.as_bytes()).to_hex().as_str() == hash)
             };
-            let applied = committed_text.filter(|t| committed.as_deref() == Some(blake3::hash(t.as_bytes()).to_hex().as_str()));
             match committed {
                 Some(h) if h == config_hash => {
                     config_ok = true;
                     ran_committed = true;
                 }
                 // A config applied while this member ran the one before: it reloads, in turn.
-                Some(h) if ran_committed && reload.is_none() && applied.is_some() => {
+                Some(h) if ran_committed && reload.is_none() && applied(&h).is_some() => {
                     let leader = current_leader(&raft_metrics, &members);
                     let wait = reload::FIRST + reload::STAGGER * reload::slot(&members.me, leader.as_deref(), members.ids.keys());
                     cluster_note(
@@ -696,7 +698,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     // The cluster's config, when it was applied with `config apply`, is kept
                     // beside the state for the operator to install.
                     let copy = node.state_dir.join("committed-config.toml");
-                    let pointer = match applied.as_deref().map(|t| warden_store::state::replace_durably(&copy, t.as_bytes())) {
+                    let pointer = match applied(&h).as_deref().map(|t| warden_store::state::replace_durably(&copy, t.as_bytes())) {
                         Some(Ok(())) => format!(
                             "; the cluster's config (applied with `warden config apply`) is in {}: install it as {} and start again",
                             copy.display(),
