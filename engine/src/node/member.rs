@@ -816,7 +816,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
             let lead = barrier.and_then(|(term, index, _)| index.filter(|_| term == current_term).map(|index| Lead { term, index }));
             // Members beyond the voters join as learners, added by the leader (again after 10 s
             // if the change did not go through: a learner down now is added all the same).
-            if leads && members.ids.len() > voters.len() && cluster.authority().is_some() {
+            if leads && cluster.authority().is_some() {
                 let m = cluster.metrics();
                 let membership = m.membership_config.membership();
                 let missing: Vec<(RaftId, Peer)> = members
@@ -1628,6 +1628,7 @@ async fn fence_node(devices: &[FenceDevice], me: &str, target: &str) -> Result<S
     Err(errors.join("; "))
 }
 
+/// A cluster event: in the history and the log.
 /// The leader's part of `warden config apply`: the new text is validated as this member loads its
 /// file and against what runs ([`reload::change_refusal`]), then committed with the hash of the
 /// config it replaces; the answer (through `tx`) comes once committed, or with the refusal.
@@ -1689,7 +1690,6 @@ fn config_apply(
     });
 }
 
-/// A cluster event: in the history and the log.
 fn cluster_note(history: &mut History, subject: &str, message: String) {
     tracing::info!(subject, "{message}");
     note(history, "cluster", subject, message);
