@@ -122,10 +122,6 @@ pub struct ClusterStatus {
 pub struct MemberStatus {
     pub name: String,
     pub role: String,
-    /// In the replicated state's membership: `voter`, `learner` (receives the log, never votes:
-    /// members beyond 5 voters), or `joining` (not added yet).
-    #[serde(default)]
-    pub raft: String,
     /// At least one path to it works (always true for the answering member itself).
     pub reachable: bool,
     pub paths: Vec<PathState>,

@@ -941,7 +941,6 @@ pub fn render_status(r: &StatusReport) -> String {
         let paths = r.cluster_info.as_ref().and_then(|c| c.members.iter().find(|m| m.name == n.name)).map_or(String::new(), |m| {
             let per: Vec<String> = m.paths.iter().map(|p| format!("{} {}", p.addr, if p.up { "up" } else { "DOWN" })).collect();
             let reach = if m.reachable { "reachable" } else { "UNREACHABLE" };
-            let reach = if m.raft.is_empty() || m.raft == "voter" { reach.to_string() } else { format!("{reach}, {}", m.raft) };
             if per.is_empty() {
                 format!("  {reach}")
             } else {

@@ -257,11 +257,6 @@ impl Members {
         m
     }
 
-    /// The members in config order, with their roles.
-    fn in_order(&self) -> Vec<(String, Role)> {
-        self.names.values().map(|n| (n.clone(), self.roles[n])).collect()
-    }
-
     fn others(&self) -> impl Iterator<Item = &String> {
         self.ids.keys().filter(move |n| **n != self.me)
     }
@@ -420,12 +415,9 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     }
     // Form the cluster from the config. Every member calls this with the same members, which
     // openraft allows; a member that already has a log refuses it harmlessly.
-    // The voters only (3 or 5, see `voter_names`); the leader adds the others as learners.
-    let voters: BTreeSet<String> = voter_names(&members.in_order());
-    let all: BTreeMap<RaftId, Peer> =
-        members.ids.iter().filter(|(n, _)| voters.contains(*n)).map(|(n, id)| (*id, members.peers[n].clone())).collect();
+    let all: BTreeMap<RaftId, Peer> = members.ids.iter().map(|(n, id)| (*id, members.peers[n].clone())).collect();
     let formed = cluster.metrics().membership_config.membership().voter_ids().next().is_some();
-    if !formed && voters.contains(&members.me) {
+    if !formed {
         if let Err(e) = cluster.initialize(all).await {
             tracing::debug!(error = %e, "cluster already formed");
         }
@@ -641,8 +633,6 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     // The leader's commands being carried out here (monitors not counted: one cut short by a
     // reload is simply run again).
     let mut actions_in_flight: usize = 0;
-    // The leader adds members beyond the voters as learners (when it last tried, per member).
-    let mut adding_learners: HashMap<RaftId, Instant> = HashMap::new();
     // Fence devices: any member may lead, so every member can drive them.
     let fence_devices: Vec<FenceDevice> = node
         .cfg
@@ -814,29 +804,6 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 });
             }
             let lead = barrier.and_then(|(term, index, _)| index.filter(|_| term == current_term).map(|index| Lead { term, index }));
-            // Members beyond the voters join as learners, added by the leader (again after 10 s
-            // if the change did not go through: a learner down now is added all the same).
-            if leads && cluster.authority().is_some() {
-                let m = cluster.metrics();
-                let membership = m.membership_config.membership();
-                let missing: Vec<(RaftId, Peer)> = members
-                    .ids
-                    .iter()
-                    .filter(|(_, id)| !membership.voter_ids().any(|v| v == **id) && !membership.learner_ids().any(|l| l == **id))
-                    .filter(|(_, id)| adding_learners.get(id).is_none_or(|t| t.elapsed() > Duration::from_secs(10)))
-                    .map(|(n, id)| (*id, members.peers[n].clone()))
-                    .collect();
-                for (id, peer) in missing {
-                    adding_learners.insert(id, Instant::now());
-                    let (raft, name) = (cluster.raft().clone(), peer.name.clone());
-                    tracing::info!(member = %name, "adding it to the replicated state as a learner (beyond the voters)");
-                    tasks.spawn(async move {
-                        if let Err(e) = raft.add_learner(id, peer, false).await {
-                            tracing::warn!(member = %name, error = %e, "not added as a learner yet");
-                        }
-                    });
-                }
-            }
 
             // A member shutting down may lead too (else nobody would renew the others' leases
             // until it is gone); it moves its own groups away like any leaving member.
@@ -1870,21 +1837,6 @@ fn confirm_down_refusal(command: &OperatorCommand, net: &TlsNetwork, d: &Decider
     })
 }
 
-/// The voters of a cluster of these members (config order): every member of up to 3, else 3 of
-/// 4 and 5 of 5 or more (an odd number: a fourth voter makes the quorum larger and survives no
-/// more failures), witnesses first (they exist to vote), then nodes in config order. The others
-/// are learners: they get the log and run resources, and never vote.
-fn voter_names(order: &[(String, Role)]) -> BTreeSet<String> {
-    let want = match order.len() {
-        n @ 0..=3 => n,
-        4 => 3,
-        _ => 5,
-    };
-    let witnesses = order.iter().filter(|(_, r)| *r == Role::Witness);
-    let nodes = order.iter().filter(|(_, r)| *r != Role::Witness);
-    witnesses.chain(nodes).take(want).map(|(n, _)| n.clone()).collect()
-}
-
 /// The cluster part of status, as this member sees it.
 fn cluster_part(cluster: &ClusterNode, net: &TlsNetwork, members: &Members, decider: Option<&Decider>) -> ClusterStatus {
     let m = cluster.metrics();
@@ -1899,19 +1851,9 @@ fn cluster_part(cluster: &ClusterNode, net: &TlsNetwork, members: &Members, deci
             .keys()
             .map(|name| {
                 let link = links.get(name);
-                let id = members.ids[name];
-                let membership = m.membership_config.membership();
-                let raft = if membership.voter_ids().any(|v| v == id) {
-                    "voter"
-                } else if membership.learner_ids().any(|l| l == id) {
-                    "learner"
-                } else {
-                    "joining"
-                };
                 MemberStatus {
                     name: name.clone(),
                     role: format!("{:?}", members.roles[name]).to_lowercase(),
-                    raft: raft.into(),
                     reachable: *name == members.me || link.is_some_and(|l| l.up),
                     paths: link
                         .map(|l| {
@@ -1956,24 +1898,4 @@ fn local_status(p: StatusParts<'_>, model: &crate::scheduler::Model) -> StatusRe
         g.waiting = Some("no leader with a quorum: the cluster decides nothing until one is elected".into());
     }
     st
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn members(spec: &[(&str, Role)]) -> Vec<(String, Role)> {
-        spec.iter().map(|(n, r)| (n.to_string(), *r)).collect()
-    }
-
-    #[test]
-    fn three_or_five_voters_witnesses_first_the_rest_learners() {
-        let (n, w) = (Role::Node, Role::Witness);
-        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<String>>();
-        assert_eq!(voter_names(&members(&[("a", n), ("b", n)])), set(&["a", "b"]), "two stay two (manual_confirm)");
-        assert_eq!(voter_names(&members(&[("a", n), ("b", n), ("w", w)])), set(&["a", "b", "w"]));
-        assert_eq!(voter_names(&members(&[("a", n), ("b", n), ("c", n), ("w", w)])), set(&["w", "a", "b"]), "three of four");
-        let six = members(&[("a", n), ("b", n), ("c", n), ("d", n), ("e", n), ("w", w)]);
-        assert_eq!(voter_names(&six), set(&["w", "a", "b", "c", "d"]), "five of six, the witness among them");
-    }
 }

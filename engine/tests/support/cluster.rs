@@ -93,7 +93,16 @@ impl TestCluster {
     /// Members `a` and `b` (run resources) and `w` (witness); one group `app` of resources
     /// `vip` ← `app-1` ← `app-2` preferring `a`. `extra` TOML is appended to the config.
     pub fn new(extra: &str) -> Self {
-        Self::with_members(&[("a", false), ("b", false), ("w", true)], extra)
+        Self::build(|dir| {
+            let plugin = root().join("target/plugins/example-rust.wasm");
+            assert!(plugin.exists(), "{} missing: run `cargo xtask plugins`", plugin.display());
+            let mut text = format!("\n[[plugins]]\nname = \"example-rust\"\npath = \"{}\"\n", plugin.display());
+            text += &vip_resource();
+            text += &resource(dir, "app-1", "500ms");
+            text += &resource(dir, "app-2", "500ms");
+            text += "\n[[groups]]\nname = \"app\"\nresources = [\"vip\", \"app-1\", \"app-2\", \"ledger\"]\npriority = [\"a\", \"b\"]\n";
+            text + extra
+        })
     }
 
     /// The JP1 logical host of `examples/jp1-cluster.toml` as group `app`: the virtual IP, a
@@ -125,26 +134,6 @@ impl TestCluster {
     }
 
     fn build(body: impl FnOnce(&Path) -> String) -> Self {
-        Self::build_named(&[("a", false), ("b", false), ("w", true)], body)
-    }
-
-    /// A cluster of these members (name, is a witness), in this config order; group `app` and
-    /// its resources as [`TestCluster::new`] makes them, `extra` TOML appended.
-    pub fn with_members(names: &[(&str, bool)], extra: &str) -> Self {
-        let extra = extra.to_string();
-        Self::build_named(names, |dir| {
-            let plugin = root().join("target/plugins/example-rust.wasm");
-            assert!(plugin.exists(), "{} missing: run `cargo xtask plugins`", plugin.display());
-            let mut text = format!("\n[[plugins]]\nname = \"example-rust\"\npath = \"{}\"\n", plugin.display());
-            text += &vip_resource();
-            text += &resource(dir, "app-1", "500ms");
-            text += &resource(dir, "app-2", "500ms");
-            text += "\n[[groups]]\nname = \"app\"\nresources = [\"vip\", \"app-1\", \"app-2\", \"ledger\"]\npriority = [\"a\", \"b\"]\n";
-            text + &extra
-        })
-    }
-
-    fn build_named(names: &[(&str, bool)], body: impl FnOnce(&Path) -> String) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut nets = Namespaces::new();
         let sw = nets.add("wsw");
@@ -152,6 +141,7 @@ impl TestCluster {
             run("/usr/sbin/ip", &["-n", &sw, "link", "add", br, "type", "bridge"]);
             run("/usr/sbin/ip", &["-n", &sw, "link", "set", br, "up"]);
         }
+        let names = [("a", false), ("b", false), ("w", true)];
         // Every member's namespace exists before any member's mount namespace is made, so that
         // each sees the others' (a fence device run by the leader reaches them by name).
         let nss: Vec<String> = names.iter().map(|(name, _)| nets.add(&format!("w{name}"))).collect();
@@ -208,20 +198,15 @@ impl TestCluster {
             });
         }
         let client = nets.add("wcl");
-        run("/usr/sbin/ip", &["-n", &client, "link", "add", "eth3", "type", "veth", "peer", "name", "s3cli", "netns", &sw]);
+        run("/usr/sbin/ip", &["-n", &client, "link", "add", "eth3", "type", "veth", "peer", "name", "s3c", "netns", &sw]);
         run("/usr/sbin/ip", &["-n", &client, "addr", "add", "10.213.3.200/24", "dev", "eth3"]);
         run("/usr/sbin/ip", &["-n", &client, "link", "set", "eth3", "up"]);
-        run("/usr/sbin/ip", &["-n", &sw, "link", "set", "s3cli", "master", "br3"]);
-        run("/usr/sbin/ip", &["-n", &sw, "link", "set", "s3cli", "up"]);
+        run("/usr/sbin/ip", &["-n", &sw, "link", "set", "s3c", "master", "br3"]);
+        run("/usr/sbin/ip", &["-n", &sw, "link", "set", "s3c", "up"]);
         std::fs::create_dir_all(dir.path().join("run")).unwrap();
         let pki = dir.path().join("pki");
-        let out = Command::new(warden_bin())
-            .args(["cluster", "init", "--dir"])
-            .arg(&pki)
-            .args(["--name", "t"])
-            .args(names.iter().map(|(n, _)| *n))
-            .output()
-            .unwrap();
+        let out =
+            Command::new(warden_bin()).args(["cluster", "init", "--dir"]).arg(&pki).args(["--name", "t", "a", "b", "w"]).output().unwrap();
         assert!(out.status.success(), "cluster init: {out:?}");
         let mut text = format!(
             "version = 1\n[cluster]\nname = \"t\"\n\n[daemon]\npki_dir = \"{}\"\nmetrics_addr = \"127.0.0.1:9464\"\n",
@@ -329,9 +314,8 @@ grants = {{ exec = [{{ program = "{s}", args = ["*", "*"] }}] }}
     }
 
     pub fn start_all(&mut self) {
-        let names: Vec<String> = self.members.iter().map(|m| m.name.clone()).collect();
-        for n in names {
-            self.start(&n);
+        for n in ["a", "b", "w"] {
+            self.start(n);
         }
     }
 
