@@ -1595,7 +1595,6 @@ async fn fence_node(devices: &[FenceDevice], me: &str, target: &str) -> Result<S
     Err(errors.join("; "))
 }
 
-/// A cluster event: in the history and the log.
 /// The leader's part of `warden config apply`: the new text is validated as this member loads its
 /// file and against what runs ([`reload::change_refusal`]), then committed with the hash of the
 /// config it replaces; the answer (through `tx`) comes once committed, or with the refusal.
@@ -1657,6 +1656,7 @@ fn config_apply(
     });
 }
 
+/// A cluster event: in the history and the log.
 fn cluster_note(history: &mut History, subject: &str, message: String) {
     tracing::info!(subject, "{message}");
     note(history, "cluster", subject, message);
