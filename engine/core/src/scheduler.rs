@@ -1752,8 +1752,16 @@ impl Scheduler {
         }
     }
 
+    /// For status: the nodes a group's managed members are seen on. A lost node whose state is
+    /// only unknown (a new leader's restored state before that node answers) does not count:
+    /// the group runs on its owner alone as far as anyone can see, and the resources still show
+    /// `unknown` there.
     fn group_nodes(&self, g: &GroupModel) -> BTreeSet<NodeId> {
-        g.members.iter().filter(|r| !self.unmanaged(r)).flat_map(|r| self.state.observations.resources[r].on.keys().cloned()).collect()
+        g.members
+            .iter()
+            .filter(|r| !self.unmanaged(r))
+            .flat_map(|r| self.state.observations.resources[r].on.iter().filter(|(_, a)| **a != Activity::Unknown).map(|(n, _)| n.clone()))
+            .collect()
     }
 
     /// Resources to monitor on `node`: managed ones running there with nothing in flight, and

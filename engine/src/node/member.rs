@@ -118,8 +118,12 @@ const JOIN_WINDOW: Duration = Duration::from_secs(10);
 /// say hello before it tells the core who is up: told one at a time, the core would place a
 /// group away from an owner that simply had not said hello yet.
 const REJOIN_WINDOW: Duration = Duration::from_secs(2);
-/// How long a command or status request forwarded to the leader may take.
+/// How long a command forwarded to the leader may take.
 const FORWARD_WAIT: Duration = Duration::from_secs(10);
+/// How long a status request forwarded to the leader may take before this member answers with
+/// what it knows itself (the committed decisions): status must answer while the leader is cut
+/// off and before a new one is elected, as Pacemaker's `crm_mon` does.
+const STATUS_WAIT: Duration = Duration::from_secs(2);
 /// Messages queued per peer before sending fails (a peer that does not take them is down).
 const OUTBOX: usize = 64;
 
@@ -1188,7 +1192,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     // Without a decider (an election under way) the last committed decisions.
                     let st = match decider.as_ref() {
                         Some(d) => cluster_status(parts, &d.sched, Some(d)),
-                        None => local_status(parts, &model),
+                        None => local_status(parts, &model, NO_LEADER),
                     };
                     outbox.send(&from, Msg::Status { id, status: Box::new(st) });
                 }
@@ -1282,7 +1286,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                                 outbox.send(&leader, Msg::StatusRequest { id: next_id });
                             }
                             None => {
-                                let st = local_status(StatusParts { node: &node, history: &history, cluster: &cluster, net: &net, members: &members, shutting_down, clock, metrics_addr: metrics_bound.clone() }, &model);
+                                let st = local_status(StatusParts { node: &node, history: &history, cluster: &cluster, net: &net, members: &members, shutting_down, clock, metrics_addr: metrics_bound.clone() }, &model, NO_LEADER);
                                 let _ = reply.send(Response::Status { status: Box::new(st) });
                             }
                         },
@@ -1471,12 +1475,18 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     }
                 }
                 let now = Instant::now();
-                for map in [&mut forwarded, &mut forwarded_status] {
-                    let late: Vec<u64> = map.iter().filter(|(_, (_, t))| now.duration_since(*t) >= FORWARD_WAIT).map(|(id, _)| *id).collect();
-                    for id in late {
-                        if let Some((tx, _)) = map.remove(&id) {
-                            let _ = tx.send(Response::Error { message: format!("the leader did not answer within {FORWARD_WAIT:?}; the outcome is unknown: check `warden status`") });
-                        }
+                let late: Vec<u64> = forwarded.iter().filter(|(_, (_, t))| now.duration_since(*t) >= FORWARD_WAIT).map(|(id, _)| *id).collect();
+                for id in late {
+                    if let Some((tx, _)) = forwarded.remove(&id) {
+                        let _ = tx.send(Response::Error { message: format!("the leader did not answer within {FORWARD_WAIT:?}; the outcome is unknown: check `warden status`") });
+                    }
+                }
+                let late: Vec<u64> = forwarded_status.iter().filter(|(_, (_, t))| now.duration_since(*t) >= STATUS_WAIT).map(|(id, _)| *id).collect();
+                for id in late {
+                    if let Some((tx, _)) = forwarded_status.remove(&id) {
+                        let why = format!("the leader did not answer within {STATUS_WAIT:?}: the last committed decisions as this member knows them, nothing known of what runs");
+                        let st = local_status(StatusParts { node: &node, history: &history, cluster: &cluster, net: &net, members: &members, shutting_down, clock, metrics_addr: metrics_bound.clone() }, &model, &why);
+                        let _ = tx.send(Response::Status { status: Box::new(st) });
                     }
                 }
             }
@@ -1887,15 +1897,18 @@ fn cluster_status(p: StatusParts<'_>, sched: &Scheduler, decider: Option<&Decide
     st
 }
 
-/// Status without a leader: the last committed decisions (owners and epochs), nothing known of
-/// what runs.
-fn local_status(p: StatusParts<'_>, model: &crate::scheduler::Model) -> StatusReport {
+/// Why [`local_status`] answers when there is no leader.
+const NO_LEADER: &str = "no leader with a quorum: the cluster decides nothing until one is elected";
+
+/// Status without a leader (or while it does not answer): the last committed decisions (owners
+/// and epochs), nothing known of what runs; `why` is shown on every group.
+fn local_status(p: StatusParts<'_>, model: &crate::scheduler::Model, why: &str) -> StatusReport {
     let mut sched = Scheduler::new(model.clone());
     let committed = p.cluster.state().borrow().decisions.clone();
     sched.restore(&CorePersisted { decisions: committed, restarts: Default::default() }, 0);
     let mut st = cluster_status(p, &sched, None);
     for g in &mut st.groups {
-        g.waiting = Some("no leader with a quorum: the cluster decides nothing until one is elected".into());
+        g.waiting = Some(why.into());
     }
     st
 }

@@ -2109,3 +2109,30 @@ fn nodes_told_up_together_place_a_new_group_on_its_preferred_node() {
     assert_eq!(starts(&cmds), vec![rn("app", "b")]);
     assert_eq!(all.state().decisions.groups[&GroupId::from("g")].owner, Some(NodeId::from("b")));
 }
+
+#[test]
+fn a_new_leader_shows_a_group_started_on_its_owner_while_another_node_is_lost_and_unknown() {
+    // The old leader (b, never an owner) is cut off; a new leader restores the committed
+    // decisions, only a answers. The group runs on a alone as far as anyone can see: status says
+    // `started` (it said `starting` for as long as b stayed away), and b stays `unknown`.
+    let old = two_nodes(false, &["ip", "app"]);
+    let saved = Persisted { decisions: old.state().decisions.clone(), restarts: Default::default() };
+    let mut s = Scheduler::new(model(&["a", "b"], &[("g", &["ip", "app"])], false));
+    s.restore(&saved, 0);
+    let cmds = s.handle(1, Event::NodesUp(vec!["a".into()]));
+    let mut all = Vec::new();
+    for r in ["ip", "app"] {
+        all.extend(s.handle(2, probe(r, "a", op_of(&cmds, "probe", r, "a"), MonitorOutcome::Running)));
+    }
+    assert!(starts(&all).is_empty() && stops(&all).is_empty(), "{all:?}");
+    assert_eq!(act(&s, "app", "b"), Some(&Activity::Unknown));
+    assert_eq!(s.group_status(&"g".into()), "started");
+    // A node seen running it too is another matter.
+    let mut two = Scheduler::new(model(&["a", "b"], &[("g", &["ip", "app"])], false));
+    two.restore(&saved, 0);
+    let cmds = two.handle(1, Event::NodesUp(vec!["a".into(), "b".into()]));
+    for (r, n) in [("ip", "a"), ("app", "a"), ("app", "b")] {
+        two.handle(2, probe(r, n, op_of(&cmds, "probe", r, n), MonitorOutcome::Running));
+    }
+    assert_ne!(two.group_status(&"g".into()), "started");
+}
