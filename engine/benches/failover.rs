@@ -7,7 +7,8 @@
 //! Run (root): `cargo xtask plugins && cargo bench -p warden --bench failover`
 //! (`WARDEN_BENCH_N` rounds of each kind, default 20). `WARDEN_BENCH_FENCING=watchdog`: no fence
 //! device, `watchdog_fencing = true` instead (the group moves once the owner's lease has
-//! provably run out).
+//! provably run out). `WARDEN_BENCH_LOST_AFTER=700ms`: `[cluster] lost_after` set to that
+//! (default 1 s), as Pacemaker's figures were measured with Corosync's token tuned.
 //!
 //! Each round: once the group runs on its owner and the other member is up and has probed
 //! everything, wait 3 s plus a uniformly random part of 2 s, power the owner off,
@@ -130,6 +131,11 @@ fn main() {
     };
     let watchdog = std::env::var("WARDEN_BENCH_FENCING").is_ok_and(|v| v == "watchdog");
     let mut c = if watchdog { TestCluster::with_watchdog() } else { TestCluster::with_power_fencing() };
+    // `[cluster] lost_after` other than its default 1 s (Corosync's token, tuned).
+    let lost_after = std::env::var("WARDEN_BENCH_LOST_AFTER").ok();
+    if let Some(d) = &lost_after {
+        c = c.with_cluster_option(&format!("lost_after = \"{d}\""));
+    }
     c.start_all();
     c.wait("group app settled on a", WAIT, |c| settled(c, "w", "a"));
     let mut owner = "a".to_string();
@@ -183,6 +189,10 @@ fn main() {
     let pct = |v: &[f64], p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1];
     println!();
     let how = if watchdog { "watchdog only" } else { "fence device" };
+    let how = match &lost_after {
+        Some(d) => format!("{how}, lost_after = {d}"),
+        None => how.to_string(),
+    };
     println!("| node powered off → VIP answers on the other ({how}) | n | median | p99 | min | max |");
     println!("|---|---|---|---|---|---|");
     for (label, pick) in [("all rounds", None), ("the owner was not the leader", Some(false)), ("the owner was the leader", Some(true))] {

@@ -120,6 +120,25 @@ pub struct ClusterSection {
     /// Needs `watchdog_fencing`. Hardware only: `softdog` is not safe.
     #[serde(default)]
     pub watchdog_device: Option<Spanned<PathBuf>>,
+    /// How long a member may be silent on every path before the leader counts it lost (and
+    /// fences it, with a fence device): Corosync's `token`. Shorter fails over faster; too short
+    /// for the machines' load fences healthy members. Default 1 s; 500 ms to 30 s.
+    #[serde(default)]
+    pub lost_after: Option<Spanned<HumanDuration>>,
+}
+
+impl ClusterSection {
+    /// The default [`ClusterSection::lost_after`].
+    pub const LOST_AFTER: Duration = Duration::from_secs(1);
+    /// The shortest [`ClusterSection::lost_after`]: a few pings and hellos must fit in it.
+    pub const LOST_AFTER_MIN: Duration = Duration::from_millis(500);
+    /// The longest [`ClusterSection::lost_after`].
+    pub const LOST_AFTER_MAX: Duration = Duration::from_secs(30);
+
+    /// [`ClusterSection::lost_after`], or its default.
+    pub fn lost_after(&self) -> Duration {
+        self.lost_after.as_ref().map_or(Self::LOST_AFTER, |d| d.get_ref().get())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -384,6 +403,15 @@ impl ClusterConfig {
             );
         }
 
+        if let Some(d) = &self.cluster.lost_after {
+            if !(ClusterSection::LOST_AFTER_MIN..=ClusterSection::LOST_AFTER_MAX).contains(&d.get_ref().get()) {
+                err(
+                    d.span(),
+                    format!("lost_after = {:?} is out of range", d.get_ref().get()),
+                    Some("between \"500ms\" and \"30s\" (default \"1s\"); several heartbeats must fit in it"),
+                );
+            }
+        }
         if let Some(d) = &self.cluster.watchdog_device {
             if !self.cluster.watchdog_fencing {
                 err(

@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use warden_cluster::pki::TlsIdentity;
 use warden_cluster::transport::TlsNetwork;
-use warden_cluster::{AuthorityConfig, ClusterNode, ClusterRequest, ClusterResponse, Messenger, NodeConfig, Peer, RaftId};
+use warden_cluster::{AuthorityConfig, ClusterNode, ClusterRequest, ClusterResponse, LivenessConfig, Messenger, NodeConfig, Peer, RaftId};
 
 use super::admission::{op_of, Admission, Lead, Verdict};
 use super::history::{unix_ms, History};
@@ -89,27 +89,50 @@ const SHUTDOWN_FALLBACK: Duration = Duration::from_secs(60);
 // restarted voter's silence included), or a leader's death would stop groups on healthy members.
 /// How long a member waits before it answers a start it refused for want of a lease.
 const NO_LEASE_PAUSE: Duration = Duration::from_millis(500);
-/// How often a member says hello to the leader (over every path).
+/// How often a member says hello to the leader (over every path), at most (see [`Silence`]).
 const HELLO_EVERY: Duration = Duration::from_millis(250);
 /// A member whose hellos the leader it knows has not answered for this long says hello to every
 /// member (the leader it knows may be stale).
 const HELLO_UNANSWERED: Duration = Duration::from_millis(750);
 /// How often the leader looks for silent members: a member is counted lost within this long of
-/// its silence reaching [`MEMBER_SILENT`] (at the hello pace it was up to 250 ms more, a quarter
-/// of a fail-over).
+/// its silence reaching `[cluster] lost_after` (at the hello pace it was up to 250 ms more, a
+/// quarter of a fail-over).
 const LOST_CHECK: Duration = Duration::from_millis(20);
 /// A gap this long between two of those checks is a stall of the leader's own loop (CPU
 /// starvation, SIGSTOP): the members' silence is then counted only from its end, since their
 /// hellos waited unread meanwhile.
 const OWN_STALL: Duration = Duration::from_millis(250);
-/// The leader counts a member lost after this long without its hello when none of its paths
-/// answers the transport's pings either (they go every 200 ms; a path is dead after 1 s without
-/// an answer): two signals from two parts of the member, so a stall of its main loop alone is
-/// not taken for its death. Detection is most of a fail-over's time.
-const MEMBER_SILENT: Duration = Duration::from_secs(1);
-/// ... and after this long without a hello whatever its paths say (its transport answers, but
-/// the member itself does not).
-const MEMBER_WEDGED: Duration = Duration::from_secs(3);
+// The leader counts a member lost after `[cluster] lost_after` (default 1 s) without its hello
+// when none of its paths answers the transport's pings either (a path is dead after as long
+// without an answer): two signals from two parts of the member, so a stall of its main loop
+// alone is not taken for its death. Detection is most of a fail-over's time. See [`Silence`].
+
+/// When the leader counts a member lost, and the paces that make those signals fresh.
+#[derive(Debug, Clone, Copy)]
+struct Silence {
+    /// Silent this long on every path (and no hello): lost.
+    lost: Duration,
+    /// No hello for this long, whatever its paths say (its transport answers, but the member
+    /// itself does not): lost.
+    wedged: Duration,
+}
+
+impl Silence {
+    fn new(lost_after: Duration) -> Self {
+        Silence { lost: lost_after, wedged: (lost_after * 3).max(Duration::from_secs(3)) }
+    }
+
+    /// The transport's path liveness: a ping at least five times per `lost` (every 200 ms at
+    /// most), a path dead after `lost` without an answer.
+    fn liveness(self) -> LivenessConfig {
+        LivenessConfig { interval: (self.lost / 5).min(Duration::from_millis(200)), dead_after: self.lost }
+    }
+
+    /// How often a member says hello: at least four times per `lost`.
+    fn hello_every(self) -> Duration {
+        (self.lost / 4).min(HELLO_EVERY)
+    }
+}
 /// A new cluster (no group placed yet) waits this long for every member to say hello before it
 /// places anything, so that groups start on their preferred member rather than the first to
 /// answer (Pacemaker's dc-deadtime). Ends early when every member has said hello.
@@ -379,7 +402,9 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     let identity = TlsIdentity::load(&pki_dir, &node.name)
         .map(Arc::new)
         .map_err(|e| NodeError::Setup(format!("cluster credentials in {}: {e} (made by `warden cluster init`)", pki_dir.display())))?;
-    let net = TlsNetwork::new(&identity, &node.cfg.cluster.name).map_err(|e| NodeError::Setup(format!("peer transport: {e}")))?;
+    let silence = Silence::new(node.cfg.cluster.lost_after());
+    let net = TlsNetwork::with_liveness(&identity, &node.cfg.cluster.name, silence.liveness())
+        .map_err(|e| NodeError::Setup(format!("peer transport: {e}")))?;
     let raft_config = openraft::Config {
         cluster_name: node.cfg.cluster.name.clone(),
         heartbeat_interval: RAFT_HEARTBEAT_MS,
@@ -605,7 +630,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     let mut shutting_down = false;
     let mut tick = tokio::time::interval(TICK);
     let mut lease_tick = tokio::time::interval(LEASE_EVERY);
-    let mut hello_tick = tokio::time::interval(HELLO_EVERY);
+    let mut hello_tick = tokio::time::interval(silence.hello_every());
     let mut lost_tick = tokio::time::interval(LOST_CHECK);
     // When the leader last looked for silent members, and when its own last stall ended.
     let (mut last_lost_check, mut resumed) = (Instant::now(), Instant::now());
@@ -1410,7 +1435,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                             // Silence counts only while this loop ran (see OWN_STALL).
                             let quiet = d.hellos.get(*n).map_or(Duration::MAX, |(t, ..)| now.duration_since((*t).max(resumed)));
                             let reachable = links.get(n.as_str()).is_some_and(|l| l.up);
-                            **n != members.me && (quiet > MEMBER_WEDGED || (quiet > MEMBER_SILENT && !reachable))
+                            **n != members.me && (quiet > silence.wedged || (quiet > silence.lost && !reachable))
                         })
                         .cloned()
                         .collect();

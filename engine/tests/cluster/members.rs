@@ -1,4 +1,4 @@
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::cluster::{Sampler, TestCluster, WAIT};
 
@@ -278,10 +278,16 @@ fn a_lost_owner_is_fenced_then_its_group_starts_on_the_other_member() {
 
 #[test]
 fn an_owner_whose_daemon_hangs_is_fenced_and_its_group_runs_once() {
-    let (mut c, s1, epoch) = fenced_cluster_running_on_a();
+    // With a longer `lost_after` than the default 1 s (Corosync's token, longer).
+    let (mut c, s1, epoch) = running_on_a(TestCluster::with_power_fencing().with_cluster_option("lost_after = \"2500ms\""));
     // a's daemon stops dead (SIGSTOP: no hello, no ping answered, no self-stop either) while
     // its services run. Only a fence makes moving them safe: the switch powers a off.
+    let stopped = Instant::now();
     c.signal("a", "-STOP");
+    c.wait("a counted lost", WAIT, |c| c.logs().contains("member lost"));
+    // Not before `lost_after` of silence: its last hello went at most 250 ms before the stop.
+    let lost = stopped.elapsed();
+    assert!(lost >= Duration::from_millis(2250), "counted lost {lost:?} after the stop, lost_after is 2.5 s\n{}", c.logs());
     c.wait("group app started on b", WAIT, |c| started_on(c, "w", "b"));
     assert!(c.logs().contains("fenced by `power`"), "{}", c.logs());
     assert!(c.service("a", "app-1").is_none() && !c.has_vip("a"), "{}", c.logs());

@@ -265,11 +265,16 @@ grants = {{ exec = [{{ program = "{s}", args = ["*", "*"] }}] }}
     /// Like [`TestCluster::new`], with `watchdog_fencing = true` and no fence device: a lost
     /// member's groups move once its lease has run out (its watchdog kills what it ran).
     pub fn with_watchdog() -> Self {
-        let c = Self::new("");
-        let text = std::fs::read_to_string(&c.config).unwrap().replacen("name = \"t\"\n", "name = \"t\"\nwatchdog_fencing = true\n", 1);
-        assert!(text.contains("watchdog_fencing"));
-        std::fs::write(&c.config, text).unwrap();
-        c
+        Self::new("").with_cluster_option("watchdog_fencing = true")
+    }
+
+    /// Adds `line` (say `lost_after = "2s"`) to the config's `[cluster]` section (before the
+    /// members start).
+    pub fn with_cluster_option(self, line: &str) -> Self {
+        let text = std::fs::read_to_string(&self.config).unwrap().replacen("name = \"t\"\n", &format!("name = \"t\"\n{line}\n"), 1);
+        assert!(text.contains(line));
+        std::fs::write(&self.config, text).unwrap();
+        self
     }
 
     pub fn member(&self, name: &str) -> &Member {
