@@ -62,13 +62,24 @@ use crate::scheduler::{
     Scheduler,
 };
 
-/// Raft's heartbeat and election timeouts (ms). Authority, the restart silence and the lease
-/// derive from them. openraft 0.9 followers start an election only after the leader's lease
-/// (the maximum timeout) plus a random timeout: 1.2–1.6 s after a leader's death, most of a
-/// fail-over's time when the dead node led (700–1400 ms gave 2.1–2.8 s).
+/// Raft's heartbeat and election timeouts (ms) with the default `lost_after` (1 s); a shorter
+/// one shortens them in proportion ([`raft_timing`]). Authority, the restart silence and the
+/// lease derive from them. openraft 0.9 followers start an election only after the leader's
+/// lease (the maximum timeout) plus a random timeout: 1.2–1.6 s after a leader's death, most
+/// of a fail-over's time when the dead node led (700–1400 ms gave 2.1–2.8 s).
 const RAFT_HEARTBEAT_MS: u64 = 100;
 const RAFT_ELECTION_MIN_MS: u64 = 400;
 const RAFT_ELECTION_MAX_MS: u64 = 800;
+
+/// Raft's (heartbeat, election min, election max) in ms for `lost_after`: the defaults at 1 s
+/// or more (a longer election would outlast the members' leases), in proportion below it, so
+/// that a leader's death is detected as fast as any member's (Corosync's token likewise sets
+/// both). E_min ≥ 3h holds at every scale; `lost_after` ≥ 500 ms keeps h ≥ 50 ms.
+fn raft_timing(lost_after: Duration) -> (u64, u64, u64) {
+    let scale = lost_after.as_secs_f64().min(1.0);
+    let ms = |v: u64| ((v as f64) * scale).round() as u64;
+    (ms(RAFT_HEARTBEAT_MS), ms(RAFT_ELECTION_MIN_MS), ms(RAFT_ELECTION_MAX_MS))
+}
 /// Clock-rate error ρ and margin ε assumed for the authority window (those of the leases).
 const DRIFT: f64 = lease::RHO;
 const MARGIN: Duration = lease::EPS;
@@ -405,11 +416,12 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     let silence = Silence::new(node.cfg.cluster.lost_after());
     let net = TlsNetwork::with_liveness(&identity, &node.cfg.cluster.name, silence.liveness())
         .map_err(|e| NodeError::Setup(format!("peer transport: {e}")))?;
+    let (heartbeat_interval, election_timeout_min, election_timeout_max) = raft_timing(silence.lost);
     let raft_config = openraft::Config {
         cluster_name: node.cfg.cluster.name.clone(),
-        heartbeat_interval: RAFT_HEARTBEAT_MS,
-        election_timeout_min: RAFT_ELECTION_MIN_MS,
-        election_timeout_max: RAFT_ELECTION_MAX_MS,
+        heartbeat_interval,
+        election_timeout_min,
+        election_timeout_max,
         ..Default::default()
     };
     let raft_config = Arc::new(raft_config.validate().map_err(|e| NodeError::Setup(format!("raft timing: {e}")))?);
@@ -1936,4 +1948,30 @@ fn local_status(p: StatusParts<'_>, model: &crate::scheduler::Model, why: &str) 
         g.waiting = Some(why.into());
     }
     st
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raft_timing_follows_a_shorter_lost_after_and_keeps_its_rules() {
+        assert_eq!(raft_timing(Duration::from_secs(1)), (100, 400, 800));
+        assert_eq!(raft_timing(Duration::from_secs(30)), (100, 400, 800), "never longer than the default");
+        assert_eq!(raft_timing(Duration::from_millis(700)), (70, 280, 560));
+        for ms in [500, 600, 700, 850, 1000] {
+            let (h, min, max) = raft_timing(Duration::from_millis(ms));
+            assert!(h >= 50 && min >= 3 * h && max > min, "{ms}: {h} {min} {max}");
+            let cfg =
+                openraft::Config { heartbeat_interval: h, election_timeout_min: min, election_timeout_max: max, ..Default::default() };
+            let cfg = cfg.validate().expect("openraft accepts it");
+            assert!(AuthorityConfig::for_raft(&cfg, DRIFT, MARGIN).is_some(), "{ms}: an authority window");
+        }
+        let s = Silence::new(Duration::from_millis(700));
+        assert_eq!(s.liveness().dead_after, Duration::from_millis(700));
+        assert_eq!(s.liveness().interval, Duration::from_millis(140));
+        assert_eq!(s.hello_every(), Duration::from_millis(175));
+        assert_eq!(s.wedged, Duration::from_secs(3));
+        assert_eq!(Silence::new(Duration::from_secs(2)).wedged, Duration::from_secs(6));
+    }
 }

@@ -56,6 +56,13 @@ pub fn change_refusal(old: &ClusterConfig, new: &ClusterConfig, sched: &Schedule
                 .into(),
         );
     }
+    if old.cluster.lost_after() != new.cluster.lost_after() {
+        return Some(
+            "lost_after cannot change while the cluster runs (Raft's election timing follows it, and a leader's authority \
+             counts on every voter's): stop every member to change it"
+                .into(),
+        );
+    }
     // What a running group's stop or monitor would do differently: a resource gone, moved to
     // another group, or given another plugin, parameters or grants. Its group must be stopped.
     let groups = |c: &ClusterConfig| -> BTreeMap<String, String> {
@@ -208,5 +215,8 @@ resources = ["vip"]
         assert!(change_refusal(&old, &cfg(&BASE.replace("name = \"t\"", "name = \"u\"")), &sched).unwrap().contains("name"));
         let wd = BASE.replace("name = \"t\"\n", "name = \"t\"\nwatchdog_fencing = true\n");
         assert!(change_refusal(&old, &cfg(&wd), &sched).unwrap().contains("watchdog_fencing"));
+        // Detection, and with it Raft's election timing.
+        let fast = BASE.replace("name = \"t\"\n", "name = \"t\"\nlost_after = \"700ms\"\n");
+        assert!(change_refusal(&old, &cfg(&fast), &sched).unwrap().contains("lost_after"));
     }
 }
