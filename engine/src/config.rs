@@ -112,7 +112,8 @@ pub struct ClusterSection {
     pub manual_confirm: bool,
     /// Members fence themselves: each runs a watchdog (a supervising process) that kills its
     /// resources' processes when its lease runs out, so a lost member's groups move once its
-    /// lease has provably run out, without a fence device. The lease is then 4.5 s (else 10 s).
+    /// lease has provably run out, without a fence device. The lease is then 4.5 s (else 10 s;
+    /// shorter with a `lost_after` under 1 s: `lease::watchdog_lease`).
     #[serde(default)]
     pub watchdog_fencing: bool,
     /// A hardware watchdog (`/dev/watchdog`) the member's watchdog holds as well: petted only

@@ -22,6 +22,18 @@ pub const LEASE: Duration = Duration::from_secs(10);
 /// election and first grant (about 2 s, see member.rs) plus [`STOP_AHEAD`] plus the hello and
 /// grant intervals, or a leader's death would stop groups on healthy members.
 pub const WATCHDOG_LEASE: Duration = Duration::from_millis(4500);
+/// The shortest member lease with `watchdog_fencing` ([`watchdog_lease`]): a new leader's
+/// election and first grant (about 1.3 s at the shortest detection) plus [`STOP_AHEAD`] must fit.
+pub const WATCHDOG_LEASE_MIN: Duration = Duration::from_secs(3);
+
+/// The member lease D with `watchdog_fencing` for a detection time `lost_after` (default 1 s):
+/// [`WATCHDOG_LEASE`] at 1 s or more; below, in proportion (as Raft's election timing is), but
+/// never under [`WATCHDOG_LEASE_MIN`]. A shorter detection thus also shortens a watchdog-only
+/// fail-over, which is mostly D.
+pub fn watchdog_lease(lost_after: Duration) -> Duration {
+    WATCHDOG_LEASE.mul_f64(lost_after.as_secs_f64().min(1.0)).max(WATCHDOG_LEASE_MIN)
+}
+
 /// A member with a watchdog starts stopping its groups this long before its lease ends.
 pub const STOP_AHEAD: Duration = Duration::from_secs(1);
 /// The watchdog fires this long before the lease ends (the kill itself takes a few ms).
@@ -150,6 +162,16 @@ mod tests {
 
     const SAFE: Rules = Rules { from_send: true, drift: RHO, new_leader_waits: true };
 
+    #[test]
+    fn the_watchdog_lease_follows_a_shorter_detection_within_bounds() {
+        assert_eq!(watchdog_lease(Duration::from_secs(1)), WATCHDOG_LEASE);
+        assert_eq!(watchdog_lease(Duration::from_secs(30)), WATCHDOG_LEASE, "never longer");
+        assert_eq!(watchdog_lease(Duration::from_millis(700)), Duration::from_millis(3150));
+        assert_eq!(watchdog_lease(Duration::from_millis(500)), WATCHDOG_LEASE_MIN);
+        // Room for a clean stop before the end, and for the watchdog's kill margin.
+        assert!(WATCHDOG_LEASE_MIN > STOP_AHEAD * 2 + KILL_MARGIN);
+    }
+
     struct Rng(u64);
     impl Rng {
         fn next(&mut self) -> u64 {
@@ -186,7 +208,8 @@ mod tests {
     /// One run; `Err` says how S1 broke.
     fn lease_sim(seed: u64, rules: Rules) -> Result<(), String> {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        let d = WATCHDOG_LEASE;
+        // Half the runs with the shortest lease a shorter `lost_after` gives.
+        let d = if seed.is_multiple_of(2) { WATCHDOG_LEASE } else { WATCHDOG_LEASE_MIN };
         let base = Instant::now();
         // Instants for the functions under test: a clock reading (s) as an Instant.
         let at = |secs: f64| base + Duration::from_secs_f64(secs.max(0.0));
@@ -284,8 +307,11 @@ mod tests {
             ("clocks drifting 5 % while the rules assume 1 %", Rules { drift: 0.05, ..SAFE }),
             ("no new-leader wait, the leader counting from its grant", Rules { new_leader_waits: false, ..SAFE }),
         ] {
-            let failed = (1..=seeds()).find(|s| lease_sim(*s, broken).is_err());
-            assert!(failed.is_some(), "{name}: no violation in {} seeds: the simulation cannot catch it", seeds());
+            // With either lease: the default (even seeds) and the shortest (odd seeds).
+            for parity in [0, 1] {
+                let failed = (1..=seeds()).filter(|s| s % 2 == parity).find(|s| lease_sim(*s, broken).is_err());
+                assert!(failed.is_some(), "{name}: no violation in {} seeds (parity {parity}): the simulation cannot catch it", seeds());
+            }
         }
     }
 }

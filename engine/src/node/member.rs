@@ -48,7 +48,7 @@ use warden_cluster::{AuthorityConfig, ClusterNode, ClusterRequest, ClusterRespon
 
 use super::admission::{op_of, Admission, Lead, Verdict};
 use super::history::{unix_ms, History};
-use super::lease::{self, LEASE, STOP_AHEAD, WATCHDOG_LEASE};
+use super::lease::{self, LEASE, STOP_AHEAD};
 use super::reload;
 use super::worker::{Job, JobKind, JobResult};
 use super::{
@@ -500,7 +500,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     let cgroups = if runner { node.detect_cgroups(&mut history).await } else { None };
     // With watchdog fencing, a supervisor kills this member's resources when its lease runs out.
     let watchdog_fencing = node.cfg.cluster.watchdog_fencing;
-    let lease_d = if watchdog_fencing { WATCHDOG_LEASE } else { LEASE };
+    let lease_d = if watchdog_fencing { lease::watchdog_lease(silence.lost) } else { LEASE };
     let stop_ahead = if watchdog_fencing { STOP_AHEAD } else { Duration::ZERO };
     let mut watchdog = match (&cgroups, runner && watchdog_fencing) {
         (_, false) => None,
@@ -643,6 +643,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     let mut tick = tokio::time::interval(TICK);
     let mut lease_tick = tokio::time::interval(LEASE_EVERY);
     let mut hello_tick = tokio::time::interval(silence.hello_every());
+    // The leader the last hello tick was reset for.
+    let mut hello_leader: Option<String> = None;
     let mut lost_tick = tokio::time::interval(LOST_CHECK);
     // When the leader last looked for silent members, and when its own last stall ended.
     let (mut last_lost_check, mut resumed) = (Instant::now(), Instant::now());
@@ -1388,7 +1390,18 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 };
                 let _ = reply.send(metrics.render(&states) + &cm.render());
             }
-            _ = raft_metrics.changed() => {}
+            _ = raft_metrics.changed() => {
+                // A new leader hears from this member at once rather than at the next tick: its
+                // first decisions wait for the members' hellos (the rejoin window), a fail-over
+                // after its predecessor's death among them.
+                let leader = current_leader(&raft_metrics, &members);
+                if leader != hello_leader {
+                    if leader.is_some() {
+                        hello_tick.reset_immediately();
+                    }
+                    hello_leader = leader;
+                }
+            }
             _ = committed_rx.changed() => {}
             _ = hello_tick.tick() => {
                 if !config_ok {

@@ -999,9 +999,14 @@ struct LeaseRules {
     /// The leader counts from the arrival of the hello its grant answered (else from the grant),
     /// and a new leader from its own start (else it does not wait).
     new_leader_waits: bool,
+    /// The member lease D (`lease::watchdog_lease`: 4.5 s by default, 3 s at the shortest).
+    d: std::time::Duration,
 }
 
-const LEASE_SAFE: LeaseRules = LeaseRules { from_send: true, drift: crate::lease::RHO, new_leader_waits: true };
+const LEASE_SAFE: LeaseRules =
+    LeaseRules { from_send: true, drift: crate::lease::RHO, new_leader_waits: true, d: crate::lease::WATCHDOG_LEASE };
+/// The same rules with the shortest lease (`lost_after` of 666 ms or less).
+const LEASE_SAFE_SHORT: LeaseRules = LeaseRules { d: crate::lease::WATCHDOG_LEASE_MIN, ..LEASE_SAFE };
 
 /// Watchdog fencing in the simulation (no fence device): the leader (the scheduler's side)
 /// renews every member it counts up and that needs no fence, each member's watchdog kills what
@@ -1070,8 +1075,8 @@ impl LeaseSim {
     /// Whether the member's start lease (from `sent`, its clock) still lets starts begin at real
     /// time `now`: it is not yet stopping ahead of its end.
     fn live(&self, n: &NodeId, sent: f64, now: Millis) -> bool {
-        use crate::lease::{lease_until, stop_from, STOP_AHEAD, WATCHDOG_LEASE};
-        self.at(self.node_clock(n, now)) < stop_from(lease_until(self.at(sent), WATCHDOG_LEASE), STOP_AHEAD)
+        use crate::lease::{lease_until, stop_from, STOP_AHEAD};
+        self.at(self.node_clock(n, now)) < stop_from(lease_until(self.at(sent), self.rules.d), STOP_AHEAD)
     }
     /// Whether the member may begin at real time `now` a start admitted under its lease holding
     /// `admitted`: the lease has held without a gap since (the engine's `Job::expired`).
@@ -1127,13 +1132,13 @@ impl Sim {
     /// counts up, and it counts as fenced the members that need fencing and whose lease has
     /// provably run out.
     fn lease_tick(&mut self, tally: &mut Tally) -> SimResult {
-        use crate::lease::{fenced_by_lease, lease_until, may_grant, watchdog_deadline, WATCHDOG_LEASE};
+        use crate::lease::{fenced_by_lease, lease_until, may_grant, watchdog_deadline};
         let Some(l) = &mut self.lease else { return Ok(()) };
         let now = self.now;
         // Watchdogs: on the member's own clock, just before its lease ends.
         let mut fired = Vec::new();
         for (n, sent) in &l.watchdog {
-            let deadline = l.ms(watchdog_deadline(lease_until(l.at(*sent), WATCHDOG_LEASE)));
+            let deadline = l.ms(watchdog_deadline(lease_until(l.at(*sent), l.rules.d)));
             if deadline / l.rates[n] <= now as f64 {
                 fired.push(n.clone());
             }
@@ -1159,7 +1164,7 @@ impl Sim {
             // ended before this begins) is a new holding.
             let held = l.start_lease.get(&n).copied();
             if held.is_none_or(|s| s < from) {
-                let joins = held.is_some_and(|s| l.live(&n, s, at) && s + WATCHDOG_LEASE.as_secs_f64() * 1000.0 >= from);
+                let joins = held.is_some_and(|s| l.live(&n, s, at) && s + l.rules.d.as_secs_f64() * 1000.0 >= from);
                 if !joins {
                     *l.holding.entry(n.clone()).or_default() += 1;
                 }
@@ -1195,13 +1200,13 @@ impl Sim {
             .iter()
             .map(|n| NodeId::from(*n))
             .filter(|n| self.s.state().decisions.nodes.get(n).is_some_and(|d| d.needs_fence))
-            .filter(|n| fenced_by_lease(leader_now, l.granted.get(n).map(|g| l.at(*g)), since, WATCHDOG_LEASE))
+            .filter(|n| fenced_by_lease(leader_now, l.granted.get(n).map(|g| l.at(*g)), since, l.rules.d))
             .collect();
         let early: Vec<(NodeId, f64)> = expired
             .iter()
             .filter_map(|n| {
                 let sent = l.watchdog.get(n)?;
-                let deadline = l.ms(watchdog_deadline(lease_until(l.at(*sent), WATCHDOG_LEASE))) / l.rates[n];
+                let deadline = l.ms(watchdog_deadline(lease_until(l.at(*sent), l.rules.d))) / l.rates[n];
                 (deadline > now as f64).then(|| (n.clone(), deadline))
             })
             .collect();
@@ -1825,8 +1830,10 @@ const LEASE_SEED0: u64 = 2_000_000;
 fn random_schedules_keep_s1_with_watchdog_leases() {
     let mut t = Tally::default();
     for seed in LEASE_SEED0..LEASE_SEED0 + lease_seeds() {
-        if let (Err(_), _) = run_seed_leases(seed, STEPS, false, seed % 2 == 1, Some(LEASE_SAFE), &mut t, false) {
-            let (res, log) = run_seed_leases(seed, STEPS, false, seed % 2 == 1, Some(LEASE_SAFE), &mut Tally::default(), true);
+        // Every other pair of seeds with the shortest lease (a `lost_after` under 1 s).
+        let rules = if seed % 4 >= 2 { LEASE_SAFE_SHORT } else { LEASE_SAFE };
+        if let (Err(_), _) = run_seed_leases(seed, STEPS, false, seed % 2 == 1, Some(rules), &mut t, false) {
+            let (res, log) = run_seed_leases(seed, STEPS, false, seed % 2 == 1, Some(rules), &mut Tally::default(), true);
             let log = log.unwrap_or_default();
             panic!("{}\n--- last events ---\n{}", res.unwrap_err(), log[log.len().saturating_sub(400)..].join("\n"));
         }
@@ -1847,6 +1854,7 @@ fn the_lease_simulation_fails_when_a_rule_is_broken() {
         ("the member counting its lease from the grant's arrival", LeaseRules { from_send: false, ..LEASE_SAFE }),
         ("clocks drifting 5 % while the rules assume 1 %", LeaseRules { drift: 0.05, ..LEASE_SAFE }),
         ("no new-leader wait, the leader counting from its grant", LeaseRules { new_leader_waits: false, ..LEASE_SAFE }),
+        ("the shortest lease, counted from the grant's arrival", LeaseRules { from_send: false, ..LEASE_SAFE_SHORT }),
     ] {
         let mut t = Tally::default();
         let failed = (LEASE_SEED0..LEASE_SEED0 + lease_seeds()).find(|s| {
