@@ -116,6 +116,11 @@ pub struct Hello {
     pub protocol: u32,
     pub cluster: String,
     pub node: String,
+    /// The timing every voter must share (the engine's Raft heartbeat and election timeouts):
+    /// a leader's authority window counts on its voters' election timeouts being its own, so a
+    /// peer with other timing is refused like a peer of another cluster.
+    #[serde(default)]
+    pub timing: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,11 +192,13 @@ struct Response {
 }
 
 /// Accepts peers on `listener` until `stop`, handing their messages to `inbound`. Refusals (bad
-/// certificate, other cluster, other protocol version) are logged and the connection closed.
+/// certificate, other cluster, other protocol version, other timing) are logged and the
+/// connection closed.
 pub async fn serve(
     listener: TcpListener,
     identity: &TlsIdentity,
     cluster: String,
+    timing: String,
     inbound: Inbound,
     stop: CancellationToken,
 ) -> Result<(), TransportError> {
@@ -218,12 +225,13 @@ pub async fn serve(
         };
         // Reap finished connections so the set does not grow.
         while conns.try_join_next().is_some() {}
-        let (acceptor, cluster, inbound, me, stop) = (acceptor.clone(), cluster.clone(), inbound.clone(), me.clone(), stop.clone());
+        let (acceptor, cluster, timing, inbound, me, stop) =
+            (acceptor.clone(), cluster.clone(), timing.clone(), inbound.clone(), me.clone(), stop.clone());
         conns.spawn(async move {
             let _permit = permit;
             tokio::select! {
                 _ = stop.cancelled() => {}
-                r = handle(tcp, acceptor, &cluster, &me, &inbound) => if let Err(e) = r {
+                r = handle(tcp, acceptor, &cluster, &timing, &me, &inbound) => if let Err(e) = r {
                     tracing::warn!(peer = %addr, error = %e, "peer connection refused or failed");
                 }
             }
@@ -231,7 +239,14 @@ pub async fn serve(
     }
 }
 
-async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, cluster: &str, me: &str, inbound: &Inbound) -> Result<(), TransportError> {
+async fn handle(
+    tcp: TcpStream,
+    acceptor: TlsAcceptor,
+    cluster: &str,
+    timing: &str,
+    me: &str,
+    inbound: &Inbound,
+) -> Result<(), TransportError> {
     tcp.set_nodelay(true)?;
     let (mut tls, hello) = timeout(HANDSHAKE_TIMEOUT, async {
         let mut tls = acceptor.accept(tcp).await?;
@@ -244,6 +259,11 @@ async fn handle(tcp: TcpStream, acceptor: TlsAcceptor, cluster: &str, me: &str, 
         Some(TransportError::Version { ours: PROTOCOL_VERSION, theirs: hello.protocol })
     } else if hello.cluster != cluster {
         Some(TransportError::Refused(format!("node {} is of cluster {:?}, not {cluster:?}", hello.node, hello.cluster)))
+    } else if hello.timing != timing {
+        Some(TransportError::Refused(format!(
+            "node {} runs with timing {:?}, this node with {timing:?}: every member needs the same [cluster] lost_after",
+            hello.node, hello.timing
+        )))
     } else if !certificate_names(&tls, &hello.node) {
         // Signed by our CA but for another node: a member must not speak for another.
         Some(TransportError::Refused(format!("the certificate presented is not node {}'s", hello.node)))
@@ -402,10 +422,21 @@ impl TlsNetwork {
     }
 
     pub fn with_liveness(identity: &TlsIdentity, cluster: &str, liveness: LivenessConfig) -> Result<Self, TransportError> {
+        Self::with_timing(identity, cluster, "", liveness)
+    }
+
+    /// With the `timing` its hellos announce (see [`Hello::timing`]; [`serve`] refuses peers
+    /// whose timing differs from the one it is given).
+    pub fn with_timing(identity: &TlsIdentity, cluster: &str, timing: &str, liveness: LivenessConfig) -> Result<Self, TransportError> {
         Ok(Self {
             inner: Arc::new(NetInner {
                 connector: TlsConnector::from(identity.client_config()?),
-                hello: Hello { protocol: PROTOCOL_VERSION, cluster: cluster.to_owned(), node: identity.node.clone() },
+                hello: Hello {
+                    protocol: PROTOCOL_VERSION,
+                    cluster: cluster.to_owned(),
+                    node: identity.node.clone(),
+                    timing: timing.to_owned(),
+                },
                 table: LinkTable::new(liveness),
                 paths: Mutex::default(),
                 nonces: std::time::SystemTime::now()

@@ -22,16 +22,21 @@ pub const LEASE: Duration = Duration::from_secs(10);
 /// election and first grant (about 2 s, see member.rs) plus [`STOP_AHEAD`] plus the hello and
 /// grant intervals, or a leader's death would stop groups on healthy members.
 pub const WATCHDOG_LEASE: Duration = Duration::from_millis(4500);
-/// The shortest member lease with `watchdog_fencing` ([`watchdog_lease`]): a new leader's
-/// election and first grant (about 1.3 s at the shortest detection) plus [`STOP_AHEAD`] must fit.
+/// The shortest member lease with `watchdog_fencing` ([`watchdog_lease`]): what a member may go
+/// unrenewed before it starts stopping (D − [`STOP_AHEAD`], 2 s) must hold a new leader's
+/// election and first grant at that detection time (under 1.4 s with `lost_after` = 570 ms:
+/// openraft's follower lease and election timeout, 0.9 s, the barrier, the hello and grant
+/// paces) with room for a loaded machine.
 pub const WATCHDOG_LEASE_MIN: Duration = Duration::from_secs(3);
 
 /// The member lease D with `watchdog_fencing` for a detection time `lost_after` (default 1 s):
-/// [`WATCHDOG_LEASE`] at 1 s or more; below, in proportion (as Raft's election timing is), but
-/// never under [`WATCHDOG_LEASE_MIN`]. A shorter detection thus also shortens a watchdog-only
-/// fail-over, which is mostly D.
+/// [`WATCHDOG_LEASE`] at 1 s or more; below, the part beyond [`STOP_AHEAD`] in proportion (as
+/// Raft's election timing is: a leader's replacement is what it must outlast), never under
+/// [`WATCHDOG_LEASE_MIN`]. A shorter detection thus also shortens a watchdog-only fail-over,
+/// which is mostly D.
 pub fn watchdog_lease(lost_after: Duration) -> Duration {
-    WATCHDOG_LEASE.mul_f64(lost_after.as_secs_f64().min(1.0)).max(WATCHDOG_LEASE_MIN)
+    let scale = lost_after.as_secs_f64().min(1.0);
+    (STOP_AHEAD + (WATCHDOG_LEASE - STOP_AHEAD).mul_f64(scale)).max(WATCHDOG_LEASE_MIN)
 }
 
 /// A member with a watchdog starts stopping its groups this long before its lease ends.
@@ -166,10 +171,17 @@ mod tests {
     fn the_watchdog_lease_follows_a_shorter_detection_within_bounds() {
         assert_eq!(watchdog_lease(Duration::from_secs(1)), WATCHDOG_LEASE);
         assert_eq!(watchdog_lease(Duration::from_secs(30)), WATCHDOG_LEASE, "never longer");
-        assert_eq!(watchdog_lease(Duration::from_millis(700)), Duration::from_millis(3150));
+        assert_eq!(watchdog_lease(Duration::from_millis(700)), Duration::from_millis(3450));
         assert_eq!(watchdog_lease(Duration::from_millis(500)), WATCHDOG_LEASE_MIN);
-        // Room for a clean stop before the end, and for the watchdog's kill margin.
-        assert!(WATCHDOG_LEASE_MIN > STOP_AHEAD * 2 + KILL_MARGIN);
+        // What a member may go unrenewed before it starts stopping never shrinks faster than
+        // the election it must outlast (which scales with lost_after), and is 2 s at least.
+        for ms in (500..=1000).step_by(10) {
+            let lost = Duration::from_millis(ms);
+            let unrenewed = watchdog_lease(lost) - STOP_AHEAD;
+            let scale = ms as f64 / 1000.0;
+            assert!(unrenewed >= (WATCHDOG_LEASE - STOP_AHEAD).mul_f64(scale), "{ms}");
+            assert!(unrenewed >= Duration::from_secs(2), "{ms}");
+        }
     }
 
     struct Rng(u64);

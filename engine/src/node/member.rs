@@ -72,18 +72,22 @@ const RAFT_ELECTION_MIN_MS: u64 = 400;
 const RAFT_ELECTION_MAX_MS: u64 = 800;
 
 /// Raft's (heartbeat, election min, election max) in ms for `lost_after`: the defaults at 1 s
-/// or more (a longer election would outlast the members' leases), in proportion below it, so
-/// that a leader's death is detected as fast as any member's (Corosync's token likewise sets
-/// both). E_min ≥ 3h holds at every scale; `lost_after` ≥ 500 ms keeps h ≥ 50 ms.
+/// or more (a longer election would outlast the members' leases); below it the election
+/// timeouts in proportion, so that a leader's death is detected about as fast as any member's
+/// (Corosync's token likewise sets both), the minimum never under 3 heartbeats. The heartbeat
+/// stays: openraft also bounds each AppendEntries (the authority's renewals) by it, and a
+/// shorter one would fail on a loaded machine.
 fn raft_timing(lost_after: Duration) -> (u64, u64, u64) {
     let scale = lost_after.as_secs_f64().min(1.0);
     let ms = |v: u64| ((v as f64) * scale).round() as u64;
-    (ms(RAFT_HEARTBEAT_MS), ms(RAFT_ELECTION_MIN_MS), ms(RAFT_ELECTION_MAX_MS))
+    let min = ms(RAFT_ELECTION_MIN_MS).max(3 * RAFT_HEARTBEAT_MS);
+    (RAFT_HEARTBEAT_MS, min, ms(RAFT_ELECTION_MAX_MS).max(min + RAFT_HEARTBEAT_MS))
 }
 /// Clock-rate error ρ and margin ε assumed for the authority window (those of the leases).
 const DRIFT: f64 = lease::RHO;
 const MARGIN: Duration = lease::EPS;
-/// How often the leader renews every member's lease (and tells it what to monitor).
+/// How often the leader renews every member's lease (and tells it what to monitor), at most
+/// (see [`Silence`]).
 const LEASE_EVERY: Duration = Duration::from_millis(250);
 /// A fence attempt without an answer after this long counts as failed (each device call has
 /// its own, shorter timeout: this only catches a task that died).
@@ -103,7 +107,9 @@ const NO_LEASE_PAUSE: Duration = Duration::from_millis(500);
 /// How often a member says hello to the leader (over every path), at most (see [`Silence`]).
 const HELLO_EVERY: Duration = Duration::from_millis(250);
 /// A member whose hellos the leader it knows has not answered for this long says hello to every
-/// member (the leader it knows may be stale).
+/// member (the leader it knows may be stale). It may exceed a short `lost_after`: the leader
+/// then still hears the member's pings (its paths are up), and counts it lost on hellos alone
+/// only after 3 s at least (`Silence::wedged`).
 const HELLO_UNANSWERED: Duration = Duration::from_millis(750);
 /// How often the leader looks for silent members: a member is counted lost within this long of
 /// its silence reaching `[cluster] lost_after` (at the hello pace it was up to 250 ms more, a
@@ -142,6 +148,18 @@ impl Silence {
     /// How often a member says hello: at least four times per `lost`.
     fn hello_every(self) -> Duration {
         (self.lost / 4).min(HELLO_EVERY)
+    }
+
+    /// How often the leader renews the leases: as often as members say hello (a renewal
+    /// answers the newest hello), so the lease's unrenewed stretches shrink with `lost`.
+    fn lease_every(self) -> Duration {
+        (self.lost / 4).min(LEASE_EVERY)
+    }
+
+    /// A gap this long between two of the leader's loss checks is its own stall
+    /// ([`OWN_STALL`] at most, a quarter of `lost`).
+    fn own_stall(self) -> Duration {
+        (self.lost / 4).min(OWN_STALL)
     }
 }
 /// A new cluster (no group placed yet) waits this long for every member to say hello before it
@@ -414,9 +432,11 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
         .map(Arc::new)
         .map_err(|e| NodeError::Setup(format!("cluster credentials in {}: {e} (made by `warden cluster init`)", pki_dir.display())))?;
     let silence = Silence::new(node.cfg.cluster.lost_after());
-    let net = TlsNetwork::with_liveness(&identity, &node.cfg.cluster.name, silence.liveness())
-        .map_err(|e| NodeError::Setup(format!("peer transport: {e}")))?;
     let (heartbeat_interval, election_timeout_min, election_timeout_max) = raft_timing(silence.lost);
+    // Announced at every handshake: a peer with other timing is refused (see `Hello::timing`).
+    let timing = format!("raft {heartbeat_interval}/{election_timeout_min}-{election_timeout_max} ms");
+    let net = TlsNetwork::with_timing(&identity, &node.cfg.cluster.name, &timing, silence.liveness())
+        .map_err(|e| NodeError::Setup(format!("peer transport: {e}")))?;
     let raft_config = openraft::Config {
         cluster_name: node.cfg.cluster.name.clone(),
         heartbeat_interval,
@@ -447,9 +467,10 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
             path: addr.into(),
             source,
         })?;
-        let (identity, name, inbound, cancel) = (identity.clone(), node.cfg.cluster.name.clone(), cluster.inbound(), cancel.clone());
+        let (identity, name, timing, inbound, cancel) =
+            (identity.clone(), node.cfg.cluster.name.clone(), timing.clone(), cluster.inbound(), cancel.clone());
         tasks.spawn(async move {
-            if let Err(e) = warden_cluster::transport::serve(l, &identity, name, inbound, cancel).await {
+            if let Err(e) = warden_cluster::transport::serve(l, &identity, name, timing, inbound, cancel).await {
                 tracing::error!(error = %e, "peer listener stopped");
             }
         });
@@ -641,7 +662,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     let mut signals = Box::pin(stop);
     let mut shutting_down = false;
     let mut tick = tokio::time::interval(TICK);
-    let mut lease_tick = tokio::time::interval(LEASE_EVERY);
+    let mut lease_tick = tokio::time::interval(silence.lease_every());
     let mut hello_tick = tokio::time::interval(silence.hello_every());
     // The leader the last hello tick was reset for.
     let mut hello_leader: Option<String> = None;
@@ -1404,6 +1425,17 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
             }
             _ = committed_rx.changed() => {}
             _ = hello_tick.tick() => {
+                // Status requests the leader did not answer in time: answered from here (checked
+                // at this pace, a quarter of a second at most, not the core's tick).
+                let now = Instant::now();
+                let late: Vec<u64> = forwarded_status.iter().filter(|(_, (_, t))| now.duration_since(*t) >= STATUS_WAIT).map(|(id, _)| *id).collect();
+                for id in late {
+                    if let Some((tx, _)) = forwarded_status.remove(&id) {
+                        let why = format!("the leader did not answer within {STATUS_WAIT:?}: the last committed decisions as this member knows them, nothing known of what runs");
+                        let st = local_status(StatusParts { node: &node, history: &history, cluster: &cluster, net: &net, members: &members, shutting_down, clock, metrics_addr: metrics_bound.clone() }, &model, &why);
+                        let _ = tx.send(Response::Status { status: Box::new(st) });
+                    }
+                }
                 if !config_ok {
                     continue; // not a member until it runs the cluster's config
                 }
@@ -1448,7 +1480,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 // resources and a device covers them; else their groups wait).
                 if let Some(d) = decider.as_mut() {
                     let now = Instant::now();
-                    if now.duration_since(last_lost_check) > OWN_STALL {
+                    if now.duration_since(last_lost_check) > silence.own_stall() {
                         resumed = now;
                     }
                     last_lost_check = now;
@@ -1529,14 +1561,6 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 for id in late {
                     if let Some((tx, _)) = forwarded.remove(&id) {
                         let _ = tx.send(Response::Error { message: format!("the leader did not answer within {FORWARD_WAIT:?}; the outcome is unknown: check `warden status`") });
-                    }
-                }
-                let late: Vec<u64> = forwarded_status.iter().filter(|(_, (_, t))| now.duration_since(*t) >= STATUS_WAIT).map(|(id, _)| *id).collect();
-                for id in late {
-                    if let Some((tx, _)) = forwarded_status.remove(&id) {
-                        let why = format!("the leader did not answer within {STATUS_WAIT:?}: the last committed decisions as this member knows them, nothing known of what runs");
-                        let st = local_status(StatusParts { node: &node, history: &history, cluster: &cluster, net: &net, members: &members, shutting_down, clock, metrics_addr: metrics_bound.clone() }, &model, &why);
-                        let _ = tx.send(Response::Status { status: Box::new(st) });
                     }
                 }
             }
@@ -1971,10 +1995,13 @@ mod tests {
     fn raft_timing_follows_a_shorter_lost_after_and_keeps_its_rules() {
         assert_eq!(raft_timing(Duration::from_secs(1)), (100, 400, 800));
         assert_eq!(raft_timing(Duration::from_secs(30)), (100, 400, 800), "never longer than the default");
-        assert_eq!(raft_timing(Duration::from_millis(700)), (70, 280, 560));
-        for ms in [500, 600, 700, 850, 1000] {
+        assert_eq!(raft_timing(Duration::from_millis(700)), (100, 300, 560));
+        assert_eq!(raft_timing(Duration::from_millis(500)), (100, 300, 400));
+        for ms in (500..=1000).step_by(10) {
             let (h, min, max) = raft_timing(Duration::from_millis(ms));
-            assert!(h >= 50 && min >= 3 * h && max > min, "{ms}: {h} {min} {max}");
+            assert!(h == RAFT_HEARTBEAT_MS && min >= 3 * h && max > min, "{ms}: {h} {min} {max}");
+            // A member is counted lost no later than a leader is replaced.
+            assert!(min + max >= ms, "{ms}");
             let cfg =
                 openraft::Config { heartbeat_interval: h, election_timeout_min: min, election_timeout_max: max, ..Default::default() };
             let cfg = cfg.validate().expect("openraft accepts it");
@@ -1984,6 +2011,10 @@ mod tests {
         assert_eq!(s.liveness().dead_after, Duration::from_millis(700));
         assert_eq!(s.liveness().interval, Duration::from_millis(140));
         assert_eq!(s.hello_every(), Duration::from_millis(175));
+        assert_eq!(s.lease_every(), Duration::from_millis(175));
+        assert_eq!(s.own_stall(), Duration::from_millis(175));
+        let d = Silence::new(Duration::from_secs(1));
+        assert_eq!((d.hello_every(), d.lease_every(), d.own_stall()), (HELLO_EVERY, LEASE_EVERY, OWN_STALL), "the defaults");
         assert_eq!(s.wedged, Duration::from_secs(3));
         assert_eq!(Silence::new(Duration::from_secs(2)).wedged, Duration::from_secs(6));
     }

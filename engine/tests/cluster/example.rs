@@ -234,12 +234,15 @@ impl Drop for Example {
 fn the_jp1_example_config_runs_as_written_survives_cuts_and_switches_over() {
     let mut c = Example::new();
     let s1 = c.sampler();
-    // The two nodes first: one of them leads, so that cutting jp1-b off below is, often, a cut of
-    // the leader (a new leader's status must still show the group started on jp1-a).
+    // The two nodes first, until one of them leads, so that cutting jp1-b off below is, often,
+    // a cut of the leader (a new leader's status must still show the group started on jp1-a).
     for m in ["jp1-b", "jp1-a"] {
         c.start(m);
     }
-    std::thread::sleep(Duration::from_secs(2));
+    c.wait("a leader among the two nodes", |c| {
+        let o = c.cli("jp1-b", &["status", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).is_ok_and(|st| st["cluster_info"]["leader"].is_string())
+    });
     c.start("witness");
     c.wait("the logical host started on jp1-a, its VIP answering", |c| {
         c.owner("witness").as_deref() == Some("jp1-a") && answers_from(&c.client, VIP.parse().unwrap())

@@ -383,7 +383,10 @@ fn a_hung_owner_is_stopped_by_its_watchdog_and_its_group_runs_once_on_b() {
 
 #[test]
 fn an_owner_that_leads_and_is_cut_off_stops_its_group_before_it_starts_elsewhere() {
-    let (mut c, s1, _) = running_on_a(TestCluster::with_watchdog());
+    // With a shorter detection (`lost_after` under 1 s): Raft's timing and the lease (3.45 s
+    // instead of 4.5 s) shrink with it, and this, the case that needs the new leader's wait,
+    // runs on the shorter lease (the other watchdog tests and the nemesis on the default).
+    let (mut c, s1, _) = running_on_a(TestCluster::with_watchdog().with_cluster_option("lost_after = \"700ms\""));
     // The owner leads: cut off, it loses its authority, so nobody grants it a lease; the new
     // leader never granted it one and does not know when the old leader last did, so it waits
     // a whole lease from its own start before it moves the group (without that wait the
@@ -392,9 +395,19 @@ fn an_owner_that_leads_and_is_cut_off_stops_its_group_before_it_starts_elsewhere
     let other = if owner == "a" { "b" } else { "a" };
     c.cut(&owner, 1);
     c.cut(&owner, 2);
+    // Status from the other member right away: it still knows the cut leader as its leader and
+    // asks it, which never answers; it answers itself (it used to fail after 10 s), unless a
+    // new leader was elected first and answered.
+    let o = c.cli(other, &["status", "--json"]);
+    assert!(o.status.success(), "status while the leader is cut off: {o:?}\n{}", c.logs());
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let answered_by = st["cluster_info"]["answered_by"].as_str().unwrap_or_default().to_string();
+    let fallback = st["groups"][0]["waiting"].as_str().is_some_and(|w| w.contains("did not answer"));
+    assert!(fallback || (answered_by != owner && st["cluster_info"]["leader"] != owner), "{st}");
     c.wait("group app started on the other member", WAIT, |c| started_on(c, "w", other));
     assert!(c.service(&owner, "app-1").is_none() && !c.has_vip(&owner), "{}", c.logs());
     assert!(c.log(&owner).contains("lease lost"), "the owner did not stop its group itself\n{}", c.log(&owner));
+    assert!(c.log(&owner).contains("for 3.45s"), "the lease follows lost_after\n{}", c.log(&owner));
     assert!(c.logs().contains("self-fenced"), "{}", c.logs());
     c.heal(&owner);
     c.wait("the owner back", WAIT, |c| c.status("w").is_some_and(|st| st["nodes"].as_array().unwrap().iter().all(|n| n["up"] == true)));

@@ -80,7 +80,7 @@ async fn start_member_at(id: RaftId, pki: &Path, data: &Path, cluster: &str, add
     let addr = listener.local_addr().unwrap().to_string();
     let stop = CancellationToken::new();
     let (inbound, cluster, s) = (node.inbound(), cluster.to_owned(), stop.clone());
-    let server = tokio::spawn(async move { transport::serve(listener, &identity, cluster, inbound, s).await });
+    let server = tokio::spawn(async move { transport::serve(listener, &identity, cluster, String::new(), inbound, s).await });
     TlsMember { node, net, addr, stop, server }
 }
 
@@ -149,7 +149,7 @@ async fn three_voters_over_mutual_tls_elect_and_replicate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn peer_of_another_cluster_or_protocol_is_refused() {
+async fn peer_of_another_cluster_protocol_or_timing_is_refused() {
     crate::fixtures::init_tracing();
     let dir = TempDir::new().unwrap();
     let (ours, theirs) = (dir.path().join("ours"), dir.path().join("theirs"));
@@ -157,7 +157,7 @@ async fn peer_of_another_cluster_or_protocol_is_refused() {
     // Same cluster name, same node names, another CA: only the CA tells them apart.
     init_cluster(&theirs, "prod", &["n1", "n2"]).unwrap();
     let server = start_member(1, &ours, dir.path(), "prod").await;
-    let hello = Hello { protocol: PROTOCOL_VERSION, cluster: "prod".into(), node: "n2".into() };
+    let hello = Hello { protocol: PROTOCOL_VERSION, cluster: "prod".into(), node: "n2".into(), timing: String::new() };
     let connector = |pki: &Path| TlsConnector::from(TlsIdentity::load(pki, "n2").unwrap().client_config().unwrap());
 
     tracing::info!("--- a member of our cluster is welcome");
@@ -189,6 +189,12 @@ async fn peer_of_another_cluster_or_protocol_is_refused() {
         transport::connect(&connector(&ours), &server.addr, "n1", &Hello { cluster: "test".into(), ..hello.clone() }).await.unwrap_err();
     assert!(matches!(e, TransportError::Refused(ref r) if r.contains("cluster")), "{e}");
 
+    tracing::info!("--- so is other timing (another lost_after: authority counts on every voter's)");
+    let e = transport::connect(&connector(&ours), &server.addr, "n1", &Hello { timing: "raft 70/280-560 ms".into(), ..hello.clone() })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, TransportError::Refused(ref r) if r.contains("timing") && r.contains("lost_after")), "{e}");
+
     server.shutdown().await;
     other.shutdown().await;
 }
@@ -201,7 +207,7 @@ async fn frames_over_the_limit_are_refused_before_reading_them() {
     let e = transport::read_frame::<Hello, _>(&mut b).await.unwrap_err();
     assert!(matches!(e, TransportError::TooLarge(_)), "{e}");
 
-    let hello = Hello { protocol: 1, cluster: "c".into(), node: "n".into() };
+    let hello = Hello { protocol: 1, cluster: "c".into(), node: "n".into(), timing: String::new() };
     transport::write_frame(&mut a, &hello).await.unwrap();
     assert_eq!(transport::read_frame::<Hello, _>(&mut b).await.unwrap(), hello);
 }

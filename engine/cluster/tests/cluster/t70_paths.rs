@@ -112,7 +112,7 @@ impl Member {
         let addr = listener.local_addr().unwrap().to_string();
         let stop = CancellationToken::new();
         let (inbound, s) = (node.inbound(), stop.clone());
-        let server = tokio::spawn(async move { transport::serve(listener, &identity, "prod".into(), inbound, s).await });
+        let server = tokio::spawn(async move { transport::serve(listener, &identity, "prod".into(), String::new(), inbound, s).await });
         let paths = [Proxy::start("127.0.0.1", addr.clone()).await, Proxy::start("127.0.0.2", addr).await];
         Self { node, net, paths, stop, server }
     }
