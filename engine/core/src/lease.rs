@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 /// The member lease D without `watchdog_fencing`: only the member's own stop depends on it
 /// (and `confirm-down`), so it is long enough to ride out a leader's death and a slow election.
 pub const LEASE: Duration = Duration::from_secs(10);
-/// The member lease D with `watchdog_fencing`: a lost member's groups move D(1+ρ)/(1−ρ)+ε after
-/// its last grant, so D is most of a watchdog-only fail-over. It must outlast a new leader's
-/// election and first grant (about 2 s, see member.rs) plus [`STOP_AHEAD`] plus the hello and
-/// grant intervals, or a leader's death would stop groups on healthy members.
+/// The member lease D with `watchdog_fencing` at the default detection (`lost_after` = 1 s; see
+/// [`watchdog_lease`]): a lost member's groups move D(1+ρ)/(1−ρ)+ε after its last grant, so D is
+/// most of a watchdog-only fail-over. It must outlast a new leader's election and first grant
+/// (about 2 s at that detection, see member.rs) plus [`STOP_AHEAD`] plus the hello and grant
+/// intervals, or a leader's death would stop groups on healthy members.
 pub const WATCHDOG_LEASE: Duration = Duration::from_millis(4500);
 /// The shortest member lease with `watchdog_fencing` ([`watchdog_lease`]): what a member may go
 /// unrenewed before it starts stopping (D − [`STOP_AHEAD`], 2 s) must hold a new leader's

@@ -1752,10 +1752,10 @@ impl Scheduler {
         }
     }
 
-    /// For status: the nodes a group's managed members are seen on. A lost node whose state is
-    /// only unknown (a new leader's restored state before that node answers) does not count:
-    /// the group runs on its owner alone as far as anyone can see, and the resources still show
-    /// `unknown` there.
+    /// For status: the nodes a group's managed members are seen on. A node whose state is only
+    /// unknown (a lost node, or any node in a new leader's restored state before it answers its
+    /// probes) does not count: the group runs on its owner alone as far as anyone can see, and
+    /// the resources still show `unknown` there.
     fn group_nodes(&self, g: &GroupModel) -> BTreeSet<NodeId> {
         g.members
             .iter()

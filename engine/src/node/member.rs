@@ -99,9 +99,10 @@ const CONFIRM_MARGIN: Duration = Duration::from_secs(2);
 const GONE_WAIT: Duration = Duration::from_secs(3);
 /// A member shutting down stops what still runs itself after this long (the leader did not move it).
 const SHUTDOWN_FALLBACK: Duration = Duration::from_secs(60);
-// The member lease (`LEASE`, `WATCHDOG_LEASE`) and its rules are in `lease.rs`. It must outlast
-// the election of a new leader after the old one dies (about 2 s with the timing above, a
-// restarted voter's silence included), or a leader's death would stop groups on healthy members.
+// The member lease (`LEASE`, `lease::watchdog_lease`) and its rules are in `lease.rs`. It must
+// outlast the election of a new leader after the old one dies (about 2 s with the default
+// timing above, a restarted voter's silence included; less with a shorter `lost_after`, and the
+// watchdog lease with it), or a leader's death would stop groups on healthy members.
 /// How long a member waits before it answers a start it refused for want of a lease.
 const NO_LEASE_PAUSE: Duration = Duration::from_millis(500);
 /// How often a member says hello to the leader (over every path), at most (see [`Silence`]).
