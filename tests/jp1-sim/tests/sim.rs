@@ -94,8 +94,15 @@ fn comm(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
 }
 
+/// kill -9, then until the process is dead (a zombie or gone): the signal is delivered when the
+/// process next runs, which on a loaded machine may be after the next status command.
 fn kill9(pid: u32) {
     Command::new("/bin/kill").args(["-9", &pid.to_string()]).status().unwrap();
+    let dead = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |st| st.rsplit(')').next().and_then(|r| r.trim().chars().next()).is_some_and(|c| c == 'Z' || c == 'X'))
+    };
+    assert!(wait(Duration::from_secs(10), dead), "pid {pid} still alive 10 s after kill -9");
 }
 
 fn wait(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
