@@ -2,7 +2,7 @@
 //! forward by its process watch. Shared by the single node and the cluster member; sans-IO apart
 //! from reading the clock it is handed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::history::History;
@@ -13,7 +13,7 @@ use crate::scheduler::ResourceId;
 /// The monitor timers of the resources monitored here.
 pub(super) struct MonitorSchedule {
     intervals: HashMap<String, Duration>,
-    next: HashMap<ResourceId, Instant>,
+    next: Timers,
     /// Resources whose watched process exited while a call ran: monitored when it returns.
     watch_due: HashSet<String>,
     /// Resources to monitor as soon as they are monitored again (a watched process exited while
@@ -27,7 +27,14 @@ pub(super) struct MonitorSchedule {
 
 impl MonitorSchedule {
     pub(super) fn new(intervals: HashMap<String, Duration>, seed: u64) -> Self {
-        Self { intervals, next: HashMap::new(), watch_due: HashSet::new(), asap: HashSet::new(), last_watch: HashMap::new(), rng: seed | 1 }
+        Self {
+            intervals,
+            next: Timers::default(),
+            watch_due: HashSet::new(),
+            asap: HashSet::new(),
+            last_watch: HashMap::new(),
+            rng: seed | 1,
+        }
     }
 
     fn jittered(&mut self, r: &str) -> Instant {
@@ -38,7 +45,7 @@ impl MonitorSchedule {
     /// a timer (at once if a watch asked for it while they were busy).
     pub(super) fn follow<'a>(&mut self, monitored: impl IntoIterator<Item = &'a ResourceId>, busy: &Busy) {
         let monitored: HashSet<&ResourceId> = monitored.into_iter().filter(|r| self.intervals.contains_key(r.as_str())).collect();
-        self.next.retain(|r, _| monitored.contains(r));
+        self.next.retain(|r| monitored.contains(r));
         for r in monitored {
             if self.asap.remove(r.as_str()) && !busy.contains(r) {
                 self.next.insert(r.clone(), Instant::now());
@@ -73,9 +80,9 @@ impl MonitorSchedule {
     pub(super) fn watch_fired(&mut self, resource: &str, what: &str, busy: &Busy, metrics: &mut Metrics, history: &mut History) {
         let now = Instant::now();
         let recent = self.last_watch.get(resource).is_some_and(|t| now.duration_since(*t) < WATCH_GAP);
-        if let Some(cur) = self.next.get_mut(resource) {
+        if let Some(cur) = self.next.get(resource) {
             let at = if recent { self.last_watch[resource] + WATCH_GAP } else { now };
-            *cur = (*cur).min(at);
+            self.next.insert(resource.into(), cur.min(at));
             metrics.watch_fired(resource);
             if !recent {
                 self.last_watch.insert(resource.to_string(), now);
@@ -95,18 +102,65 @@ impl MonitorSchedule {
 
     /// The earliest timer.
     pub(super) fn due(&self) -> Option<Instant> {
-        self.next.values().min().copied()
+        self.next.first()
     }
 
     /// Takes the timers that are due: the resources to monitor now (those not busy; a busy
     /// resource's running call decides, and monitoring resumes after it).
     pub(super) fn take_due(&mut self, busy: &Busy) -> Vec<ResourceId> {
-        let now = Instant::now();
-        let ready: Vec<ResourceId> = self.next.iter().filter(|(_, t)| **t <= now).map(|(r, _)| r.clone()).collect();
-        for r in &ready {
-            self.next.remove(r);
+        self.next.take_until(Instant::now()).into_iter().filter(|r| !busy.contains(r)).collect()
+    }
+}
+
+/// One timer per resource, also ordered by time: the loop asks for the earliest after every
+/// event, and with a thousand resources a scan of them all each time was a visible part of the
+/// engine's CPU.
+#[derive(Default)]
+struct Timers {
+    at: HashMap<ResourceId, Instant>,
+    order: BTreeSet<(Instant, ResourceId)>,
+}
+
+impl Timers {
+    fn get(&self, r: &str) -> Option<Instant> {
+        self.at.get(r).copied()
+    }
+
+    fn contains_key(&self, r: &ResourceId) -> bool {
+        self.at.contains_key(r)
+    }
+
+    fn insert(&mut self, r: ResourceId, t: Instant) {
+        if let Some(old) = self.at.insert(r.clone(), t) {
+            self.order.remove(&(old, r.clone()));
         }
-        ready.into_iter().filter(|r| !busy.contains(r)).collect()
+        self.order.insert((t, r));
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&ResourceId) -> bool) {
+        let order = &mut self.order;
+        self.at.retain(|r, t| {
+            let k = keep(r);
+            if !k {
+                order.remove(&(*t, r.clone()));
+            }
+            k
+        });
+    }
+
+    fn first(&self) -> Option<Instant> {
+        self.order.first().map(|(t, _)| *t)
+    }
+
+    /// Removes and returns the resources whose timer is at or before `now`.
+    fn take_until(&mut self, now: Instant) -> Vec<ResourceId> {
+        let mut out = Vec::new();
+        while self.order.first().is_some_and(|(t, _)| *t <= now) {
+            let (_, r) = self.order.pop_first().expect("checked");
+            self.at.remove(&r);
+            out.push(r);
+        }
+        out
     }
 }
 
@@ -117,4 +171,32 @@ fn jitter(d: Duration, rng: &mut u64) -> Duration {
     *rng ^= *rng << 17;
     let f = 0.9 + (*rng % 2001) as f64 / 10_000.0;
     d.mul_f64(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timers_keep_one_per_resource_in_time_order() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut t = Timers::default();
+        t.insert("a".into(), ms(30));
+        t.insert("b".into(), ms(10));
+        t.insert("c".into(), ms(20));
+        assert_eq!(t.first(), Some(ms(10)));
+        // Moved: the old time is gone from the order.
+        t.insert("b".into(), ms(40));
+        assert_eq!(t.first(), Some(ms(20)));
+        assert_eq!(t.get("b"), Some(ms(40)));
+        t.retain(|r| r.as_str() != "c");
+        assert_eq!(t.first(), Some(ms(30)));
+        assert!(!t.contains_key(&"c".into()));
+        assert_eq!(t.take_until(ms(35)), vec![ResourceId::from("a")]);
+        assert_eq!(t.take_until(ms(35)), Vec::<ResourceId>::new());
+        assert_eq!(t.take_until(ms(40)), vec![ResourceId::from("b")]);
+        assert_eq!(t.first(), None);
+        assert!(t.at.is_empty() && t.order.is_empty());
+    }
 }
