@@ -42,9 +42,21 @@ pub enum Request {
     /// The config the node runs (`warden config show`).
     ConfigShow,
     /// Make `text` the cluster's config (`warden config apply`); answered once committed.
+    /// `member`: the one member this config adds or removes (`warden node add|remove`); without
+    /// it the members must stay as they are.
     ConfigApply {
         text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        member: Option<MemberChange>,
     },
+}
+
+/// The membership change a new config makes (`warden node add|remove`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemberChange {
+    Add(String),
+    Remove(String),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,6 +134,10 @@ pub struct ClusterStatus {
 pub struct MemberStatus {
     pub name: String,
     pub role: String,
+    /// In Raft: `voter`, `learner` (receives the log, never votes), or `joining` (in the config,
+    /// not yet in Raft's membership: the leader adds it).
+    #[serde(default)]
+    pub raft: String,
     /// At least one path to it works (always true for the answering member itself).
     pub reachable: bool,
     pub paths: Vec<PathState>,

@@ -83,6 +83,8 @@ pub struct NodeOptions {
     /// Run this node of a multi-node config alone: the other nodes are treated as down for good
     /// (the operator guarantees they do not run Warden). Like LifeKeeper with one server up.
     pub single_node: bool,
+    /// `--join`: a member added to a running cluster; it never forms a cluster itself.
+    pub join: bool,
     /// The compiled-component cache: `--cache-dir` (Some(Some)), `--no-cache` (Some(None)),
     /// else (None) `daemon.cache_dir` from the config or `<state_dir>/cache`.
     pub cache: Option<Option<PathBuf>>,
@@ -182,6 +184,7 @@ pub struct Node {
     plugins: BTreeMap<String, Arc<Plugin>>,
     leave_running: bool,
     single_node: bool,
+    join: bool,
 }
 
 /// Where the CLI and the daemon meet unless told otherwise.
@@ -285,7 +288,16 @@ impl Node {
             plugins.insert(p.name.get_ref().clone(), loaded);
         }
         cfg.check_plugins(&plugins)?;
-        Ok(Self { cfg, name, state_dir, socket, plugins, leave_running: opts.leave_running, single_node: opts.single_node })
+        Ok(Self {
+            cfg,
+            name,
+            state_dir,
+            socket,
+            plugins,
+            leave_running: opts.leave_running,
+            single_node: opts.single_node,
+            join: opts.join,
+        })
     }
 
     /// A resource's config resolved against its plugin: parameters with the agent's defaults,

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod authority;
 pub mod links;
+pub mod membership;
 pub mod messenger;
 pub mod node;
 pub mod pki;
@@ -43,8 +44,9 @@ pub mod transport;
 
 pub use authority::{Authority, AuthorityConfig};
 pub use links::{LinkTable, Links, LivenessConfig, PathStatus, PeerLink, Prober};
+pub use membership::{raft_id, Step, Wanted};
 pub use messenger::{Envelope, Messenger, Rejected, SendError, MESSAGE_TIMEOUT};
-pub use node::{ClusterNode, Forwarder, NodeConfig, ProposeError};
+pub use node::{ClusterNode, Control, Forwarder, NodeConfig, ProposeError};
 pub use state::{ClusterRequest, ClusterResponse, ClusterState};
 
 /// A member's Raft id. openraft needs a small `Copy` id; the member's name lives in [`Peer`].

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::storage::RaftLogStorage;
-use openraft::RaftNetworkFactory;
+use openraft::{ChangeMembers, RaftNetworkFactory};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::authority::{Authority, AuthorityConfig};
 use crate::links::{self, LinkTable, Links, Prober};
+use crate::membership::{Step, Wanted};
 use crate::messenger::{Envelope, Rejected, INBOX_CAPACITY};
 use crate::state::{ClusterRequest, ClusterResponse, ClusterState};
 use crate::{store, ClusterError, Peer, Raft, RaftId, RaftMetrics, TypeConfig};
@@ -323,8 +324,56 @@ impl ClusterNode {
     /// committed barrier entry within one election timeout: changing membership while a voter is
     /// unhealthy could leave the new configuration without a working quorum.
     pub async fn change_voters(&self, voters: BTreeSet<RaftId>) -> Result<(), ClusterError> {
-        if self.authority().is_none() {
-            return Err(ClusterError::NotLeader { leader: self.metrics().current_leader.filter(|l| *l != self.id) });
+        self.control().replace_voters(voters, false).await
+    }
+
+    /// See [`Control::reconcile`].
+    pub async fn reconcile(&self, want: &Wanted) -> Result<Step, ClusterError> {
+        self.control().reconcile(want).await
+    }
+
+    /// A handle for membership work from another task.
+    pub fn control(&self) -> Control {
+        Control { id: self.id, raft: self.raft.clone(), authority: self.authority.clone() }
+    }
+
+    /// Stops the renewal and Raft; the store is closed once Raft's tasks have let it go.
+    pub async fn shutdown(mut self) -> Result<(), ClusterError> {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        self.raft.shutdown().await.map_err(raft_error)
+    }
+}
+
+/// Membership work that may run in its own task while the member's loop goes on (cheap to
+/// clone).
+#[derive(Clone)]
+pub struct Control {
+    id: RaftId,
+    raft: Raft,
+    authority: Authority,
+}
+
+impl Control {
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    async fn replace_voters(&self, voters: BTreeSet<RaftId>, retain: bool) -> Result<(), ClusterError> {
+        self.voters_healthy(&voters).await?;
+        match self.raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), retain).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ClusterError::NotLeader { leader: f.leader_id }),
+            Err(e) => Err(raft_error(e)),
+        }
+    }
+
+    /// Ok when this node has authority and every voter, and every one of `also`, acknowledges a
+    /// freshly committed barrier entry within one election timeout (the check before any
+    /// membership change, and before `warden node add|remove` commits anything).
+    pub async fn voters_healthy(&self, also: &BTreeSet<RaftId>) -> Result<(), ClusterError> {
+        if self.authority.check().is_none() {
+            return Err(ClusterError::NotLeader { leader: self.raft.metrics().borrow().clone().current_leader.filter(|l| *l != self.id) });
         }
         // A fresh entry: an idle log would count a voter that went down after acknowledging
         // the last one as healthy.
@@ -333,31 +382,62 @@ impl ClusterNode {
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => return Err(ClusterError::NotLeader { leader: f.leader_id }),
             Err(e) => return Err(raft_error(e)),
         };
-        let m = self.metrics();
+        let m = self.raft.metrics().borrow().clone();
         let all: BTreeSet<RaftId> =
-            m.membership_config.membership().voter_ids().chain(voters.iter().copied()).filter(|v| *v != self.id).collect();
+            m.membership_config.membership().voter_ids().chain(also.iter().copied()).filter(|v| *v != self.id).collect();
         let wait = Duration::from_millis(self.raft.config().election_timeout_max);
         let healthy = |m: &RaftMetrics| {
             let Some(repl) = &m.replication else { return false };
             all.iter().all(|v| repl.get(v).is_some_and(|matched| matched.map(|l| l.index) >= target))
         };
         if let Err(e) = self.raft.wait(Some(wait)).metrics(healthy, "every voter acknowledges the log").await {
-            let m = self.metrics();
+            let m = self.raft.metrics().borrow().clone();
             let repl = m.replication.unwrap_or_default();
             let lagging: Vec<_> = all.iter().filter(|v| repl.get(v).is_none_or(|matched| matched.map(|l| l.index) < target)).collect();
             return Err(ClusterError::Membership(format!("not every voter is healthy: {lagging:?} did not acknowledge the log ({e})")));
         }
-        match self.raft.change_membership(voters, false).await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ClusterError::NotLeader { leader: f.leader_id }),
-            Err(e) => Err(raft_error(e)),
-        }
+        Ok(())
     }
 
-    /// Stops the renewal and Raft; the store is closed once Raft's tasks have let it go.
-    pub async fn shutdown(mut self) -> Result<(), ClusterError> {
-        self.stop.cancel();
-        while self.tasks.join_next().await.is_some() {}
-        self.raft.shutdown().await.map_err(raft_error)
+    /// One step towards the membership `want` (leader only, with authority): first every
+    /// missing member is added as a learner (without waiting for it); then, once every current
+    /// and future voter is healthy (see [`ClusterNode::voters_healthy`]; a learner that has not
+    /// caught up is not), the voters are replaced, former voters still wanted staying learners;
+    /// last, members no longer wanted are removed. Call it again until [`Step::InSync`]; an
+    /// error (no authority, a voter not healthy) changes nothing and is worth retrying later.
+    pub async fn reconcile(&self, want: &Wanted) -> Result<Step, ClusterError> {
+        if self.authority.check().is_none() {
+            return Err(ClusterError::NotLeader { leader: self.raft.metrics().borrow().clone().current_leader.filter(|l| *l != self.id) });
+        }
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let missing: BTreeMap<RaftId, Peer> =
+            want.members.iter().filter(|(id, _)| membership.get_node(id).is_none()).map(|(id, p)| (*id, p.clone())).collect();
+        if !missing.is_empty() {
+            let ids = missing.keys().copied().collect();
+            written(self.raft.change_membership(ChangeMembers::AddNodes(missing), true).await)?;
+            return Ok(Step::AddedLearners(ids));
+        }
+        let voters: BTreeSet<RaftId> = membership.voter_ids().collect();
+        if voters != want.voters {
+            self.replace_voters(want.voters.clone(), true).await?;
+            return Ok(Step::ChangedVoters { from: voters, to: want.voters.clone() });
+        }
+        let extra: BTreeSet<RaftId> = membership.nodes().map(|(id, _)| *id).filter(|id| !want.members.contains_key(id)).collect();
+        if !extra.is_empty() {
+            written(self.raft.change_membership(ChangeMembers::RemoveNodes(extra.clone()), true).await)?;
+            return Ok(Step::Removed(extra.into_iter().collect()));
+        }
+        Ok(Step::InSync)
+    }
+}
+
+/// A membership write's outcome: a follower's refusal names the leader.
+#[allow(clippy::result_large_err)] // the crate's error, as every async fn here returns it
+fn written<T>(r: Result<T, RaftError<RaftId, ClientWriteError<RaftId, Peer>>>) -> Result<(), ClusterError> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ClusterError::NotLeader { leader: f.leader_id }),
+        Err(e) => Err(raft_error(e)),
     }
 }

@@ -92,30 +92,78 @@ pub fn init_cluster(dir: &Path, cluster_name: &str, nodes: &[&str]) -> Result<()
     fs::create_dir_all(dir).map_err(io_at(dir))?;
 
     let ca_key = KeyPair::generate()?;
+    let ca = ca_params(cluster_name)?;
+    let ca_cert = ca.self_signed(&ca_key)?;
+    write_new(&dir.join(CA_CERT), &ca_cert.pem(), 0o644)?;
+    write_new(&dir.join(CA_KEY), &ca_key.serialize_pem(), 0o600)?;
+    let issuer = Issuer::new(ca, ca_key);
+    for node in nodes {
+        issue(dir, &issuer, cluster_name, node)?;
+    }
+    // The directory entries too, so that a crash right after init leaves all files or none.
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_at(dir))
+}
+
+/// A certificate and key for a node added later (`warden cluster add-node`), signed with the
+/// CA in `dir` (`ca.pem` and `ca.key`, as `init_cluster` wrote them for `cluster_name`).
+/// Refuses to overwrite the node's files.
+pub fn add_node(dir: &Path, cluster_name: &str, node: &str) -> Result<(), PkiError> {
+    check_node_name(node)?;
+    for f in [node_cert_file(node), node_key_file(node)] {
+        let path = dir.join(f);
+        if path.symlink_metadata().is_ok() {
+            return Err(PkiError::Io { path, source: io::ErrorKind::AlreadyExists.into() });
+        }
+    }
+    let key_path = dir.join(CA_KEY);
+    let ca_key = KeyPair::from_pem(&fs::read_to_string(&key_path).map_err(io_at(&key_path))?)?;
+    // The CA certificate's subject and key, as made by `init_cluster`: a node certificate names
+    // its issuer by that subject, and is checked against `ca.pem`'s key.
+    let ca_path = dir.join(CA_CERT);
+    let ca_pem = fs::read_to_string(&ca_path).map_err(io_at(&ca_path))?;
+    let params = ca_params(cluster_name)?;
+    let again = params.self_signed(&ca_key)?;
+    if subject_of(&again.pem()) != subject_of(&ca_pem) {
+        return Err(PkiError::Pem {
+            path: ca_path,
+            what: format!("it is not the CA of cluster {cluster_name:?} (check --name), or its key is not {}", key_path.display()),
+        });
+    }
+    issue(dir, &Issuer::new(params, ca_key), cluster_name, node)?;
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_at(dir))
+}
+
+/// The subject and public key of a PEM certificate, as DER bytes (what a peer checks a node
+/// certificate's issuer against), or nothing for a file that is not one certificate.
+fn subject_of(pem: &str) -> Option<(Vec<u8>, Vec<u8>)> {
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let anchor = webpki::anchor_from_trusted_cert(&der).ok()?;
+    Some((anchor.subject.as_ref().to_vec(), anchor.subject_public_key_info.as_ref().to_vec()))
+}
+
+/// The cluster CA's parameters: the same for the same cluster name, so that a node added later
+/// is signed under the subject `ca.pem` carries.
+fn ca_params(cluster_name: &str) -> Result<CertificateParams, PkiError> {
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.distinguished_name.push(DnType::CommonName, format!("warden cluster {cluster_name} CA"));
     ca.distinguished_name.push(DnType::OrganizationName, cluster_name);
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let ca_cert = ca.self_signed(&ca_key)?;
-    write_new(&dir.join(CA_CERT), &ca_cert.pem(), 0o644)?;
-    write_new(&dir.join(CA_KEY), &ca_key.serialize_pem(), 0o600)?;
-    let issuer = Issuer::new(ca, ca_key);
+    Ok(ca)
+}
 
-    for node in nodes {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec![(*node).to_owned()])?;
-        params.distinguished_name.push(DnType::CommonName, *node);
-        params.distinguished_name.push(DnType::OrganizationName, cluster_name);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        // The same certificate serves a node as server (it accepts) and as client (it connects).
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params.signed_by(&key, &issuer)?;
-        write_new(&dir.join(node_cert_file(node)), &cert.pem(), 0o644)?;
-        write_new(&dir.join(node_key_file(node)), &key.serialize_pem(), 0o600)?;
-    }
-    // The directory entries too, so that a crash right after init leaves all files or none.
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_at(dir))
+/// Writes `<node>.pem` and `<node>.key`, the certificate signed by `issuer`.
+fn issue(dir: &Path, issuer: &Issuer<'_, KeyPair>, cluster_name: &str, node: &str) -> Result<(), PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![node.to_owned()])?;
+    params.distinguished_name.push(DnType::CommonName, node);
+    params.distinguished_name.push(DnType::OrganizationName, cluster_name);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    // The same certificate serves a node as server (it accepts) and as client (it connects).
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, issuer)?;
+    write_new(&dir.join(node_cert_file(node)), &cert.pem(), 0o644)?;
+    write_new(&dir.join(node_key_file(node)), &key.serialize_pem(), 0o600)
 }
 
 /// A node's credentials: the cluster CA, its certificate and its key.

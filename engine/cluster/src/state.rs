@@ -1,7 +1,8 @@
 //! The replicated state and its deterministic `apply`.
 
 use serde::{Deserialize, Serialize};
-use warden_core::scheduler::Decisions;
+use warden_core::scheduler::{Decisions, NodeDecision};
+use warden_core::NodeId;
 
 /// What the cluster replicates: the decision core's decisions and the config version they were
 /// decided under. Observations (activity, counters) are per node and never replicated.
@@ -42,8 +43,16 @@ pub enum ClusterRequest {
     /// membership change).
     Barrier,
     /// Replace the config (`warden config apply`, validated by the leader): applied only if the
-    /// cluster still runs `previous`, so two applies racing cannot both win.
-    ApplyConfig { previous: String, hash: String, text: String },
+    /// cluster still runs `previous`, so two applies racing cannot both win. `added`: the member
+    /// this config adds (`warden node add`), recorded as a node that left cleanly: it runs
+    /// nothing until it first says hello, so no leader waits for its probes or fences it.
+    ApplyConfig {
+        previous: String,
+        hash: String,
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        added: Option<String>,
+    },
 }
 
 /// The answer to a [`ClusterRequest`], given after it was committed and applied.
@@ -70,7 +79,17 @@ impl ClusterState {
                     return ClusterResponse::StaleConfig { committed: self.config_version, proposed: *config_version };
                 }
                 self.config_version = *config_version;
+                // A proposer that does not know a node (a leader still running the config before
+                // `warden node add`) keeps what is recorded about it.
+                let unknown: Vec<_> = self
+                    .decisions
+                    .nodes
+                    .iter()
+                    .filter(|(n, _)| !decisions.nodes.contains_key(*n))
+                    .map(|(n, d)| (n.clone(), d.clone()))
+                    .collect();
                 self.decisions = decisions.clone();
+                self.decisions.nodes.extend(unknown);
             }
             ClusterRequest::SetConfigVersion { config_version } => {
                 if *config_version < self.config_version {
@@ -84,12 +103,15 @@ impl ClusterState {
                 None => self.config_hash = Some(hash.clone()),
             },
             ClusterRequest::Barrier => return ClusterResponse::Internal,
-            ClusterRequest::ApplyConfig { previous, hash, text } => {
+            ClusterRequest::ApplyConfig { previous, hash, text, added } => {
                 if self.config_hash.as_ref() != Some(previous) {
                     return ClusterResponse::ConfigDiffers { committed: self.config_hash.clone().unwrap_or_default() };
                 }
                 self.config_hash = Some(hash.clone());
                 self.config_text = Some(text.clone());
+                if let Some(n) = added {
+                    self.decisions.nodes.insert(NodeId::from(n.as_str()), NodeDecision { left: true, ..Default::default() });
+                }
             }
         }
         self.revision += 1;
@@ -100,7 +122,7 @@ impl ClusterState {
 #[cfg(test)]
 mod tests {
     use warden_core::scheduler::{GroupState, Target};
-    use warden_core::{GroupId, NodeId};
+    use warden_core::GroupId;
 
     use super::*;
 
@@ -155,12 +177,12 @@ mod tests {
     fn an_applied_config_replaces_the_one_it_was_based_on_only() {
         let mut s = ClusterState::default();
         s.apply(&ClusterRequest::SetConfigHash { hash: "h1".into() });
-        let r = s.apply(&ClusterRequest::ApplyConfig { previous: "h1".into(), hash: "h2".into(), text: "two".into() });
+        let r = s.apply(&ClusterRequest::ApplyConfig { previous: "h1".into(), hash: "h2".into(), text: "two".into(), added: None });
         assert_eq!(r, ClusterResponse::Applied { revision: 2 });
         assert_eq!((s.config_hash.as_deref(), s.config_text.as_deref()), (Some("h2"), Some("two")));
         // A second apply based on the first config lost the race: refused, nothing changes.
         let before = s.clone();
-        let r = s.apply(&ClusterRequest::ApplyConfig { previous: "h1".into(), hash: "h3".into(), text: "three".into() });
+        let r = s.apply(&ClusterRequest::ApplyConfig { previous: "h1".into(), hash: "h3".into(), text: "three".into(), added: None });
         assert_eq!(r, ClusterResponse::ConfigDiffers { committed: "h2".into() });
         assert_eq!(s, before);
         // The first leader's hash does not overwrite an applied config.
@@ -168,6 +190,29 @@ mod tests {
             s.apply(&ClusterRequest::SetConfigHash { hash: "h1".into() }),
             ClusterResponse::ConfigDiffers { committed: "h2".into() }
         );
+    }
+
+    #[test]
+    fn an_added_member_is_recorded_as_left_and_a_proposer_that_does_not_know_it_keeps_that() {
+        let mut s = ClusterState::default();
+        s.apply(&ClusterRequest::SetConfigHash { hash: "h1".into() });
+        let mut d = decisions("a", 1);
+        d.nodes.insert(NodeId::from("a"), NodeDecision::default());
+        s.apply(&ClusterRequest::SetDecisions { config_version: 0, decisions: d.clone() });
+        s.apply(&ClusterRequest::ApplyConfig { previous: "h1".into(), hash: "h2".into(), text: "t".into(), added: Some("c".into()) });
+        assert!(s.decisions.nodes[&NodeId::from("c")].left, "an added member runs nothing until it says hello");
+        // The leader still on the old config proposes decisions without `c`: its record stays.
+        d.nodes.get_mut(&NodeId::from("a")).unwrap().standby = true;
+        s.apply(&ClusterRequest::SetDecisions { config_version: 0, decisions: d.clone() });
+        assert!(s.decisions.nodes[&NodeId::from("c")].left);
+        assert!(s.decisions.nodes[&NodeId::from("a")].standby, "what the proposer knows is replaced");
+        // A leader on the new config decides about `c` (it said hello): that replaces the record.
+        d.nodes.insert(NodeId::from("c"), NodeDecision::default());
+        s.apply(&ClusterRequest::SetDecisions { config_version: 0, decisions: d.clone() });
+        assert!(!s.decisions.nodes[&NodeId::from("c")].left);
+        // An older request without `added` still reads.
+        let old = r#"{"apply-config":{"previous":"h2","hash":"h3","text":"x"}}"#;
+        assert!(matches!(serde_json::from_str::<ClusterRequest>(old).unwrap(), ClusterRequest::ApplyConfig { added: None, .. }));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `warden cluster init`: the cluster's certificates.
+//! `warden cluster init` and `warden cluster add-node`: the cluster's certificates.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +22,18 @@ pub enum ClusterCommand {
         #[arg(required = true)]
         nodes: Vec<String>,
     },
+    /// Make a certificate and key for a node added later (before `warden node add`), signed by
+    /// the CA in DIR (ca.pem and ca.key from `cluster init`). Never overwrites a file.
+    AddNode {
+        /// Where ca.pem and ca.key are; NODE.pem and NODE.key are written there.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The cluster's name, as given to `cluster init`.
+        #[arg(long)]
+        name: String,
+        /// The new node's name, as in the config's nodes.
+        node: String,
+    },
 }
 
 pub fn run(cmd: &ClusterCommand) -> anyhow::Result<ExitCode> {
@@ -34,6 +46,12 @@ pub fn run(cmd: &ClusterCommand) -> anyhow::Result<ExitCode> {
             for n in &names {
                 println!("  {} and {} (node {n} only)", pki::node_cert_file(n), pki::node_key_file(n));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        ClusterCommand::AddNode { dir, name, node } => {
+            pki::add_node(dir, name, node).with_context(|| format!("cluster add-node in {}", dir.display()))?;
+            println!("cluster {name}: certificate for {node} written to {}", dir.display());
+            println!("  {} and {} (node {node} only, with {})", pki::node_cert_file(node), pki::node_key_file(node), pki::CA_CERT);
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::api::{Client, Request, Response, StatusReport};
+use crate::api::{Client, MemberChange, Request, Response, StatusReport};
 use crate::node::history::EventRecord;
 use crate::node::{Node, NodeOptions};
 use crate::scheduler::OperatorCommand;
@@ -65,6 +65,11 @@ pub enum NodeCommand {
         /// must not run Warden. Without it, a multi-node config runs this node as a cluster member.
         #[arg(long)]
         single_node: bool,
+        /// This node was added to a running cluster (`warden node add`): it waits for the
+        /// cluster to reach it instead of forming a cluster of its own (like etcd's
+        /// `--initial-cluster-state existing`). Only matters while its cluster store is empty.
+        #[arg(long, conflicts_with = "single_node")]
+        join: bool,
     },
     /// Check a config file (and its plugins) without running anything.
     Check {
@@ -74,6 +79,37 @@ pub enum NodeCommand {
         /// Validate as this node would (default: the host name, or the first node).
         #[arg(long)]
         node: Option<String>,
+    },
+    /// Add NODE to the running cluster: FILE is the cluster's config with NODE's `[[nodes]]`
+    /// entry added (nothing else about the members may change). Checked here and by the leader,
+    /// refused unless every voter is healthy, then committed; every member reloads FILE in turn.
+    /// Then start NODE with `warden node run --config FILE --node NODE --join`: it joins as a
+    /// learner, and votes if the config makes it one of the 3 or 5 voters.
+    Add {
+        /// The new member's name, as in FILE's `[[nodes]]`.
+        node: String,
+        /// The new config (TOML): the committed one plus NODE.
+        file: PathBuf,
+        /// Check FILE as this member would (default: the host name, or the first node).
+        #[arg(long)]
+        check_as: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Remove NODE from the running cluster: FILE is the cluster's config without NODE (and
+    /// without any mention of it). Refused while anything may run on NODE, while NODE is up and
+    /// not in standby, or while a voter is not healthy. NODE's daemon exits once it no longer
+    /// votes.
+    Remove {
+        /// The member to remove.
+        node: String,
+        /// The new config (TOML): the committed one without NODE.
+        file: PathBuf,
+        /// Check FILE as this member would (default: the host name, or the first node).
+        #[arg(long)]
+        check_as: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
     },
     /// Move every group away from NODE and keep it empty (`node maintenance` instead leaves what
     /// runs there alone).
@@ -255,20 +291,25 @@ pub enum ConfigCommand {
     },
 }
 
+/// Sends a new config to the leader (through this node) and prints its answer.
+async fn apply(socket: &Path, text: String, member: Option<MemberChange>) -> anyhow::Result<ExitCode> {
+    match Client::call(socket, Request::ConfigApply { text, member }).await? {
+        Response::Ok { message } => {
+            println!("{message}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error { message } => anyhow::bail!("{message}"),
+        other => anyhow::bail!("unexpected answer: {other:?}"),
+    }
+}
+
 pub async fn config(cmd: &ConfigCommand, cli: &crate::cli::Cli) -> anyhow::Result<ExitCode> {
     let (json, socket) = match cmd {
         ConfigCommand::Show { json, socket } => (*json, socket),
         ConfigCommand::Apply { file, node, socket } => {
             check_config(file, node, cli).await?;
             let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-            return match Client::call(&socket.path()?, Request::ConfigApply { text }).await? {
-                Response::Ok { message } => {
-                    println!("{message}");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Response::Error { message } => anyhow::bail!("{message}"),
-                other => anyhow::bail!("unexpected answer: {other:?}"),
-            };
+            return apply(&socket.path()?, text, None).await;
         }
     };
     match Client::call(&socket.path()?, Request::ConfigShow).await? {
@@ -346,7 +387,7 @@ pub async fn node(cmd: &NodeCommand, cli: &crate::cli::Cli) -> anyhow::Result<Ex
     // The global --cache-dir / --no-cache apply to the node's plugins too.
     let cache = if cli.no_cache { Some(None) } else { cli.cache_dir.clone().map(Some) };
     match cmd {
-        NodeCommand::Run { config, node, state_dir, socket, leave_running, single_node } => {
+        NodeCommand::Run { config, node, state_dir, socket, leave_running, single_node, join } => {
             let opts = NodeOptions {
                 config: config.clone(),
                 node: node.clone(),
@@ -355,6 +396,7 @@ pub async fn node(cmd: &NodeCommand, cli: &crate::cli::Cli) -> anyhow::Result<Ex
                 leave_running: *leave_running,
                 check_only: false,
                 single_node: *single_node,
+                join: *join,
                 cache: cache.clone(),
                 trusted_keys: cli.trusted_keys()?,
             };
@@ -383,6 +425,15 @@ pub async fn node(cmd: &NodeCommand, cli: &crate::cli::Cli) -> anyhow::Result<Ex
             check_config(config, node, cli).await?;
             println!("{}: ok (config, plugins, and every resource's and fence device's validate)", config.display());
             Ok(ExitCode::SUCCESS)
+        }
+        NodeCommand::Add { node, file, check_as, socket } | NodeCommand::Remove { node, file, check_as, socket } => {
+            check_config(file, check_as, cli).await?;
+            let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let member = match cmd {
+                NodeCommand::Add { .. } => MemberChange::Add(node.clone()),
+                _ => MemberChange::Remove(node.clone()),
+            };
+            apply(&socket.path()?, text, Some(member)).await
         }
         NodeCommand::Standby { node, socket } => operator(&socket.path()?, OperatorCommand::Standby { node: node.into() }).await,
         NodeCommand::Online { node, socket } => operator(&socket.path()?, OperatorCommand::Online { node: node.into() }).await,
@@ -941,10 +992,11 @@ pub fn render_status(r: &StatusReport) -> String {
         let paths = r.cluster_info.as_ref().and_then(|c| c.members.iter().find(|m| m.name == n.name)).map_or(String::new(), |m| {
             let per: Vec<String> = m.paths.iter().map(|p| format!("{} {}", p.addr, if p.up { "up" } else { "DOWN" })).collect();
             let reach = if m.reachable { "reachable" } else { "UNREACHABLE" };
+            let raft = if m.raft.is_empty() { String::new() } else { format!(", {}", m.raft) };
             if per.is_empty() {
-                format!("  {reach}")
+                format!("  {reach}{raft}")
             } else {
-                format!("  {reach} [{}]", per.join(", "))
+                format!("  {reach} [{}]{raft}", per.join(", "))
             }
         });
         let _ = writeln!(s, "  {:<16} {:<8} {state}{paths}", n.name, n.role);

@@ -44,7 +44,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use warden_cluster::pki::TlsIdentity;
 use warden_cluster::transport::TlsNetwork;
-use warden_cluster::{AuthorityConfig, ClusterNode, ClusterRequest, ClusterResponse, LivenessConfig, Messenger, NodeConfig, Peer, RaftId};
+use warden_cluster::{
+    raft_id, AuthorityConfig, ClusterNode, ClusterRequest, ClusterResponse, LivenessConfig, Messenger, NodeConfig, Peer, RaftId, Step,
+    Wanted,
+};
 
 use super::admission::{op_of, Admission, Lead, Verdict};
 use super::history::{unix_ms, History};
@@ -55,7 +58,7 @@ use super::{
     carry_out_local, dispatch, job_event, not_carried_out, note, operator_text, sleep_until, Busy, Node, NodeError, SchedClock, Workers,
     TICK,
 };
-use crate::api::{self, ClusterStatus, MemberStatus, PathState, Request, Response, StatusReport};
+use crate::api::{self, ClusterStatus, MemberChange, MemberStatus, PathState, Request, Response, StatusReport};
 use crate::config::Role;
 use crate::scheduler::{
     ActionKind, Command, Decisions, Event, Failure, MonitorOutcome, NodeId, OperatorCommand, Persisted as CorePersisted, ResourceId,
@@ -229,7 +232,15 @@ enum Msg {
     StatusRequest { id: u64 },
     /// Member → leader: `warden config apply` given on the member; answered with `Reply`.
     /// `seq` as for `Operator` (the same numbering: a copy over another path is dropped).
-    ConfigApply { seq: u64, id: u64, text: String, user: String, uid: u32 },
+    ConfigApply {
+        seq: u64,
+        id: u64,
+        text: String,
+        user: String,
+        uid: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        member: Option<MemberChange>,
+    },
     /// Leader → member: the answer to `Operator`.
     Reply { id: u64, response: Response },
     /// Leader → member: the answer to `StatusRequest`.
@@ -282,7 +293,8 @@ enum ReplyTo {
     Remote { to: String, id: u64 },
 }
 
-/// The members as the config names them, with their Raft ids (config order, from 1).
+/// The members as the config names them, with their Raft ids (from their names: see
+/// [`warden_cluster::membership`]) and the Raft membership the config asks for.
 struct Members {
     me: String,
     my_id: RaftId,
@@ -290,28 +302,30 @@ struct Members {
     names: BTreeMap<RaftId, String>,
     peers: BTreeMap<String, Peer>,
     roles: BTreeMap<String, Role>,
+    wanted: Wanted,
 }
 
 impl Members {
-    fn from_config(node: &Node) -> Self {
+    fn from_config(node: &Node) -> Result<Self, NodeError> {
+        let wanted = wanted_of(&node.cfg).map_err(|e| NodeError::Setup(format!("{e}: rename one of them")))?;
         let mut m = Members {
             me: node.name.clone(),
-            my_id: 0,
+            my_id: raft_id(&node.name),
             ids: BTreeMap::new(),
             names: BTreeMap::new(),
             peers: BTreeMap::new(),
             roles: BTreeMap::new(),
+            wanted,
         };
-        for (i, n) in node.cfg.nodes.iter().enumerate() {
+        for n in &node.cfg.nodes {
             let name = n.name.get_ref().clone();
-            let id = i as RaftId + 1;
+            let id = raft_id(&name);
             m.ids.insert(name.clone(), id);
             m.names.insert(id, name.clone());
-            m.peers.insert(name.clone(), Peer { name: name.clone(), addresses: n.addresses.iter().map(|a| a.get_ref().clone()).collect() });
             m.roles.insert(name, n.role);
         }
-        m.my_id = m.ids[&m.me];
-        m
+        m.peers = m.wanted.members.values().map(|p| (p.name.clone(), p.clone())).collect();
+        Ok(m)
     }
 
     fn others(&self) -> impl Iterator<Item = &String> {
@@ -414,7 +428,7 @@ struct Decider {
 
 /// Runs this node as a member of its cluster until `stop`.
 pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
-    let members = Members::from_config(&node);
+    let members = Members::from_config(&node)?;
     let my_role = members.roles[&members.me];
     let runner = my_role == Role::Node;
     let mut history = History::open(node.state_dir.join("events.jsonl"));
@@ -476,12 +490,35 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
             }
         });
     }
-    // Form the cluster from the config. Every member calls this with the same members, which
-    // openraft allows; a member that already has a log refuses it harmlessly.
-    let all: BTreeMap<RaftId, Peer> = members.ids.iter().map(|(n, id)| (*id, members.peers[n].clone())).collect();
+    // Form the cluster from the config: its voters (the leader then adds the learners, see
+    // `reconcile_tick`). Every voter calls this with the same voters, which openraft allows; a
+    // member that already has a log refuses it harmlessly. A member added to a running cluster
+    // (`--join`) must not: its own one-member log would conflict with the cluster's.
     let formed = cluster.metrics().membership_config.membership().voter_ids().next().is_some();
-    if !formed {
-        if let Err(e) = cluster.initialize(all).await {
+    if formed {
+        let known: BTreeSet<RaftId> = cluster.metrics().membership_config.membership().nodes().map(|(id, _)| *id).collect();
+        if !known.iter().any(|id| members.names.contains_key(id)) {
+            return Err(NodeError::Setup(format!(
+                "the cluster store in {} names none of the config's members (it was formed by another cluster, or by a \
+                 Warden that numbered members by their place in the config): move it away to form the cluster again",
+                cluster_dir.display()
+            )));
+        }
+    }
+    // Added to a running cluster and not yet in it: a config other than this member's own is
+    // the log arriving, not a reason to refuse.
+    let joining = node.join && !formed;
+    let mut join_noted = false;
+    if joining {
+        cluster_note(
+            &mut history,
+            &node.name,
+            "joining a running cluster (--join): waiting for its leader to add this member (`warden node add`)".into(),
+        );
+    } else if !formed && members.wanted.voters.contains(&members.my_id) {
+        let voters: BTreeMap<RaftId, Peer> =
+            members.wanted.members.iter().filter(|(id, _)| members.wanted.voters.contains(id)).map(|(id, p)| (*id, p.clone())).collect();
+        if let Err(e) = cluster.initialize(voters).await {
             tracing::debug!(error = %e, "cluster already formed");
         }
     }
@@ -491,9 +528,15 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     if let Some(mut rx) = cluster.take_messages() {
         let inbox_tx = inbox_tx.clone();
         let cancel = cancel.clone();
+        // A peer with the cluster's certificate that this config does not list (a member added
+        // by a config this daemon has not reloaded yet, or one removed) is not heard.
+        let known: BTreeSet<String> = members.ids.keys().cloned().collect();
         tasks.spawn(async move {
             let mut bad = 0u64;
             while let Some(Some(env)) = cancel.run_until_cancelled(rx.recv()).await {
+                if !known.contains(&env.from) {
+                    continue;
+                }
                 match serde_json::from_value::<Msg>(env.body) {
                     Ok(m) => {
                         let _ = inbox_tx.send((env.from, m));
@@ -668,6 +711,19 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     // The leader the last hello tick was reset for.
     let mut hello_leader: Option<String> = None;
     let mut lost_tick = tokio::time::interval(LOST_CHECK);
+    // The leader walks Raft's membership to the committed config's, one step a turn (see
+    // `Control::reconcile`); a step that must wait (a voter not healthy) is tried again.
+    let mut reconcile_tick = tokio::time::interval(RECONCILE_EVERY);
+    reconcile_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (step_tx, mut step_rx) = mpsc::unbounded_channel::<Result<Option<String>, String>>();
+    let mut reconciling = false;
+    let mut membership_waits: Option<String> = None;
+    // The membership the committed config asks for (parsed again when the committed config
+    // changes): a member removed while it leads must hand over by itself.
+    let mut wanted: (Option<String>, Wanted) = (None, members.wanted.clone());
+    // This member was removed from the cluster's config (`warden node remove`): it leaves once
+    // it no longer votes.
+    let mut removed = false;
     // When the leader last looked for silent members, and when its own last stall ended.
     let (mut last_lost_check, mut resumed) = (Instant::now(), Instant::now());
     lost_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -732,8 +788,18 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     config_ok = true;
                     ran_committed = true;
                 }
+                // Removed from the cluster: no reload (the new config has no place for this
+                // member); it leaves once it no longer votes.
+                Some(h) if ran_committed && !removed && applied(&h).is_some_and(|t| !lists(&node, &t, &members.me)) => {
+                    removed = true;
+                    cluster_note(
+                        &mut history,
+                        &node.name,
+                        "this member was removed from the cluster (`warden node remove`): it leaves once it no longer votes".into(),
+                    );
+                }
                 // A config applied while this member ran the one before: it reloads, in turn.
-                Some(h) if ran_committed && reload.is_none() && applied(&h).is_some() => {
+                Some(h) if ran_committed && !removed && reload.is_none() && applied(&h).is_some() => {
                     let leader = current_leader(&raft_metrics, &members);
                     let wait = reload::FIRST + reload::STAGGER * reload::slot(&members.me, leader.as_deref(), members.ids.keys());
                     cluster_note(
@@ -748,6 +814,17 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     reload = Some((h, Some(Instant::now() + wait)));
                 }
                 Some(_) if ran_committed => {}
+                // Added to a running cluster: the log arrives in parts, the config that adds
+                // this member last.
+                Some(_) if joining && !join_noted => {
+                    join_noted = true;
+                    cluster_note(
+                        &mut history,
+                        &node.name,
+                        "joining: waiting for the cluster's log to reach the config that adds this member".into(),
+                    );
+                }
+                Some(_) if joining => {}
                 Some(h) if refused.is_none() => {
                     config_ok = false;
                     // The cluster's config, when it was applied with `config apply`, is kept
@@ -806,6 +883,10 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
             let _ = std::fs::remove_file(&left_marker);
         }
         if refused.is_some() && maybe_running.is_empty() && busy.is_empty() {
+            break;
+        }
+        if removed && !raft_metrics.borrow().membership_config.membership().voter_ids().any(|id| id == members.my_id) {
+            cluster_note(&mut history, &node.name, "removed from the cluster and no longer a voter: this daemon exits".into());
             break;
         }
         // Leadership: the decider lives while this node leads its term; it acts only with
@@ -1234,7 +1315,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         },
                     }
                 }
-                Msg::ConfigApply { seq, id, text, user, uid } => {
+                Msg::ConfigApply { seq, id, text, user, uid, member } => {
                     let reply = ReplyTo::Remote { to: from.clone(), id };
                     if decider.as_mut().is_some_and(|d| !d.take_seq(&from, seq)) {
                         continue; // a copy over another path
@@ -1244,7 +1325,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         Some(d) => {
                             let committed = committed_rx.borrow().config_hash.clone();
                             let who = format!("{user}, uid {uid}, on {from}");
-                            config_apply(d, &node.cfg, committed, text, cluster.raft().clone(), &tasks, reply, &apply_tx, &mut history, &who);
+                            let change = ConfigChange { text, member, control: cluster.control() };
+                            config_apply(d, &node.cfg, committed, change, &tasks, reply, &apply_tx, &mut history, &who);
                         }
                     }
                 }
@@ -1365,18 +1447,19 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     Request::ConfigShow => {
                         let _ = reply.send(Response::Config { path: node.cfg.source.display().to_string(), text: node.cfg.text().to_string() });
                     }
-                    Request::ConfigApply { text } => {
+                    Request::ConfigApply { text, member } => {
                         let who = format!("{}, uid {}", caller.user, caller.uid);
                         if shutting_down {
                             let _ = reply.send(Response::Error { message: "the node is shutting down".into() });
                         } else if let Some(d) = decider.as_ref() {
                             let committed = committed_rx.borrow().config_hash.clone();
-                            config_apply(d, &node.cfg, committed, text, cluster.raft().clone(), &tasks, ReplyTo::Local(reply), &apply_tx, &mut history, &who);
+                            let change = ConfigChange { text, member, control: cluster.control() };
+                            config_apply(d, &node.cfg, committed, change, &tasks, ReplyTo::Local(reply), &apply_tx, &mut history, &who);
                         } else if let Some(leader) = current_leader(&raft_metrics, &members).filter(|l| *l != members.me) {
                             next_id += 1;
                             forwarded.insert(next_id, (reply, Instant::now()));
                             out_seq += 1;
-                            outbox.send(&leader, Msg::ConfigApply { seq: out_seq, id: next_id, text, user: caller.user.clone(), uid: caller.uid });
+                            outbox.send(&leader, Msg::ConfigApply { seq: out_seq, id: next_id, text, user: caller.user.clone(), uid: caller.uid, member });
                         } else {
                             let _ = reply.send(Response::Error { message: "no leader with a quorum: `config apply` needs one (see `warden status`)".into() });
                         }
@@ -1474,6 +1557,48 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         let nodes = joined.iter().map(|n| NodeId::from(n.as_str())).collect();
                         pending.extend(d.sched.handle(now_ms(), Event::NodesUp(nodes)));
                     }
+                }
+            }
+            _ = reconcile_tick.tick(), if !reconciling && decider.as_ref().is_some_and(|d| d.joining_until.is_none()) => {
+                let committed = committed_rx.borrow().clone();
+                if committed.config_hash.is_some() && committed.config_hash != wanted.0 {
+                    // The committed config's members (the first config is every member's own file).
+                    let text = committed.config_text.clone();
+                    let parsed = text.map(|t| crate::config::ClusterConfig::parse(&node.cfg.source, &t));
+                    match parsed {
+                        None => wanted = (committed.config_hash.clone(), members.wanted.clone()),
+                        Some(Ok(cfg)) => match wanted_of(&cfg) {
+                            Ok(w) => wanted = (committed.config_hash.clone(), w),
+                            Err(e) => tracing::error!("the committed config's members: {e}"),
+                        },
+                        Some(Err(e)) => tracing::error!("the committed config does not parse here: {e}"),
+                    }
+                }
+                let m = raft_metrics.borrow().membership_config.membership().clone();
+                let in_sync = m.voter_ids().collect::<BTreeSet<_>>() == wanted.1.voters
+                    && m.nodes().map(|(id, _)| *id).collect::<BTreeSet<_>>() == wanted.1.members.keys().copied().collect::<BTreeSet<_>>();
+                if !in_sync && config_ok && !shutting_down && cluster.authority().is_some() {
+                    reconciling = true;
+                    let (control, want, tx) = (cluster.control(), wanted.1.clone(), step_tx.clone());
+                    tasks.spawn(async move {
+                        let r = control.reconcile(&want).await.map(|step| describe_step(&step, &want, &m)).map_err(|e| e.to_string());
+                        let _ = tx.send(r);
+                    });
+                }
+            }
+            Some(r) = step_rx.recv() => {
+                reconciling = false;
+                match r {
+                    Ok(None) => membership_waits = None,
+                    Ok(Some(what)) => {
+                        membership_waits = None;
+                        cluster_note(&mut history, &node.name, what);
+                    }
+                    Err(e) if membership_waits.as_ref() != Some(&e) => {
+                        cluster_note(&mut history, &node.name, format!("the membership change the config asks for waits: {e}; tried again every {RECONCILE_EVERY:?}"));
+                        membership_waits = Some(e);
+                    }
+                    Err(_) => {}
                 }
             }
             _ = lost_tick.tick(), if decider.is_some() => {
@@ -1680,22 +1805,72 @@ async fn fence_node(devices: &[FenceDevice], me: &str, target: &str) -> Result<S
     Err(errors.join("; "))
 }
 
-/// The leader's part of `warden config apply`: the new text is validated as this member loads its
-/// file and against what runs ([`reload::change_refusal`]), then committed with the hash of the
-/// config it replaces; the answer (through `tx`) comes once committed, or with the refusal.
+/// How often the leader compares Raft's membership with the committed config's.
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether `text` (a committed config) lists `me` among its nodes (a text that does not parse
+/// here counts as listing it: the reload then reports the problem).
+fn lists(node: &Node, text: &str, me: &str) -> bool {
+    crate::config::ClusterConfig::parse(&node.cfg.source, text).map_or(true, |c| c.nodes.iter().any(|n| n.name.get_ref() == me))
+}
+
+/// The Raft membership `cfg` asks for.
+fn wanted_of(cfg: &crate::config::ClusterConfig) -> Result<Wanted, String> {
+    let listed: Vec<(Peer, bool)> = cfg
+        .nodes
+        .iter()
+        .map(|n| {
+            let peer = Peer { name: n.name.get_ref().clone(), addresses: n.addresses.iter().map(|a| a.get_ref().clone()).collect() };
+            (peer, n.role == Role::Witness)
+        })
+        .collect();
+    Wanted::new(&listed).map_err(|(a, b)| format!("nodes `{a}` and `{b}` have the same Raft id (a hash of the name)"))
+}
+
+/// What a membership step did, for the history (`None`: nothing to do).
+fn describe_step(step: &Step, want: &Wanted, before: &openraft::Membership<RaftId, Peer>) -> Option<String> {
+    let name =
+        |id: &RaftId| want.members.get(id).or_else(|| before.get_node(id)).map_or_else(|| format!("raft id {id}"), |p| p.name.clone());
+    let names = |ids: &mut dyn Iterator<Item = &RaftId>| ids.map(name).collect::<Vec<_>>().join(", ");
+    match step {
+        Step::InSync => None,
+        Step::AddedLearners(ids) => {
+            Some(format!("added to Raft as learners (they receive the log, they do not vote): {}", names(&mut ids.iter())))
+        }
+        Step::ChangedVoters { from, to } => {
+            Some(format!("the voters are now {} (were {})", names(&mut to.iter()), names(&mut from.iter())))
+        }
+        Step::Removed(ids) => Some(format!("removed from Raft: {}", names(&mut ids.iter()))),
+    }
+}
+
+/// A new config on its way to the leader's commit.
+struct ConfigChange {
+    text: String,
+    /// The member it adds or removes (`warden node add|remove`).
+    member: Option<MemberChange>,
+    control: warden_cluster::Control,
+}
+
+/// The leader's part of `warden config apply` and `warden node add|remove`: the new text is
+/// validated as this member loads its file and against what runs ([`reload::change_refusal`]);
+/// a membership change also waits for every voter to acknowledge a fresh entry (none is made
+/// while one is not healthy); then it is committed with the hash of the config it replaces. The
+/// answer (through `tx`) comes once committed, or with the refusal. The Raft membership follows
+/// the committed config afterwards, step by step (`reconcile_tick`).
 #[allow(clippy::too_many_arguments)]
 fn config_apply(
     d: &Decider,
     current: &crate::config::ClusterConfig,
     committed: Option<String>,
-    text: String,
-    raft: warden_cluster::Raft,
+    change: ConfigChange,
     tasks: &tokio_util::task::TaskTracker,
     to: ReplyTo,
     tx: &mpsc::UnboundedSender<(ReplyTo, Response)>,
     history: &mut History,
     who: &str,
 ) {
+    let ConfigChange { text, member, control } = change;
     let refusal = (|| {
         let new = crate::config::ClusterConfig::parse(&current.source, &text).map_err(|e| format!("the new config is not valid:\n{e}"))?;
         let previous = committed.ok_or("the cluster has not recorded its config yet: try again in a moment")?;
@@ -1703,7 +1878,7 @@ fn config_apply(
         if hash == previous {
             return Err("the cluster already runs this config".into());
         }
-        match reload::change_refusal(current, &new, &d.sched) {
+        match reload::change_refusal(current, &new, &d.sched, member.as_ref()) {
             Some(why) => Err(why),
             None => Ok((previous, hash)),
         }
@@ -1715,18 +1890,49 @@ fn config_apply(
             return;
         }
     };
-    cluster_note(history, &current.cluster.name, format!("config {} applied by {who}: committing it", &hash[..12]));
+    let what = match &member {
+        None => format!("config {} applied by {who}: committing it", &hash[..12]),
+        Some(MemberChange::Add(n)) => {
+            format!("node `{n}` added by {who} (config {}): committing it once every voter is healthy", &hash[..12])
+        }
+        Some(MemberChange::Remove(n)) => {
+            format!("node `{n}` removed by {who} (config {}): committing it once every voter is healthy", &hash[..12])
+        }
+    };
+    cluster_note(history, &current.cluster.name, what);
     let tx = tx.clone();
     tasks.spawn(async move {
         let short = hash[..12].to_string();
-        let response = match raft.client_write(ClusterRequest::ApplyConfig { previous, hash, text }).await {
+        if member.is_some() {
+            if let Err(e) = control.voters_healthy(&BTreeSet::new()).await {
+                let message = format!("membership changes wait until every voter is healthy, and this one did not: {e}; nothing was changed");
+                let _ = tx.send((to, Response::Error { message }));
+                return;
+            }
+        }
+        let added = match &member {
+            Some(MemberChange::Add(n)) => Some(n.clone()),
+            _ => None,
+        };
+        let response = match control.raft().client_write(ClusterRequest::ApplyConfig { previous, hash, text, added }).await {
             Ok(w) => match w.data {
-                ClusterResponse::Applied { .. } => Response::Ok {
-                    message: format!(
-                        "config {short} committed; every member reloads it in turn (about {} s each, the leader last); what runs keeps running",
+                ClusterResponse::Applied { .. } => {
+                    let reload = format!(
+                        "every member reloads it in turn (about {} s each, the leader last); what runs keeps running",
                         reload::STAGGER.as_secs()
-                    ),
-                },
+                    );
+                    let message = match &member {
+                        None => format!("config {short} committed; {reload}"),
+                        Some(MemberChange::Add(n)) => format!(
+                            "node `{n}` added (config {short} committed); {reload}. Start it with `warden node run --config FILE --node {n} --join`: \
+                             it joins as a learner and votes if the config makes it one of the 3 or 5 voters (`warden status` shows which)"
+                        ),
+                        Some(MemberChange::Remove(n)) => format!(
+                            "node `{n}` removed (config {short} committed); {reload}. `{n}` stops voting, then its daemon exits"
+                        ),
+                    };
+                    Response::Ok { message }
+                }
                 ClusterResponse::ConfigDiffers { committed } => Response::Error {
                     message: format!(
                         "another config was applied meanwhile (hash {}): see `warden config show`, then apply again",
@@ -1926,6 +2132,8 @@ fn confirm_down_refusal(command: &OperatorCommand, net: &TlsNetwork, d: &Decider
 fn cluster_part(cluster: &ClusterNode, net: &TlsNetwork, members: &Members, decider: Option<&Decider>) -> ClusterStatus {
     let m = cluster.metrics();
     let links = net.links();
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<RaftId> = membership.voter_ids().collect();
     ClusterStatus {
         answered_by: members.me.clone(),
         leader: m.current_leader.and_then(|id| members.names.get(&id).cloned()),
@@ -1939,6 +2147,12 @@ fn cluster_part(cluster: &ClusterNode, net: &TlsNetwork, members: &Members, deci
                 MemberStatus {
                     name: name.clone(),
                     role: format!("{:?}", members.roles[name]).to_lowercase(),
+                    raft: match members.ids[name] {
+                        id if voters.contains(&id) => "voter",
+                        id if membership.get_node(&id).is_some() => "learner",
+                        _ => "joining",
+                    }
+                    .into(),
                     reachable: *name == members.me || link.is_some_and(|l| l.up),
                     paths: link
                         .map(|l| {

@@ -16,8 +16,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
+use crate::api::MemberChange;
 use crate::config::ClusterConfig;
-use crate::scheduler::{GroupId, Scheduler};
+use crate::scheduler::{GroupId, NodeId, Scheduler};
 
 /// The first member reloads this long after the commit: the answer to the `config apply` goes
 /// out first (the caller may be connected to that member).
@@ -27,7 +28,9 @@ pub const FIRST: Duration = Duration::from_secs(1);
 pub const STAGGER: Duration = Duration::from_secs(3);
 
 /// Why `new` cannot replace `old` while the cluster runs as `sched` says (`None`: it can).
-pub fn change_refusal(old: &ClusterConfig, new: &ClusterConfig, sched: &Scheduler) -> Option<String> {
+/// `member`: the one member `new` adds or removes (`warden node add|remove`); the other members
+/// (names, roles, addresses, order) must stay as they are.
+pub fn change_refusal(old: &ClusterConfig, new: &ClusterConfig, sched: &Scheduler, member: Option<&MemberChange>) -> Option<String> {
     if old.cluster.name != new.cluster.name {
         return Some("the cluster's name cannot change (it names the state directory and the certificates)".into());
     }
@@ -40,12 +43,51 @@ pub fn change_refusal(old: &ClusterConfig, new: &ClusterConfig, sched: &Schedule
             })
             .collect()
     };
-    if nodes(old) != nodes(new) {
-        return Some(
-            "the nodes (names, roles, addresses) cannot change with `config apply`: adding or removing members is not \
-             supported yet; stop every member, give each the new file, and start them again"
-                .into(),
-        );
+    let (old_nodes, new_nodes) = (nodes(old), nodes(new));
+    let listed = |list: &[(String, String, Vec<String>)], n: &str| list.iter().any(|(name, ..)| name == n);
+    let without =
+        |list: &[(String, String, Vec<String>)], n: &str| -> Vec<_> { list.iter().filter(|(name, ..)| name != n).cloned().collect() };
+    match member {
+        None if old_nodes != new_nodes => {
+            return Some(
+                "the members (names, roles, addresses) cannot change with `config apply`: add or remove one with \
+                 `warden node add NODE FILE` or `warden node remove NODE FILE`; addresses and roles cannot change while the \
+                 cluster runs (stop every member, give each the new file, and start them again)"
+                    .into(),
+            );
+        }
+        None => {}
+        Some(MemberChange::Add(n)) => {
+            if listed(&old_nodes, n) {
+                return Some(format!("`{n}` is already a member"));
+            }
+            if !listed(&new_nodes, n) {
+                return Some(format!("the new config has no `[[nodes]]` entry named `{n}`"));
+            }
+            if without(&new_nodes, n) != old_nodes {
+                return Some(format!(
+                    "the new config must list the members as they are (names, roles, addresses, order) plus `{n}`: only one member \
+                     changes at a time"
+                ));
+            }
+        }
+        Some(MemberChange::Remove(n)) => {
+            if !listed(&old_nodes, n) {
+                return Some(format!("`{n}` is not a member"));
+            }
+            if listed(&new_nodes, n) {
+                return Some(format!("the new config still lists `{n}`: remove its `[[nodes]]` entry"));
+            }
+            if without(&old_nodes, n) != new_nodes {
+                return Some(format!(
+                    "the new config must list the members as they are (names, roles, addresses, order) without `{n}`: only one \
+                     member changes at a time"
+                ));
+            }
+            if let Some(why) = removal_refusal(n, sched) {
+                return Some(why);
+            }
+        }
     }
     if old.cluster.watchdog_fencing != new.cluster.watchdog_fencing
         || old.cluster.watchdog_device.as_ref().map(|d| d.get_ref()) != new.cluster.watchdog_device.as_ref().map(|d| d.get_ref())
@@ -102,6 +144,40 @@ pub fn change_refusal(old: &ClusterConfig, new: &ClusterConfig, sched: &Schedule
             "the new config changes what running groups would stop or monitor: {}; stop them first (`warden group stop GROUP`), \
              apply, then start them",
             running.join("; ")
+        ));
+    }
+    None
+}
+
+/// Why `node` cannot leave the cluster now: something may run there, or it could still be given
+/// something (up and not in standby). A member that left cleanly, one in standby with
+/// everything stopped, and one fenced or confirmed down may go.
+fn removal_refusal(node: &str, sched: &Scheduler) -> Option<String> {
+    let id = NodeId::from(node);
+    let state = sched.state();
+    let busy: Vec<String> = state
+        .observations
+        .resources
+        .iter()
+        .filter(|(_, r)| r.on.contains_key(&id) || r.in_flight.contains_key(&id))
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let owns: Vec<String> =
+        state.decisions.groups.iter().filter(|(_, g)| g.owner.as_ref() == Some(&id)).map(|(name, _)| name.to_string()).collect();
+    if !busy.is_empty() || !owns.is_empty() {
+        let mut what = owns.iter().map(|g| format!("group `{g}`")).collect::<Vec<_>>();
+        what.extend(busy.iter().map(|r| format!("`{r}`")));
+        return Some(format!(
+            "`{node}` may still run something ({}): move its groups away (`warden node standby {node}`) and wait until they \
+             stopped there; a member that is lost must be fenced or confirmed down first (`warden node confirm-down {node}`)",
+            what.join(", ")
+        ));
+    }
+    let up = state.observations.nodes.get(&id).is_some_and(|n| n.up);
+    let standby = state.decisions.nodes.get(&id).is_some_and(|d| d.standby);
+    if up && !standby {
+        return Some(format!(
+            "`{node}` is up and may be given groups: put it in standby first (`warden node standby {node}`), or stop its daemon"
         ));
     }
     None
@@ -192,6 +268,10 @@ resources = ["vip"]
         ClusterConfig::parse(Path::new("/etc/warden/cluster.toml"), text).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    fn change_refusal_(old: &ClusterConfig, new: &ClusterConfig, sched: &Scheduler) -> Option<String> {
+        change_refusal(old, new, sched, None)
+    }
+
     #[test]
     fn a_running_group_refuses_changes_to_what_it_would_stop_and_the_cluster_refuses_new_members() {
         let old = cfg(BASE);
@@ -201,22 +281,66 @@ resources = ["vip"]
         // A monitor interval and a new group are fine.
         let more = BASE.replace("monitor_interval = \"5s\"", "monitor_interval = \"2s\"")
             + "\n[[resources]]\nname = \"vip2\"\nplugin = \"ip\"\nparams = { address = \"10.0.1.6/24\", interface = \"eth0\" }\n\n[[groups]]\nname = \"other\"\nresources = [\"vip2\"]\n";
-        assert_eq!(change_refusal(&old, &cfg(&more), &sched), None);
+        assert_eq!(change_refusal_(&old, &cfg(&more), &sched), None);
         // Another address for the running VIP: its stop would delete the wrong one.
         let moved = BASE.replace("10.0.1.5/24", "10.0.1.9/24");
-        let why = change_refusal(&old, &cfg(&moved), &sched).expect("refused");
+        let why = change_refusal_(&old, &cfg(&moved), &sched).expect("refused");
         assert!(why.contains("group `app`") && why.contains("other parameters") && why.contains("warden group stop"), "{why}");
         // The running group removed, with its resource.
         let gone = BASE.split("[[resources]]").next().unwrap().to_string();
-        let why = change_refusal(&old, &cfg(&gone), &sched).expect("refused");
+        let why = change_refusal_(&old, &cfg(&gone), &sched).expect("refused");
         assert!(why.contains("the group is removed"), "{why}");
         // Members and addresses, the name, the lease's kind.
-        assert!(change_refusal(&old, &cfg(&BASE.replace("10.0.0.2:7400", "10.0.0.9:7400")), &sched).unwrap().contains("nodes"));
-        assert!(change_refusal(&old, &cfg(&BASE.replace("name = \"t\"", "name = \"u\"")), &sched).unwrap().contains("name"));
+        assert!(change_refusal_(&old, &cfg(&BASE.replace("10.0.0.2:7400", "10.0.0.9:7400")), &sched).unwrap().contains("warden node add"));
+        assert!(change_refusal_(&old, &cfg(&BASE.replace("name = \"t\"", "name = \"u\"")), &sched).unwrap().contains("name"));
         let wd = BASE.replace("name = \"t\"\n", "name = \"t\"\nwatchdog_fencing = true\n");
-        assert!(change_refusal(&old, &cfg(&wd), &sched).unwrap().contains("watchdog_fencing"));
+        assert!(change_refusal_(&old, &cfg(&wd), &sched).unwrap().contains("watchdog_fencing"));
         // Detection, and with it Raft's election timing.
         let fast = BASE.replace("name = \"t\"\n", "name = \"t\"\nlost_after = \"700ms\"\n");
-        assert!(change_refusal(&old, &cfg(&fast), &sched).unwrap().contains("lost_after"));
+        assert!(change_refusal_(&old, &cfg(&fast), &sched).unwrap().contains("lost_after"));
+    }
+
+    const C: &str = "\n[[nodes]]\nname = \"c\"\naddresses = [\"10.0.0.4:7400\"]\n";
+
+    /// BASE with node `c` added after `w`.
+    fn with_c() -> String {
+        BASE.replace("[[plugins]]", &format!("{}\n[[plugins]]", C.trim_start()))
+    }
+
+    #[test]
+    fn a_member_is_added_or_removed_alone_and_only_when_nothing_may_run_there() {
+        use crate::scheduler::{Event, Millis};
+        let old = cfg(BASE);
+        let sched = Scheduler::new(old.model());
+        let add = |n: &str| MemberChange::Add(n.into());
+        let new = cfg(&with_c());
+        // `config apply` does not change members; `node add` does, one at a time.
+        assert!(change_refusal(&old, &new, &sched, None).unwrap().contains("warden node add"));
+        assert_eq!(change_refusal(&old, &new, &sched, Some(&add("c"))), None);
+        assert!(change_refusal(&old, &new, &sched, Some(&add("d"))).unwrap().contains("no `[[nodes]]` entry named `d`"));
+        assert!(change_refusal(&old, &old, &sched, Some(&add("a"))).unwrap().contains("already a member"));
+        let moved_too = with_c().replace("10.0.0.2:7400", "10.0.0.9:7400");
+        assert!(change_refusal(&old, &cfg(&moved_too), &sched, Some(&add("c"))).unwrap().contains("only one member"));
+
+        // Removing `c` again: fine while it is not up (it never ran anything)...
+        let mut sched = Scheduler::new(new.model());
+        let remove = MemberChange::Remove("c".into());
+        assert_eq!(change_refusal(&new, &old, &sched, Some(&remove)), None);
+        assert!(change_refusal(&new, &new, &sched, Some(&remove)).unwrap().contains("still lists `c`"));
+        // ...refused once it is up and may be given groups, or runs something.
+        let now: Millis = 1;
+        sched.handle(now, Event::NodesUp(vec![NodeId::from("a"), NodeId::from("b"), NodeId::from("c")]));
+        let why = change_refusal(&new, &old, &sched, Some(&remove)).unwrap();
+        assert!(why.contains("warden node standby c"), "{why}");
+        // The group goes to `c` when it is the only node left that may run it.
+        sched.handle(now, Event::NodeDown(NodeId::from("a")));
+        sched.handle(now, Event::NodeDown(NodeId::from("b")));
+        let why = change_refusal(&new, &old, &sched, Some(&remove)).unwrap();
+        assert!(why.contains("may still run something") || why.contains("standby"), "{why}");
+        // A lost member may have run anything: it must be fenced or confirmed down first.
+        let mut sched = Scheduler::new(new.model());
+        sched.restore(&Default::default(), 0);
+        let why = change_refusal(&new, &old, &sched, Some(&remove)).unwrap();
+        assert!(why.contains("may still run something") && why.contains("`vip`"), "{why}");
     }
 }

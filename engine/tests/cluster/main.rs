@@ -18,4 +18,5 @@ mod example;
 mod jp1_host;
 mod ledger;
 mod members;
+mod membership;
 mod nemesis;

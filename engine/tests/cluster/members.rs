@@ -601,7 +601,7 @@ fn config_apply_reloads_every_member_in_turn_keeps_what_runs_and_refuses_what_wo
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("group `app`") && err.contains("warden group stop"), "{err}");
     let o = apply(&c, &old.replace("10.213.1.2:7400", "10.213.1.9:7400"));
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("nodes"), "{o:?}");
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("warden node add"), "{o:?}");
     let o = apply(&c, &(old.clone() + "\n[[groups]\n"));
     assert!(!o.status.success(), "{o:?}");
     // Accepted: a new group with a new resource, and a new monitor interval for a running one.

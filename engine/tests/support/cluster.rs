@@ -93,16 +93,18 @@ impl TestCluster {
     /// Members `a` and `b` (run resources) and `w` (witness); one group `app` of resources
     /// `vip` ← `app-1` ← `app-2` preferring `a`. `extra` TOML is appended to the config.
     pub fn new(extra: &str) -> Self {
-        Self::build(|dir| {
-            let plugin = root().join("target/plugins/example-rust.wasm");
-            assert!(plugin.exists(), "{} missing: run `cargo xtask plugins`", plugin.display());
-            let mut text = format!("\n[[plugins]]\nname = \"example-rust\"\npath = \"{}\"\n", plugin.display());
-            text += &vip_resource();
-            text += &resource(dir, "app-1", "500ms");
-            text += &resource(dir, "app-2", "500ms");
-            text += "\n[[groups]]\nname = \"app\"\nresources = [\"vip\", \"app-1\", \"app-2\", \"ledger\"]\npriority = [\"a\", \"b\"]\n";
-            text + extra
-        })
+        Self::build(|dir| Self::new_body(dir, extra))
+    }
+
+    fn new_body(dir: &Path, extra: &str) -> String {
+        let plugin = root().join("target/plugins/example-rust.wasm");
+        assert!(plugin.exists(), "{} missing: run `cargo xtask plugins`", plugin.display());
+        let mut text = format!("\n[[plugins]]\nname = \"example-rust\"\npath = \"{}\"\n", plugin.display());
+        text += &vip_resource();
+        text += &resource(dir, "app-1", "500ms");
+        text += &resource(dir, "app-2", "500ms");
+        text += "\n[[groups]]\nname = \"app\"\nresources = [\"vip\", \"app-1\", \"app-2\", \"ledger\"]\npriority = [\"a\", \"b\"]\n";
+        text + extra
     }
 
     /// The JP1 logical host of `examples/jp1-cluster.toml` as group `app`: the virtual IP, a
@@ -133,7 +135,27 @@ impl TestCluster {
         })
     }
 
+    /// Like [`TestCluster::new`], with a fourth machine `c` (a node: paths `10.213.{1,2}.4`,
+    /// the service network) that is not in the config and has no certificate: a member to add
+    /// with `warden cluster add-node` and `warden node add` ([`TestCluster::node_entry`]).
+    pub fn with_spare() -> Self {
+        Self::build_with(&[("a", false), ("b", false), ("w", true), ("c", false)], 3, |dir| Self::new_body(dir, ""))
+    }
+
+    /// The `[[nodes]]` entry of member `name` (for a config that adds it).
+    pub fn node_entry(&self, name: &str) -> String {
+        let i = self.members.iter().position(|m| m.name == name).unwrap();
+        let role = if self.members[i].witness { "role = \"witness\"\n" } else { "" };
+        format!("[[nodes]]\nname = \"{name}\"\naddresses = [\"10.213.1.{n}:7400\", \"10.213.2.{n}:7400\"]\n{role}\n", n = i + 1)
+    }
+
     fn build(body: impl FnOnce(&Path) -> String) -> Self {
+        Self::build_with(&[("a", false), ("b", false), ("w", true)], 3, body)
+    }
+
+    /// Machines for `names` (name, is a witness); the first `in_config` are the config's
+    /// members and have certificates.
+    fn build_with(names: &[(&str, bool)], in_config: usize, body: impl FnOnce(&Path) -> String) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut nets = Namespaces::new();
         let sw = nets.add("wsw");
@@ -141,7 +163,6 @@ impl TestCluster {
             run("/usr/sbin/ip", &["-n", &sw, "link", "add", br, "type", "bridge"]);
             run("/usr/sbin/ip", &["-n", &sw, "link", "set", br, "up"]);
         }
-        let names = [("a", false), ("b", false), ("w", true)];
         // Every member's namespace exists before any member's mount namespace is made, so that
         // each sees the others' (a fence device run by the leader reaches them by name).
         let nss: Vec<String> = names.iter().map(|(name, _)| nets.add(&format!("w{name}"))).collect();
@@ -198,21 +219,22 @@ impl TestCluster {
             });
         }
         let client = nets.add("wcl");
-        run("/usr/sbin/ip", &["-n", &client, "link", "add", "eth3", "type", "veth", "peer", "name", "s3c", "netns", &sw]);
+        run("/usr/sbin/ip", &["-n", &client, "link", "add", "eth3", "type", "veth", "peer", "name", "s3cl", "netns", &sw]);
         run("/usr/sbin/ip", &["-n", &client, "addr", "add", "10.213.3.200/24", "dev", "eth3"]);
         run("/usr/sbin/ip", &["-n", &client, "link", "set", "eth3", "up"]);
-        run("/usr/sbin/ip", &["-n", &sw, "link", "set", "s3c", "master", "br3"]);
-        run("/usr/sbin/ip", &["-n", &sw, "link", "set", "s3c", "up"]);
+        run("/usr/sbin/ip", &["-n", &sw, "link", "set", "s3cl", "master", "br3"]);
+        run("/usr/sbin/ip", &["-n", &sw, "link", "set", "s3cl", "up"]);
         std::fs::create_dir_all(dir.path().join("run")).unwrap();
         let pki = dir.path().join("pki");
+        let founders: Vec<&str> = names[..in_config].iter().map(|(n, _)| *n).collect();
         let out =
-            Command::new(warden_bin()).args(["cluster", "init", "--dir"]).arg(&pki).args(["--name", "t", "a", "b", "w"]).output().unwrap();
+            Command::new(warden_bin()).args(["cluster", "init", "--dir"]).arg(&pki).args(["--name", "t"]).args(&founders).output().unwrap();
         assert!(out.status.success(), "cluster init: {out:?}");
         let mut text = format!(
             "version = 1\n[cluster]\nname = \"t\"\n\n[daemon]\npki_dir = \"{}\"\nmetrics_addr = \"127.0.0.1:9464\"\n",
             pki.display()
         );
-        for (i, (name, witness)) in names.iter().enumerate() {
+        for (i, (name, witness)) in names[..in_config].iter().enumerate() {
             text += &format!(
                 "\n[[nodes]]\nname = \"{name}\"\naddresses = [\"10.213.1.{n}:7400\", \"10.213.2.{n}:7400\"]\n{role}",
                 n = i + 1,
@@ -292,8 +314,18 @@ grants = {{ exec = [{{ program = "{s}", args = ["*", "*"] }}] }}
         self.start_with(name, &config);
     }
 
+    /// Starts member `name`, added with `warden node add`, with `--join`.
+    pub fn start_joining(&mut self, name: &str) {
+        let config = self.config.clone();
+        self.start_args(name, &config, &["--join"]);
+    }
+
     /// Starts member `name` with another config file.
     pub fn start_with(&mut self, name: &str, config: &Path) {
+        self.start_args(name, config, &[]);
+    }
+
+    fn start_args(&mut self, name: &str, config: &Path, extra: &[&str]) {
         let dir = self.dir.path().to_path_buf();
         let config = config.to_path_buf();
         let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache");
@@ -311,6 +343,7 @@ grants = {{ exec = [{{ program = "{s}", args = ["*", "*"] }}] }}
             .arg(&m.state)
             .arg("--socket")
             .arg(&m.socket)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

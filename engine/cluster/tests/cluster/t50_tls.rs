@@ -6,7 +6,7 @@ use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
-use warden_cluster::pki::{init_cluster, PkiError, TlsIdentity};
+use warden_cluster::pki::{add_node, init_cluster, PkiError, TlsIdentity};
 use warden_cluster::transport::{self, Hello, TlsNetwork, TransportError, PROTOCOL_VERSION};
 use warden_cluster::{ClusterError, ClusterNode, ClusterRequest, ClusterResponse, NodeConfig, Peer, RaftId};
 
@@ -272,6 +272,45 @@ async fn a_member_is_reached_over_its_second_path_when_the_first_is_broken() {
     }
     stop.cancel();
     breaker.await.unwrap();
+    for m in members {
+        m.shutdown().await;
+    }
+}
+
+/// A node added later gets its certificate from the cluster's CA (`warden cluster add-node`)
+/// and is accepted by the members made at `init` as a learner that replicates over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_certified_later_joins_over_mutual_tls() {
+    crate::fixtures::init_tracing();
+    let dir = TempDir::new().unwrap();
+    let pki = dir.path().join("pki");
+    init_cluster(&pki, "prod", &["n1", "n2", "n3"]).unwrap();
+    tracing::info!("--- the wrong cluster name, or a node that has files, is refused and writes nothing");
+    let e = add_node(&pki, "other", "n4").unwrap_err();
+    assert!(e.to_string().contains("not the CA of cluster \"other\""), "{e}");
+    assert!(!pki.join("n4.pem").exists() && !pki.join("n4.key").exists());
+    assert!(add_node(&pki, "prod", "n2").is_err());
+    add_node(&pki, "prod", "n4").unwrap();
+    assert_eq!(mode(&pki.join("n4.key")), 0o600);
+
+    let mut members = Vec::new();
+    for id in 1..=3 {
+        members.push(start_member(id, &pki, dir.path(), "prod").await);
+    }
+    let peers: BTreeMap<RaftId, Peer> =
+        members.iter().map(|m| (m.node.id(), Peer { name: format!("n{}", m.node.id()), addresses: vec![m.addr.clone()] })).collect();
+    members[0].node.initialize(peers).await.unwrap();
+    let leader = poll("a leader", || members[0].node.metrics().current_leader).await;
+    let l = members.iter().find(|m| m.node.id() == leader).unwrap();
+    poll("the leader's authority over TLS", || l.node.authority()).await;
+    l.node.propose(ClusterRequest::SetDecisions { config_version: 1, decisions: decisions("n1", 1) }).await.unwrap();
+
+    tracing::info!("--- n4, certified after init, joins as a learner and gets the log");
+    let n4 = start_member(4, &pki, dir.path(), "prod").await;
+    l.node.add_learner(4, Peer { name: "n4".into(), addresses: vec![n4.addr.clone()] }).await.unwrap();
+    let mut rx = n4.node.state();
+    tokio::time::timeout(WAIT, rx.wait_for(|s| s.revision == 1)).await.expect("the new node has the log").unwrap();
+    n4.shutdown().await;
     for m in members {
         m.shutdown().await;
     }
