@@ -85,6 +85,10 @@ pub struct NodeOptions {
     pub single_node: bool,
     /// `--join`: a member added to a running cluster; it never forms a cluster itself.
     pub join: bool,
+    /// Tests: reach the other members over this in-memory router (with its drops, delays and
+    /// cuts) instead of mutual TLS on the configured addresses. Several members then run in one
+    /// process; no certificates are needed.
+    pub in_memory: Option<InMemoryNet>,
     /// The compiled-component cache: `--cache-dir` (Some(Some)), `--no-cache` (Some(None)),
     /// else (None) `daemon.cache_dir` from the config or `<state_dir>/cache`.
     pub cache: Option<Option<PathBuf>>,
@@ -185,6 +189,17 @@ pub struct Node {
     leave_running: bool,
     single_node: bool,
     join: bool,
+    in_memory: Option<InMemoryNet>,
+}
+
+/// The in-memory network of [`NodeOptions::in_memory`].
+#[derive(Clone)]
+pub struct InMemoryNet(pub warden_cluster::router::Router);
+
+impl std::fmt::Debug for InMemoryNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InMemoryNet")
+    }
 }
 
 /// Where the CLI and the daemon meet unless told otherwise.
@@ -216,7 +231,8 @@ impl Node {
         if me.role == Role::Witness && !member {
             return Err(NodeError::Witness(name));
         }
-        if member && !opts.check_only {
+        // (Over the in-memory router, addresses only name paths and no certificate is needed.)
+        if member && !opts.check_only && opts.in_memory.is_none() {
             if me.addresses.is_empty() {
                 return Err(NodeError::Setup(format!(
                     "node `{name}` has no addresses: a cluster member needs at least one (`addresses` under [[nodes]]); \
@@ -297,6 +313,7 @@ impl Node {
             leave_running: opts.leave_running,
             single_node: opts.single_node,
             join: opts.join,
+            in_memory: opts.in_memory.clone(),
         })
     }
 

@@ -397,6 +397,7 @@ pub async fn node(cmd: &NodeCommand, cli: &crate::cli::Cli) -> anyhow::Result<Ex
                 check_only: false,
                 single_node: *single_node,
                 join: *join,
+                in_memory: None,
                 cache: cache.clone(),
                 trusted_keys: cli.trusted_keys()?,
             };

@@ -40,14 +40,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use openraft::RaftNetworkFactory;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use warden_cluster::pki::TlsIdentity;
+use warden_cluster::router::Router;
 use warden_cluster::transport::TlsNetwork;
 use warden_cluster::{
     raft_id, AuthorityConfig, ClusterNode, ClusterRequest, ClusterResponse, LivenessConfig, Messenger, NodeConfig, Peer, RaftId, Step,
     Wanted,
 };
+use warden_cluster::{Links, Prober, TypeConfig};
 
 use super::admission::{op_of, Admission, Lead, Verdict};
 use super::history::{unix_ms, History};
@@ -335,7 +338,7 @@ impl Members {
 
 /// Sends one peer's messages in order; a message that could not be delivered goes back on
 /// `failed` (the leader answers an undelivered command as not carried out).
-async fn sender(net: TlsNetwork, id: RaftId, peer: Peer, mut rx: mpsc::Receiver<Msg>, failed: mpsc::UnboundedSender<(String, Msg)>) {
+async fn sender<N: Messenger>(net: N, id: RaftId, peer: Peer, mut rx: mpsc::Receiver<Msg>, failed: mpsc::UnboundedSender<(String, Msg)>) {
     while let Some(m) = rx.recv().await {
         let body = match serde_json::to_value(&m) {
             Ok(b) => b,
@@ -426,8 +429,48 @@ struct Decider {
     since: Instant,
 }
 
-/// Runs this node as a member of its cluster until `stop`.
+/// Runs this node as a member of its cluster until `stop`: over mutual TLS on its configured
+/// addresses, or over the in-memory router it was given ([`super::InMemoryNet`]: several members
+/// in one test process, with the router's faults).
 pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+    let silence = Silence::new(node.cfg.cluster.lost_after());
+    let (heartbeat_interval, election_timeout_min, election_timeout_max) = raft_timing(silence.lost);
+    if let Some(super::InMemoryNet(router)) = node.in_memory.clone() {
+        let net = router.network(raft_id(&node.name));
+        return member(node, stop, net, Listen::Memory(router)).await;
+    }
+    let pki_dir = node.pki_dir();
+    let identity = TlsIdentity::load(&pki_dir, &node.name)
+        .map(Arc::new)
+        .map_err(|e| NodeError::Setup(format!("cluster credentials in {}: {e} (made by `warden cluster init`)", pki_dir.display())))?;
+    // Announced at every handshake: a peer with other timing is refused (see `Hello::timing`).
+    let timing = format!("raft {heartbeat_interval}/{election_timeout_min}-{election_timeout_max} ms");
+    let net = TlsNetwork::with_timing(&identity, &node.cfg.cluster.name, &timing, silence.liveness())
+        .map_err(|e| NodeError::Setup(format!("peer transport: {e}")))?;
+    member(node, stop, net, Listen::Tls { identity, timing }).await
+}
+
+/// What a member reaches its peers through.
+trait PeerNet: RaftNetworkFactory<TypeConfig> + Prober + Messenger {}
+impl<T: RaftNetworkFactory<TypeConfig> + Prober + Messenger> PeerNet for T {}
+
+/// How a member is reached: listeners on its addresses, or a place on the router.
+enum Listen {
+    Tls { identity: Arc<TlsIdentity>, timing: String },
+    Memory(Router),
+}
+
+/// Which peers (and paths) this member reaches now.
+fn links_of(net: &impl Prober) -> Links {
+    net.link_table().current()
+}
+
+async fn member<N: PeerNet>(
+    node: Node,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    net: N,
+    listen: Listen,
+) -> Result<(), NodeError> {
     let members = Members::from_config(&node)?;
     let my_role = members.roles[&members.me];
     let runner = my_role == Role::Node;
@@ -440,18 +483,8 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     let instance = format!("{}-{}", super::boot_id(), unix_ms(SystemTime::now()));
     // Present while this member is in standby because it shut down (see `Msg::Hello::back`).
     let left_marker = node.state_dir.join("left-standby");
-
-    // Credentials and the peer transport.
-    let pki_dir = node.pki_dir();
-    let identity = TlsIdentity::load(&pki_dir, &node.name)
-        .map(Arc::new)
-        .map_err(|e| NodeError::Setup(format!("cluster credentials in {}: {e} (made by `warden cluster init`)", pki_dir.display())))?;
     let silence = Silence::new(node.cfg.cluster.lost_after());
     let (heartbeat_interval, election_timeout_min, election_timeout_max) = raft_timing(silence.lost);
-    // Announced at every handshake: a peer with other timing is refused (see `Hello::timing`).
-    let timing = format!("raft {heartbeat_interval}/{election_timeout_min}-{election_timeout_max} ms");
-    let net = TlsNetwork::with_timing(&identity, &node.cfg.cluster.name, &timing, silence.liveness())
-        .map_err(|e| NodeError::Setup(format!("peer transport: {e}")))?;
     let raft_config = openraft::Config {
         cluster_name: node.cfg.cluster.name.clone(),
         heartbeat_interval,
@@ -470,25 +503,30 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     let cancel = tokio_util::sync::CancellationToken::new();
     // Listen on this node's own addresses (one per path).
     let my_peer = members.peers[&members.me].clone();
-    if my_peer.addresses.is_empty() {
-        return Err(NodeError::Setup(format!(
-            "node `{}` has no addresses: a cluster member needs at least one (nodes.addresses)",
-            node.name
-        )));
-    }
-    for addr in &my_peer.addresses {
-        let l = tokio::net::TcpListener::bind(addr.as_str()).await.map_err(|source| NodeError::Io {
-            what: "cannot listen for peers on",
-            path: addr.into(),
-            source,
-        })?;
-        let (identity, name, timing, inbound, cancel) =
-            (identity.clone(), node.cfg.cluster.name.clone(), timing.clone(), cluster.inbound(), cancel.clone());
-        tasks.spawn(async move {
-            if let Err(e) = warden_cluster::transport::serve(l, &identity, name, timing, inbound, cancel).await {
-                tracing::error!(error = %e, "peer listener stopped");
+    match &listen {
+        Listen::Memory(router) => router.register(members.my_id, cluster.inbound()),
+        Listen::Tls { .. } if my_peer.addresses.is_empty() => {
+            return Err(NodeError::Setup(format!(
+                "node `{}` has no addresses: a cluster member needs at least one (nodes.addresses)",
+                node.name
+            )))
+        }
+        Listen::Tls { identity, timing } => {
+            for addr in &my_peer.addresses {
+                let l = tokio::net::TcpListener::bind(addr.as_str()).await.map_err(|source| NodeError::Io {
+                    what: "cannot listen for peers on",
+                    path: addr.into(),
+                    source,
+                })?;
+                let (identity, name, timing, inbound, cancel) =
+                    (identity.clone(), node.cfg.cluster.name.clone(), timing.clone(), cluster.inbound(), cancel.clone());
+                tasks.spawn(async move {
+                    if let Err(e) = warden_cluster::transport::serve(l, &identity, name, timing, inbound, cancel).await {
+                        tracing::error!(error = %e, "peer listener stopped");
+                    }
+                });
             }
-        });
+        }
     }
     // Form the cluster from the config: its voters (the leader then adds the learners, see
     // `reconcile_tick`). Every voter calls this with the same voters, which openraft allows; a
@@ -885,8 +923,22 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
         if refused.is_some() && maybe_running.is_empty() && busy.is_empty() {
             break;
         }
-        if removed && !raft_metrics.borrow().membership_config.membership().voter_ids().any(|id| id == members.my_id) {
+        // Removed: it exits once it no longer votes (its vote may still be needed for the
+        // change that removes it) and nothing runs here (the leader refused the removal
+        // otherwise). Its last hello says it left cleanly, for a leader still on the old config.
+        if removed
+            && maybe_running.is_empty()
+            && busy.is_empty()
+            && !raft_metrics.borrow().membership_config.membership().voter_ids().any(|id| id == members.my_id)
+        {
             cluster_note(&mut history, &node.name, "removed from the cluster and no longer a voter: this daemon exits".into());
+            if let Some(leader) = current_leader(&raft_metrics, &members) {
+                let nonce = next_hello(&mut hello_nonce, &mut hellos_sent);
+                outbox.send(&leader, Msg::Hello { instance: instance.clone(), rejoins, leaving: true, back: false, gone: true, nonce });
+            }
+            if let Some(w) = watchdog.take() {
+                w.release();
+            }
             break;
         }
         // Leadership: the decider lives while this node leads its term; it acts only with
@@ -1035,7 +1087,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     .map(|(n, _)| n.to_string())
                     .collect();
                 d.fence_retry.retain(|n, _| wanted.contains(n));
-                let links = if wanted.is_empty() { Default::default() } else { net.links() };
+                let links = if wanted.is_empty() { Default::default() } else { links_of(&net) };
                 for n in wanted {
                     // An attempt that never answered (its task died): counted as failed.
                     if d.fencing.get(&n).is_some_and(|t| t.elapsed() > FENCE_STUCK) {
@@ -1309,7 +1361,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     }
                     match decider.as_mut() {
                         None => answer(&outbox, reply, Response::Error { message: "this member is not the leader (the leader changed: try again)".into() }),
-                        Some(d) => match confirm_down_refusal(&command, &net, d, &members.me, lease_d) {
+                        Some(d) => match confirm_down_refusal(&command, &links_of(&net), d, &members.me, lease_d) {
                             Some(message) => answer(&outbox, reply, Response::Error { message }),
                             None => operator(d, &mut pending, &mut history, &outbox, now_ms(), command, &format!("{user}, uid {uid}, on {from}"), reply),
                         },
@@ -1331,7 +1383,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                     }
                 }
                 Msg::StatusRequest { id } => {
-                    let parts = StatusParts { node: &node, history: &history, cluster: &cluster, net: &net, members: &members, shutting_down, clock, metrics_addr: metrics_bound.clone() };
+                    let parts = StatusParts { node: &node, history: &history, cluster: &cluster, links: links_of(&net), members: &members, shutting_down, clock, metrics_addr: metrics_bound.clone() };
                     // Without a decider (an election under way) the last committed decisions.
                     let st = match decider.as_ref() {
                         Some(d) => cluster_status(parts, &d.sched, Some(d)),
@@ -1419,7 +1471,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 match req {
                     Request::Status => match decider.as_ref() {
                         Some(d) => {
-                            let st = cluster_status(StatusParts { node: &node, history: &history, cluster: &cluster, net: &net, members: &members, shutting_down, clock, metrics_addr: metrics_bound.clone() }, &d.sched, Some(d));
+                            let st = cluster_status(StatusParts { node: &node, history: &history, cluster: &cluster, links: links_of(&net), members: &members, shutting_down, clock, metrics_addr: metrics_bound.clone() }, &d.sched, Some(d));
                             let _ = reply.send(Response::Status { status: Box::new(st) });
                         }
                         None => match current_leader(&raft_metrics, &members).filter(|l| *l != members.me) {
@@ -1429,7 +1481,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                                 outbox.send(&leader, Msg::StatusRequest { id: next_id });
                             }
                             None => {
-                                let st = local_status(StatusParts { node: &node, history: &history, cluster: &cluster, net: &net, members: &members, shutting_down, clock, metrics_addr: metrics_bound.clone() }, &model, NO_LEADER);
+                                let st = local_status(StatusParts { node: &node, history: &history, cluster: &cluster, links: links_of(&net), members: &members, shutting_down, clock, metrics_addr: metrics_bound.clone() }, &model, NO_LEADER);
                                 let _ = reply.send(Response::Status { status: Box::new(st) });
                             }
                         },
@@ -1469,7 +1521,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                             let _ = reply.send(Response::Error { message: "the node is shutting down".into() });
                         } else if let Some(d) = decider.as_mut() {
                             let who = format!("{}, uid {}", caller.user, caller.uid);
-                            match confirm_down_refusal(&command, &net, d, &members.me, lease_d) {
+                            match confirm_down_refusal(&command, &links_of(&net), d, &members.me, lease_d) {
                                 Some(message) => { let _ = reply.send(Response::Error { message }); }
                                 None => operator(d, &mut pending, &mut history, &outbox, now_ms(), command, &who, ReplyTo::Local(reply)),
                             }
@@ -1516,7 +1568,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                 for id in late {
                     if let Some((tx, _)) = forwarded_status.remove(&id) {
                         let why = format!("the leader did not answer within {STATUS_WAIT:?}: the last committed decisions as this member knows them, nothing known of what runs");
-                        let st = local_status(StatusParts { node: &node, history: &history, cluster: &cluster, net: &net, members: &members, shutting_down, clock, metrics_addr: metrics_bound.clone() }, &model, &why);
+                        let st = local_status(StatusParts { node: &node, history: &history, cluster: &cluster, links: links_of(&net), members: &members, shutting_down, clock, metrics_addr: metrics_bound.clone() }, &model, &why);
                         let _ = tx.send(Response::Status { status: Box::new(st) });
                     }
                 }
@@ -1610,7 +1662,7 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
                         resumed = now;
                     }
                     last_lost_check = now;
-                    let links = net.links();
+                    let links = links_of(&net);
                     let silent: Vec<String> = d
                         .up
                         .iter()
@@ -1743,6 +1795,9 @@ pub(super) async fn run(node: Node, stop: impl std::future::Future<Output = ()> 
     }
     if let Err(e) = cluster.shutdown().await {
         tracing::warn!(error = %e, "cluster member did not shut down cleanly");
+    }
+    if let Listen::Memory(router) = &listen {
+        router.remove(members.my_id);
     }
     match refused {
         Some(msg) => Err(NodeError::Setup(msg)),
@@ -2108,12 +2163,12 @@ fn operator(
 /// whose lease may still let it run its groups (cut off but alive, it stops them when its lease
 /// runs out: the lease after its last hello, or after this leadership began, plus a margin for
 /// a late lease message).
-fn confirm_down_refusal(command: &OperatorCommand, net: &TlsNetwork, d: &Decider, me: &str, lease_d: Duration) -> Option<String> {
+fn confirm_down_refusal(command: &OperatorCommand, links: &Links, d: &Decider, me: &str, lease_d: Duration) -> Option<String> {
     let OperatorCommand::ConfirmDown { node } = command else { return None };
     if node.as_str() == me {
         return Some(format!("node `{node}` is the leader answering this command: it is up"));
     }
-    if net.links().get(node.as_str()).is_some_and(|l| l.up) {
+    if links.get(node.as_str()).is_some_and(|l| l.up) {
         return Some(format!("node `{node}` answers on the cluster network: confirm-down is only for a lost node that is really off"));
     }
     let heard = d.hellos.get(node.as_str()).map_or(d.since, |(t, ..)| (*t).max(d.since));
@@ -2129,9 +2184,8 @@ fn confirm_down_refusal(command: &OperatorCommand, net: &TlsNetwork, d: &Decider
 }
 
 /// The cluster part of status, as this member sees it.
-fn cluster_part(cluster: &ClusterNode, net: &TlsNetwork, members: &Members, decider: Option<&Decider>) -> ClusterStatus {
+fn cluster_part(cluster: &ClusterNode, links: &Links, members: &Members, decider: Option<&Decider>) -> ClusterStatus {
     let m = cluster.metrics();
-    let links = net.links();
     let membership = m.membership_config.membership();
     let voters: BTreeSet<RaftId> = membership.voter_ids().collect();
     ClusterStatus {
@@ -2170,7 +2224,7 @@ struct StatusParts<'a> {
     node: &'a Node,
     history: &'a History,
     cluster: &'a ClusterNode,
-    net: &'a TlsNetwork,
+    links: Links,
     members: &'a Members,
     shutting_down: bool,
     clock: SchedClock,
@@ -2182,7 +2236,7 @@ struct StatusParts<'a> {
 fn cluster_status(p: StatusParts<'_>, sched: &Scheduler, decider: Option<&Decider>) -> StatusReport {
     let mut st = p.node.status(sched, p.history, p.shutting_down, p.clock);
     st.metrics_addr = p.metrics_addr;
-    st.cluster_info = Some(cluster_part(p.cluster, p.net, p.members, decider));
+    st.cluster_info = Some(cluster_part(p.cluster, &p.links, p.members, decider));
     st
 }
 

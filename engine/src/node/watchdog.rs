@@ -337,7 +337,12 @@ impl Watchdog {
             self.conn = Some(c);
             return Ok(false);
         }
-        let exe = std::env::current_exe().map_err(|e| format!("cannot find the warden binary: {e}"))?;
+        // `WARDEN_EXE`: where the `warden` binary is when the daemon runs inside another program
+        // (the in-process cluster tests); else this program is `warden`.
+        let exe = match std::env::var_os("WARDEN_EXE") {
+            Some(exe) => PathBuf::from(exe),
+            None => std::env::current_exe().map_err(|e| format!("cannot find the warden binary: {e}"))?,
+        };
         use std::os::unix::process::CommandExt;
         let mut cmd = std::process::Command::new(exe);
         cmd.arg("watchdog-supervise").arg("--socket").arg(&self.socket).arg("--cgroup").arg(&self.cgroup);

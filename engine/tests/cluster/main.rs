@@ -6,6 +6,8 @@
 mod cluster;
 #[path = "../support/jp1.rs"]
 mod jp1;
+#[path = "../support/memcluster.rs"]
+mod memcluster;
 #[path = "../support/netns.rs"]
 mod netns;
 #[path = "../support/node.rs"]
@@ -15,6 +17,7 @@ mod support;
 
 mod demo;
 mod example;
+mod in_memory;
 mod jp1_host;
 mod ledger;
 mod members;

@@ -763,29 +763,31 @@ impl Drop for Sampler {
 /// placement epoch it got (`LK_EPOCH`), appending to `<dir>/ledger` every 5 ms until killed; its
 /// remove script returns only once the writer is gone.
 fn ledger_resource(dir: &Path) -> String {
+    ledger_resource_at(dir, &dir.join("run/ledger.pid").display().to_string())
+}
+
+/// The ledger resource with its pid file at `pid` (a shell word: `$LK_NODE` in it names the
+/// member the script runs for, for members that share one file system).
+pub fn ledger_resource_at(dir: &Path, pid: &str) -> String {
     let bin = crate::jp1::sim().with_file_name("ledger");
     let scripts = dir.join("ledger-scripts");
     std::fs::create_dir_all(&scripts).unwrap();
-    let pid = dir.join("run/ledger.pid");
     let alive = format!(
-        "alive() {{ pid=$(cat '{pid}' 2>/dev/null) || return 1; st=$(sed 's/.*) //' /proc/$pid/stat 2>/dev/null | cut -c1); [ -n \"$st\" ] && [ \"$st\" != Z ] && [ \"$st\" != X ]; }}\n",
-        pid = pid.display()
+        "alive() {{ pid=$(cat \"{pid}\" 2>/dev/null) || return 1; st=$(sed 's/.*) //' /proc/$pid/stat 2>/dev/null | cut -c1); [ -n \"$st\" ] && [ \"$st\" != Z ] && [ \"$st\" != X ]; }}\n",
     );
     let bodies = [
         (
             "restore",
             format!(
-                "alive && exit 0\nsetsid '{bin}' '{ledger}' \"$LK_NODE\" \"$LK_EPOCH\" </dev/null >/dev/null 2>&1 &\necho $! > '{pid}'\nsleep 0.05\nalive || {{ echo 'the ledger writer died'; exit 1; }}\n",
+                "alive && exit 0\nsetsid '{bin}' '{ledger}' \"$LK_NODE\" \"$LK_EPOCH\" </dev/null >/dev/null 2>&1 &\necho $! > \"{pid}\"\nsleep 0.05\nalive || {{ echo 'the ledger writer died'; exit 1; }}\n",
                 bin = bin.display(),
                 ledger = dir.join("ledger").display(),
-                pid = pid.display()
             ),
         ),
         (
             "remove",
             format!(
-                "if alive; then kill -TERM $pid; i=0; while alive && [ $i -lt 200 ]; do sleep 0.02; i=$((i+1)); done; alive && kill -KILL $pid; fi\nalive && exit 1\nrm -f '{pid}'\nexit 0\n",
-                pid = pid.display()
+                "if alive; then kill -TERM $pid; i=0; while alive && [ $i -lt 200 ]; do sleep 0.02; i=$((i+1)); done; alive && kill -KILL $pid; fi\nalive && exit 1\nrm -f \"{pid}\"\nexit 0\n",
             ),
         ),
         ("check", "alive\n".to_string()),
