@@ -222,7 +222,14 @@ fn main() {
     println!();
     println!("| resources monitored every 1 s | engine CPU (% of one core) | engine RSS |");
     println!("|---|---|---|");
-    for n in [50, 1000] {
+    // WARDEN_BENCH_SIZES: the resource counts of the cost rows (default `50,1000`; empty: none).
+    let sizes: Vec<usize> = std::env::var("WARDEN_BENCH_SIZES")
+        .unwrap_or_else(|_| "50,1000".into())
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().expect("WARDEN_BENCH_SIZES: numbers separated by commas"))
+        .collect();
+    for n in sizes {
         let (cpu, rss) = cost(n);
         println!("| {n} | {cpu:.1} % | {rss:.0} MiB |");
     }

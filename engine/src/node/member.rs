@@ -828,7 +828,7 @@ async fn member<N: PeerNet>(
                 }
                 // Removed from the cluster: no reload (the new config has no place for this
                 // member); it leaves once it no longer votes.
-                Some(h) if ran_committed && !removed && applied(&h).is_some_and(|t| !lists(&node, &t, &members.me)) => {
+                Some(h) if ran_committed && !removed && reload.is_none() && applied(&h).is_some_and(|t| !lists(&node, &t, &members.me)) => {
                     removed = true;
                     cluster_note(
                         &mut history,
@@ -1611,7 +1611,9 @@ async fn member<N: PeerNet>(
                     }
                 }
             }
-            _ = reconcile_tick.tick(), if !reconciling && decider.as_ref().is_some_and(|d| d.joining_until.is_none()) => {
+            // (Also in a new leader's join window: a member beyond the voters of a new cluster says
+            // hello only once it is in Raft.)
+            _ = reconcile_tick.tick(), if !reconciling && decider.is_some() => {
                 let committed = committed_rx.borrow().clone();
                 if committed.config_hash.is_some() && committed.config_hash != wanted.0 {
                     // The committed config's members (the first config is every member's own file).

@@ -15,7 +15,7 @@ use crate::memcluster::{MemCluster, WAIT};
 fn started_on(c: &MemCluster, via: &str, owner: &str) -> bool {
     c.group(via, "app").is_some_and(|(state, o, _)| state == "started" && o.as_deref() == Some(owner))
         && c.ledger_runs_on(owner)
-        && ["a", "b"].iter().filter(|n| **n != owner).all(|n| !c.ledger_runs_on(n))
+        && ["a", "b", "c", "d", "e"].iter().filter(|n| **n != owner).all(|n| !c.ledger_runs_on(n))
 }
 
 fn id(name: &str) -> u64 {
@@ -58,6 +58,38 @@ fn an_owner_that_hears_but_cannot_speak_and_a_crashed_owner_never_run_the_group_
     c.wait("group app started on a after b crashed", WAIT, |c| started_on(c, "w", "a"));
     c.start("b");
     c.wait("b back, running nothing", WAIT, |c| c.status("w").is_some_and(|st| st.nodes.iter().all(|n| n.up)) && started_on(c, "w", "a"));
+    c.check_ledger();
+}
+
+/// Six members: five nodes and a witness. Five vote (the witness first, then the nodes in config
+/// order); the sixth is a learner from the start: it never formed the cluster, the leader added
+/// it, and it runs the group like any member. A voter's crash leaves a quorum (4 of 5).
+#[test]
+fn beyond_five_voters_the_next_member_is_a_learner_that_runs_groups() {
+    let names = [("a", false), ("b", false), ("c", false), ("d", false), ("e", false), ("w", true)];
+    let mut c = MemCluster::with_members(&names);
+    c.start_all();
+    c.wait("group app started on a", WAIT, |c| started_on(c, "w", "a"));
+    let roles = |c: &MemCluster, via: &str| -> Vec<(String, String)> {
+        c.status(via).and_then(|s| s.cluster_info).map_or_else(Vec::new, |ci| ci.members.into_iter().map(|m| (m.name, m.raft)).collect())
+    };
+    c.wait("five voters and e a learner", WAIT, |c| {
+        let r = roles(c, "e");
+        r.len() == 6 && r.iter().all(|(n, role)| role == if n == "e" { "learner" } else { "voter" })
+    });
+    let o = c.operator("e", OperatorCommand::MoveGroup { group: "app".into(), to: Some("e".into()) });
+    assert!(o.is_ok(), "{o:?}");
+    c.wait("group app started on e, the learner", WAIT, |c| started_on(c, "w", "e"));
+    // A voter crashes: four of five still make a quorum, and the group stays where it is.
+    let leader = c.leader("w").expect("a leader");
+    let victim = ["b", "c", "d"].into_iter().find(|n| *n != leader).unwrap();
+    c.crash(victim);
+    c.wait("the cluster goes on without one voter", WAIT, |c| {
+        c.status("w").is_some_and(|st| st.cluster_info.is_some_and(|ci| ci.quorum || ci.leader.is_some())) && started_on(c, "w", "e")
+    });
+    let o = c.operator("a", OperatorCommand::MoveGroup { group: "app".into(), to: Some("a".into()) });
+    assert!(o.is_ok(), "{o:?}");
+    c.wait("group app back on a", WAIT, |c| started_on(c, "w", "a"));
     c.check_ledger();
 }
 

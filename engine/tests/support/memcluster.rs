@@ -45,13 +45,19 @@ impl MemCluster {
     /// config), with `watchdog_fencing`: a member cut off stops its group when its lease runs
     /// out, and the leader moves the group once that lease has provably ended.
     pub fn new() -> Self {
+        Self::with_members(&[("a", false), ("b", false), ("w", true)])
+    }
+
+    /// Members `names` (name, is a witness), in config order; group `app` prefers them in that
+    /// order (the witness aside).
+    pub fn with_members(names: &[(&str, bool)]) -> Self {
         // The members' watchdog supervisors are `warden watchdog-supervise` processes: the
         // daemon runs inside this test binary, so it is told where `warden` is.
         std::env::set_var("WARDEN_EXE", warden_bin());
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut text = "version = 1\n[cluster]\nname = \"m\"\nwatchdog_fencing = true\n".to_string();
-        for (i, (name, witness)) in [("a", false), ("b", false), ("w", true)].iter().enumerate() {
+        for (i, (name, witness)) in names.iter().enumerate() {
             // Two paths each; the addresses only name the router's paths.
             text += &format!(
                 "\n[[nodes]]\nname = \"{name}\"\naddresses = [\"10.250.1.{n}:7400\", \"10.250.2.{n}:7400\"]\n{role}",
@@ -62,12 +68,13 @@ impl MemCluster {
         }
         let pid = format!("{}/run-$LK_NODE/ledger.pid", dir.path().display());
         text += &ledger_resource_at(dir.path(), &pid);
-        text += "\n[[groups]]\nname = \"app\"\nresources = [\"ledger\"]\npriority = [\"a\", \"b\"]\n";
+        let runners: Vec<String> = names.iter().filter(|(_, w)| !w).map(|(n, _)| format!("\"{n}\"")).collect();
+        text += &format!("\n[[groups]]\nname = \"app\"\nresources = [\"ledger\"]\npriority = [{}]\n", runners.join(", "));
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, text).unwrap();
-        let members = ["a", "b", "w"]
+        let members = names
             .iter()
-            .map(|n| Member {
+            .map(|(n, _)| Member {
                 name: n.to_string(),
                 state: dir.path().join(format!("state-{n}")),
                 socket: dir.path().join(format!("{n}.sock")),
@@ -115,8 +122,9 @@ impl MemCluster {
     }
 
     pub fn start_all(&mut self) {
-        for n in ["a", "b", "w"] {
-            self.start(n);
+        let names: Vec<String> = self.members.iter().map(|m| m.name.clone()).collect();
+        for n in names {
+            self.start(&n);
         }
     }
 
@@ -188,7 +196,7 @@ impl MemCluster {
                 format!("{} sees {nodes:?} {groups:?}", m.name)
             })
             .collect();
-        let ledgers: Vec<String> = ["a", "b"].iter().map(|n| format!("{n}:{}", self.ledger_runs_on(n))).collect();
+        let ledgers: Vec<String> = self.members.iter().map(|m| format!("{}:{}", m.name, self.ledger_runs_on(&m.name))).collect();
         panic!("timed out after {limit:?} waiting for {what}\n{}\nledger writers: {ledgers:?}\n{}", views.join("\n"), self.logs());
     }
 
