@@ -1106,11 +1106,25 @@ async fn member<N: PeerNet>(
                         .resources
                         .values()
                         .any(|r| r.on.get(&NodeId::from(n.as_str())) == Some(&crate::scheduler::Activity::StopFailed));
-                    if n == members.me || d.fencing.contains_key(&n) || !due || ((d.up.contains(&n) || reachable) && !stop_failed) {
+                    // This member itself (a stop failed here while it leads): no other member
+                    // acts while it leads, so it fences itself with the device, once that it
+                    // needs fencing is committed (the member that leads after it confirms it).
+                    let me_now = n == members.me && stop_failed && d.committed >= d.proposed;
+                    if (n == members.me && !me_now)
+                        || d.fencing.contains_key(&n)
+                        || !due
+                        || ((d.up.contains(&n) || reachable) && !stop_failed)
+                    {
                         continue;
                     }
                     d.fencing.insert(n.clone(), now);
-                    let why = if stop_failed { "a stop failed there: fencing it" } else { "lost while it may run resources: fencing it" };
+                    let why = if me_now {
+                        "a stop failed on this member, which leads: it fences itself with its fence device (the member that leads next confirms it)"
+                    } else if stop_failed {
+                        "a stop failed there: fencing it"
+                    } else {
+                        "lost while it may run resources: fencing it"
+                    };
                     cluster_note(&mut history, &n, why.into());
                     let (devices, me, tx, lead) = (fence_devices.clone(), me.to_string(), fence_tx.clone(), d.lead);
                     tasks.spawn(async move {
@@ -1131,7 +1145,10 @@ async fn member<N: PeerNet>(
                     .decisions
                     .nodes
                     .iter()
-                    .filter(|(n, s)| s.needs_fence && n.as_str() != members.me)
+                    // This member too (a stop failed here while it leads): it stopped granting
+                    // itself a lease like any member that needs fencing, and its own watchdog
+                    // fires when that lease ends, by the same rule.
+                    .filter(|(_, s)| s.needs_fence)
                     .filter(|(n, _)| lease::fenced_by_lease(now, d.granted.get(n.as_str()).copied(), d.since, lease_d))
                     .map(|(n, _)| n.clone())
                     .collect();

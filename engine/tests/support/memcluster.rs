@@ -30,6 +30,9 @@ pub struct Member {
     pub socket: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), warden::node::NodeError>>>,
+    /// The member's own runtime, as a process is its own: everything it spawned (Raft's tasks
+    /// too) ends with it when it crashes.
+    rt: Option<tokio::runtime::Runtime>,
 }
 
 pub struct MemCluster {
@@ -51,6 +54,22 @@ impl MemCluster {
     /// Members `names` (name, is a witness), in config order; group `app` prefers them in that
     /// order (the witness aside).
     pub fn with_members(names: &[(&str, bool)]) -> Self {
+        Self::build(names, false)
+    }
+
+    /// The three members, and group `app` with a second resource `svc` on top of the ledger: a
+    /// LifeKeeper-style service (`sleep`, its pid file per member) whose remove script fails,
+    /// leaving the service running, while `<dir>/remove-fails` exists.
+    pub fn with_failing_stop() -> Self {
+        Self::build(&[("a", false), ("b", false), ("w", true)], true)
+    }
+
+    /// Whether `svc`'s service runs on `node`.
+    pub fn svc_runs_on(&self, node: &str) -> bool {
+        alive(&self.dir.path().join(format!("run-{node}/svc.pid")))
+    }
+
+    fn build(names: &[(&str, bool)], svc: bool) -> Self {
         // The members' watchdog supervisors are `warden watchdog-supervise` processes: the
         // daemon runs inside this test binary, so it is told where `warden` is.
         std::env::set_var("WARDEN_EXE", warden_bin());
@@ -68,8 +87,13 @@ impl MemCluster {
         }
         let pid = format!("{}/run-$LK_NODE/ledger.pid", dir.path().display());
         text += &ledger_resource_at(dir.path(), &pid);
+        let mut resources = "\"ledger\"".to_string();
+        if svc {
+            text += &svc_resource(dir.path());
+            resources += ", \"svc\"";
+        }
         let runners: Vec<String> = names.iter().filter(|(_, w)| !w).map(|(n, _)| format!("\"{n}\"")).collect();
-        text += &format!("\n[[groups]]\nname = \"app\"\nresources = [\"ledger\"]\npriority = [{}]\n", runners.join(", "));
+        text += &format!("\n[[groups]]\nname = \"app\"\nresources = [{resources}]\npriority = [{}]\n", runners.join(", "));
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, text).unwrap();
         let members = names
@@ -80,6 +104,7 @@ impl MemCluster {
                 socket: dir.path().join(format!("{n}.sock")),
                 stop: None,
                 task: None,
+                rt: None,
             })
             .collect();
         Self { rt, dir, router: Router::new(), config, members }
@@ -111,14 +136,16 @@ impl MemCluster {
             in_memory: Some(InMemoryNet(self.router.clone())),
             ..Default::default()
         };
-        let node = self.rt.block_on(Node::load(&opts)).unwrap_or_else(|e| panic!("member {name}: {e}"));
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let node = rt.block_on(Node::load(&opts)).unwrap_or_else(|e| panic!("member {name}: {e}"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = self.rt.spawn(node.run(async move {
+        let task = rt.spawn(node.run(async move {
             let _ = stopped.await;
         }));
         let m = self.member_mut(name);
         m.stop = Some(stop);
         m.task = Some(task);
+        m.rt = Some(rt);
     }
 
     pub fn start_all(&mut self) {
@@ -128,16 +155,18 @@ impl MemCluster {
         }
     }
 
-    /// The daemon dies at once (its task is aborted): what it started runs on, its watchdog
-    /// supervisor goes on guarding, its peers stop hearing it.
+    /// The daemon dies at once (its runtime is shut down: every task of it, Raft's included):
+    /// what it started runs on, its watchdog supervisor goes on guarding, its peers stop hearing
+    /// it.
     pub fn crash(&mut self, name: &str) {
+        self.router.remove(Self::id(name));
         let m = self.member_mut(name);
         m.stop = None;
-        if let Some(t) = m.task.take() {
-            t.abort();
-            let _ = self.rt.block_on(t);
+        m.task = None;
+        // (Its store is closed once the blocking writes it had under way return: waited for.)
+        if let Some(rt) = m.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
         }
-        self.router.remove(Self::id(name));
     }
 
     pub fn running(&self, name: &str) -> bool {
@@ -193,7 +222,8 @@ impl MemCluster {
                 let nodes = st.as_ref().map(|s| s.nodes.iter().map(|n| format!("{}:up={}", n.name, n.up)).collect::<Vec<_>>());
                 let groups =
                     st.as_ref().map(|s| s.groups.iter().map(|g| format!("{} {} on {:?}", g.name, g.state, g.owner)).collect::<Vec<_>>());
-                format!("{} sees {nodes:?} {groups:?}", m.name)
+                let leader = st.as_ref().and_then(|s| s.cluster_info.as_ref().map(|c| (c.leader.clone(), c.term)));
+                format!("{} sees {nodes:?} {groups:?} leader and term {leader:?}", m.name)
             })
             .collect();
         let ledgers: Vec<String> = self.members.iter().map(|m| format!("{}:{}", m.name, self.ledger_runs_on(&m.name))).collect();
@@ -202,11 +232,7 @@ impl MemCluster {
 
     /// Whether the ledger writer of `node` is alive (its pid file names a live process).
     pub fn ledger_runs_on(&self, node: &str) -> bool {
-        let pid = self.dir.path().join(format!("run-{node}/ledger.pid"));
-        std::fs::read_to_string(pid).ok().and_then(|p| p.trim().parse::<u32>().ok()).is_some_and(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .is_ok_and(|s| s.rsplit(')').next().is_some_and(|t| !t.trim_start().starts_with('Z')))
-        })
+        alive(&self.dir.path().join(format!("run-{node}/ledger.pid")))
     }
 
     /// The recorded history's S1 check: no two members' ledger records overlap in time, and
@@ -241,8 +267,9 @@ impl Drop for MemCluster {
             }
         }
         for m in &mut self.members {
-            if let Some(t) = m.task.take() {
-                let _ = self.rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), t).await });
+            if let (Some(t), Some(rt)) = (m.task.take(), m.rt.take()) {
+                let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), t).await });
+                rt.shutdown_timeout(Duration::from_secs(5));
             }
         }
         // What crashed members left: their ledger writers and watchdog supervisors.
@@ -261,4 +288,46 @@ impl Drop for MemCluster {
             }
         }
     }
+}
+
+/// Whether the pid file names a live (not zombie) process.
+fn alive(pidfile: &std::path::Path) -> bool {
+    std::fs::read_to_string(pidfile).ok().and_then(|p| p.trim().parse::<u32>().ok()).is_some_and(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .is_ok_and(|s| s.rsplit(')').next().is_some_and(|t| !t.trim_start().starts_with('Z')))
+    })
+}
+
+/// `svc` of [`MemCluster::with_failing_stop`].
+fn svc_resource(dir: &std::path::Path) -> String {
+    let d = dir.display();
+    let pid = format!("{d}/run-$LK_NODE/svc.pid");
+    let alive =
+        format!("alive() {{ p=$(cat \"{pid}\" 2>/dev/null) && kill -0 $p 2>/dev/null && ! grep -q '^State:.Z' /proc/$p/status; }}\n");
+    let scripts = [
+        ("svc-restore", format!("alive && exit 0\nsetsid sleep 100000 </dev/null >/dev/null 2>&1 &\necho $! > \"{pid}\"\n")),
+        (
+            "svc-remove",
+            format!(
+                "[ -e '{d}/remove-fails' ] && {{ echo 'remove failed (test)'; exit 1; }}\nalive && kill -9 $p\nrm -f \"{pid}\"\nexit 0\n"
+            ),
+        ),
+        ("svc-check", "alive\n".to_string()),
+    ];
+    for (name, body) in &scripts {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{alive}{body}")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    format!(
+        r#"
+[[resources]]
+name = "svc"
+plugin = "generic"
+params = {{ style = "lifekeeper", restore = "{d}/svc-restore", remove = "{d}/svc-remove", quickcheck = "{d}/svc-check", watch = "none" }}
+grants = {{ read = ["/**"], exec = [{{ program = "{d}/svc-restore" }}, {{ program = "{d}/svc-remove" }}, {{ program = "{d}/svc-check" }}], env = ["LK*"] }}
+monitor_interval = "1s"
+"#
+    )
 }

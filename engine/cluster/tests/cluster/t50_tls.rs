@@ -92,6 +92,26 @@ impl TlsMember {
     }
 }
 
+/// Members n1, n2, n3 on real TCP ports, formed into a cluster whose leader every member knows
+/// and which holds authority over TLS.
+async fn form_three(pki: &Path, data: &Path) -> Vec<TlsMember> {
+    let mut members = Vec::new();
+    for id in 1..=3 {
+        members.push(start_member(id, pki, data, "prod").await);
+    }
+    let peers: BTreeMap<RaftId, Peer> =
+        members.iter().map(|m| (m.node.id(), Peer { name: format!("n{}", m.node.id()), addresses: vec![m.addr.clone()] })).collect();
+    members[0].node.initialize(peers).await.unwrap();
+    let leader = poll("a leader known to all", || {
+        let l = members[0].node.metrics().current_leader?;
+        members.iter().all(|m| m.node.metrics().current_leader == Some(l)).then_some(l)
+    })
+    .await;
+    let l = members.iter().find(|m| m.node.id() == leader).unwrap();
+    poll("the leader's authority over TLS", || l.node.authority()).await;
+    members
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_voters_over_mutual_tls_elect_and_replicate() {
     crate::fixtures::init_tracing();
@@ -100,21 +120,9 @@ async fn three_voters_over_mutual_tls_elect_and_replicate() {
     init_cluster(&pki, "prod", &["n1", "n2", "n3"]).unwrap();
 
     tracing::info!("--- three members on real TCP ports with mutual TLS form a cluster");
-    let mut members = Vec::new();
-    for id in 1..=3 {
-        members.push(start_member(id, &pki, dir.path(), "prod").await);
-    }
-    let peers: BTreeMap<RaftId, Peer> =
-        members.iter().map(|m| (m.node.id(), Peer { name: format!("n{}", m.node.id()), addresses: vec![m.addr.clone()] })).collect();
-    members[0].node.initialize(peers).await.unwrap();
-
-    let leader = poll("a leader known to all", || {
-        let l = members[0].node.metrics().current_leader?;
-        members.iter().all(|m| m.node.metrics().current_leader == Some(l)).then_some(l)
-    })
-    .await;
+    let mut members = form_three(&pki, dir.path()).await;
+    let leader = poll("a leader", || members[0].node.metrics().current_leader).await;
     let l = members.iter().find(|m| m.node.id() == leader).unwrap();
-    poll("the leader's authority over TLS", || l.node.authority()).await;
 
     tracing::info!("--- decisions committed through the leader reach every member");
     let r = l.node.propose(ClusterRequest::SetDecisions { config_version: 1, decisions: decisions("n1", 1) }).await.unwrap();
@@ -293,16 +301,9 @@ async fn a_node_certified_later_joins_over_mutual_tls() {
     add_node(&pki, "prod", "n4").unwrap();
     assert_eq!(mode(&pki.join("n4.key")), 0o600);
 
-    let mut members = Vec::new();
-    for id in 1..=3 {
-        members.push(start_member(id, &pki, dir.path(), "prod").await);
-    }
-    let peers: BTreeMap<RaftId, Peer> =
-        members.iter().map(|m| (m.node.id(), Peer { name: format!("n{}", m.node.id()), addresses: vec![m.addr.clone()] })).collect();
-    members[0].node.initialize(peers).await.unwrap();
+    let members = form_three(&pki, dir.path()).await;
     let leader = poll("a leader", || members[0].node.metrics().current_leader).await;
     let l = members.iter().find(|m| m.node.id() == leader).unwrap();
-    poll("the leader's authority over TLS", || l.node.authority()).await;
     l.node.propose(ClusterRequest::SetDecisions { config_version: 1, decisions: decisions("n1", 1) }).await.unwrap();
 
     tracing::info!("--- n4, certified after init, joins as a learner and gets the log");
