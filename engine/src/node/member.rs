@@ -1145,10 +1145,7 @@ async fn member<N: PeerNet>(
                     .decisions
                     .nodes
                     .iter()
-                    // This member too (a stop failed here while it leads): it stopped granting
-                    // itself a lease like any member that needs fencing, and its own watchdog
-                    // fires when that lease ends, by the same rule.
-                    .filter(|(_, s)| s.needs_fence)
+                    .filter(|(n, s)| s.needs_fence && n.as_str() != members.me)
                     .filter(|(n, _)| lease::fenced_by_lease(now, d.granted.get(n.as_str()).copied(), d.since, lease_d))
                     .map(|(n, _)| n.clone())
                     .collect();

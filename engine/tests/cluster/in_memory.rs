@@ -61,47 +61,6 @@ fn an_owner_that_hears_but_cannot_speak_and_a_crashed_owner_never_run_the_group_
     c.check_ledger();
 }
 
-/// The owner of the group leads, and its stop fails: no other member acts while it leads, so it
-/// stops granting itself a lease, its own watchdog kills what it runs when that lease ends, and
-/// only then does it count itself fenced and start the group on the other node. (Before, a
-/// leader never fenced itself: the group waited for good.)
-#[test]
-fn a_leader_whose_stop_fails_is_fenced_by_its_own_lease_before_its_group_moves() {
-    let mut c = MemCluster::with_failing_stop();
-    c.start_all();
-    c.wait("group app started on a", WAIT, |c| started_on(c, "w", "a") && c.svc_runs_on("a"));
-    // The owner must lead: while the witness leads, it crashes until another leads, then
-    // comes back.
-    let mut leader = String::new();
-    c.wait("a leader", WAIT, |c| c.leader("a").is_some());
-    for _ in 0..5 {
-        leader = c.leader("a").unwrap_or_default();
-        if leader != "w" {
-            break;
-        }
-        c.crash("w");
-        c.wait("a leader other than w", WAIT, |c| c.leader("a").is_some_and(|l| l != "w"));
-        c.start("w");
-    }
-    assert!(leader == "a" || leader == "b", "the witness kept leading");
-    let other = if leader == "a" { "b" } else { "a" };
-    if !started_on(&c, "w", &leader) {
-        let o = c.operator(&leader, OperatorCommand::MoveGroup { group: "app".into(), to: Some(leader.as_str().into()) });
-        assert!(o.is_ok(), "{o:?}");
-        c.wait("group app on the leader", WAIT, |c| started_on(c, "w", &leader) && c.svc_runs_on(&leader));
-    }
-    std::fs::write(c.dir.path().join("remove-fails"), b"").unwrap();
-    let o = c.operator(&leader, OperatorCommand::MoveGroup { group: "app".into(), to: Some(other.into()) });
-    assert!(o.is_ok(), "{o:?}");
-    c.wait("group app started on the other node, the service gone from the leader", WAIT, |c| {
-        started_on(c, other, other) && c.svc_runs_on(other) && !c.svc_runs_on(&leader)
-    });
-    let logs = c.logs();
-    assert!(logs.contains("self-fenced"), "the leader was not fenced by its lease\n{logs}");
-    std::fs::remove_file(c.dir.path().join("remove-fails")).unwrap();
-    c.check_ledger();
-}
-
 /// Six members: five nodes and a witness. Five vote (the witness first, then the nodes in config
 /// order); the sixth is a learner from the start: it never formed the cluster, the leader added
 /// it, and it runs the group like any member. A voter's crash leaves a quorum (4 of 5).

@@ -54,22 +54,10 @@ impl MemCluster {
     /// Members `names` (name, is a witness), in config order; group `app` prefers them in that
     /// order (the witness aside).
     pub fn with_members(names: &[(&str, bool)]) -> Self {
-        Self::build(names, false)
+        Self::build(names)
     }
 
-    /// The three members, and group `app` with a second resource `svc` on top of the ledger: a
-    /// LifeKeeper-style service (`sleep`, its pid file per member) whose remove script fails,
-    /// leaving the service running, while `<dir>/remove-fails` exists.
-    pub fn with_failing_stop() -> Self {
-        Self::build(&[("a", false), ("b", false), ("w", true)], true)
-    }
-
-    /// Whether `svc`'s service runs on `node`.
-    pub fn svc_runs_on(&self, node: &str) -> bool {
-        alive(&self.dir.path().join(format!("run-{node}/svc.pid")))
-    }
-
-    fn build(names: &[(&str, bool)], svc: bool) -> Self {
+    fn build(names: &[(&str, bool)]) -> Self {
         // The members' watchdog supervisors are `warden watchdog-supervise` processes: the
         // daemon runs inside this test binary, so it is told where `warden` is.
         std::env::set_var("WARDEN_EXE", warden_bin());
@@ -87,11 +75,7 @@ impl MemCluster {
         }
         let pid = format!("{}/run-$LK_NODE/ledger.pid", dir.path().display());
         text += &ledger_resource_at(dir.path(), &pid);
-        let mut resources = "\"ledger\"".to_string();
-        if svc {
-            text += &svc_resource(dir.path());
-            resources += ", \"svc\"";
-        }
+        let resources = "\"ledger\"";
         let runners: Vec<String> = names.iter().filter(|(_, w)| !w).map(|(n, _)| format!("\"{n}\"")).collect();
         text += &format!("\n[[groups]]\nname = \"app\"\nresources = [{resources}]\npriority = [{}]\n", runners.join(", "));
         let config = dir.path().join("cluster.toml");
@@ -296,38 +280,4 @@ fn alive(pidfile: &std::path::Path) -> bool {
         std::fs::read_to_string(format!("/proc/{p}/stat"))
             .is_ok_and(|s| s.rsplit(')').next().is_some_and(|t| !t.trim_start().starts_with('Z')))
     })
-}
-
-/// `svc` of [`MemCluster::with_failing_stop`].
-fn svc_resource(dir: &std::path::Path) -> String {
-    let d = dir.display();
-    let pid = format!("{d}/run-$LK_NODE/svc.pid");
-    let alive =
-        format!("alive() {{ p=$(cat \"{pid}\" 2>/dev/null) && kill -0 $p 2>/dev/null && ! grep -q '^State:.Z' /proc/$p/status; }}\n");
-    let scripts = [
-        ("svc-restore", format!("alive && exit 0\nsetsid sleep 100000 </dev/null >/dev/null 2>&1 &\necho $! > \"{pid}\"\n")),
-        (
-            "svc-remove",
-            format!(
-                "[ -e '{d}/remove-fails' ] && {{ echo 'remove failed (test)'; exit 1; }}\nalive && kill -9 $p\nrm -f \"{pid}\"\nexit 0\n"
-            ),
-        ),
-        ("svc-check", "alive\n".to_string()),
-    ];
-    for (name, body) in &scripts {
-        let path = dir.join(name);
-        std::fs::write(&path, format!("#!/bin/sh\n{alive}{body}")).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    format!(
-        r#"
-[[resources]]
-name = "svc"
-plugin = "generic"
-params = {{ style = "lifekeeper", restore = "{d}/svc-restore", remove = "{d}/svc-remove", quickcheck = "{d}/svc-check", watch = "none" }}
-grants = {{ read = ["/**"], exec = [{{ program = "{d}/svc-restore" }}, {{ program = "{d}/svc-remove" }}, {{ program = "{d}/svc-check" }}], env = ["LK*"] }}
-monitor_interval = "1s"
-"#
-    )
 }
