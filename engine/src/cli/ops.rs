@@ -419,7 +419,13 @@ pub async fn node(cmd: &NodeCommand, cli: &crate::cli::Cli) -> anyhow::Result<Ex
                     _ = int.recv() => {}
                 }
             };
-            n.run(stop).await?;
+            // On a worker, not on the main thread: the daemon's loop then wakes where its agents'
+            // results come from (tokio runs a task woken by another on the same worker) instead
+            // of the main thread being woken for every result, a context switch each.
+            match tokio::spawn(n.run(stop)).await {
+                Ok(r) => r?,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
             Ok(ExitCode::SUCCESS)
         }
         NodeCommand::Check { config, node } => {

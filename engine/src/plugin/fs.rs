@@ -14,8 +14,9 @@
 //! is then opened for reading (`O_NONBLOCK`, and checked to be the same inode) and only a
 //! directory is listed. Anything else (FIFO, socket, device) is refused.
 //!
-//! **Threads.** Every touch of the filesystem runs on a thread of the resource's [`FsPool`],
-//! holding one of its [`POOL_SIZE`] permits. The pool keeps its threads between calls (a
+//! **Threads.** Every touch of the filesystem runs on a pool thread, holding one of the
+//! resource's [`FsPool`]'s [`POOL_SIZE`] permits (the threads are shared by the resources, the
+//! permits are per resource). The pool keeps its threads between calls (a
 //! monitor every second would otherwise start and end two or three threads a second per
 //! resource) and starts one only when every thread it has is busy; a thread idle for
 //! [`IDLE_EXIT`] ends. A call that overruns the action's deadline is abandoned: its thread stays
@@ -94,6 +95,18 @@ impl Default for FsPool {
 }
 
 impl FsPool {
+    /// A pool of one resource whose threads are shared with every other pool made this way;
+    /// its permits are its own, so at most [`POOL_SIZE`] of this resource's calls are in flight
+    /// or stuck, whatever the others do. A warm thread then serves the calls of many resources
+    /// (monitors due together run one after another on it), instead of each resource's own
+    /// thread being woken for each of its calls.
+    pub fn with_shared_threads() -> Self {
+        static SHARED: std::sync::OnceLock<Arc<Shared>> = std::sync::OnceLock::new();
+        let shared =
+            SHARED.get_or_init(|| Arc::new(Shared { queue: std::sync::Mutex::new(Queue::default()), ready: std::sync::Condvar::new() }));
+        Self { permits: Arc::new(tokio::sync::Semaphore::new(POOL_SIZE)), shared: shared.clone() }
+    }
+
     /// Run `op` on a thread of the pool and wait for it at most `within` (host stalls excluded).
     pub async fn run<T: Send + 'static>(&self, within: Duration, op: impl FnOnce() -> T + Send + 'static) -> Result<T, PoolError> {
         let permit = self.permits.clone().try_acquire_owned().map_err(|_| PoolError::Busy)?;

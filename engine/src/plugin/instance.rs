@@ -484,7 +484,7 @@ impl PluginInstance {
             grants: Arc::new(grants),
             limits,
             cgroup: None,
-            fs_pool: FsPool::default(),
+            fs_pool: FsPool::with_shared_threads(),
             warm: None,
             last_stats: CallStats::default(),
             last_watch: None,
@@ -875,8 +875,8 @@ fn ms(v: u32) -> Duration {
     Duration::from_millis(v.into())
 }
 
-/// Epoch ticks between yields of running guest code (with a 25 ms tick: 50 ms).
-const YIELD_TICKS: u64 = 2;
+/// Epoch ticks between yields of running guest code (with a 50 ms tick: at most 50 ms).
+const YIELD_TICKS: u64 = 1;
 
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_string()

@@ -10,7 +10,8 @@ use std::future::Future;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-const BEAT: Duration = Duration::from_millis(50);
+/// (100 ms: ten wake-ups a second, a part of an idle engine's cost; a stall is far longer.)
+const BEAT: Duration = Duration::from_millis(100);
 /// A gap longer than this (beyond one beat) counts as a stall.
 const STALL: Duration = Duration::from_millis(250);
 /// The most a stall can extend one deadline.

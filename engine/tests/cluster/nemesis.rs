@@ -6,7 +6,8 @@
 //! group's epoch must never go back; the cluster must settle after every scenario (liveness).
 //!
 //! `WARDEN_NEMESIS_N` scenarios per cluster (default 25: 50 in CI over the two fencing kinds),
-//! `WARDEN_NEMESIS_SEED` to replay a run (printed at its start and in every failure).
+//! `WARDEN_NEMESIS_SEED` to replay a run (printed at its start and in every failure),
+//! `WARDEN_NEMESIS_ONLY=K` to draw only faults of kind K.
 
 use std::time::{Duration, Instant};
 
@@ -66,12 +67,21 @@ fn run(mut c: TestCluster, kind: &str) {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64)
         | 1;
+    // WARDEN_NEMESIS_ONLY=K draws every fault of kind K (0 to 7, in the order below): a
+    // debugging aid to hammer one kind (the draws of times stay those of the seed).
+    let only: Option<u64> = std::env::var("WARDEN_NEMESIS_ONLY").ok().and_then(|v| v.parse().ok()).filter(|k| *k < 8);
     eprintln!("nemesis ({kind}): {n} scenarios, WARDEN_NEMESIS_SEED={seed}");
     let mut rng = Rng(seed);
     let s1 = c.sampler(&["app-1", "app-2"]);
     c.start_all();
-    c.wait("the group started", WAIT, |c| settled(c).is_some());
-    let (mut owner, mut epoch) = settled(&c).unwrap();
+    // What `settled` saw is kept: asked again, a leader change in between could answer
+    // otherwise (this once made a settled cluster look stuck).
+    let mut first = None;
+    c.wait("the group started", WAIT, |c| {
+        first = settled(c);
+        first.is_some()
+    });
+    let (mut owner, mut epoch) = first.unwrap();
     let started = Instant::now();
     for i in 1..=n {
         // Not right after the previous scenario: a random quiet time first.
@@ -80,7 +90,8 @@ fn run(mut c: TestCluster, kind: &str) {
         // The owner is the likeliest victim: that is where a second copy would come from.
         let victim = if rng.below(3) < 2 { owner.clone() } else { rng.pick(&["a", "b", "w"]).to_string() };
         let hold = rng.millis(300, 7000);
-        let fault = match rng.below(8) {
+        let draw = rng.below(8);
+        let fault = match only.unwrap_or(draw) {
             0 => {
                 c.signal(&victim, "-KILL");
                 let _ = c.wait_exit(&victim, WAIT);
@@ -131,7 +142,8 @@ fn run(mut c: TestCluster, kind: &str) {
         heal(&mut c);
         let t = Instant::now();
         let mut healed = Instant::now();
-        while settled(&c).is_none() && t.elapsed() < Duration::from_secs(90) {
+        let mut now = settled(&c);
+        while now.is_none() && t.elapsed() < Duration::from_secs(90) {
             std::thread::sleep(Duration::from_millis(100));
             // A fence that lands after the heal (the leader had not yet counted the member lost
             // when it came back) powers it off again, as a real fence device would: like an
@@ -140,6 +152,7 @@ fn run(mut c: TestCluster, kind: &str) {
                 heal(&mut c);
                 healed = Instant::now();
             }
+            now = settled(&c);
         }
         let (seen, _) = s1.so_far();
         assert!(
@@ -148,8 +161,20 @@ fn run(mut c: TestCluster, kind: &str) {
             &seen[..seen.len().min(5)],
             c.logs()
         );
-        let Some((now_owner, now_epoch)) = settled(&c) else {
-            panic!("scenario {i} ({fault}): the cluster did not settle within 90 s; replay with WARDEN_NEMESIS_SEED={seed}\n{}", c.logs());
+        let Some((now_owner, now_epoch)) = now else {
+            // What each member believes (Raft's view included) says more than the logs of a
+            // cluster that went quiet.
+            let views: Vec<String> = ["a", "b", "w"]
+                .iter()
+                .map(|m| {
+                    format!("===== {m}'s status =====\n{}", c.status(m).map(|s| s.to_string()).unwrap_or_else(|| "(no answer)".into()))
+                })
+                .collect();
+            panic!(
+                "scenario {i} ({fault}): the cluster did not settle within 90 s; replay with WARDEN_NEMESIS_SEED={seed}\n{}\n{}",
+                views.join("\n"),
+                c.logs()
+            );
         };
         assert!(now_epoch >= epoch, "scenario {i} ({fault}): epoch went back {epoch} -> {now_epoch}; WARDEN_NEMESIS_SEED={seed}");
         eprintln!("  {i:>3}. {fault}: settled in {:.1} s on {now_owner} (epoch {now_epoch})", t.elapsed().as_secs_f64());

@@ -332,10 +332,12 @@ grants = {{ exec = [{{ program = "{s}", args = ["*", "*"] }}] }}
         let m = self.member_mut(name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log"))).unwrap();
         let target = m.probe.id().to_string();
+        // WARDEN_TEST_LOG=info,openraft=debug for a post-mortem of Raft itself.
+        let level = std::env::var("WARDEN_TEST_LOG").unwrap_or_else(|_| "info".into());
         let child = Command::new("/usr/bin/nsenter")
             .args(["--target", &target, "--mount", "--net", "--"])
             .arg(warden_bin())
-            .args(["--log", "info", "--cache-dir"])
+            .args(["--log", &level, "--cache-dir"])
             .arg(cache)
             .args(["node", "run", "--node", name, "--config"])
             .arg(&config)
