@@ -164,6 +164,7 @@ pub struct ClusterNode {
     id: RaftId,
     raft: Raft,
     state: watch::Receiver<ClusterState>,
+    voters: watch::Receiver<BTreeSet<RaftId>>,
     authority: Authority,
     inbound: Inbound,
     messages: Option<mpsc::Receiver<Envelope>>,
@@ -186,6 +187,7 @@ impl ClusterNode {
         let (mut log, sm) = store::open(&config.dir.join(STORE_FILE)).await?;
         let restarted = log.read_vote().await.map_err(raft_error)?.is_some();
         let state = sm.subscribe();
+        let voters = sm.subscribe_voters();
         let prober = network.clone();
         let raft = Raft::new(config.id, config.raft.clone(), network, log, sm).await.map_err(raft_error)?;
         let silent_until = Instant::now() + if restarted { config.authority.restart_silence } else { Default::default() };
@@ -206,6 +208,7 @@ impl ClusterNode {
             links,
             raft,
             state,
+            voters,
             authority,
             stop,
             tasks,
@@ -251,6 +254,12 @@ impl ClusterNode {
     /// The applied state; a receiver sees every change.
     pub fn state(&self) -> watch::Receiver<ClusterState> {
         self.state.clone()
+    }
+
+    /// The voters of the membership this node has applied (committed; openraft's metrics show
+    /// the newest one appended, which a leader sees before any other voter holds it).
+    pub fn committed_voters(&self) -> BTreeSet<RaftId> {
+        self.voters.borrow().clone()
     }
 
     /// Until when this node may act as leader (place groups, order fencing), or `None`. Unlike

@@ -14,6 +14,7 @@
 //! redb calls block; they run on tokio's blocking pool so that a slow disk does not stall the
 //! runtime's workers (heartbeats, the authority renewal, other nodes in tests).
 
+use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
@@ -140,6 +141,7 @@ pub async fn open(path: &Path) -> Result<(LogStore, StateMachineStore), StoreErr
         last_applied: None,
         last_membership: StoredMembership::default(),
         state: watch::Sender::new(ClusterState::default()),
+        voters: watch::Sender::new(BTreeSet::new()),
         snapshot_count: 0,
     };
     if let Some(s) = snapshot {
@@ -298,6 +300,9 @@ pub struct StateMachineStore {
     /// The applied state, published for the node's executor and for status; every apply
     /// replaces it.
     state: watch::Sender<ClusterState>,
+    /// The voters of the last applied (so committed) membership; openraft's metrics show the
+    /// effective one, which may not be committed yet.
+    voters: watch::Sender<BTreeSet<RaftId>>,
     /// Makes snapshot ids unique within this process's life.
     snapshot_count: u64,
 }
@@ -308,9 +313,15 @@ impl StateMachineStore {
         self.state.subscribe()
     }
 
+    /// The voters of the last applied membership; changes are announced to every receiver.
+    pub fn subscribe_voters(&self) -> watch::Receiver<BTreeSet<RaftId>> {
+        self.voters.subscribe()
+    }
+
     fn restore(&mut self, s: StoredSnapshot) {
         self.last_applied = s.meta.last_log_id;
         self.last_membership = s.meta.last_membership;
+        self.voters.send_replace(self.last_membership.membership().voter_ids().collect());
         self.state.send_replace(s.state);
     }
 }
@@ -351,6 +362,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 EntryPayload::Normal(req) => state.apply(&req),
                 EntryPayload::Membership(m) => {
                     self.last_membership = StoredMembership::new(Some(entry.log_id), m);
+                    self.voters.send_replace(self.last_membership.membership().voter_ids().collect());
                     ClusterResponse::Internal
                 }
             });

@@ -926,10 +926,17 @@ async fn member<N: PeerNet>(
         // Removed: it exits once it no longer votes (its vote may still be needed for the
         // change that removes it) and nothing runs here (the leader refused the removal
         // otherwise). Its last hello says it left cleanly, for a leader still on the old config.
+        // (Raft's membership without it as a voter committed, not only appended: a leader that
+        // removes itself sees the new membership as soon as it appends it, and leaving before
+        // a quorum of the new voters holds it could leave them a joint membership naming a
+        // voter that is gone, which no later change may touch while that voter is down. The
+        // committed one is what this member applied: a member removed as a voter stays a
+        // learner until then, so it learns the commit.)
         if removed
             && maybe_running.is_empty()
             && busy.is_empty()
             && !raft_metrics.borrow().membership_config.membership().voter_ids().any(|id| id == members.my_id)
+            && !cluster.committed_voters().contains(&members.my_id)
         {
             cluster_note(&mut history, &node.name, "removed from the cluster and no longer a voter: this daemon exits".into());
             if let Some(leader) = current_leader(&raft_metrics, &members) {
