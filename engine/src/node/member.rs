@@ -741,6 +741,9 @@ async fn member<N: PeerNet>(
     let mut forwarded_status: HashMap<u64, (oneshot::Sender<Response>, Instant)> = HashMap::new();
 
     let mut decider: Option<Decider> = None;
+    // The newest leadership whose commands reached this member, and the member that leads it:
+    // where the results of its commands go.
+    let mut commander: Option<(Lead, String)> = None;
     let mut signals = Box::pin(stop);
     let mut shutting_down = false;
     let mut tick = tokio::time::interval(TICK);
@@ -1227,7 +1230,11 @@ async fn member<N: PeerNet>(
                 // monitor: the newest one); our own stops answer no command.
                 let lead = admission.report_lead(&event);
                 if let (Some(report), Some(lead)) = (Report::from_event(event), lead) {
-                    if let Some(leader) = current_leader(&raft_metrics, &members) {
+                    // To the member that gave the command: Raft's view here may still name an
+                    // older leader (this member itself, after a cut), and a result the leader
+                    // never gets leaves its command in flight for good.
+                    let to = commander.as_ref().filter(|(l, _)| *l == lead).map(|(_, n)| n.clone());
+                    if let Some(leader) = to.or_else(|| current_leader(&raft_metrics, &members)) {
                         out_seq += 1;
                         outbox.send(&leader, Msg::Report { lead, seq: out_seq, report });
                     }
@@ -1253,7 +1260,11 @@ async fn member<N: PeerNet>(
                         tracing::warn!(resource = %resource, "command refused: this member does not run the cluster's config");
                         continue;
                     }
-                    match admission.admit(lead, &resource, &command, Instant::now(), shutting_down) {
+                    let verdict = admission.admit(lead, &resource, &command, Instant::now(), shutting_down);
+                    if !matches!(verdict, Verdict::Stale) && commander.as_ref().is_none_or(|(l, _)| lead >= *l) {
+                        commander = Some((lead, from.clone()));
+                    }
+                    match verdict {
                         Verdict::Run => {
                             actions_in_flight += 1;
                             carry_out_local(command, &workers, &mut busy, &results_tx, &mut history, &lease_rx)
