@@ -28,6 +28,21 @@ fn raft_roles(c: &TestCluster, via: &str) -> Vec<(String, String, bool)> {
         .collect()
 }
 
+/// The new machine `c`: its certificate from the cluster's CA, and the config with it (allowed
+/// to run the group) written to a file; returns (the config before, the config with `c`, its file).
+fn machine_c(c: &TestCluster) -> (String, String, std::path::PathBuf) {
+    let old = std::fs::read_to_string(&c.config).unwrap();
+    let pki = c.dir.path().join("pki");
+    let o = c.cli("a", &["cluster", "add-node", "--dir", pki.to_str().unwrap(), "--name", "t", "c"]);
+    assert!(o.status.success(), "{o:?}");
+    let with_c = old
+        .replacen("[[plugins]]", &format!("{}[[plugins]]", c.node_entry("c")), 1)
+        .replace("priority = [\"a\", \"b\"]", "priority = [\"a\", \"b\", \"c\"]");
+    let file = c.dir.path().join("with-c.toml");
+    std::fs::write(&file, &with_c).unwrap();
+    (old, with_c, file)
+}
+
 fn expect_err(o: &std::process::Output, what: &str, c: &TestCluster) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains(what), "expected an error with {what:?}: {o:?}\n{}", c.logs());
@@ -41,18 +56,7 @@ fn a_member_added_to_a_running_cluster_learns_runs_the_group_and_is_removed_and_
     c.wait("group app started on a", WAIT, |c| started_on(c, "w", "a"));
     let (_, _, epoch) = c.group("w", "app").unwrap();
     let pid = c.service("a", "app-1").unwrap();
-    let old = std::fs::read_to_string(&c.config).unwrap();
-
-    // The new machine's certificate, from the cluster's CA.
-    let pki = c.dir.path().join("pki");
-    let o = c.cli("a", &["cluster", "add-node", "--dir", pki.to_str().unwrap(), "--name", "t", "c"]);
-    assert!(o.status.success(), "{o:?}");
-    // The config with `c` (and `c` allowed to run the group).
-    let with_c = old
-        .replacen("[[plugins]]", &format!("{}[[plugins]]", c.node_entry("c")), 1)
-        .replace("priority = [\"a\", \"b\"]", "priority = [\"a\", \"b\", \"c\"]");
-    let file = c.dir.path().join("with-c.toml");
-    std::fs::write(&file, &with_c).unwrap();
+    let (old, with_c, file) = machine_c(&c);
     let file = file.to_str().unwrap();
 
     // `config apply` does not change members.
@@ -75,16 +79,7 @@ fn a_member_added_to_a_running_cluster_learns_runs_the_group_and_is_removed_and_
     // Added: every member reloads the new config in turn; nothing that runs is touched. (The
     // healed member may still cost an election, openraft 0.9 has no pre-vote: the operator's
     // answer then says so, and trying again is safe.)
-    let start = std::time::Instant::now();
-    let o = loop {
-        let o = c.cli_on("b", &["node", "add", "c", file, "--check-as", "b"]);
-        let err = String::from_utf8_lossy(&o.stderr).to_string();
-        let retry = err.contains("every voter is healthy") || err.contains("leader");
-        if o.status.success() || !retry || start.elapsed() > WAIT {
-            break o;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    };
+    let o = retried(&c, "b", &["node", "add", "c", file, "--check-as", "b"]);
     assert!(o.status.success(), "{o:?}\n{}", c.logs());
     assert!(String::from_utf8_lossy(&o.stdout).contains("--join"), "{o:?}");
     // Not started yet: nothing waits for it, nothing fences it; the group stays. (Read once the
@@ -168,15 +163,7 @@ fn the_leading_member_removed_hands_over_and_exits_and_nothing_runs_twice() {
     let s1 = c.sampler(&["app-1", "app-2"]);
     c.start_all();
     c.wait("group app started on a", WAIT, |c| started_on(c, "w", "a"));
-    let old = std::fs::read_to_string(&c.config).unwrap();
-    let pki = c.dir.path().join("pki");
-    let o = c.cli("a", &["cluster", "add-node", "--dir", pki.to_str().unwrap(), "--name", "t", "c"]);
-    assert!(o.status.success(), "{o:?}");
-    let with_c = old
-        .replacen("[[plugins]]", &format!("{}[[plugins]]", c.node_entry("c")), 1)
-        .replace("priority = [\"a\", \"b\"]", "priority = [\"a\", \"b\", \"c\"]");
-    let file = c.dir.path().join("with-c.toml");
-    std::fs::write(&file, &with_c).unwrap();
+    let (_, with_c, file) = machine_c(&c);
     let o = retried(&c, "a", &["node", "add", "c", file.to_str().unwrap(), "--check-as", "a"]);
     assert!(o.status.success(), "{o:?}\n{}", c.logs());
     c.wait("every member reloaded with c", WAIT, |c| {
