@@ -464,7 +464,12 @@ fn with_lifekeeper_group(c: TestCluster) -> TestCluster {
     let run = dir.join("run");
     let fails = dir.join("remove-fails");
     let scripts = [
-        ("lk-restore", format!("setsid sleep 100000 </dev/null >/dev/null 2>&1 &\necho $! > '{}/lk-1.pid'\n", run.display())),
+        // The run directory is shared by the test's machines: the service's node is written
+        // beside its pid, so that quickCheck on another machine does not see it as its own.
+        (
+            "lk-restore",
+            format!("setsid sleep 100000 </dev/null >/dev/null 2>&1 &\necho $! > '{r}/lk-1.pid'\necho \"$LK_NODE\" > '{r}/lk-1.node'\n", r = run.display()),
+        ),
         (
             "lk-remove",
             format!(
@@ -473,7 +478,13 @@ fn with_lifekeeper_group(c: TestCluster) -> TestCluster {
                 r = run.display()
             ),
         ),
-        ("lk-check", format!("[ -f '{r}/lk-1.pid' ] && kill -0 $(cat '{r}/lk-1.pid') 2>/dev/null\n", r = run.display())),
+        (
+            "lk-check",
+            format!(
+                "[ \"$(cat '{r}/lk-1.node' 2>/dev/null)\" = \"$LK_NODE\" ] && [ -f '{r}/lk-1.pid' ] && kill -0 $(cat '{r}/lk-1.pid') 2>/dev/null\n",
+                r = run.display()
+            ),
+        ),
     ];
     for (name, body) in &scripts {
         let path = dir.join(name);
